@@ -1,0 +1,19 @@
+// Declares the posemamba:: op schemas once. Device implementations register themselves next to their
+// kernels (cpu/, cuda/); fake and autograd registrations live in Python (posemamba/ops.py).
+#include <Python.h>
+#include <torch/library.h>
+
+// Importing posemamba._C runs the static registrations in this library; the module itself is empty.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+TORCH_LIBRARY(posemamba, m) {
+  // out: the gated sum of all paths; out_ungated: that sum before the z gate (empty without z), kept
+  // for the backward; chunk_states: each path's state before every kScanChunk-th step.
+  m.def(
+      "multi_path_scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor paths, "
+      "Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? mix, bool delta_softplus) "
+      "-> (Tensor out, Tensor out_ungated, Tensor chunk_states)");
+}

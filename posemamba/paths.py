@@ -1,0 +1,57 @@
+"""Scan orders for the multi-path selective scan.
+
+A path is a row of `paths` (P, L): path p visits natural positions paths[p, 0], paths[p, 1], ... .
+PoseMamba's sequences are T x J grids flattened frame-major, l = t * J + j.
+"""
+from typing import Sequence, Union
+
+import torch
+
+from ._checks import check_paths_values
+
+__all__ = ["bidirectional_paths", "pose_paths", "pose_mix"]
+
+
+def bidirectional_paths(order: Union[torch.Tensor, Sequence[int]]) -> torch.Tensor:
+    """(2, L) int64: `order` and its reverse, as a bidirectional Mamba (Vision Mamba, say) scans."""
+    order = torch.as_tensor(order, dtype=torch.int64)
+    if order.dim() != 1:
+        raise ValueError(f"order must be a 1-D permutation of range(L), got shape {tuple(order.shape)}")
+    check_paths_values(order.unsqueeze(0), name="order")
+    return torch.stack([order, order.flip(0)])
+
+
+def _check_grid(T: int, J: int) -> None:
+    if T < 1 or J < 1:
+        raise ValueError(f"T and J must be >= 1, got T={T}, J={J}")
+
+
+def pose_paths(T: int, J: int) -> torch.Tensor:
+    """(4, T*J) int64: PoseMamba's four scans of a T x J grid flattened frame-major (l = t*J + j).
+
+    Row 0, spatial-first: joints within a frame, frame after frame (frame-major, the natural order).
+    Row 1, temporal-first: frames within a joint, joint after joint (joint-major).
+    Rows 2 and 3: rows 0 and 1 reversed.
+    """
+    _check_grid(T, J)
+    frame_major = torch.arange(T * J, dtype=torch.int64)
+    joint_major = frame_major.view(T, J).t().reshape(-1)
+    return torch.stack([frame_major, joint_major, frame_major.flip(0), joint_major.flip(0)])
+
+
+def pose_mix(T: int, J: int, joint_order: Union[torch.Tensor, Sequence[int]]) -> torch.Tensor:
+    """(4, T*J) int64 `mix` for pose_paths: the global-local input of the spatial-first scans.
+
+    The spatial-first paths (rows 0 and 2) read u[t*J + j] + u[t*J + joint_order[j]] at position
+    t*J + j: PoseMamba's local joint reorder (joints in kinematic-chain order) added to the global
+    input, folded into the load. The temporal-first paths (rows 1 and 3) read u alone (-1).
+    """
+    _check_grid(T, J)
+    joint_order = torch.as_tensor(joint_order, dtype=torch.int64)
+    if joint_order.shape != (J,):
+        raise ValueError(f"joint_order must be a permutation of range(J={J}), got shape {tuple(joint_order.shape)}")
+    check_paths_values(joint_order.unsqueeze(0), name="joint_order")
+    frame_start = torch.arange(T, dtype=torch.int64).unsqueeze(1) * J
+    local = (frame_start + joint_order.unsqueeze(0)).reshape(-1)
+    unmixed = torch.full_like(local, -1)
+    return torch.stack([local, unmixed, local, unmixed])

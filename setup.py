@@ -1,0 +1,115 @@
+"""Builds posemamba._C: the C++ CPU kernels always, the CUDA kernels where a CUDA toolkit is found.
+
+posemamba compiles against the torch already installed in your environment (this avoids the ABI
+mismatches a separately built torch causes), so install torch first and build without isolation:
+
+    pip install --no-build-isolation -e .
+
+Switches (environment variables):
+    POSEMAMBA_CPU_ONLY=1      build the CPU kernels only, even where CUDA is found
+    FORCE_CUDA=1              fail unless the CUDA kernels are built
+    CUDA_HOME=/path           the toolkit to use (otherwise inferred from nvcc's location)
+    TORCH_CUDA_ARCH_LIST      GPU architectures, e.g. "9.0" (default: the visible GPUs, else a list
+                              of current data-centre and consumer architectures)
+    MAX_JOBS                  parallel compile jobs (ninja)
+    DEBUG=1                   -O0 -g instead of -O3
+"""
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+try:
+    import torch  # noqa: F401  (the extension is built against this torch)
+except ImportError:
+    sys.exit(
+        "posemamba builds its kernels against your installed PyTorch, which this build cannot import.\n"
+        "Install torch first, then build without isolation:\n"
+        "    pip install torch && pip install --no-build-isolation -e .")
+
+CSRC = "csrc"
+DEFAULT_CUDA_ARCH_LIST = "8.0;8.6;8.9;9.0+PTX"
+
+
+def env_flag(name):
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def find_cuda_home():
+    """The CUDA toolkit root: CUDA_HOME/CUDA_PATH, else /usr/local/cuda, else nvcc's parent folder.
+
+    Checked for the runtime library too: a wrapper script such as /usr/local/bin/nvcc points torch's own
+    guess at /usr/local, which has no lib64/libcudart and fails only at link time.
+    """
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    for root in filter(None, candidates):
+        has_nvcc = os.path.isfile(os.path.join(root, "bin", "nvcc"))
+        has_cudart = glob.glob(os.path.join(root, "lib*", "libcudart*")) or glob.glob(
+            os.path.join(root, "targets", "*", "lib", "libcudart*"))
+        if has_nvcc and has_cudart:
+            return root
+    return None
+
+
+def cuda_build_wanted():
+    cuda_sources = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
+    if env_flag("POSEMAMBA_CPU_ONLY") or not cuda_sources:
+        if env_flag("FORCE_CUDA"):
+            sys.exit("FORCE_CUDA=1 but " + ("POSEMAMBA_CPU_ONLY=1 is set" if cuda_sources else "there are no CUDA sources"))
+        return None, []
+    cuda_home = find_cuda_home()
+    if cuda_home is None:
+        if env_flag("FORCE_CUDA"):
+            sys.exit("FORCE_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME to the folder holding bin/nvcc")
+        print("posemamba: no CUDA toolkit found, building the CPU kernels only", file=sys.stderr)
+        return None, []
+    return cuda_home, cuda_sources
+
+
+def extensions():
+    cuda_home, cuda_sources = cuda_build_wanted()
+    if cuda_home:
+        # torch.utils.cpp_extension reads CUDA_HOME once, when it is imported.
+        os.environ["CUDA_HOME"] = cuda_home
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            import torch
+
+            if not torch.cuda.is_available():
+                os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    debug = env_flag("DEBUG")
+    cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
+    sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")) + glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
+    if cuda_home:
+        nvcc_flags = (["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]) + ["--use_fast_math"]
+        return [CUDAExtension(
+            "posemamba._C", sources + cuda_sources,
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+            define_macros=[("POSEMAMBA_WITH_CUDA", None)])]
+    return [CppExtension("posemamba._C", sources, extra_compile_args={"cxx": cxx_flags})]
+
+
+def main():
+    from torch.utils.cpp_extension import BuildExtension
+
+    setup(
+        name="posemamba",
+        version="0.1.0",
+        description="PoseMamba 3D human pose lifting around a fused multi-path selective scan (CPU and CUDA)",
+        packages=find_packages(include=["posemamba", "posemamba.*"]),
+        python_requires=">=3.9",
+        install_requires=["torch", "numpy", "einops"],
+        extras_require={"test": ["pytest", "pytest-benchmark", "expecttest"]},
+        ext_modules=extensions(),
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    )
+
+
+if __name__ == "__main__":
+    main()

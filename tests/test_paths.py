@@ -1,0 +1,56 @@
+"""The scan-order helpers: shapes, permutations, and PoseMamba's orders by their definition."""
+import pytest
+import torch
+
+from posemamba.ops import bidirectional_paths, pose_mix, pose_paths
+
+
+def assert_rows_are_permutations(paths):
+    for row in paths:
+        assert torch.equal(row.sort().values, torch.arange(paths.shape[1]))
+
+
+@pytest.mark.parametrize("T,J", [(1, 1), (1, 17), (5, 1), (4, 3), (27, 17)])
+def test_pose_paths_visit_frame_major_joint_major_and_reverses(T, J):
+    paths = pose_paths(T, J)
+    assert paths.shape == (4, T * J) and paths.dtype == torch.int64
+    assert_rows_are_permutations(paths)
+    frame_major = [t * J + j for t in range(T) for j in range(J)]
+    joint_major = [t * J + j for j in range(J) for t in range(T)]
+    assert paths[0].tolist() == frame_major
+    assert paths[1].tolist() == joint_major
+    assert paths[2].tolist() == frame_major[::-1]
+    assert paths[3].tolist() == joint_major[::-1]
+
+
+def test_pose_mix_matches_definition():
+    T, J = 3, 5
+    joint_order = [0, 4, 1, 3, 2]
+    mix = pose_mix(T, J, joint_order)
+    assert mix.shape == (4, T * J) and mix.dtype == torch.int64
+    for t in range(T):
+        for j in range(J):
+            l = t * J + j
+            assert mix[0, l] == mix[2, l] == t * J + joint_order[j]
+            assert mix[1, l] == mix[3, l] == -1
+
+
+def test_bidirectional_paths():
+    order = torch.randperm(11)
+    paths = bidirectional_paths(order)
+    assert paths.shape == (2, 11)
+    assert_rows_are_permutations(paths)
+    assert torch.equal(paths[0], order) and torch.equal(paths[1], order.flip(0))
+
+
+def test_helpers_reject_bad_orders():
+    with pytest.raises(ValueError, match=r"order\[0\] must be a permutation of range\(L=3\)"):
+        bidirectional_paths([0, 0, 2])
+    with pytest.raises(ValueError, match="order must be a 1-D permutation"):
+        bidirectional_paths([[0, 1]])
+    with pytest.raises(ValueError, match="joint_order must be a permutation of range\\(J=3\\)"):
+        pose_mix(2, 3, [0, 1])
+    with pytest.raises(ValueError, match="joint_order"):
+        pose_mix(2, 3, [0, 1, 1])
+    with pytest.raises(ValueError, match="T and J must be >= 1"):
+        pose_paths(0, 17)
