@@ -26,6 +26,9 @@ constexpr int64_t kMaxStateDim = 64;
 // Steps between saved states: the backward recomputes each chunk from its saved start state, so
 // memory is (batch, P, D, L / kScanChunk, N) instead of every step's (batch, P, D, L, N).
 constexpr int64_t kScanChunk = 64;
+// Channels per backward task: dB and dC sum over channels, so each block of channels writes its own
+// partial and a fixed-order pass adds the blocks. Fixed by the shapes, never by the thread count.
+constexpr int64_t kChannelBlock = 16;
 
 inline int64_t num_scan_chunks(int64_t seqlen) {
   return (seqlen + kScanChunk - 1) / kScanChunk;
@@ -54,9 +57,27 @@ struct MultiPathScanParams {
   const int64_t* paths = nullptr;    // (P, L), each row a permutation of range(L)
   const int64_t* mix = nullptr;      // (P, L), -1 or a position; or null
 
+  // Written by the forward, read by the backward.
   void* out = nullptr;           // (batch, D, L)
   void* out_ungated = nullptr;   // (batch, D, L) y before the z gate; null when z is null
   void* chunk_states = nullptr;  // (batch, P, D, n_chunks, N) state before each chunk's first step
+};
+
+// The backward's extra pointers: the incoming gradient, the gradients it writes (same layouts and
+// dtypes as their inputs; null where the input is absent), and the per-task partial sums that a second,
+// fixed-order pass reduces, so that results never depend on thread counts or scheduling.
+struct MultiPathScanBwdParams : MultiPathScanParams {
+  int64_t n_channel_blocks = 0;
+
+  const void* grad_out = nullptr;  // (batch, D, L)
+  void* du = nullptr;
+  void* ddelta = nullptr;
+  void* dz = nullptr;
+  void* dB_partial = nullptr;      // (batch, n_channel_blocks, P, N, L) weight_t
+  void* dC_partial = nullptr;      // (batch, n_channel_blocks, P, N, L) weight_t
+  void* dA_partial = nullptr;      // (batch, P, D, N) weight_t
+  void* dD_partial = nullptr;      // (batch, P, D) weight_t
+  void* ddelta_bias_partial = nullptr;  // (batch, P, D) weight_t
 };
 
 template <typename T>
@@ -96,10 +117,30 @@ C10_HOST_DEVICE inline T step_size_grad(T raw_delta, T bias, bool use_softplus) 
   return use_softplus && x <= T(20) ? sigmoid(x) : T(1);
 }
 
-// One state entry's update: h <- exp(dt * a) * h + dt * v * b.
+// The discretised state decay exp(dt * a) of one state entry (a = A[p, d, n]).
 template <typename T>
-C10_HOST_DEVICE inline T state_update(T h, T dt, T a, T dt_v, T b) {
-  return std::exp(dt * a) * h + dt_v * b;
+C10_HOST_DEVICE inline T step_decay(T dt, T a) {
+  return std::exp(dt * a);
+}
+
+// One state entry's update: h <- exp(dt * a) * h + dt * v * b, with decay = step_decay(dt, a).
+template <typename T>
+C10_HOST_DEVICE inline T state_update(T h, T decay, T dt_v, T b) {
+  return decay * h + dt_v * b;
+}
+
+// The gradients of one step of one state entry, h = exp(dt * a) * h_prev + dt_v * b, given dh (the
+// gradient reaching h). Adds into the gradients of dt, a, v's drive and b; returns the gradient that
+// flows on to h_prev.
+template <typename T>
+C10_HOST_DEVICE inline T state_update_backward(
+    T dh, T h_prev, T decay, T dt, T a, T dt_v, T b, T& d_dt, T& d_a, T& d_dt_v, T& d_b) {
+  const T dh_decay_h_prev = dh * decay * h_prev;
+  d_dt += dh_decay_h_prev * a;
+  d_a += dh_decay_h_prev * dt;
+  d_dt_v += dh * b;
+  d_b += dh * dt_v;
+  return dh * decay;
 }
 
 // The gate applied to the summed paths' output.

@@ -2,7 +2,7 @@
 
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
+#include <ATen/ops/empty_like.h>
 
 namespace posemamba {
 namespace {
@@ -20,20 +20,17 @@ at::Tensor optional_contiguous(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->contiguous() : at::Tensor();
 }
 
-}  // namespace
+const void* optional_data(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr() : nullptr;
+}
 
-ScanForwardTensors prepare_scan_forward(
-    const at::Tensor& u,
-    const at::Tensor& delta,
-    const at::Tensor& A,
-    const at::Tensor& B,
-    const at::Tensor& C,
-    const at::Tensor& paths,
-    const std::optional<at::Tensor>& D,
-    const std::optional<at::Tensor>& z,
-    const std::optional<at::Tensor>& delta_bias,
-    const std::optional<at::Tensor>& mix,
-    bool delta_softplus) {
+// Checks every input against u and A (which fix batch, D, L, P and N), makes them contiguous, and fills
+// params' sizes and input pointers.
+ScanInputs prepare_scan_inputs(
+    const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+    const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
+    const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
+    const std::optional<at::Tensor>& mix, bool delta_softplus, MultiPathScanParams& p) {
   TORCH_CHECK(u.dim() == 3, "u must be (batch, D, L), got shape ", u.sizes());
   TORCH_CHECK(A.dim() == 3, "A must be (P, D, N), got shape ", A.sizes());
   const int64_t batch = u.size(0), dim = u.size(1), seqlen = u.size(2);
@@ -70,7 +67,7 @@ ScanForwardTensors prepare_scan_forward(
     check_like(*mix, "mix", u, at::kLong);
   }
 
-  ScanForwardTensors t;
+  ScanInputs t;
   t.u = u.contiguous();
   t.delta = delta.contiguous();
   t.A = A.contiguous();
@@ -82,36 +79,95 @@ ScanForwardTensors prepare_scan_forward(
   t.delta_bias = optional_contiguous(delta_bias);
   t.mix = optional_contiguous(mix);
 
-  const int64_t n_chunks = num_scan_chunks(seqlen);
-  t.out = at::empty({batch, dim, seqlen}, u.options());
-  t.out_ungated = z.has_value() ? at::empty({batch, dim, seqlen}, u.options()) : at::empty({0}, u.options());
-  t.chunk_states = at::empty({batch, n_paths, dim, n_chunks, d_state}, u.options().dtype(weight_dtype));
-
-  MultiPathScanParams& p = t.params;
   p.batch = batch;
   p.dim = dim;
   p.n_paths = n_paths;
   p.d_state = d_state;
   p.seqlen = seqlen;
-  p.n_chunks = n_chunks;
+  p.n_chunks = num_scan_chunks(seqlen);
   p.delta_softplus = delta_softplus;
   p.u = t.u.const_data_ptr();
   p.delta = t.delta.const_data_ptr();
   p.A = t.A.const_data_ptr();
   p.B = t.B.const_data_ptr();
   p.C = t.C.const_data_ptr();
-  p.D = t.D.defined() ? t.D.const_data_ptr() : nullptr;
-  p.z = t.z.defined() ? t.z.const_data_ptr() : nullptr;
-  p.delta_bias = t.delta_bias.defined() ? t.delta_bias.const_data_ptr() : nullptr;
+  p.D = optional_data(t.D);
+  p.z = optional_data(t.z);
+  p.delta_bias = optional_data(t.delta_bias);
   p.paths = t.paths.const_data_ptr<int64_t>();
   p.mix = t.mix.defined() ? t.mix.const_data_ptr<int64_t>() : nullptr;
-  p.out = t.out.mutable_data_ptr();
-  p.out_ungated = z.has_value() ? t.out_ungated.mutable_data_ptr() : nullptr;
-  p.chunk_states = t.chunk_states.mutable_data_ptr();
   return t;
 }
 
-void check_scan_indices_on_host(const at::Tensor& paths, const at::Tensor& mix, int64_t seqlen) {
+}  // namespace
+
+ScanForward prepare_scan_forward(
+    const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+    const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
+    const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
+    const std::optional<at::Tensor>& mix, bool delta_softplus) {
+  ScanForward f;
+  MultiPathScanParams& p = f.params;
+  f.inputs = prepare_scan_inputs(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, p);
+  f.out = at::empty({p.batch, p.dim, p.seqlen}, u.options());
+  f.out_ungated = at::empty(z.has_value() ? at::IntArrayRef{p.batch, p.dim, p.seqlen} : at::IntArrayRef{0},
+                            u.options());
+  f.chunk_states = at::empty({p.batch, p.n_paths, p.dim, p.n_chunks, p.d_state}, A.options());
+  p.out = f.out.mutable_data_ptr();
+  p.out_ungated = z.has_value() ? f.out_ungated.mutable_data_ptr() : nullptr;
+  p.chunk_states = f.chunk_states.mutable_data_ptr();
+  return f;
+}
+
+ScanBackward prepare_scan_backward(
+    const at::Tensor& grad_out, const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+    const at::Tensor& B, const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
+    const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
+    const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
+    bool delta_softplus) {
+  ScanBackward g;
+  MultiPathScanBwdParams& p = g.params;
+  g.inputs = prepare_scan_inputs(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, p);
+  check_shape(grad_out, "grad_out", {p.batch, p.dim, p.seqlen});
+  check_like(grad_out, "grad_out", u, u.scalar_type());
+  check_shape(chunk_states, "chunk_states", {p.batch, p.n_paths, p.dim, p.n_chunks, p.d_state});
+  check_like(chunk_states, "chunk_states", u, A.scalar_type());
+  if (z.has_value()) {
+    check_shape(out_ungated, "out_ungated", {p.batch, p.dim, p.seqlen});
+    check_like(out_ungated, "out_ungated", u, u.scalar_type());
+  }
+  g.grad_out = grad_out.contiguous();
+  g.chunk_states = chunk_states.contiguous();
+  g.out_ungated = z.has_value() ? out_ungated.contiguous() : at::Tensor();
+
+  p.n_channel_blocks = (p.dim + kChannelBlock - 1) / kChannelBlock;
+  const auto weights = A.options();
+  g.du = at::empty_like(g.inputs.u);
+  g.ddelta = at::empty_like(g.inputs.delta);
+  g.dz = z.has_value() ? at::empty_like(g.inputs.z) : at::empty({0}, u.options());
+  g.dB_partial = at::empty({p.batch, p.n_channel_blocks, p.n_paths, p.d_state, p.seqlen}, weights);
+  g.dC_partial = at::empty({p.batch, p.n_channel_blocks, p.n_paths, p.d_state, p.seqlen}, weights);
+  g.dA_partial = at::empty({p.batch, p.n_paths, p.dim, p.d_state}, weights);
+  g.dD_partial = at::empty({p.batch, p.n_paths, p.dim}, weights);
+  g.ddelta_bias_partial = at::empty({p.batch, p.n_paths, p.dim}, weights);
+
+  p.grad_out = g.grad_out.const_data_ptr();
+  p.out_ungated = z.has_value() ? const_cast<void*>(g.out_ungated.const_data_ptr()) : nullptr;
+  p.chunk_states = const_cast<void*>(g.chunk_states.const_data_ptr());
+  p.du = g.du.mutable_data_ptr();
+  p.ddelta = g.ddelta.mutable_data_ptr();
+  p.dz = z.has_value() ? g.dz.mutable_data_ptr() : nullptr;
+  p.dB_partial = g.dB_partial.mutable_data_ptr();
+  p.dC_partial = g.dC_partial.mutable_data_ptr();
+  p.dA_partial = g.dA_partial.mutable_data_ptr();
+  p.dD_partial = g.dD_partial.mutable_data_ptr();
+  p.ddelta_bias_partial = g.ddelta_bias_partial.mutable_data_ptr();
+  return g;
+}
+
+void check_scan_indices_on_host(const ScanInputs& inputs, int64_t seqlen) {
+  const at::Tensor& paths = inputs.paths;
+  const at::Tensor& mix = inputs.mix;
   const int64_t* path_index = paths.const_data_ptr<int64_t>();
   for (int64_t i = 0; i < paths.numel(); ++i) {
     TORCH_CHECK(path_index[i] >= 0 && path_index[i] < seqlen,

@@ -16,4 +16,10 @@ TORCH_LIBRARY(posemamba, m) {
       "multi_path_scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor paths, "
       "Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? mix, bool delta_softplus) "
       "-> (Tensor out, Tensor out_ungated, Tensor chunk_states)");
+  // Gradients of every input; dD, dz and ddelta_bias are empty where D, z or delta_bias is None.
+  m.def(
+      "multi_path_scan_bwd(Tensor grad_out, Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, "
+      "Tensor paths, Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? mix, Tensor out_ungated, "
+      "Tensor chunk_states, bool delta_softplus) "
+      "-> (Tensor du, Tensor ddelta, Tensor dA, Tensor dB, Tensor dC, Tensor dD, Tensor dz, Tensor ddelta_bias)");
 }

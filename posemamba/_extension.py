@@ -1,6 +1,8 @@
 """Loads the compiled kernels (posemamba._C) once; importing posemamba never fails without them."""
 import warnings
 
+import torch  # noqa: F401  (loads libtorch and libc10, which _C links against)
+
 try:
     from . import _C  # noqa: F401  (importing it registers the posemamba:: ops)
     EXTENSION_ERROR = None

@@ -64,8 +64,7 @@ def multi_path_selective_scan(
         out: (batch, D, L) in u's dtype; y, times silu(z) when z is given.
     """
     check_multi_path_scan_args(u, delta, A, B, C, paths, D, z, delta_bias, mix)
-    if not _kernel_available(u.device) or (torch.is_grad_enabled() and _any_requires_grad(
-            u, delta, A, B, C, D, z, delta_bias)):
+    if not _kernel_available(u.device):
         return multi_path_selective_scan_ref(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus)
     out, _, _ = torch.ops.posemamba.multi_path_scan_fwd(
         u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus)
@@ -74,10 +73,6 @@ def multi_path_selective_scan(
 
 def _kernel_available(device: torch.device) -> bool:
     return HAS_EXTENSION and device.type == "cpu"
-
-
-def _any_requires_grad(*tensors: Optional[torch.Tensor]) -> bool:
-    return any(t is not None and t.requires_grad for t in tensors)
 
 
 if HAS_EXTENSION:
@@ -93,3 +88,36 @@ if HAS_EXTENSION:
         out_ungated = u.new_empty(u.shape if z is not None else (0,))
         chunk_states = u.new_empty((batch, n_paths, dim, n_chunks, d_state), dtype=A.dtype)
         return out, out_ungated, chunk_states
+
+    @torch.library.register_fake("posemamba::multi_path_scan_bwd")
+    def _multi_path_scan_bwd_fake(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated,
+                                  chunk_states, delta_softplus):
+        def like_or_absent(t, reference):
+            return reference.new_empty(t.shape) if t is not None else A.new_empty((0,))
+
+        dz = u.new_empty(u.shape) if z is not None else u.new_empty((0,))
+        return (u.new_empty(u.shape), delta.new_empty(delta.shape), A.new_empty(A.shape),
+                B.new_empty(B.shape), C.new_empty(C.shape), like_or_absent(D, A), dz,
+                like_or_absent(delta_bias, A))
+
+    def _multi_path_scan_setup_context(ctx, inputs, output):
+        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus = inputs
+        _, out_ungated, chunk_states = output
+        ctx.save_for_backward(u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states)
+        ctx.delta_softplus = delta_softplus
+        ctx.mark_non_differentiable(out_ungated, chunk_states)
+
+    def _multi_path_scan_backward(ctx, grad_out, _grad_out_ungated, _grad_chunk_states):
+        u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states = ctx.saved_tensors
+        du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = torch.ops.posemamba.multi_path_scan_bwd(
+            grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states,
+            ctx.delta_softplus)
+        return (du, ddelta, dA, dB, dC, None,
+                dD if D is not None else None,
+                dz if z is not None else None,
+                ddelta_bias if delta_bias is not None else None,
+                None, None)
+
+    torch.library.register_autograd(
+        "posemamba::multi_path_scan_fwd", _multi_path_scan_backward,
+        setup_context=_multi_path_scan_setup_context)

@@ -1,0 +1,135 @@
+"""Gradients of the compiled multi-path scan: gradcheck, the reference's autograd, opcheck, compile."""
+import pytest
+import torch
+
+from posemamba.ops import multi_path_selective_scan, pose_mix, pose_paths
+from posemamba.reference import multi_path_selective_scan_ref
+
+from conftest import random_scan_inputs, requires_extension
+
+pytestmark = requires_extension
+
+DIFFERENTIABLE = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+# (rtol, atol relative to the largest reference gradient) for the kernel's gradients against the
+# reference's autograd, from the same inputs. Both accumulate in float (double for float64); half
+# types round du, ddelta, dB, dC and dz once more on output.
+BACKWARD_TOLERANCE = {
+    torch.float64: (1e-9, 1e-10),
+    torch.float32: (1e-3, 1e-4),
+    torch.float16: (5e-3, 2e-3),
+    torch.bfloat16: (3e-2, 1.6e-2),
+}
+
+
+def differentiable_inputs(inputs):
+    names = [name for name in DIFFERENTIABLE if inputs[name] is not None]
+    for name in names:
+        inputs[name].requires_grad_(True)
+    return names
+
+
+def gradients(fn, inputs, names, grad_out, delta_softplus=True):
+    out = fn(**inputs, delta_softplus=delta_softplus)
+    return out, torch.autograd.grad(out, [inputs[name] for name in names], grad_out)
+
+
+def assert_gradients_match_reference(inputs, delta_softplus=True):
+    names = differentiable_inputs(inputs)
+    grad_out = torch.randn_like(inputs["u"])
+    _, kernel_grads = gradients(multi_path_selective_scan, inputs, names, grad_out, delta_softplus)
+    _, reference_grads = gradients(multi_path_selective_scan_ref, inputs, names, grad_out, delta_softplus)
+    rtol, atol = BACKWARD_TOLERANCE[inputs["u"].dtype]
+    for name, kernel_grad, reference_grad in zip(names, kernel_grads, reference_grads):
+        assert kernel_grad.dtype == inputs[name].dtype, name
+        scale = max(1.0, reference_grad.double().abs().max().item())
+        torch.testing.assert_close(kernel_grad, reference_grad, rtol=rtol, atol=atol * scale,
+                                   msg=lambda m: f"d{name}: {m}")
+
+
+@pytest.mark.parametrize("options", [
+    dict(),
+    dict(with_D=False, with_z=False, with_bias=False, with_mix=False),
+    dict(with_mix=False, delta_softplus=False),
+    dict(with_z=False, with_bias=False, delta_softplus=False),
+])
+@pytest.mark.parametrize("shape", [(1, 2, 1, 1, 1), (2, 3, 7, 2, 3), (1, 2, 67, 3, 2)],
+                         ids=lambda s: "b{}_d{}_l{}_p{}_n{}".format(*s))
+def test_gradcheck_float64(shape, options):
+    delta_softplus = options.get("delta_softplus", True)
+    inputs = random_scan_inputs(*shape, torch.float64, **options)
+    names = differentiable_inputs(inputs)
+
+    def scan(*tensors):
+        return multi_path_selective_scan(**{**inputs, **dict(zip(names, tensors))}, delta_softplus=delta_softplus)
+
+    assert torch.autograd.gradcheck(scan, [inputs[name] for name in names], eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 3, 17, 4, 16), (1, 18, 130, 2, 5), (3, 33, 65, 3, 64)],
+                         ids=lambda s: "b{}_d{}_l{}_p{}_n{}".format(*s))
+def test_gradients_match_reference(shape, dtype):
+    assert_gradients_match_reference(random_scan_inputs(*shape, dtype))
+
+
+def test_gradients_pose_paths_without_softplus():
+    T, J = 5, 17
+    inputs = random_scan_inputs(2, 17, T * J, 4, 16, torch.float64, delta_softplus=False)
+    inputs["paths"] = pose_paths(T, J)
+    inputs["mix"] = pose_mix(T, J, torch.randperm(J))
+    assert_gradients_match_reference(inputs, delta_softplus=False)
+
+
+def test_softplus_threshold_gradient():
+    # Above torch's softplus threshold (20) dt = x and its derivative is 1: both branches in one scan.
+    inputs = random_scan_inputs(1, 2, 9, 2, 3, torch.float64, with_mix=False)
+    inputs["delta"][..., ::2] += 25.0
+    inputs["A"].mul_(0.01)
+    assert_gradients_match_reference(inputs)
+
+
+def test_backward_is_bitwise_deterministic_across_thread_counts():
+    inputs = random_scan_inputs(2, 40, 150, 4, 16, torch.float32)
+    names = differentiable_inputs(inputs)
+    grad_out = torch.randn_like(inputs["u"])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        _, single = gradients(multi_path_selective_scan, inputs, names, grad_out)
+        torch.set_num_threads(max(2, threads))
+        _, multi = gradients(multi_path_selective_scan, inputs, names, grad_out)
+    finally:
+        torch.set_num_threads(threads)
+    for name, a, b in zip(names, single, multi):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("with_optionals", [False, True])
+def test_opcheck_forward_and_backward(with_optionals):
+    inputs = random_scan_inputs(2, 3, 70, 2, 4, torch.float32, with_D=with_optionals, with_z=with_optionals,
+                                with_bias=with_optionals, with_mix=with_optionals)
+    differentiable_inputs(inputs)
+    args = (inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], inputs["paths"],
+            inputs["D"], inputs["z"], inputs["delta_bias"], inputs["mix"], True)
+    torch.library.opcheck(torch.ops.posemamba.multi_path_scan_fwd.default, args)
+
+    out, out_ungated, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(*[
+        a.detach() if isinstance(a, torch.Tensor) else a for a in args])
+    detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args[:-1]]
+    torch.library.opcheck(torch.ops.posemamba.multi_path_scan_bwd.default,
+                          (torch.randn_like(out), *detached, out_ungated, chunk_states, True))
+
+
+def test_torch_compile_fullgraph():
+    inputs = random_scan_inputs(2, 4, 30, 2, 8, torch.float32)
+    names = differentiable_inputs(inputs)
+    compiled = torch.compile(multi_path_selective_scan, fullgraph=True)
+    out = compiled(**inputs)
+    expected = multi_path_selective_scan(**inputs)
+    torch.testing.assert_close(out, expected)
+    grad_out = torch.randn_like(out)
+    compiled_grads = torch.autograd.grad(out, [inputs[name] for name in names], grad_out)
+    eager_grads = torch.autograd.grad(expected, [inputs[name] for name in names], grad_out)
+    for a, b in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, b)
