@@ -1,7 +1,7 @@
 // The one definition of the fused multi-path selective scan's arithmetic.
 //
 // Both the C++ CPU kernels and the CUDA kernels include this header: the per-step math lives here as
-// C10_HOST_DEVICE inline functions (host+device under nvcc, plain inline under g++), so the CPU tests
+// C10_HOST_DEVICE inline functions (host+device under nvcc, plain functions under g++), so the CPU tests
 // exercise the exact formulas the GPU runs. Kernels only index, split the work and launch.
 //
 // Semantics, per batch b, channel d, path p, with the state h (N entries) starting at zero and
@@ -17,6 +17,11 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+
+// Every step function is forced inline: the CPU kernels' ISA-specific clones (cpu/cpu_dispatch.h)
+// only vectorise what is inlined into them.
+#define POSEMAMBA_MATH C10_HOST_DEVICE C10_ALWAYS_INLINE
 
 namespace posemamba {
 
@@ -80,52 +85,140 @@ struct MultiPathScanBwdParams : MultiPathScanParams {
   void* ddelta_bias_partial = nullptr;  // (batch, P, D) weight_t
 };
 
+POSEMAMBA_MATH float bits_to_float(int32_t bits) {
+  float value;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+
+POSEMAMBA_MATH int32_t float_to_bits(float value) {
+  int32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  return bits;
+}
+
+// exp for the scan's float math: the exps decide the scan's speed (one per state update), and a
+// range-reduced polynomial without branches vectorises where a library call does not.
+// x = k ln2 + r with |r| <= ln2/2 (ln2 split in two so k ln2 is exact), exp(r) by Cephes' degree-7
+// polynomial, times 2^k built in the exponent bits. Relative error <= 2 ulp over the whole range
+// (tests/test_scan_exp.py checks it against float64); exp(x) = 0 below -87.33 (no denormals) and +inf
+// above 88.72, like expf.
+POSEMAMBA_MATH float scan_exp(float x) {
+  const float kLog2e = 1.44269504088896341f;
+  const float kLn2Hi = 0.693359375f;
+  const float kLn2Lo = -2.12194440e-4f;
+  const float kMaxArg = 88.72283905206835f;
+  const float kMinArg = -87.33654475055310f;
+  const float clamped = x > kMaxArg ? kMaxArg : (x < kMinArg ? kMinArg : x);
+  // Round to nearest by the 1.5 * 2^23 trick: branch-free and exact for |k| < 2^22.
+  const float kRound = 12582912.0f;
+  const float k = (clamped * kLog2e + kRound) - kRound;
+  const float r = (clamped - k * kLn2Hi) - k * kLn2Lo;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  // 2^k through the exponent field; k is in [-126, 128] after the clamp, and 2^128 is split as
+  // 2 * 2^127 so it does not overflow the field.
+  const int32_t k_int = static_cast<int32_t>(k);
+  const int32_t k_half = k_int >> 1;
+  const float scale_a = bits_to_float((k_half + 127) << 23);
+  const float scale_b = bits_to_float((k_int - k_half + 127) << 23);
+  const float result = p * scale_a * scale_b;
+  return x > kMaxArg ? INFINITY : (x < kMinArg ? 0.0f : result);
+}
+
+POSEMAMBA_MATH double scan_exp(double x) {
+  return std::exp(x);
+}
+
+// log for the scan's float math, x > 0 and finite: x = m 2^e with m in [sqrt(1/2), sqrt(2)), log(m)
+// by Cephes' degree-9 polynomial in m - 1, plus e ln2 (split in two). Relative error <= 2 ulp.
+POSEMAMBA_MATH float scan_log(float x) {
+  const float kSqrtHalf = 0.707106781186547524f;
+  const int32_t bits = float_to_bits(x);
+  int32_t exponent = ((bits >> 23) & 0xff) - 126;
+  float m = bits_to_float((bits & 0x007fffff) | 0x3f000000);  // in [1/2, 1)
+  const bool low = m < kSqrtHalf;
+  exponent -= low ? 1 : 0;
+  m = low ? m + m : m;
+  const float f = m - 1.0f;
+  float p = 7.0376836292e-2f;
+  p = p * f - 1.1514610310e-1f;
+  p = p * f + 1.1676998740e-1f;
+  p = p * f - 1.2420140846e-1f;
+  p = p * f + 1.4249322787e-1f;
+  p = p * f - 1.6668057665e-1f;
+  p = p * f + 2.0000714765e-1f;
+  p = p * f - 2.4999993993e-1f;
+  p = p * f + 3.3333331174e-1f;
+  const float f2 = f * f;
+  const float e = static_cast<float>(exponent);
+  float y = f * f2 * p + e * -2.12194440e-4f - 0.5f * f2;
+  return f + y + e * 0.693359375f;
+}
+
+// log1p for t > -1 from scan_log: log(u) * t / (u - 1) with u = 1 + t recovers the bits of t that
+// rounding 1 + t loses (so tiny t gives t, not 0).
+POSEMAMBA_MATH float scan_log1p(float t) {
+  const float u = 1.0f + t;
+  const float log_u = scan_log(u);
+  return u == 1.0f ? t : log_u * (t / (u - 1.0f));
+}
+
+POSEMAMBA_MATH double scan_log1p(double t) {
+  return std::log1p(t);
+}
+
 template <typename T>
-C10_HOST_DEVICE inline T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
+POSEMAMBA_MATH T sigmoid(T x) {
+  return T(1) / (T(1) + scan_exp(-x));
 }
 
 // torch.nn.functional.softplus with its default threshold: above 20 it returns x itself.
 template <typename T>
-C10_HOST_DEVICE inline T softplus(T x) {
-  return x > T(20) ? x : std::log1p(std::exp(x));
+POSEMAMBA_MATH T softplus(T x) {
+  return x > T(20) ? x : scan_log1p(scan_exp(x));
 }
 
 template <typename T>
-C10_HOST_DEVICE inline T silu(T x) {
+POSEMAMBA_MATH T silu(T x) {
   return x * sigmoid(x);
 }
 
 // d silu(x) / dx = sigmoid(x) * (1 + x * (1 - sigmoid(x))).
 template <typename T>
-C10_HOST_DEVICE inline T silu_grad(T x) {
+POSEMAMBA_MATH T silu_grad(T x) {
   const T s = sigmoid(x);
   return s * (T(1) + x * (T(1) - s));
 }
 
 // The discretised step size dt from the raw delta and its bias.
 template <typename T>
-C10_HOST_DEVICE inline T step_size(T raw_delta, T bias, bool use_softplus) {
+POSEMAMBA_MATH T step_size(T raw_delta, T bias, bool use_softplus) {
   const T x = raw_delta + bias;
   return use_softplus ? softplus(x) : x;
 }
 
 // d dt / d (raw_delta + bias): sigmoid under softplus (1 above its threshold), else 1.
 template <typename T>
-C10_HOST_DEVICE inline T step_size_grad(T raw_delta, T bias, bool use_softplus) {
+POSEMAMBA_MATH T step_size_grad(T raw_delta, T bias, bool use_softplus) {
   const T x = raw_delta + bias;
   return use_softplus && x <= T(20) ? sigmoid(x) : T(1);
 }
 
 // The discretised state decay exp(dt * a) of one state entry (a = A[p, d, n]).
 template <typename T>
-C10_HOST_DEVICE inline T step_decay(T dt, T a) {
-  return std::exp(dt * a);
+POSEMAMBA_MATH T step_decay(T dt, T a) {
+  return scan_exp(dt * a);
 }
 
 // One state entry's update: h <- exp(dt * a) * h + dt * v * b, with decay = step_decay(dt, a).
 template <typename T>
-C10_HOST_DEVICE inline T state_update(T h, T decay, T dt_v, T b) {
+POSEMAMBA_MATH T state_update(T h, T decay, T dt_v, T b) {
   return decay * h + dt_v * b;
 }
 
@@ -133,7 +226,7 @@ C10_HOST_DEVICE inline T state_update(T h, T decay, T dt_v, T b) {
 // gradient reaching h). Adds into the gradients of dt, a, v's drive and b; returns the gradient that
 // flows on to h_prev.
 template <typename T>
-C10_HOST_DEVICE inline T state_update_backward(
+POSEMAMBA_MATH T state_update_backward(
     T dh, T h_prev, T decay, T dt, T a, T dt_v, T b, T& d_dt, T& d_a, T& d_dt_v, T& d_b) {
   const T dh_decay_h_prev = dh * decay * h_prev;
   d_dt += dh_decay_h_prev * a;
@@ -145,7 +238,7 @@ C10_HOST_DEVICE inline T state_update_backward(
 
 // The gate applied to the summed paths' output.
 template <typename T>
-C10_HOST_DEVICE inline T gate_output(T y, T z) {
+POSEMAMBA_MATH T gate_output(T y, T z) {
   return y * silu(z);
 }
 

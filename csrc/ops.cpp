@@ -22,4 +22,6 @@ TORCH_LIBRARY(posemamba, m) {
       "Tensor paths, Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? mix, Tensor out_ungated, "
       "Tensor chunk_states, bool delta_softplus) "
       "-> (Tensor du, Tensor ddelta, Tensor dA, Tensor dB, Tensor dC, Tensor dD, Tensor dz, Tensor ddelta_bias)");
+  // The scan's own exp, log1p or softplus, elementwise, for testing their accuracy.
+  m.def("_scan_math(Tensor x, str function) -> Tensor");
 }

@@ -1,0 +1,69 @@
+// Layouts shared by the CPU forward and backward: a task owns one batch entry and a block of
+// kCpuChannelBlock channels, and keeps its per-position values channel-minor, (L, W), so the inner
+// loops run over W adjacent channels at once (one AVX-512 register of floats).
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../multi_path_scan.h"
+
+namespace posemamba {
+
+constexpr int64_t kCpuChannelBlock = 16;
+static_assert(kChannelBlock == kCpuChannelBlock, "the backward's partial sums are per channel block");
+
+inline int64_t num_channel_blocks(int64_t dim) {
+  return (dim + kCpuChannelBlock - 1) / kCpuChannelBlock;
+}
+
+// B and C of every (batch, path) transposed to (L, N) in the math type, done once per op call: the
+// scan then reads one position's N values contiguously, whatever order the path visits positions in.
+at::Tensor transpose_to_positions_major(const at::Tensor& BC, at::ScalarType weight_dtype);
+
+// Gathers rows [d_begin, d_begin + width) of a (rows, L) matrix into (L, W), channel-minor, in the
+// math type; channels past width are zero.
+template <typename weight_t, typename input_t>
+void gather_channel_block(const input_t* rows, int64_t d_begin, int64_t width, int64_t seqlen, weight_t* out) {
+  constexpr int64_t W = kCpuChannelBlock;
+  std::fill(out, out + seqlen * W, weight_t(0));
+  for (int64_t w = 0; w < width; ++w) {
+    const input_t* row = rows + (d_begin + w) * seqlen;
+    for (int64_t l = 0; l < seqlen; ++l) out[l * W + w] = weight_t(row[l]);
+  }
+}
+
+// The input each position of a path reads, (L, W): u, or u[l] + u[mix[l]] where mix[l] >= 0.
+template <typename weight_t>
+const weight_t* path_inputs(const weight_t* u_block, const int64_t* mix_row, int64_t seqlen, weight_t* scratch) {
+  constexpr int64_t W = kCpuChannelBlock;
+  if (!mix_row) return u_block;
+  for (int64_t l = 0; l < seqlen; ++l) {
+    const int64_t partner = mix_row[l];
+    for (int64_t w = 0; w < W; ++w) {
+      scratch[l * W + w] = u_block[l * W + w] + (partner >= 0 ? u_block[partner * W + w] : weight_t(0));
+    }
+  }
+  return scratch;
+}
+
+// A[p, d, :] for the block as (N, W), D[p, d] and delta_bias[p, d] as (W); zero past width and where
+// absent (exp(0) = 1 keeps the padded channels' states at zero).
+template <typename weight_t>
+void path_weights(const weight_t* A_path, const weight_t* D_path, const weight_t* bias_path, int64_t d_begin,
+                  int64_t width, int64_t d_state, weight_t* A_block, weight_t* D_block, weight_t* bias_block) {
+  constexpr int64_t W = kCpuChannelBlock;
+  std::fill(A_block, A_block + d_state * W, weight_t(0));
+  std::fill(D_block, D_block + W, weight_t(0));
+  std::fill(bias_block, bias_block + W, weight_t(0));
+  for (int64_t w = 0; w < width; ++w) {
+    for (int64_t n = 0; n < d_state; ++n) A_block[n * W + w] = A_path[(d_begin + w) * d_state + n];
+    if (D_path) D_block[w] = D_path[d_begin + w];
+    if (bias_path) bias_block[w] = bias_path[d_begin + w];
+  }
+}
+
+}  // namespace posemamba

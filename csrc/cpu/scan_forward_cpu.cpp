@@ -1,0 +1,200 @@
+// CPU forward of posemamba::multi_path_scan_fwd.
+//
+// One task per (batch, block of kCpuChannelBlock channels). It runs every path for its channels and
+// sums them into its own rows of the output, so tasks never share a written element: no races, no
+// reductions, and the result does not depend on the thread count. The per-step math comes from
+// multi_path_scan.h; the hot loop is compiled once per ISA (cpu_dispatch.h).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "../multi_path_scan_host.h"
+#include "cpu_dispatch.h"
+#include "scan_block_cpu.h"
+
+namespace posemamba {
+
+at::Tensor transpose_to_positions_major(const at::Tensor& BC, at::ScalarType weight_dtype) {
+  return BC.transpose(-1, -2).to(weight_dtype).contiguous();  // (batch, P, L, N)
+}
+
+namespace {
+
+// One path's whole scan for a block of W channels.
+template <typename weight_t>
+struct PathBlockScan {
+  const weight_t* dt;       // (L, W) step sizes by natural position
+  const weight_t* v;        // (L, W) inputs by natural position
+  const weight_t* B;        // (L, N) this (batch, path)'s B by natural position
+  const weight_t* C;        // (L, N)
+  const weight_t* A;        // (N, W)
+  const weight_t* D;        // (W)
+  const int64_t* order;     // (L) the path: positions in scan order
+  int64_t seqlen;
+  int64_t d_state;
+  weight_t* h;              // (N, W) scratch for the state
+  weight_t* y;              // (L, W) this path's output is added here
+  weight_t* saved_states;   // (n_chunks, N, W) the state before each chunk's first step
+};
+
+template <typename weight_t>
+POSEMAMBA_ALWAYS_INLINE void scan_path_block(const PathBlockScan<weight_t>& a) {
+  constexpr int64_t W = kCpuChannelBlock;
+  const int64_t N = a.d_state;
+  weight_t* POSEMAMBA_RESTRICT h = a.h;
+  for (int64_t i = 0; i < N * W; ++i) h[i] = weight_t(0);
+  for (int64_t s = 0; s < a.seqlen; ++s) {
+    if (s % kScanChunk == 0) {
+      weight_t* POSEMAMBA_RESTRICT saved = a.saved_states + (s / kScanChunk) * N * W;
+      for (int64_t i = 0; i < N * W; ++i) saved[i] = h[i];
+    }
+    const int64_t l = a.order[s];
+    const weight_t* POSEMAMBA_RESTRICT dt = a.dt + l * W;
+    const weight_t* POSEMAMBA_RESTRICT v = a.v + l * W;
+    const weight_t* POSEMAMBA_RESTRICT B_l = a.B + l * a.d_state;
+    const weight_t* POSEMAMBA_RESTRICT C_l = a.C + l * a.d_state;
+    weight_t dt_v[W], y_step[W];
+    for (int64_t w = 0; w < W; ++w) {
+      dt_v[w] = dt[w] * v[w];
+      y_step[w] = a.D[w] * v[w];
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      const weight_t b = B_l[n], c = C_l[n];
+      const weight_t* POSEMAMBA_RESTRICT A_n = a.A + n * W;
+      weight_t* POSEMAMBA_RESTRICT h_n = h + n * W;
+      for (int64_t w = 0; w < W; ++w) {
+        h_n[w] = state_update<weight_t>(h_n[w], step_decay(dt[w], A_n[w]), dt_v[w], b);
+        y_step[w] += c * h_n[w];
+      }
+    }
+    weight_t* POSEMAMBA_RESTRICT y_l = a.y + l * W;
+    for (int64_t w = 0; w < W; ++w) y_l[w] += y_step[w];
+  }
+}
+
+POSEMAMBA_CPU_MULTIVERSION void run_path_block_scan(const PathBlockScan<float>& a) {
+  scan_path_block(a);
+}
+
+void run_path_block_scan(const PathBlockScan<double>& a) {
+  scan_path_block(a);
+}
+
+// dt (L, W) holds raw deltas; turns them into step sizes in place, bias (W) per channel.
+template <typename weight_t>
+POSEMAMBA_ALWAYS_INLINE void step_sizes_in_place(weight_t* POSEMAMBA_RESTRICT dt, const weight_t* POSEMAMBA_RESTRICT bias,
+                                                 int64_t seqlen, bool use_softplus) {
+  constexpr int64_t W = kCpuChannelBlock;
+  for (int64_t l = 0; l < seqlen; ++l) {
+    for (int64_t w = 0; w < W; ++w) dt[l * W + w] = step_size<weight_t>(dt[l * W + w], bias[w], use_softplus);
+  }
+}
+
+POSEMAMBA_CPU_MULTIVERSION void run_step_sizes(float* dt, const float* bias, int64_t seqlen, bool use_softplus) {
+  step_sizes_in_place(dt, bias, seqlen, use_softplus);
+}
+
+void run_step_sizes(double* dt, const double* bias, int64_t seqlen, bool use_softplus) {
+  step_sizes_in_place(dt, bias, seqlen, use_softplus);
+}
+
+template <typename input_t>
+void multi_path_scan_fwd_kernel(const MultiPathScanParams& p, const at::Tensor& B_by_position,
+                                const at::Tensor& C_by_position) {
+  using weight_t = at::opmath_type<input_t>;
+  constexpr int64_t W = kCpuChannelBlock;
+  const int64_t L = p.seqlen, N = p.d_state;
+  const int64_t n_blocks = num_channel_blocks(p.dim);
+  const weight_t* B_pos = B_by_position.const_data_ptr<weight_t>();
+  const weight_t* C_pos = C_by_position.const_data_ptr<weight_t>();
+
+  at::parallel_for(0, p.batch * n_blocks, 1, [&](int64_t task_begin, int64_t task_end) {
+    std::vector<weight_t> scratch(4 * L * W + N * W + p.n_chunks * N * W + N * W + 2 * W);
+    weight_t* u_block = scratch.data();
+    weight_t* v_mixed = u_block + L * W;
+    weight_t* dt = v_mixed + L * W;
+    weight_t* y = dt + L * W;
+    weight_t* h = y + L * W;
+    weight_t* saved = h + N * W;
+    weight_t* A_block = saved + p.n_chunks * N * W;
+    weight_t* D_block = A_block + N * W;
+    weight_t* bias_block = D_block + W;
+
+    for (int64_t task = task_begin; task < task_end; ++task) {
+      const int64_t b = task / n_blocks, d_begin = (task % n_blocks) * W;
+      const int64_t width = std::min(W, p.dim - d_begin);
+      gather_channel_block(static_cast<const input_t*>(p.u) + b * p.dim * L, d_begin, width, L, u_block);
+      std::fill(y, y + L * W, weight_t(0));
+      for (int64_t path = 0; path < p.n_paths; ++path) {
+        const int64_t batch_path = b * p.n_paths + path;
+        path_weights(static_cast<const weight_t*>(p.A) + path * p.dim * N,
+                     p.D ? static_cast<const weight_t*>(p.D) + path * p.dim : nullptr,
+                     p.delta_bias ? static_cast<const weight_t*>(p.delta_bias) + path * p.dim : nullptr,
+                     d_begin, width, N, A_block, D_block, bias_block);
+        gather_channel_block(static_cast<const input_t*>(p.delta) + batch_path * p.dim * L, d_begin, width, L, dt);
+        run_step_sizes(dt, bias_block, L, p.delta_softplus);
+        const PathBlockScan<weight_t> scan{
+            dt, path_inputs(u_block, p.mix ? p.mix + path * L : nullptr, L, v_mixed),
+            B_pos + batch_path * L * N, C_pos + batch_path * L * N, A_block, D_block,
+            p.paths + path * L, L, N, h, y, saved};
+        run_path_block_scan(scan);
+
+        weight_t* states_out = static_cast<weight_t*>(p.chunk_states);
+        for (int64_t w = 0; w < width; ++w) {
+          weight_t* channel_states = states_out + (batch_path * p.dim + d_begin + w) * p.n_chunks * N;
+          for (int64_t c = 0; c < p.n_chunks; ++c) {
+            for (int64_t n = 0; n < N; ++n) channel_states[c * N + n] = saved[(c * N + n) * W + w];
+          }
+        }
+      }
+
+      for (int64_t w = 0; w < width; ++w) {
+        const int64_t row = (b * p.dim + d_begin + w) * L;
+        input_t* out_row = static_cast<input_t*>(p.out) + row;
+        if (p.z) {
+          const input_t* z_row = static_cast<const input_t*>(p.z) + row;
+          input_t* ungated_row = static_cast<input_t*>(p.out_ungated) + row;
+          for (int64_t l = 0; l < L; ++l) {
+            ungated_row[l] = y[l * W + w];
+            out_row[l] = gate_output<weight_t>(y[l * W + w], z_row[l]);
+          }
+        } else {
+          for (int64_t l = 0; l < L; ++l) out_row[l] = y[l * W + w];
+        }
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_path_scan_fwd_cpu(
+    const at::Tensor& u,
+    const at::Tensor& delta,
+    const at::Tensor& A,
+    const at::Tensor& B,
+    const at::Tensor& C,
+    const at::Tensor& paths,
+    const std::optional<at::Tensor>& D,
+    const std::optional<at::Tensor>& z,
+    const std::optional<at::Tensor>& delta_bias,
+    const std::optional<at::Tensor>& mix,
+    bool delta_softplus) {
+  ScanForward f = prepare_scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus);
+  check_scan_indices_on_host(f.inputs, f.params.seqlen);
+  const at::Tensor B_by_position = transpose_to_positions_major(f.inputs.B, A.scalar_type());
+  const at::Tensor C_by_position = transpose_to_positions_major(f.inputs.C, A.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "multi_path_scan_fwd_cpu", [&] {
+    multi_path_scan_fwd_kernel<scalar_t>(f.params, B_by_position, C_by_position);
+  });
+  return {f.out, f.out_ungated, f.chunk_states};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(posemamba, CPU, m) {
+  m.impl("multi_path_scan_fwd", &multi_path_scan_fwd_cpu);
+}
+
+}  // namespace posemamba
