@@ -78,8 +78,8 @@ struct MultiPathScanBwdParams : MultiPathScanParams {
   void* du = nullptr;
   void* ddelta = nullptr;
   void* dz = nullptr;
-  void* dB_partial = nullptr;      // (batch, n_channel_blocks, P, N, L) weight_t
-  void* dC_partial = nullptr;      // (batch, n_channel_blocks, P, N, L) weight_t
+  void* dB_partial = nullptr;      // (batch, n_channel_blocks, P, L, N) weight_t
+  void* dC_partial = nullptr;      // (batch, n_channel_blocks, P, L, N) weight_t
   void* dA_partial = nullptr;      // (batch, P, D, N) weight_t
   void* dD_partial = nullptr;      // (batch, P, D) weight_t
   void* ddelta_bias_partial = nullptr;  // (batch, P, D) weight_t

@@ -145,8 +145,8 @@ ScanBackward prepare_scan_backward(
   g.du = at::empty_like(g.inputs.u);
   g.ddelta = at::empty_like(g.inputs.delta);
   g.dz = z.has_value() ? at::empty_like(g.inputs.z) : at::empty({0}, u.options());
-  g.dB_partial = at::empty({p.batch, p.n_channel_blocks, p.n_paths, p.d_state, p.seqlen}, weights);
-  g.dC_partial = at::empty({p.batch, p.n_channel_blocks, p.n_paths, p.d_state, p.seqlen}, weights);
+  g.dB_partial = at::empty({p.batch, p.n_channel_blocks, p.n_paths, p.seqlen, p.d_state}, weights);
+  g.dC_partial = at::empty({p.batch, p.n_channel_blocks, p.n_paths, p.seqlen, p.d_state}, weights);
   g.dA_partial = at::empty({p.batch, p.n_paths, p.dim, p.d_state}, weights);
   g.dD_partial = at::empty({p.batch, p.n_paths, p.dim}, weights);
   g.ddelta_bias_partial = at::empty({p.batch, p.n_paths, p.dim}, weights);

@@ -13,6 +13,7 @@ from .reference import multi_path_selective_scan_ref
 
 __all__ = [
     "multi_path_selective_scan",
+    "selective_scan",
     "bidirectional_paths",
     "pose_paths",
     "pose_mix",
@@ -69,6 +70,67 @@ def multi_path_selective_scan(
     out, _, _ = torch.ops.posemamba.multi_path_scan_fwd(
         u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus)
     return out
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor] = None,
+    z: Optional[torch.Tensor] = None,
+    delta_bias: Optional[torch.Tensor] = None,
+    delta_softplus: bool = False,
+) -> torch.Tensor:
+    """mamba_ssm's `selective_scan_fn` (single path, natural order) on posemamba's kernels, CPU included.
+
+    Args (batch, D channels, L positions, N state size, G groups of channels sharing B and C):
+        u, delta: (batch, D, L).
+        A: (D, N).
+        B, C: (batch, N, L), or (batch, G, N, L) where channel d uses group d // (D // G).
+        D, delta_bias: optional (D,).  z: optional (batch, D, L), the gate.
+        delta_softplus: as in mamba, off by default.
+    delta, B, C and z are used in u's dtype, A, D and delta_bias in float32 (float64 with float64 u),
+    as mamba's kernels compute. Returns out (batch, D, L) in u's dtype (mamba's return_last_state is
+    not offered).
+    """
+    if not isinstance(u, torch.Tensor) or u.dim() != 3:
+        raise ValueError(f"u must be a tensor of shape (batch, D, L), got {getattr(u, 'shape', type(u).__name__)}")
+    batch, dim, seqlen = u.shape
+    if not isinstance(delta, torch.Tensor) or delta.shape != u.shape:
+        raise ValueError(f"delta must have shape (batch, D, L) = {tuple(u.shape)}, "
+                         f"got {getattr(delta, 'shape', type(delta).__name__)}")
+    if not isinstance(A, torch.Tensor) or A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"A must have shape (D={dim}, N), got {getattr(A, 'shape', type(A).__name__)}")
+    for name, t in (("B", B), ("C", C)):
+        if not isinstance(t, torch.Tensor) or t.dim() not in (3, 4):
+            raise ValueError(f"{name} must have shape (batch, N, L) or (batch, G, N, L), "
+                             f"got {getattr(t, 'shape', type(t).__name__)}")
+    B, C = (t.unsqueeze(1) if t.dim() == 3 else t for t in (B, C))
+    groups = B.shape[1]
+    if C.shape[1] != groups or dim % groups:
+        raise ValueError(f"B and C must have the same number of groups G dividing D={dim}, "
+                         f"got G={groups} for B and {C.shape[1]} for C")
+    weight_dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+    as_input = lambda t: None if t is None else t.to(u.dtype)  # noqa: E731
+    as_weight = lambda t: None if t is None else t.to(weight_dtype)  # noqa: E731
+    delta, B, C, z = as_input(delta), as_input(B), as_input(C), as_input(z)
+    A, D, delta_bias = as_weight(A), as_weight(D), as_weight(delta_bias)
+
+    in_order = torch.arange(seqlen, device=u.device).unsqueeze(0)
+    group_dim = dim // groups
+    outputs = []
+    for g in range(groups):
+        channels = slice(g * group_dim, (g + 1) * group_dim)
+        outputs.append(multi_path_selective_scan(
+            u[:, channels], delta[:, channels].unsqueeze(1), A[channels].unsqueeze(0),
+            B[:, g:g + 1], C[:, g:g + 1], in_order,
+            D=None if D is None else D[channels].unsqueeze(0),
+            z=None if z is None else z[:, channels],
+            delta_bias=None if delta_bias is None else delta_bias[channels].unsqueeze(0),
+            delta_softplus=delta_softplus))
+    return outputs[0] if groups == 1 else torch.cat(outputs, dim=1)
 
 
 def _kernel_available(device: torch.device) -> bool:

@@ -60,11 +60,13 @@ def multi_path_selective_scan_ref(
     decay = torch.exp(dt_s.unsqueeze(-1) * A[None, :, :, None, :])    # (batch, P, D, L, N)
     drive = (dt_s * v_s).unsqueeze(-1) * B_s.transpose(-1, -2).unsqueeze(2)  # (batch, P, D, L, N)
 
+    # unbind, not indexing in the loop: autograd then stacks the steps' gradients once instead of
+    # writing each into a full-size zero tensor (quadratic in L).
     h = u.new_zeros(batch, n_paths, dim, d_state)
     y_steps = []
-    for s in range(seqlen):
-        h = decay[:, :, :, s] * h + drive[:, :, :, s]
-        y_steps.append(torch.einsum("bpdn,bpn->bpd", h, C_s[..., s]))
+    for decay_s, drive_s, C_at_s in zip(decay.unbind(3), drive.unbind(3), C_s.unbind(-1)):
+        h = decay_s * h + drive_s
+        y_steps.append(torch.einsum("bpdn,bpn->bpd", h, C_at_s))
     y_s = torch.stack(y_steps, dim=-1)                         # (batch, P, D, L)
     if D is not None:
         y_s = y_s + D.to(compute_dtype)[None, :, :, None] * v_s

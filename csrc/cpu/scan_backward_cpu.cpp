@@ -1,169 +1,287 @@
 // CPU backward of posemamba::multi_path_scan_bwd.
 //
-// One task per (batch, block of kChannelBlock channels); per-element gradients stay inside
-// the task that owns the channel, and the sums over channels, batch and length go through per-task
-// partials that a fixed-order pass adds. Results never depend on the thread count.
-// The per-step math comes from multi_path_scan.h.
+// One task per (batch, block of kCpuChannelBlock channels), as in the forward. Per-element gradients
+// (du, including the mix scatter, ddelta, dz) stay inside the task that owns the channels. The sums over
+// channels (dB, dC) and over batch and length (dA, dD, ddelta_bias) go through per-task partials that a
+// fixed-order pass adds afterwards, so results are bitwise the same for any thread count.
+// For each path the task walks the chunks last to first: recompute the chunk's states from the state
+// the forward saved before it, then run the adjoint recurrence backwards through the chunk.
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <tuple>
-#include <vector>
 
 #include "../multi_path_scan_host.h"
+#include "cpu_dispatch.h"
+#include "scan_block_cpu.h"
 
 namespace posemamba {
 namespace {
 
-// Reverse-mode pass of one (batch, channel block) task. For each channel and path it walks the chunks
-// last to first: recompute the chunk's states from the saved start state, then run the adjoint
-// recurrence backwards through the chunk.
-template <typename input_t>
-void multi_path_scan_bwd_task(const MultiPathScanBwdParams& p, int64_t b, int64_t block,
-                              std::vector<at::opmath_type<input_t>>& scratch) {
-  using weight_t = at::opmath_type<input_t>;
-  const auto* u = static_cast<const input_t*>(p.u);
-  const auto* delta = static_cast<const input_t*>(p.delta);
-  const auto* A = static_cast<const weight_t*>(p.A);
-  const auto* B = static_cast<const input_t*>(p.B);
-  const auto* C = static_cast<const input_t*>(p.C);
-  const auto* D = static_cast<const weight_t*>(p.D);
-  const auto* z = static_cast<const input_t*>(p.z);
-  const auto* delta_bias = static_cast<const weight_t*>(p.delta_bias);
-  const auto* grad_out = static_cast<const input_t*>(p.grad_out);
-  const auto* out_ungated = static_cast<const input_t*>(p.out_ungated);
-  const auto* chunk_states = static_cast<const weight_t*>(p.chunk_states);
-  auto* du = static_cast<input_t*>(p.du);
-  auto* ddelta = static_cast<input_t*>(p.ddelta);
-  auto* dz = static_cast<input_t*>(p.dz);
-  auto* dB_block = static_cast<weight_t*>(p.dB_partial) + (b * p.n_channel_blocks + block) * p.n_paths * p.d_state * p.seqlen;
-  auto* dC_block = static_cast<weight_t*>(p.dC_partial) + (b * p.n_channel_blocks + block) * p.n_paths * p.d_state * p.seqlen;
-  auto* dA_partial = static_cast<weight_t*>(p.dA_partial);
-  auto* dD_partial = static_cast<weight_t*>(p.dD_partial);
-  auto* ddelta_bias_partial = static_cast<weight_t*>(p.ddelta_bias_partial);
-  const int64_t L = p.seqlen, N = p.d_state;
+// One path's backward for a block of W channels.
+template <typename weight_t>
+struct PathBlockBackward {
+  const weight_t* dt;            // (L, W) step sizes by natural position
+  const weight_t* dt_grad;       // (L, W) d dt / d delta
+  const weight_t* v;             // (L, W) inputs by natural position
+  const weight_t* dy;            // (L, W) gradient of the ungated output
+  const weight_t* B;             // (L, N) this (batch, path)'s B by natural position
+  const weight_t* C;             // (L, N)
+  const weight_t* A;             // (N, W)
+  const weight_t* D;             // (W)
+  const weight_t* saved_states;  // (n_chunks, N, W) the forward's state before each chunk
+  const int64_t* order;          // (L) the path
+  const int64_t* mix;            // (L) or null
+  int64_t seqlen;
+  int64_t d_state;
+  int64_t n_chunks;
+  weight_t* states;              // (kScanChunk + 1, N, W) scratch: one chunk's recomputed states
+  weight_t* ddelta;              // (L, W) written
+  weight_t* du;                  // (L, W) added to
+  weight_t* dB;                  // (L, N) added to: this task's partial
+  weight_t* dC;                  // (L, N) added to
+  weight_t* dA;                  // (N, W) added to
+  weight_t* dD;                  // (W) added to
+  weight_t* ddelta_bias;         // (W) added to
+};
 
-  // scratch: dy (L), du (L), then each chunk step's states (after the step) and decays (kScanChunk x N).
-  scratch.resize(2 * L + 2 * kScanChunk * N);
-  weight_t* dy = scratch.data();
-  weight_t* du_acc = dy + L;
-  weight_t* states = du_acc + L;
-  weight_t* decays = states + kScanChunk * N;
-  weight_t dh[kMaxStateDim];
-  weight_t dA_acc[kMaxStateDim];
+// The sum of W lanes as a fixed tree: vectorises, and the order never changes.
+template <typename weight_t>
+POSEMAMBA_ALWAYS_INLINE weight_t sum_lanes(const weight_t* x) {
+  static_assert(kCpuChannelBlock == 16, "sum_lanes is written for 16 lanes");
+  weight_t half[8], quarter[4];
+  for (int i = 0; i < 8; ++i) half[i] = x[i] + x[i + 8];
+  for (int i = 0; i < 4; ++i) quarter[i] = half[i] + half[i + 4];
+  return (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
+}
 
-  std::fill(dB_block, dB_block + p.n_paths * N * L, weight_t(0));
-  std::fill(dC_block, dC_block + p.n_paths * N * L, weight_t(0));
-  const int64_t d_end = std::min(p.dim, (block + 1) * kChannelBlock);
-  for (int64_t d = block * kChannelBlock; d < d_end; ++d) {
-    const int64_t row = b * p.dim + d;
-    const input_t* u_row = u + row * L;
-    const input_t* grad_row = grad_out + row * L;
-    // The gate: out = y * silu(z), so dy = dout * silu(z) and dz = dout * y * silu'(z).
-    for (int64_t l = 0; l < L; ++l) {
-      const weight_t g = grad_row[l];
-      if (z) {
-        const weight_t z_l = z[row * L + l];
-        dy[l] = g * silu(z_l);
-        dz[row * L + l] = g * weight_t(out_ungated[row * L + l]) * silu_grad(z_l);
-      } else {
-        dy[l] = g;
-      }
-    }
-    std::fill(du_acc, du_acc + L, weight_t(0));
+template <typename weight_t>
+POSEMAMBA_ALWAYS_INLINE void scan_path_block_backward(const PathBlockBackward<weight_t>& a) {
+  constexpr int64_t W = kCpuChannelBlock;
+  const int64_t N = a.d_state;
+  // Local arrays, not pointers into scratch: the compiler then knows stores to them alias nothing
+  // else, and vectorises the adjoint loop without run-time alias checks.
+  weight_t dh[kMaxStateDim * W], dA[kMaxStateDim * W];
+  for (int64_t i = 0; i < N * W; ++i) {
+    dh[i] = weight_t(0);
+    dA[i] = weight_t(0);
+  }
 
-    for (int64_t path = 0; path < p.n_paths; ++path) {
-      const int64_t* order = p.paths + path * L;
-      const int64_t* mix_row = p.mix ? p.mix + path * L : nullptr;
-      const int64_t path_channel = path * p.dim + d;
-      const int64_t batch_path = b * p.n_paths + path;
-      const input_t* delta_row = delta + (batch_path * p.dim + d) * L;
-      input_t* ddelta_row = ddelta + (batch_path * p.dim + d) * L;
-      const input_t* B_path = B + batch_path * N * L;
-      const input_t* C_path = C + batch_path * N * L;
-      weight_t* dB_path = dB_block + path * N * L;
-      weight_t* dC_path = dC_block + path * N * L;
-      const weight_t* A_row = A + path_channel * N;
-      const weight_t bias = delta_bias ? delta_bias[path_channel] : weight_t(0);
-      const weight_t skip = D ? D[path_channel] : weight_t(0);
-      const weight_t* saved_states = chunk_states + (batch_path * p.dim + d) * p.n_chunks * N;
-      weight_t dD_acc = 0, ddelta_bias_acc = 0;
-      std::fill(dh, dh + N, weight_t(0));
-      std::fill(dA_acc, dA_acc + N, weight_t(0));
-
-      auto input_at = [&](int64_t l) {
-        weight_t v = u_row[l];
-        if (mix_row && mix_row[l] >= 0) v += weight_t(u_row[mix_row[l]]);
-        return v;
-      };
-      for (int64_t chunk = p.n_chunks - 1; chunk >= 0; --chunk) {
-        const int64_t s_begin = chunk * kScanChunk, s_end = std::min(L, s_begin + kScanChunk);
-        // Recompute this chunk's states from the state saved before its first step.
-        const weight_t* h_prev = saved_states + chunk * N;
-        for (int64_t s = s_begin; s < s_end; ++s) {
-          const int64_t l = order[s];
-          const weight_t dt = step_size<weight_t>(delta_row[l], bias, p.delta_softplus);
-          const weight_t dt_v = dt * input_at(l);
-          weight_t* h = states + (s - s_begin) * N;
-          weight_t* decay = decays + (s - s_begin) * N;
-          for (int64_t n = 0; n < N; ++n) {
-            decay[n] = step_decay(dt, A_row[n]);
-            h[n] = state_update<weight_t>(h_prev[n], decay[n], dt_v, B_path[n * L + l]);
-          }
-          h_prev = h;
-        }
-        // The adjoint recurrence, last step first; dh carries the gradient of the state.
-        for (int64_t s = s_end - 1; s >= s_begin; --s) {
-          const int64_t l = order[s];
-          const weight_t v = input_at(l);
-          const weight_t dt = step_size<weight_t>(delta_row[l], bias, p.delta_softplus);
-          const weight_t dt_v = dt * v;
-          const weight_t dy_l = dy[l];
-          const weight_t* h = states + (s - s_begin) * N;
-          const weight_t* h_before = s > s_begin ? h - N : saved_states + chunk * N;
-          const weight_t* decay = decays + (s - s_begin) * N;
-          weight_t d_dt = 0, d_dt_v = 0;
-          for (int64_t n = 0; n < N; ++n) {
-            dC_path[n * L + l] += dy_l * h[n];
-            dh[n] += dy_l * weight_t(C_path[n * L + l]);
-            dh[n] = state_update_backward<weight_t>(dh[n], h_before[n], decay[n], dt, A_row[n], dt_v,
-                                                    B_path[n * L + l], d_dt, dA_acc[n], d_dt_v, dB_path[n * L + l]);
-          }
-          d_dt += d_dt_v * v;
-          const weight_t dv = d_dt_v * dt + dy_l * skip;
-          dD_acc += dy_l * v;
-          const weight_t d_raw = d_dt * step_size_grad<weight_t>(delta_row[l], bias, p.delta_softplus);
-          ddelta_row[l] = d_raw;
-          ddelta_bias_acc += d_raw;
-          du_acc[l] += dv;
-          if (mix_row && mix_row[l] >= 0) du_acc[mix_row[l]] += dv;
+  for (int64_t chunk = a.n_chunks - 1; chunk >= 0; --chunk) {
+    const int64_t s_begin = chunk * kScanChunk, s_end = std::min(a.seqlen, s_begin + kScanChunk);
+    // states[k] is the state after k steps of this chunk; states[0] the saved one.
+    const weight_t* POSEMAMBA_RESTRICT saved = a.saved_states + chunk * N * W;
+    for (int64_t i = 0; i < N * W; ++i) a.states[i] = saved[i];
+    for (int64_t s = s_begin; s < s_end; ++s) {
+      const int64_t l = a.order[s];
+      const weight_t* POSEMAMBA_RESTRICT dt = a.dt + l * W;
+      const weight_t* POSEMAMBA_RESTRICT v = a.v + l * W;
+      const weight_t* POSEMAMBA_RESTRICT B_l = a.B + l * N;
+      const weight_t* POSEMAMBA_RESTRICT h_prev = a.states + (s - s_begin) * N * W;
+      weight_t* POSEMAMBA_RESTRICT h = a.states + (s - s_begin + 1) * N * W;
+      for (int64_t n = 0; n < N; ++n) {
+        for (int64_t w = 0; w < W; ++w) {
+          h[n * W + w] = state_update<weight_t>(h_prev[n * W + w], step_decay(dt[w], a.A[n * W + w]),
+                                                dt[w] * v[w], B_l[n]);
         }
       }
-      std::copy(dA_acc, dA_acc + N, dA_partial + (batch_path * p.dim + d) * N);
-      dD_partial[batch_path * p.dim + d] = dD_acc;
-      ddelta_bias_partial[batch_path * p.dim + d] = ddelta_bias_acc;
     }
-    std::copy(du_acc, du_acc + L, du + row * L);
+
+    for (int64_t s = s_end - 1; s >= s_begin; --s) {
+      const int64_t l = a.order[s];
+      const weight_t* POSEMAMBA_RESTRICT dt = a.dt + l * W;
+      const weight_t* POSEMAMBA_RESTRICT v = a.v + l * W;
+      const weight_t* POSEMAMBA_RESTRICT dy = a.dy + l * W;
+      const weight_t* POSEMAMBA_RESTRICT B_l = a.B + l * N;
+      const weight_t* POSEMAMBA_RESTRICT C_l = a.C + l * N;
+      weight_t* POSEMAMBA_RESTRICT dB_l = a.dB + l * N;
+      weight_t* POSEMAMBA_RESTRICT dC_l = a.dC + l * N;
+      const weight_t* POSEMAMBA_RESTRICT h_prev = a.states + (s - s_begin) * N * W;
+      const weight_t* POSEMAMBA_RESTRICT h = h_prev + N * W;
+      weight_t dt_v[W], d_dt[W], d_dt_v[W];
+      for (int64_t w = 0; w < W; ++w) {
+        dt_v[w] = dt[w] * v[w];
+        d_dt[w] = weight_t(0);
+        d_dt_v[w] = weight_t(0);
+      }
+      for (int64_t n = 0; n < N; ++n) {
+        const weight_t b = B_l[n], c = C_l[n];
+        const weight_t* POSEMAMBA_RESTRICT A_n = a.A + n * W;
+        weight_t* dA_n = dA + n * W;
+        weight_t* dh_n = dh + n * W;
+        const weight_t* POSEMAMBA_RESTRICT h_n = h + n * W;
+        const weight_t* POSEMAMBA_RESTRICT h_prev_n = h_prev + n * W;
+        weight_t dC_lanes[W], dB_lanes[W];
+        for (int64_t w = 0; w < W; ++w) {
+          // y = C . h: h's gradient gains dy * C, C's gains dy * h.
+          dC_lanes[w] = dy[w] * h_n[w];
+          const weight_t dh_total = dh_n[w] + dy[w] * c;
+          weight_t d_b = 0;
+          dh_n[w] = state_update_backward<weight_t>(dh_total, h_prev_n[w], step_decay(dt[w], A_n[w]), dt[w], A_n[w],
+                                                    dt_v[w], b, d_dt[w], dA_n[w], d_dt_v[w], d_b);
+          dB_lanes[w] = d_b;
+        }
+        dC_l[n] += sum_lanes(dC_lanes);
+        dB_l[n] += sum_lanes(dB_lanes);
+      }
+      weight_t dv[W];
+      for (int64_t w = 0; w < W; ++w) {
+        // dt_v = dt * v; the skip term D * v.
+        const weight_t d_step = (d_dt[w] + d_dt_v[w] * v[w]) * a.dt_grad[l * W + w];
+        dv[w] = d_dt_v[w] * dt[w] + dy[w] * a.D[w];
+        a.dD[w] += dy[w] * v[w];
+        a.ddelta[l * W + w] = d_step;
+        a.ddelta_bias[w] += d_step;
+        a.du[l * W + w] += dv[w];
+      }
+      if (a.mix && a.mix[l] >= 0) {
+        weight_t* POSEMAMBA_RESTRICT du_partner = a.du + a.mix[l] * W;
+        for (int64_t w = 0; w < W; ++w) du_partner[w] += dv[w];
+      }
+    }
+  }
+  for (int64_t i = 0; i < N * W; ++i) a.dA[i] += dA[i];
+}
+
+POSEMAMBA_CPU_MULTIVERSION void run_path_block_backward(const PathBlockBackward<float>& a) {
+  scan_path_block_backward(a);
+}
+
+void run_path_block_backward(const PathBlockBackward<double>& a) {
+  scan_path_block_backward(a);
+}
+
+// dt (L, W) holds raw deltas: turns them into step sizes in place and writes d dt / d delta.
+template <typename weight_t>
+POSEMAMBA_ALWAYS_INLINE void step_sizes_and_grads(weight_t* POSEMAMBA_RESTRICT dt, weight_t* POSEMAMBA_RESTRICT dt_grad,
+                                                  const weight_t* POSEMAMBA_RESTRICT bias, int64_t seqlen,
+                                                  bool use_softplus) {
+  constexpr int64_t W = kCpuChannelBlock;
+  for (int64_t l = 0; l < seqlen; ++l) {
+    for (int64_t w = 0; w < W; ++w) {
+      const weight_t raw = dt[l * W + w];
+      dt_grad[l * W + w] = step_size_grad<weight_t>(raw, bias[w], use_softplus);
+      dt[l * W + w] = step_size<weight_t>(raw, bias[w], use_softplus);
+    }
   }
 }
 
-// Adds partials over their leading dimension in index order: out[i] = sum_k partial[k][i] for each
-// of the `count` trailing elements, each sum taken in the same order whatever the thread count.
+POSEMAMBA_CPU_MULTIVERSION void run_step_sizes_and_grads(float* dt, float* dt_grad, const float* bias, int64_t seqlen,
+                                                         bool use_softplus) {
+  step_sizes_and_grads(dt, dt_grad, bias, seqlen, use_softplus);
+}
+
+void run_step_sizes_and_grads(double* dt, double* dt_grad, const double* bias, int64_t seqlen, bool use_softplus) {
+  step_sizes_and_grads(dt, dt_grad, bias, seqlen, use_softplus);
+}
+
+// Scatters a (L, W) block back to rows [d_begin, d_begin + width) of a (rows, L) matrix.
+template <typename weight_t, typename output_t>
+void scatter_channel_block(const weight_t* block, int64_t d_begin, int64_t width, int64_t seqlen, output_t* rows) {
+  constexpr int64_t W = kCpuChannelBlock;
+  for (int64_t w = 0; w < width; ++w) {
+    output_t* row = rows + (d_begin + w) * seqlen;
+    for (int64_t l = 0; l < seqlen; ++l) row[l] = static_cast<output_t>(block[l * W + w]);
+  }
+}
+
+template <typename input_t>
+void multi_path_scan_bwd_task(const MultiPathScanBwdParams& p, const at::opmath_type<input_t>* B_pos,
+                              const at::opmath_type<input_t>* C_pos, int64_t b, int64_t block,
+                              std::vector<at::opmath_type<input_t>>& scratch) {
+  using weight_t = at::opmath_type<input_t>;
+  constexpr int64_t W = kCpuChannelBlock;
+  const int64_t L = p.seqlen, N = p.d_state;
+  const int64_t d_begin = block * W, width = std::min(W, p.dim - d_begin);
+
+  scratch.resize(7 * L * W + p.n_chunks * N * W + (kScanChunk + 1) * N * W + 2 * N * W + 4 * W);
+  weight_t* u_block = scratch.data();
+  weight_t* v_mixed = u_block + L * W;
+  weight_t* dt = v_mixed + L * W;
+  weight_t* dt_grad = dt + L * W;
+  weight_t* dy = dt_grad + L * W;
+  weight_t* du = dy + L * W;
+  weight_t* ddelta = du + L * W;
+  weight_t* saved = ddelta + L * W;
+  weight_t* states = saved + p.n_chunks * N * W;
+  weight_t* A_block = states + (kScanChunk + 1) * N * W;
+  weight_t* dA_block = A_block + N * W;
+  weight_t* D_block = dA_block + N * W;
+  weight_t* bias_block = D_block + W;
+  weight_t* dD_block = bias_block + W;
+  weight_t* ddelta_bias_block = dD_block + W;
+
+  // The gate: out = y * silu(z), so dy = dout * silu(z) and dz = dout * y * silu'(z).
+  const int64_t rows = b * p.dim;
+  gather_channel_block(static_cast<const input_t*>(p.u) + rows * L, d_begin, width, L, u_block);
+  gather_channel_block(static_cast<const input_t*>(p.grad_out) + rows * L, d_begin, width, L, dy);
+  if (p.z) {
+    for (int64_t w = 0; w < width; ++w) {
+      const int64_t row = (rows + d_begin + w) * L;
+      const input_t* z_row = static_cast<const input_t*>(p.z) + row;
+      const input_t* y_row = static_cast<const input_t*>(p.out_ungated) + row;
+      input_t* dz_row = static_cast<input_t*>(p.dz) + row;
+      for (int64_t l = 0; l < L; ++l) {
+        const weight_t z_l = z_row[l], g = dy[l * W + w];
+        dz_row[l] = g * weight_t(y_row[l]) * silu_grad(z_l);
+        dy[l * W + w] = g * silu(z_l);
+      }
+    }
+  }
+  std::fill(du, du + L * W, weight_t(0));
+
+  for (int64_t path = 0; path < p.n_paths; ++path) {
+    const int64_t batch_path = b * p.n_paths + path;
+    path_weights(static_cast<const weight_t*>(p.A) + path * p.dim * N,
+                 p.D ? static_cast<const weight_t*>(p.D) + path * p.dim : nullptr,
+                 p.delta_bias ? static_cast<const weight_t*>(p.delta_bias) + path * p.dim : nullptr,
+                 d_begin, width, N, A_block, D_block, bias_block);
+    gather_channel_block(static_cast<const input_t*>(p.delta) + batch_path * p.dim * L, d_begin, width, L, dt);
+    run_step_sizes_and_grads(dt, dt_grad, bias_block, L, p.delta_softplus);
+    std::fill(saved, saved + p.n_chunks * N * W, weight_t(0));
+    for (int64_t w = 0; w < width; ++w) {
+      const weight_t* channel_states = static_cast<const weight_t*>(p.chunk_states) +
+                                       (batch_path * p.dim + d_begin + w) * p.n_chunks * N;
+      for (int64_t i = 0; i < p.n_chunks * N; ++i) saved[i * W + w] = channel_states[i];
+    }
+    std::fill(dA_block, dA_block + N * W, weight_t(0));
+    std::fill(dD_block, dD_block + W, weight_t(0));
+    std::fill(ddelta_bias_block, ddelta_bias_block + W, weight_t(0));
+    const int64_t partial = ((b * p.n_channel_blocks + block) * p.n_paths + path) * L * N;
+    const PathBlockBackward<weight_t> backward{
+        dt, dt_grad, path_inputs(u_block, p.mix ? p.mix + path * L : nullptr, L, v_mixed), dy,
+        B_pos + batch_path * L * N, C_pos + batch_path * L * N, A_block, D_block, saved,
+        p.paths + path * L, p.mix ? p.mix + path * L : nullptr, L, N, p.n_chunks, states, ddelta, du,
+        static_cast<weight_t*>(p.dB_partial) + partial, static_cast<weight_t*>(p.dC_partial) + partial,
+        dA_block, dD_block, ddelta_bias_block};
+    run_path_block_backward(backward);
+
+    scatter_channel_block(ddelta, d_begin, width, L, static_cast<input_t*>(p.ddelta) + batch_path * p.dim * L);
+    for (int64_t w = 0; w < width; ++w) {
+      const int64_t channel = batch_path * p.dim + d_begin + w;
+      for (int64_t n = 0; n < N; ++n) static_cast<weight_t*>(p.dA_partial)[channel * N + n] = dA_block[n * W + w];
+      static_cast<weight_t*>(p.dD_partial)[channel] = dD_block[w];
+      static_cast<weight_t*>(p.ddelta_bias_partial)[channel] = ddelta_bias_block[w];
+    }
+  }
+  scatter_channel_block(du, d_begin, width, L, static_cast<input_t*>(p.du) + rows * L);
+}
+
+// out[o, i] = sum over k of partial[o, k, i], k in index order, for o < n_outer and i < count: the
+// same order whatever the thread count.
 template <typename weight_t>
-void sum_partials_in_order(const weight_t* partial, int64_t n_partials, int64_t count, int64_t batch_of,
-                           weight_t* out_base) {
-  at::parallel_for(0, batch_of * count, 4096, [&](int64_t begin, int64_t end) {
+void sum_partials_in_order(const weight_t* partial, int64_t n_outer, int64_t n_partials, int64_t count,
+                           weight_t* out) {
+  at::parallel_for(0, n_outer * count, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t outer = i / count, inner = i % count;
       const weight_t* column = partial + outer * n_partials * count + inner;
       weight_t total = 0;
       for (int64_t k = 0; k < n_partials; ++k) total += column[k * count];
-      out_base[i] = total;
+      out[i] = total;
     }
   });
 }
@@ -188,34 +306,45 @@ multi_path_scan_bwd_cpu(
                                          out_ungated, chunk_states, delta_softplus);
   check_scan_indices_on_host(g.inputs, g.params.seqlen);
   const MultiPathScanBwdParams& p = g.params;
+  const at::Tensor B_by_position = transpose_to_positions_major(g.inputs.B, A.scalar_type());
+  const at::Tensor C_by_position = transpose_to_positions_major(g.inputs.C, A.scalar_type());
   at::Tensor dA = at::empty_like(g.inputs.A);
-  at::Tensor dB_sum = at::empty({p.batch, p.n_paths, p.d_state, p.seqlen}, A.options());
-  at::Tensor dC_sum = at::empty_like(dB_sum);
+  at::Tensor dB_by_position = at::empty({p.batch, p.n_paths, p.seqlen, p.d_state}, A.options());
+  at::Tensor dC_by_position = at::empty_like(dB_by_position);
   at::Tensor dD = at::empty({p.n_paths, p.dim}, A.options());
   at::Tensor ddelta_bias = at::empty_like(dD);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "multi_path_scan_bwd_cpu", [&] {
     using weight_t = at::opmath_type<scalar_t>;
+    g.dB_partial.zero_();
+    g.dC_partial.zero_();
     at::parallel_for(0, p.batch * p.n_channel_blocks, 1, [&](int64_t task_begin, int64_t task_end) {
       std::vector<weight_t> scratch;
       for (int64_t task = task_begin; task < task_end; ++task) {
-        multi_path_scan_bwd_task<scalar_t>(p, task / p.n_channel_blocks, task % p.n_channel_blocks, scratch);
+        multi_path_scan_bwd_task<scalar_t>(p, B_by_position.const_data_ptr<weight_t>(),
+                                           C_by_position.const_data_ptr<weight_t>(), task / p.n_channel_blocks,
+                                           task % p.n_channel_blocks, scratch);
       }
     });
-    const int64_t bnl = p.n_paths * p.d_state * p.seqlen;
-    sum_partials_in_order(g.dB_partial.const_data_ptr<weight_t>(), p.n_channel_blocks, bnl, p.batch,
-                          dB_sum.mutable_data_ptr<weight_t>());
-    sum_partials_in_order(g.dC_partial.const_data_ptr<weight_t>(), p.n_channel_blocks, bnl, p.batch,
-                          dC_sum.mutable_data_ptr<weight_t>());
-    sum_partials_in_order(g.dA_partial.const_data_ptr<weight_t>(), p.batch, A.numel(), 1,
+    const int64_t path_block = p.n_paths * p.seqlen * p.d_state;
+    sum_partials_in_order(g.dB_partial.const_data_ptr<weight_t>(), p.batch, p.n_channel_blocks, path_block,
+                          dB_by_position.mutable_data_ptr<weight_t>());
+    sum_partials_in_order(g.dC_partial.const_data_ptr<weight_t>(), p.batch, p.n_channel_blocks, path_block,
+                          dC_by_position.mutable_data_ptr<weight_t>());
+    sum_partials_in_order(g.dA_partial.const_data_ptr<weight_t>(), 1, p.batch, A.numel(),
                           dA.mutable_data_ptr<weight_t>());
-    sum_partials_in_order(g.dD_partial.const_data_ptr<weight_t>(), p.batch, dD.numel(), 1,
+    sum_partials_in_order(g.dD_partial.const_data_ptr<weight_t>(), 1, p.batch, dD.numel(),
                           dD.mutable_data_ptr<weight_t>());
-    sum_partials_in_order(g.ddelta_bias_partial.const_data_ptr<weight_t>(), p.batch, dD.numel(), 1,
+    sum_partials_in_order(g.ddelta_bias_partial.const_data_ptr<weight_t>(), 1, p.batch, dD.numel(),
                           ddelta_bias.mutable_data_ptr<weight_t>());
   });
   // Absent inputs get distinct empty gradients: outputs of an op must not alias each other.
-  return {g.du, g.ddelta, dA, dB_sum.to(u.scalar_type()), dC_sum.to(u.scalar_type()),
-          D.has_value() ? dD : at::empty({0}, A.options()), g.dz,
+  return {g.du,
+          g.ddelta,
+          dA,
+          dB_by_position.transpose(-1, -2).to(u.scalar_type()).contiguous(),
+          dC_by_position.transpose(-1, -2).to(u.scalar_type()).contiguous(),
+          D.has_value() ? dD : at::empty({0}, A.options()),
+          g.dz,
           delta_bias.has_value() ? ddelta_bias : at::empty({0}, A.options())};
 }
 
