@@ -100,35 +100,32 @@ POSEMAMBA_MATH int32_t float_to_bits(float value) {
 // exp for the scan's float math: the exps decide the scan's speed (one per state update), and a
 // range-reduced polynomial without branches vectorises where a library call does not.
 // x = k ln2 + r with |r| <= ln2/2 (ln2 split in two so k ln2 is exact), exp(r) by Cephes' degree-7
-// polynomial, times 2^k built in the exponent bits. Relative error <= 2 ulp over the whole range
-// (tests/test_scan_exp.py checks it against float64); exp(x) = 0 below -87.33 (no denormals) and +inf
-// above 88.72, like expf.
+// polynomial, times 2^k built in the exponent bits. Max relative error 0.7 ulp for x in [-86.6, 88.7]
+// (tests/test_scan_math.py checks it against float64). The limits cost no selects: below about -87
+// (results under 2^-125) the exponent saturates at zero and the result is 0 (denormals are flushed);
+// above 88.72 the product overflows to +inf, like expf.
 POSEMAMBA_MATH float scan_exp(float x) {
   const float kLog2e = 1.44269504088896341f;
   const float kLn2Hi = 0.693359375f;
   const float kLn2Lo = -2.12194440e-4f;
-  const float kMaxArg = 88.72283905206835f;
-  const float kMinArg = -87.33654475055310f;
-  const float clamped = x > kMaxArg ? kMaxArg : (x < kMinArg ? kMinArg : x);
+  // Clamped so that k stays in [-127, 130]: wide enough for the saturation and the overflow to act.
+  const float clamped = x > 89.5f ? 89.5f : (x < -88.0f ? -88.0f : x);
   // Round to nearest by the 1.5 * 2^23 trick: branch-free and exact for |k| < 2^22.
   const float kRound = 12582912.0f;
   const float k = (clamped * kLog2e + kRound) - kRound;
   const float r = (clamped - k * kLn2Hi) - k * kLn2Lo;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  // 2^k through the exponent field; k is in [-126, 128] after the clamp, and 2^128 is split as
-  // 2 * 2^127 so it does not overflow the field.
-  const int32_t k_int = static_cast<int32_t>(k);
-  const int32_t k_half = k_int >> 1;
-  const float scale_a = bits_to_float((k_half + 127) << 23);
-  const float scale_b = bits_to_float((k_int - k_half + 127) << 23);
-  const float result = p * scale_a * scale_b;
-  return x > kMaxArg ? INFINITY : (x < kMinArg ? 0.0f : result);
+  // 2 exp(r): the polynomial carries a factor 2 so that the scale 2^(k-1) stays a normal float for
+  // every k whose result is a normal float.
+  float p = 2 * 1.9875691500e-4f;
+  p = p * r + 2 * 1.3981999507e-3f;
+  p = p * r + 2 * 8.3334519073e-3f;
+  p = p * r + 2 * 4.1665795894e-2f;
+  p = p * r + 2 * 1.6666665459e-1f;
+  p = p * r + 2 * 5.0000001201e-1f;
+  p = p * (r * r) + (r + r) + 2.0f;
+  // 2^(k-1) in the exponent field: k - 1 + 127 saturated below at 0 (the float 0); 255 is +inf.
+  const int32_t biased = static_cast<int32_t>(k) + 126;
+  return p * bits_to_float((biased > 0 ? biased : 0) << 23);
 }
 
 POSEMAMBA_MATH double scan_exp(double x) {

@@ -35,44 +35,51 @@ struct PathBlockScan {
   const int64_t* order;     // (L) the path: positions in scan order
   int64_t seqlen;
   int64_t d_state;
-  weight_t* h;              // (N, W) scratch for the state
   weight_t* y;              // (L, W) this path's output is added here
   weight_t* saved_states;   // (n_chunks, N, W) the state before each chunk's first step
 };
 
+// The pointers arrive as restrict parameters and the state lives in a local array: then the compiler
+// knows nothing aliases, keeps the state and the step's output in registers, and needs no run-time
+// overlap checks (restrict on struct members would be ignored).
 template <typename weight_t>
-POSEMAMBA_ALWAYS_INLINE void scan_path_block(const PathBlockScan<weight_t>& a) {
+POSEMAMBA_ALWAYS_INLINE void scan_path_block(
+    const weight_t* POSEMAMBA_RESTRICT dt_all, const weight_t* POSEMAMBA_RESTRICT v_all,
+    const weight_t* POSEMAMBA_RESTRICT B, const weight_t* POSEMAMBA_RESTRICT C,
+    const weight_t* POSEMAMBA_RESTRICT A, const weight_t* POSEMAMBA_RESTRICT D,
+    const int64_t* POSEMAMBA_RESTRICT order, int64_t seqlen, int64_t d_state, weight_t* POSEMAMBA_RESTRICT y,
+    weight_t* POSEMAMBA_RESTRICT saved_states) {
   constexpr int64_t W = kCpuChannelBlock;
-  const int64_t N = a.d_state;
-  weight_t* POSEMAMBA_RESTRICT h = a.h;
+  const int64_t N = d_state;
+  weight_t h[kMaxStateDim * W];
   for (int64_t i = 0; i < N * W; ++i) h[i] = weight_t(0);
-  for (int64_t s = 0; s < a.seqlen; ++s) {
+  for (int64_t s = 0; s < seqlen; ++s) {
     if (s % kScanChunk == 0) {
-      weight_t* POSEMAMBA_RESTRICT saved = a.saved_states + (s / kScanChunk) * N * W;
+      weight_t* saved = saved_states + (s / kScanChunk) * N * W;
       for (int64_t i = 0; i < N * W; ++i) saved[i] = h[i];
     }
-    const int64_t l = a.order[s];
-    const weight_t* POSEMAMBA_RESTRICT dt = a.dt + l * W;
-    const weight_t* POSEMAMBA_RESTRICT v = a.v + l * W;
-    const weight_t* POSEMAMBA_RESTRICT B_l = a.B + l * a.d_state;
-    const weight_t* POSEMAMBA_RESTRICT C_l = a.C + l * a.d_state;
+    const int64_t l = order[s];
+    const weight_t* dt = dt_all + l * W;
+    const weight_t* v = v_all + l * W;
     weight_t dt_v[W], y_step[W];
     for (int64_t w = 0; w < W; ++w) {
       dt_v[w] = dt[w] * v[w];
-      y_step[w] = a.D[w] * v[w];
+      y_step[w] = D[w] * v[w];
     }
     for (int64_t n = 0; n < N; ++n) {
-      const weight_t b = B_l[n], c = C_l[n];
-      const weight_t* POSEMAMBA_RESTRICT A_n = a.A + n * W;
-      weight_t* POSEMAMBA_RESTRICT h_n = h + n * W;
+      const weight_t b = B[l * N + n], c = C[l * N + n];
       for (int64_t w = 0; w < W; ++w) {
-        h_n[w] = state_update<weight_t>(h_n[w], step_decay(dt[w], A_n[w]), dt_v[w], b);
-        y_step[w] += c * h_n[w];
+        h[n * W + w] = state_update<weight_t>(h[n * W + w], step_decay(dt[w], A[n * W + w]), dt_v[w], b);
+        y_step[w] += c * h[n * W + w];
       }
     }
-    weight_t* POSEMAMBA_RESTRICT y_l = a.y + l * W;
-    for (int64_t w = 0; w < W; ++w) y_l[w] += y_step[w];
+    for (int64_t w = 0; w < W; ++w) y[l * W + w] += y_step[w];
   }
+}
+
+template <typename weight_t>
+POSEMAMBA_ALWAYS_INLINE void scan_path_block(const PathBlockScan<weight_t>& a) {
+  scan_path_block(a.dt, a.v, a.B, a.C, a.A, a.D, a.order, a.seqlen, a.d_state, a.y, a.saved_states);
 }
 
 POSEMAMBA_CPU_MULTIVERSION void run_path_block_scan(const PathBlockScan<float>& a) {
@@ -112,13 +119,12 @@ void multi_path_scan_fwd_kernel(const MultiPathScanParams& p, const at::Tensor& 
   const weight_t* C_pos = C_by_position.const_data_ptr<weight_t>();
 
   at::parallel_for(0, p.batch * n_blocks, 1, [&](int64_t task_begin, int64_t task_end) {
-    std::vector<weight_t> scratch(4 * L * W + N * W + p.n_chunks * N * W + N * W + 2 * W);
+    std::vector<weight_t> scratch(4 * L * W + p.n_chunks * N * W + N * W + 2 * W);
     weight_t* u_block = scratch.data();
     weight_t* v_mixed = u_block + L * W;
     weight_t* dt = v_mixed + L * W;
     weight_t* y = dt + L * W;
-    weight_t* h = y + L * W;
-    weight_t* saved = h + N * W;
+    weight_t* saved = y + L * W;
     weight_t* A_block = saved + p.n_chunks * N * W;
     weight_t* D_block = A_block + N * W;
     weight_t* bias_block = D_block + W;
@@ -139,7 +145,7 @@ void multi_path_scan_fwd_kernel(const MultiPathScanParams& p, const at::Tensor& 
         const PathBlockScan<weight_t> scan{
             dt, path_inputs(u_block, p.mix ? p.mix + path * L : nullptr, L, v_mixed),
             B_pos + batch_path * L * N, C_pos + batch_path * L * N, A_block, D_block,
-            p.paths + path * L, L, N, h, y, saved};
+            p.paths + path * L, L, N, y, saved};
         run_path_block_scan(scan);
 
         weight_t* states_out = static_cast<weight_t*>(p.chunk_states);
