@@ -39,6 +39,7 @@ struct PathBlockBackward {
   int64_t d_state;
   int64_t n_chunks;
   weight_t* states;              // (kScanChunk + 1, N, W) scratch: one chunk's recomputed states
+  weight_t* decays;              // (kScanChunk, N, W) scratch: their steps' decays
   weight_t* ddelta;              // (L, W) written
   weight_t* du;                  // (L, W) added to
   weight_t* dB;                  // (L, N) added to: this task's partial
@@ -58,49 +59,57 @@ POSEMAMBA_ALWAYS_INLINE weight_t sum_lanes(const weight_t* x) {
   return (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
 }
 
+// The pointers arrive as restrict parameters and the running gradients live in local arrays, so the
+// compiler knows nothing aliases and vectorises without run-time overlap checks.
 template <typename weight_t>
-POSEMAMBA_ALWAYS_INLINE void scan_path_block_backward(const PathBlockBackward<weight_t>& a) {
+POSEMAMBA_ALWAYS_INLINE void scan_path_block_backward(
+    const weight_t* POSEMAMBA_RESTRICT dt_all, const weight_t* POSEMAMBA_RESTRICT dt_grad,
+    const weight_t* POSEMAMBA_RESTRICT v_all, const weight_t* POSEMAMBA_RESTRICT dy_all,
+    const weight_t* POSEMAMBA_RESTRICT B, const weight_t* POSEMAMBA_RESTRICT C,
+    const weight_t* POSEMAMBA_RESTRICT A, const weight_t* POSEMAMBA_RESTRICT D,
+    const weight_t* POSEMAMBA_RESTRICT saved_states, const int64_t* POSEMAMBA_RESTRICT order,
+    const int64_t* POSEMAMBA_RESTRICT mix, int64_t seqlen, int64_t d_state, int64_t n_chunks,
+    weight_t* POSEMAMBA_RESTRICT states, weight_t* POSEMAMBA_RESTRICT decays, weight_t* POSEMAMBA_RESTRICT ddelta,
+    weight_t* POSEMAMBA_RESTRICT du,
+    weight_t* POSEMAMBA_RESTRICT dB, weight_t* POSEMAMBA_RESTRICT dC, weight_t* POSEMAMBA_RESTRICT dA_out,
+    weight_t* POSEMAMBA_RESTRICT dD, weight_t* POSEMAMBA_RESTRICT ddelta_bias) {
   constexpr int64_t W = kCpuChannelBlock;
-  const int64_t N = a.d_state;
-  // Local arrays, not pointers into scratch: the compiler then knows stores to them alias nothing
-  // else, and vectorises the adjoint loop without run-time alias checks.
+  const int64_t N = d_state;
   weight_t dh[kMaxStateDim * W], dA[kMaxStateDim * W];
   for (int64_t i = 0; i < N * W; ++i) {
     dh[i] = weight_t(0);
     dA[i] = weight_t(0);
   }
 
-  for (int64_t chunk = a.n_chunks - 1; chunk >= 0; --chunk) {
-    const int64_t s_begin = chunk * kScanChunk, s_end = std::min(a.seqlen, s_begin + kScanChunk);
-    // states[k] is the state after k steps of this chunk; states[0] the saved one.
-    const weight_t* POSEMAMBA_RESTRICT saved = a.saved_states + chunk * N * W;
-    for (int64_t i = 0; i < N * W; ++i) a.states[i] = saved[i];
+  for (int64_t chunk = n_chunks - 1; chunk >= 0; --chunk) {
+    const int64_t s_begin = chunk * kScanChunk, s_end = std::min(seqlen, s_begin + kScanChunk);
+    // states[k] is the state after k steps of this chunk, states[0] the saved one; decays[k] the
+    // decays of step k, kept so that the adjoint pass needs no exps of its own.
+    for (int64_t i = 0; i < N * W; ++i) states[i] = saved_states[chunk * N * W + i];
     for (int64_t s = s_begin; s < s_end; ++s) {
-      const int64_t l = a.order[s];
-      const weight_t* POSEMAMBA_RESTRICT dt = a.dt + l * W;
-      const weight_t* POSEMAMBA_RESTRICT v = a.v + l * W;
-      const weight_t* POSEMAMBA_RESTRICT B_l = a.B + l * N;
-      const weight_t* POSEMAMBA_RESTRICT h_prev = a.states + (s - s_begin) * N * W;
-      weight_t* POSEMAMBA_RESTRICT h = a.states + (s - s_begin + 1) * N * W;
+      const int64_t l = order[s];
+      const weight_t* dt = dt_all + l * W;
+      const weight_t* v = v_all + l * W;
+      const weight_t* h_prev = states + (s - s_begin) * N * W;
+      weight_t* h = states + (s - s_begin + 1) * N * W;
+      weight_t* decay = decays + (s - s_begin) * N * W;
       for (int64_t n = 0; n < N; ++n) {
+        const weight_t b = B[l * N + n];
         for (int64_t w = 0; w < W; ++w) {
-          h[n * W + w] = state_update<weight_t>(h_prev[n * W + w], step_decay(dt[w], a.A[n * W + w]),
-                                                dt[w] * v[w], B_l[n]);
+          decay[n * W + w] = step_decay(dt[w], A[n * W + w]);
+          h[n * W + w] = state_update<weight_t>(h_prev[n * W + w], decay[n * W + w], dt[w] * v[w], b);
         }
       }
     }
 
     for (int64_t s = s_end - 1; s >= s_begin; --s) {
-      const int64_t l = a.order[s];
-      const weight_t* POSEMAMBA_RESTRICT dt = a.dt + l * W;
-      const weight_t* POSEMAMBA_RESTRICT v = a.v + l * W;
-      const weight_t* POSEMAMBA_RESTRICT dy = a.dy + l * W;
-      const weight_t* POSEMAMBA_RESTRICT B_l = a.B + l * N;
-      const weight_t* POSEMAMBA_RESTRICT C_l = a.C + l * N;
-      weight_t* POSEMAMBA_RESTRICT dB_l = a.dB + l * N;
-      weight_t* POSEMAMBA_RESTRICT dC_l = a.dC + l * N;
-      const weight_t* POSEMAMBA_RESTRICT h_prev = a.states + (s - s_begin) * N * W;
-      const weight_t* POSEMAMBA_RESTRICT h = h_prev + N * W;
+      const int64_t l = order[s];
+      const weight_t* dt = dt_all + l * W;
+      const weight_t* v = v_all + l * W;
+      const weight_t* dy = dy_all + l * W;
+      const weight_t* h_prev = states + (s - s_begin) * N * W;
+      const weight_t* h = h_prev + N * W;
+      const weight_t* decay = decays + (s - s_begin) * N * W;
       weight_t dt_v[W], d_dt[W], d_dt_v[W];
       for (int64_t w = 0; w < W; ++w) {
         dt_v[w] = dt[w] * v[w];
@@ -108,42 +117,44 @@ POSEMAMBA_ALWAYS_INLINE void scan_path_block_backward(const PathBlockBackward<we
         d_dt_v[w] = weight_t(0);
       }
       for (int64_t n = 0; n < N; ++n) {
-        const weight_t b = B_l[n], c = C_l[n];
-        const weight_t* POSEMAMBA_RESTRICT A_n = a.A + n * W;
-        weight_t* dA_n = dA + n * W;
-        weight_t* dh_n = dh + n * W;
-        const weight_t* POSEMAMBA_RESTRICT h_n = h + n * W;
-        const weight_t* POSEMAMBA_RESTRICT h_prev_n = h_prev + n * W;
+        const weight_t b = B[l * N + n], c = C[l * N + n];
         weight_t dC_lanes[W], dB_lanes[W];
         for (int64_t w = 0; w < W; ++w) {
           // y = C . h: h's gradient gains dy * C, C's gains dy * h.
-          dC_lanes[w] = dy[w] * h_n[w];
-          const weight_t dh_total = dh_n[w] + dy[w] * c;
+          dC_lanes[w] = dy[w] * h[n * W + w];
+          const weight_t dh_total = dh[n * W + w] + dy[w] * c;
           weight_t d_b = 0;
-          dh_n[w] = state_update_backward<weight_t>(dh_total, h_prev_n[w], step_decay(dt[w], A_n[w]), dt[w], A_n[w],
-                                                    dt_v[w], b, d_dt[w], dA_n[w], d_dt_v[w], d_b);
+          dh[n * W + w] = state_update_backward<weight_t>(
+              dh_total, h_prev[n * W + w], decay[n * W + w], dt[w], A[n * W + w], dt_v[w], b,
+              d_dt[w], dA[n * W + w], d_dt_v[w], d_b);
           dB_lanes[w] = d_b;
         }
-        dC_l[n] += sum_lanes(dC_lanes);
-        dB_l[n] += sum_lanes(dB_lanes);
+        dC[l * N + n] += sum_lanes(dC_lanes);
+        dB[l * N + n] += sum_lanes(dB_lanes);
       }
       weight_t dv[W];
       for (int64_t w = 0; w < W; ++w) {
         // dt_v = dt * v; the skip term D * v.
-        const weight_t d_step = (d_dt[w] + d_dt_v[w] * v[w]) * a.dt_grad[l * W + w];
-        dv[w] = d_dt_v[w] * dt[w] + dy[w] * a.D[w];
-        a.dD[w] += dy[w] * v[w];
-        a.ddelta[l * W + w] = d_step;
-        a.ddelta_bias[w] += d_step;
-        a.du[l * W + w] += dv[w];
+        const weight_t d_step = (d_dt[w] + d_dt_v[w] * v[w]) * dt_grad[l * W + w];
+        dv[w] = d_dt_v[w] * dt[w] + dy[w] * D[w];
+        dD[w] += dy[w] * v[w];
+        ddelta[l * W + w] = d_step;
+        ddelta_bias[w] += d_step;
+        du[l * W + w] += dv[w];
       }
-      if (a.mix && a.mix[l] >= 0) {
-        weight_t* POSEMAMBA_RESTRICT du_partner = a.du + a.mix[l] * W;
-        for (int64_t w = 0; w < W; ++w) du_partner[w] += dv[w];
+      if (mix && mix[l] >= 0) {
+        for (int64_t w = 0; w < W; ++w) du[mix[l] * W + w] += dv[w];
       }
     }
   }
-  for (int64_t i = 0; i < N * W; ++i) a.dA[i] += dA[i];
+  for (int64_t i = 0; i < N * W; ++i) dA_out[i] += dA[i];
+}
+
+template <typename weight_t>
+POSEMAMBA_ALWAYS_INLINE void scan_path_block_backward(const PathBlockBackward<weight_t>& a) {
+  scan_path_block_backward(a.dt, a.dt_grad, a.v, a.dy, a.B, a.C, a.A, a.D, a.saved_states, a.order, a.mix,
+                           a.seqlen, a.d_state, a.n_chunks, a.states, a.decays, a.ddelta, a.du, a.dB, a.dC, a.dA, a.dD,
+                           a.ddelta_bias);
 }
 
 POSEMAMBA_CPU_MULTIVERSION void run_path_block_backward(const PathBlockBackward<float>& a) {
@@ -197,7 +208,7 @@ void multi_path_scan_bwd_task(const MultiPathScanBwdParams& p, const at::opmath_
   const int64_t L = p.seqlen, N = p.d_state;
   const int64_t d_begin = block * W, width = std::min(W, p.dim - d_begin);
 
-  scratch.resize(7 * L * W + p.n_chunks * N * W + (kScanChunk + 1) * N * W + 2 * N * W + 4 * W);
+  scratch.resize(7 * L * W + p.n_chunks * N * W + (2 * kScanChunk + 1) * N * W + 2 * N * W + 4 * W);
   weight_t* u_block = scratch.data();
   weight_t* v_mixed = u_block + L * W;
   weight_t* dt = v_mixed + L * W;
@@ -207,7 +218,8 @@ void multi_path_scan_bwd_task(const MultiPathScanBwdParams& p, const at::opmath_
   weight_t* ddelta = du + L * W;
   weight_t* saved = ddelta + L * W;
   weight_t* states = saved + p.n_chunks * N * W;
-  weight_t* A_block = states + (kScanChunk + 1) * N * W;
+  weight_t* decays = states + (kScanChunk + 1) * N * W;
+  weight_t* A_block = decays + kScanChunk * N * W;
   weight_t* dA_block = A_block + N * W;
   weight_t* D_block = dA_block + N * W;
   weight_t* bias_block = D_block + W;
@@ -254,7 +266,7 @@ void multi_path_scan_bwd_task(const MultiPathScanBwdParams& p, const at::opmath_
     const PathBlockBackward<weight_t> backward{
         dt, dt_grad, path_inputs(u_block, p.mix ? p.mix + path * L : nullptr, L, v_mixed), dy,
         B_pos + batch_path * L * N, C_pos + batch_path * L * N, A_block, D_block, saved,
-        p.paths + path * L, p.mix ? p.mix + path * L : nullptr, L, N, p.n_chunks, states, ddelta, du,
+        p.paths + path * L, p.mix ? p.mix + path * L : nullptr, L, N, p.n_chunks, states, decays, ddelta, du,
         static_cast<weight_t*>(p.dB_partial) + partial, static_cast<weight_t*>(p.dC_partial) + partial,
         dA_block, dD_block, ddelta_bias_block};
     run_path_block_backward(backward);
