@@ -108,6 +108,21 @@ void run_step_sizes(double* dt, const double* bias, int64_t seqlen, bool use_sof
   step_sizes_in_place(dt, bias, seqlen, use_softplus);
 }
 
+// z (L) becomes the gated output y * silu(z) in place.
+template <typename weight_t>
+POSEMAMBA_ALWAYS_INLINE void gate_in_place(const weight_t* POSEMAMBA_RESTRICT y, weight_t* POSEMAMBA_RESTRICT z,
+                                           int64_t seqlen) {
+  for (int64_t l = 0; l < seqlen; ++l) z[l] = gate_output<weight_t>(y[l], z[l]);
+}
+
+POSEMAMBA_CPU_MULTIVERSION void run_gate(const float* y, float* z, int64_t seqlen) {
+  gate_in_place(y, z, seqlen);
+}
+
+void run_gate(const double* y, double* z, int64_t seqlen) {
+  gate_in_place(y, z, seqlen);
+}
+
 template <typename input_t>
 void multi_path_scan_fwd_kernel(const MultiPathScanParams& p, const at::Tensor& B_by_position,
                                 const at::Tensor& C_by_position) {
@@ -119,12 +134,14 @@ void multi_path_scan_fwd_kernel(const MultiPathScanParams& p, const at::Tensor& 
   const weight_t* C_pos = C_by_position.const_data_ptr<weight_t>();
 
   at::parallel_for(0, p.batch * n_blocks, 1, [&](int64_t task_begin, int64_t task_end) {
-    std::vector<weight_t> scratch(4 * L * W + p.n_chunks * N * W + N * W + 2 * W);
+    std::vector<weight_t> scratch(4 * L * W + 2 * L + p.n_chunks * N * W + N * W + 2 * W);
     weight_t* u_block = scratch.data();
     weight_t* v_mixed = u_block + L * W;
     weight_t* dt = v_mixed + L * W;
     weight_t* y = dt + L * W;
-    weight_t* saved = y + L * W;
+    weight_t* y_row = y + L * W;
+    weight_t* z_row = y_row + L;
+    weight_t* saved = z_row + L;
     weight_t* A_block = saved + p.n_chunks * N * W;
     weight_t* D_block = A_block + N * W;
     weight_t* bias_block = D_block + W;
@@ -157,18 +174,19 @@ void multi_path_scan_fwd_kernel(const MultiPathScanParams& p, const at::Tensor& 
         }
       }
 
+      // Each channel's row back in natural layout, then the gate over contiguous rows (vectorised).
       for (int64_t w = 0; w < width; ++w) {
         const int64_t row = (b * p.dim + d_begin + w) * L;
+        for (int64_t l = 0; l < L; ++l) y_row[l] = y[l * W + w];
         input_t* out_row = static_cast<input_t*>(p.out) + row;
         if (p.z) {
-          const input_t* z_row = static_cast<const input_t*>(p.z) + row;
-          input_t* ungated_row = static_cast<input_t*>(p.out_ungated) + row;
-          for (int64_t l = 0; l < L; ++l) {
-            ungated_row[l] = y[l * W + w];
-            out_row[l] = gate_output<weight_t>(y[l * W + w], z_row[l]);
-          }
+          const input_t* z_input = static_cast<const input_t*>(p.z) + row;
+          for (int64_t l = 0; l < L; ++l) z_row[l] = z_input[l];
+          run_gate(y_row, z_row, L);
+          std::copy(y_row, y_row + L, static_cast<input_t*>(p.out_ungated) + row);
+          std::copy(z_row, z_row + L, out_row);
         } else {
-          for (int64_t l = 0; l < L; ++l) out_row[l] = y[l * W + w];
+          std::copy(y_row, y_row + L, out_row);
         }
       }
     }
