@@ -43,14 +43,17 @@ def pose_mix(T: int, J: int, joint_order: Union[torch.Tensor, Sequence[int]]) ->
     """(4, T*J) int64 `mix` for pose_paths: the global-local input of the spatial-first scans.
 
     The spatial-first paths (rows 0 and 2) read u[t*J + j] + u[t*J + joint_order[j]] at position
-    t*J + j: PoseMamba's local joint reorder (joints in kinematic-chain order) added to the global
-    input, folded into the load. The temporal-first paths (rows 1 and 3) read u alone (-1).
+    t*J + j: PoseMamba's local joint reorder (the joints along the limbs) added to the global input,
+    folded into the load. joint_order holds J joint indices in [0, J); repeats are allowed (the
+    limb traversal passes the pelvis and thorax more than once). The temporal-first paths (rows 1
+    and 3) read u alone (-1).
     """
     _check_grid(T, J)
     joint_order = torch.as_tensor(joint_order, dtype=torch.int64)
     if joint_order.shape != (J,):
-        raise ValueError(f"joint_order must be a permutation of range(J={J}), got shape {tuple(joint_order.shape)}")
-    check_paths_values(joint_order.unsqueeze(0), name="joint_order")
+        raise ValueError(f"joint_order must hold J={J} joint indices, got shape {tuple(joint_order.shape)}")
+    if joint_order.numel() and (int(joint_order.min()) < 0 or int(joint_order.max()) >= J):
+        raise ValueError(f"joint_order must hold joint indices in [0, J={J}), got {joint_order.tolist()}")
     frame_start = torch.arange(T, dtype=torch.int64).unsqueeze(1) * J
     local = (frame_start + joint_order.unsqueeze(0)).reshape(-1)
     unmixed = torch.full_like(local, -1)
