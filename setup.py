@@ -98,7 +98,8 @@ def extensions():
         cxx_flags.append("-mprefer-vector-width=512")
     sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")) + glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
     if cuda_home:
-        nvcc_flags = (["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]) + ["--use_fast_math"]
+        # No --use_fast_math: the CUDA kernels then round divisions as the CPU kernels do.
+        nvcc_flags = ["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]
         return [CUDAExtension(
             "posemamba._C", sources + cuda_sources,
             extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, extra_link_args=link_flags,
@@ -108,6 +109,7 @@ def extensions():
 
 
 def main():
+    ext_modules = extensions()  # first: it sets CUDA_HOME, which cpp_extension reads at import
     from torch.utils.cpp_extension import BuildExtension
 
     setup(
@@ -118,7 +120,7 @@ def main():
         python_requires=">=3.9",
         install_requires=["torch", "numpy", "einops"],
         extras_require={"test": ["pytest", "pytest-benchmark", "expecttest"]},
-        ext_modules=extensions(),
+        ext_modules=ext_modules,
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     )
 

@@ -31,9 +31,6 @@ constexpr int64_t kMaxStateDim = 64;
 // Steps between saved states: the backward recomputes each chunk from its saved start state, so
 // memory is (batch, P, D, L / kScanChunk, N) instead of every step's (batch, P, D, L, N).
 constexpr int64_t kScanChunk = 64;
-// Channels per backward task: dB and dC sum over channels, so each block of channels writes its own
-// partial and a fixed-order pass adds the blocks. Fixed by the shapes, never by the thread count.
-constexpr int64_t kChannelBlock = 16;
 
 inline int64_t num_scan_chunks(int64_t seqlen) {
   return (seqlen + kScanChunk - 1) / kScanChunk;
@@ -72,6 +69,10 @@ struct MultiPathScanParams {
 // dtypes as their inputs; null where the input is absent), and the per-task partial sums that a second,
 // fixed-order pass reduces, so that results never depend on thread counts or scheduling.
 struct MultiPathScanBwdParams : MultiPathScanParams {
+  // dB and dC sum over channels: each block of channel_block channels writes its own partial and a
+  // fixed-order pass adds the blocks. The block size is the device's (fixed by the shapes, never by
+  // the thread count).
+  int64_t channel_block = 0;
   int64_t n_channel_blocks = 0;
 
   const void* grad_out = nullptr;  // (batch, D, L)
@@ -86,15 +87,23 @@ struct MultiPathScanBwdParams : MultiPathScanParams {
 };
 
 POSEMAMBA_MATH float bits_to_float(int32_t bits) {
+#ifdef __CUDA_ARCH__
+  return __int_as_float(bits);
+#else
   float value;
   std::memcpy(&value, &bits, sizeof(value));
   return value;
+#endif
 }
 
 POSEMAMBA_MATH int32_t float_to_bits(float value) {
+#ifdef __CUDA_ARCH__
+  return __float_as_int(value);
+#else
   int32_t bits;
   std::memcpy(&bits, &value, sizeof(bits));
   return bits;
+#endif
 }
 
 // exp for the scan's float math: the exps decide the scan's speed (one per state update), and a

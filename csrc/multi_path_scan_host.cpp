@@ -124,7 +124,7 @@ ScanBackward prepare_scan_backward(
     const at::Tensor& B, const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
-    bool delta_softplus) {
+    bool delta_softplus, int64_t channel_block) {
   ScanBackward g;
   MultiPathScanBwdParams& p = g.params;
   g.inputs = prepare_scan_inputs(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, p);
@@ -140,7 +140,8 @@ ScanBackward prepare_scan_backward(
   g.chunk_states = chunk_states.contiguous();
   g.out_ungated = z.has_value() ? out_ungated.contiguous() : at::Tensor();
 
-  p.n_channel_blocks = (p.dim + kChannelBlock - 1) / kChannelBlock;
+  p.channel_block = channel_block;
+  p.n_channel_blocks = (p.dim + channel_block - 1) / channel_block;
   const auto weights = A.options();
   g.du = at::empty_like(g.inputs.u);
   g.ddelta = at::empty_like(g.inputs.delta);

@@ -41,7 +41,7 @@ ScanBackward prepare_scan_backward(
     const at::Tensor& B, const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
-    bool delta_softplus);
+    bool delta_softplus, int64_t channel_block);
 
 // Checks on the values of paths and mix (every index in range) that need them on the host.
 void check_scan_indices_on_host(const ScanInputs& inputs, int64_t seqlen);

@@ -22,6 +22,9 @@ __all__ = [
 # Mirrors kScanChunk in csrc/multi_path_scan.h: steps between the states the forward saves.
 SCAN_CHUNK = 64
 
+_HAS_CUDA_KERNELS = HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key(
+    "posemamba::multi_path_scan_fwd", "CUDA")
+
 
 def multi_path_selective_scan(
     u: torch.Tensor,
@@ -134,7 +137,11 @@ def selective_scan(
 
 
 def _kernel_available(device: torch.device) -> bool:
-    return HAS_EXTENSION and device.type == "cpu"
+    """Whether posemamba._C has a kernel for this device (its CUDA kernels are built only where a
+    CUDA toolkit was found)."""
+    if not HAS_EXTENSION:
+        return False
+    return device.type == "cpu" or (device.type == "cuda" and _HAS_CUDA_KERNELS)
 
 
 if HAS_EXTENSION:

@@ -1,0 +1,89 @@
+"""The CUDA kernels against the reference and the CPU kernels. Skipped without a GPU."""
+import pytest
+import torch
+
+import posemamba
+from posemamba.ops import multi_path_selective_scan, pose_mix, pose_paths
+from posemamba.reference import multi_path_selective_scan_ref
+
+from conftest import random_scan_inputs
+
+pytestmark = pytest.mark.skipif(
+    not (torch.cuda.is_available() and posemamba.HAS_EXTENSION
+         and torch._C._dispatch_has_kernel_for_dispatch_key("posemamba::multi_path_scan_fwd", "CUDA")),
+    reason="needs a GPU and posemamba's CUDA kernels")
+
+DIFFERENTIABLE = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+# (rtol, atol relative to the largest reference value), forward and gradients, as on the CPU.
+TOLERANCE = {torch.float64: (1e-9, 1e-10), torch.float32: (1e-3, 2e-4), torch.float16: (5e-3, 3e-3),
+             torch.bfloat16: (3e-2, 2e-2)}
+SHAPES = [(1, 3, 1, 1, 1), (2, 33, 67, 4, 16), (3, 5, 130, 2, 20), (1, 40, 129, 8, 64)]
+
+
+def to_cuda(inputs):
+    return {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+
+
+def outputs_and_grads(fn, inputs, grad_out):
+    names = [n for n in DIFFERENTIABLE if inputs[n] is not None]
+    leaves = {n: inputs[n].detach().requires_grad_(True) for n in names}
+    out = fn(**{**inputs, **leaves})
+    return [out] + list(torch.autograd.grad(out, [leaves[n] for n in names], grad_out))
+
+
+def assert_close_scaled(actual, expected, dtype):
+    rtol, atol = TOLERANCE[dtype]
+    for a, e in zip(actual, expected):
+        scale = max(1.0, e.double().abs().max().item())
+        torch.testing.assert_close(a.to(e.dtype).cpu(), e.cpu(), rtol=rtol, atol=atol * scale)
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}_d{}_l{}_p{}_n{}".format(*s))
+def test_cuda_matches_reference(shape, dtype):
+    inputs = to_cuda(random_scan_inputs(*shape, dtype))
+    grad_out = torch.randn(shape[0], shape[1], shape[2], device="cuda", dtype=dtype)
+    actual = outputs_and_grads(multi_path_selective_scan, inputs, grad_out)
+    expected = outputs_and_grads(multi_path_selective_scan_ref, inputs, grad_out)
+    assert_close_scaled(actual, expected, dtype)
+
+
+@pytest.mark.parametrize("flags", [dict(with_D=False, with_z=False, with_bias=False, with_mix=False),
+                                   dict(delta_softplus=False)])
+def test_cuda_options(flags):
+    softplus = flags.get("delta_softplus", True)
+    inputs = to_cuda(random_scan_inputs(2, 7, 70, 3, 5, torch.float64, **flags))
+    grad_out = torch.randn(2, 7, 70, device="cuda", dtype=torch.float64)
+    run = lambda fn: outputs_and_grads(lambda **kw: fn(**kw, delta_softplus=softplus), inputs, grad_out)  # noqa: E731
+    assert_close_scaled(run(multi_path_selective_scan), run(multi_path_selective_scan_ref), torch.float64)
+
+
+def test_cuda_pose_shapes_match_cpu_kernels_and_are_deterministic():
+    T, J = 27, 17
+    inputs = random_scan_inputs(2, 64, T * J, 4, 16, torch.float32)
+    inputs["paths"], inputs["mix"] = pose_paths(T, J), pose_mix(T, J, torch.randint(0, J, (J,)))
+    grad_out = torch.randn(2, 64, T * J)
+    cpu = outputs_and_grads(multi_path_selective_scan, inputs, grad_out)
+    gpu_inputs = to_cuda(inputs)
+    first = outputs_and_grads(multi_path_selective_scan, gpu_inputs, grad_out.cuda())
+    second = outputs_and_grads(multi_path_selective_scan, gpu_inputs, grad_out.cuda())
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    assert_close_scaled(first, cpu, torch.float32)
+
+
+def test_cuda_gradcheck():
+    inputs = to_cuda(random_scan_inputs(1, 3, 9, 2, 3, torch.float64))
+    names = [n for n in DIFFERENTIABLE if inputs[n] is not None]
+
+    def scan(*tensors):
+        return multi_path_selective_scan(**{**inputs, **dict(zip(names, tensors))})
+
+    leaves = [inputs[n].detach().requires_grad_(True) for n in names]
+    assert torch.autograd.gradcheck(scan, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_cuda_opcheck():
+    inputs = to_cuda(random_scan_inputs(2, 3, 70, 2, 4, torch.float32))
+    args = tuple(inputs[k] for k in ("u", "delta", "A", "B", "C", "paths", "D", "z", "delta_bias", "mix")) + (True,)
+    torch.library.opcheck(torch.ops.posemamba.multi_path_scan_fwd.default, args)
