@@ -151,6 +151,11 @@ ScanBackward prepare_scan_backward(
   g.dA_partial = at::empty({p.batch, p.n_paths, p.dim, p.d_state}, weights);
   g.dD_partial = at::empty({p.batch, p.n_paths, p.dim}, weights);
   g.ddelta_bias_partial = at::empty({p.batch, p.n_paths, p.dim}, weights);
+  g.dB_by_position = at::empty({p.batch, p.n_paths, p.seqlen, p.d_state}, weights);
+  g.dC_by_position = at::empty_like(g.dB_by_position);
+  g.dA = at::empty_like(g.inputs.A);
+  g.dD = at::empty({p.n_paths, p.dim}, weights);
+  g.ddelta_bias = at::empty_like(g.dD);
 
   p.grad_out = g.grad_out.const_data_ptr();
   p.out_ungated = z.has_value() ? const_cast<void*>(g.out_ungated.const_data_ptr()) : nullptr;
@@ -164,6 +169,20 @@ ScanBackward prepare_scan_backward(
   p.dD_partial = g.dD_partial.mutable_data_ptr();
   p.ddelta_bias_partial = g.ddelta_bias_partial.mutable_data_ptr();
   return g;
+}
+
+ScanGradients finish_scan_backward(const ScanBackward& g) {
+  const at::ScalarType input_dtype = g.inputs.u.scalar_type();
+  const auto weights = g.inputs.A.options();
+  // Absent inputs get distinct empty gradients: outputs of an op must not alias each other.
+  return {g.du,
+          g.ddelta,
+          g.dA,
+          g.dB_by_position.transpose(-1, -2).to(input_dtype).contiguous(),
+          g.dC_by_position.transpose(-1, -2).to(input_dtype).contiguous(),
+          g.inputs.D.defined() ? g.dD : at::empty({0}, weights),
+          g.dz,
+          g.inputs.delta_bias.defined() ? g.ddelta_bias : at::empty({0}, weights)};
 }
 
 void check_scan_indices_on_host(const ScanInputs& inputs, int64_t seqlen) {

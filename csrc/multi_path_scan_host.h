@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <tuple>
 
 #include "multi_path_scan.h"
 
@@ -27,8 +28,32 @@ struct ScanBackward {
   ScanInputs inputs;
   at::Tensor grad_out, out_ungated, chunk_states;
   at::Tensor du, ddelta, dz, dB_partial, dC_partial, dA_partial, dD_partial, ddelta_bias_partial;
+  // The sums of the partials: dB and dC by position, (batch, P, L, N), then dA, dD, ddelta_bias.
+  at::Tensor dB_by_position, dC_by_position, dA, dD, ddelta_bias;
   MultiPathScanBwdParams params;
 };
+
+// Adds each partial over its channel blocks or batch, in index order, into the ScanBackward's sums.
+// sum(partial, n_outer, n_partials, count, out) is the device's fixed-order reduction.
+template <typename weight_t, typename SumPartials>
+void reduce_backward_partials(ScanBackward& g, SumPartials&& sum) {
+  const MultiPathScanBwdParams& p = g.params;
+  const int64_t path_block = p.n_paths * p.seqlen * p.d_state;
+  sum(g.dB_partial.const_data_ptr<weight_t>(), p.batch, p.n_channel_blocks, path_block,
+      g.dB_by_position.mutable_data_ptr<weight_t>());
+  sum(g.dC_partial.const_data_ptr<weight_t>(), p.batch, p.n_channel_blocks, path_block,
+      g.dC_by_position.mutable_data_ptr<weight_t>());
+  sum(g.dA_partial.const_data_ptr<weight_t>(), 1, p.batch, g.dA.numel(), g.dA.mutable_data_ptr<weight_t>());
+  sum(g.dD_partial.const_data_ptr<weight_t>(), 1, p.batch, g.dD.numel(), g.dD.mutable_data_ptr<weight_t>());
+  sum(g.ddelta_bias_partial.const_data_ptr<weight_t>(), 1, p.batch, g.ddelta_bias.numel(),
+      g.ddelta_bias.mutable_data_ptr<weight_t>());
+}
+
+using ScanGradients =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// The op's outputs (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) once the partials are reduced.
+ScanGradients finish_scan_backward(const ScanBackward& g);
 
 ScanForward prepare_scan_forward(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,

@@ -42,8 +42,8 @@ struct PathBlockBackward {
   weight_t* decays;              // (kScanChunk, N, W) scratch: their steps' decays
   weight_t* ddelta;              // (L, W) written
   weight_t* du;                  // (L, W) added to
-  weight_t* dB;                  // (L, N) added to: this task's partial
-  weight_t* dC;                  // (L, N) added to
+  weight_t* dB;                  // (L, N) written: this task's partial (each position once per path)
+  weight_t* dC;                  // (L, N) written
   weight_t* dA;                  // (N, W) added to
   weight_t* dD;                  // (W) added to
   weight_t* ddelta_bias;         // (W) added to
@@ -129,8 +129,8 @@ POSEMAMBA_ALWAYS_INLINE void scan_path_block_backward(
               d_dt[w], dA[n * W + w], d_dt_v[w], d_b);
           dB_lanes[w] = d_b;
         }
-        dC[l * N + n] += sum_lanes(dC_lanes);
-        dB[l * N + n] += sum_lanes(dB_lanes);
+        dC[l * N + n] = sum_lanes(dC_lanes);
+        dB[l * N + n] = sum_lanes(dB_lanes);
       }
       weight_t dv[W];
       for (int64_t w = 0; w < W; ++w) {
@@ -298,8 +298,7 @@ void sum_partials_in_order(const weight_t* partial, int64_t n_outer, int64_t n_p
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-multi_path_scan_bwd_cpu(
+ScanGradients multi_path_scan_bwd_cpu(
     const at::Tensor& grad_out,
     const at::Tensor& u,
     const at::Tensor& delta,
@@ -320,15 +319,8 @@ multi_path_scan_bwd_cpu(
   const MultiPathScanBwdParams& p = g.params;
   const at::Tensor B_by_position = transpose_to_positions_major(g.inputs.B, A.scalar_type());
   const at::Tensor C_by_position = transpose_to_positions_major(g.inputs.C, A.scalar_type());
-  at::Tensor dA = at::empty_like(g.inputs.A);
-  at::Tensor dB_by_position = at::empty({p.batch, p.n_paths, p.seqlen, p.d_state}, A.options());
-  at::Tensor dC_by_position = at::empty_like(dB_by_position);
-  at::Tensor dD = at::empty({p.n_paths, p.dim}, A.options());
-  at::Tensor ddelta_bias = at::empty_like(dD);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "multi_path_scan_bwd_cpu", [&] {
     using weight_t = at::opmath_type<scalar_t>;
-    g.dB_partial.zero_();
-    g.dC_partial.zero_();
     at::parallel_for(0, p.batch * p.n_channel_blocks, 1, [&](int64_t task_begin, int64_t task_end) {
       std::vector<weight_t> scratch;
       for (int64_t task = task_begin; task < task_end; ++task) {
@@ -337,27 +329,9 @@ multi_path_scan_bwd_cpu(
                                            task % p.n_channel_blocks, scratch);
       }
     });
-    const int64_t path_block = p.n_paths * p.seqlen * p.d_state;
-    sum_partials_in_order(g.dB_partial.const_data_ptr<weight_t>(), p.batch, p.n_channel_blocks, path_block,
-                          dB_by_position.mutable_data_ptr<weight_t>());
-    sum_partials_in_order(g.dC_partial.const_data_ptr<weight_t>(), p.batch, p.n_channel_blocks, path_block,
-                          dC_by_position.mutable_data_ptr<weight_t>());
-    sum_partials_in_order(g.dA_partial.const_data_ptr<weight_t>(), 1, p.batch, A.numel(),
-                          dA.mutable_data_ptr<weight_t>());
-    sum_partials_in_order(g.dD_partial.const_data_ptr<weight_t>(), 1, p.batch, dD.numel(),
-                          dD.mutable_data_ptr<weight_t>());
-    sum_partials_in_order(g.ddelta_bias_partial.const_data_ptr<weight_t>(), 1, p.batch, dD.numel(),
-                          ddelta_bias.mutable_data_ptr<weight_t>());
+    reduce_backward_partials<weight_t>(g, sum_partials_in_order<weight_t>);
   });
-  // Absent inputs get distinct empty gradients: outputs of an op must not alias each other.
-  return {g.du,
-          g.ddelta,
-          dA,
-          dB_by_position.transpose(-1, -2).to(u.scalar_type()).contiguous(),
-          dC_by_position.transpose(-1, -2).to(u.scalar_type()).contiguous(),
-          D.has_value() ? dD : at::empty({0}, A.options()),
-          g.dz,
-          delta_bias.has_value() ? ddelta_bias : at::empty({0}, A.options())};
+  return finish_scan_backward(g);
 }
 
 }  // namespace

@@ -9,7 +9,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -165,8 +164,7 @@ __global__ void merge_input_grads_kernel(MultiPathScanBwdParams p, const at::opm
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-multi_path_scan_bwd_cuda(
+ScanGradients multi_path_scan_bwd_cuda(
     const at::Tensor& grad_out,
     const at::Tensor& u,
     const at::Tensor& delta,
@@ -186,11 +184,6 @@ multi_path_scan_bwd_cuda(
                                          chunk_states, delta_softplus, kWarp);
   const MultiPathScanBwdParams& p = g.params;
   const at::Tensor du_paths = at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, A.options());
-  at::Tensor dA = at::empty_like(g.inputs.A);
-  at::Tensor dB_by_position = at::empty({p.batch, p.n_paths, p.seqlen, p.d_state}, A.options());
-  at::Tensor dC_by_position = at::empty_like(dB_by_position);
-  at::Tensor dD = at::empty({p.n_paths, p.dim}, A.options());
-  at::Tensor ddelta_bias = at::empty_like(dD);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "multi_path_scan_bwd_cuda", [&] {
     using weight_t = at::opmath_type<scalar_t>;
@@ -204,25 +197,9 @@ multi_path_scan_bwd_cuda(
     merge_input_grads_kernel<scalar_t><<<static_cast<unsigned>((total + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
         p, du_data);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const int64_t path_block = p.n_paths * p.seqlen * p.d_state;
-    sum_partials(g.dB_partial.const_data_ptr<weight_t>(), p.batch, p.n_channel_blocks, path_block,
-                 dB_by_position.mutable_data_ptr<weight_t>());
-    sum_partials(g.dC_partial.const_data_ptr<weight_t>(), p.batch, p.n_channel_blocks, path_block,
-                 dC_by_position.mutable_data_ptr<weight_t>());
-    sum_partials(g.dA_partial.const_data_ptr<weight_t>(), 1, p.batch, A.numel(), dA.mutable_data_ptr<weight_t>());
-    sum_partials(g.dD_partial.const_data_ptr<weight_t>(), 1, p.batch, dD.numel(), dD.mutable_data_ptr<weight_t>());
-    sum_partials(g.ddelta_bias_partial.const_data_ptr<weight_t>(), 1, p.batch, dD.numel(),
-                 ddelta_bias.mutable_data_ptr<weight_t>());
+    reduce_backward_partials<weight_t>(g, sum_partials<weight_t>);
   });
-  // Absent inputs get distinct empty gradients: outputs of an op must not alias each other.
-  return {g.du,
-          g.ddelta,
-          dA,
-          dB_by_position.transpose(-1, -2).to(u.scalar_type()).contiguous(),
-          dC_by_position.transpose(-1, -2).to(u.scalar_type()).contiguous(),
-          D.has_value() ? dD : at::empty({0}, A.options()),
-          g.dz,
-          delta_bias.has_value() ? ddelta_bias : at::empty({0}, A.options())};
+  return finish_scan_backward(g);
 }
 
 }  // namespace
