@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._checks import weight_dtype_for
 from .ops import multi_path_selective_scan, pose_mix, pose_paths
 from .reference import multi_path_selective_scan_ref
 
@@ -105,12 +106,14 @@ class BiSTSSM(nn.Module):
         x_dbl = torch.einsum("bkdl,kcd->bkcl", path_inputs, self.x_proj_weight)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
-        A = -torch.exp(self.A_logs.float()).view(4, self.d_inner, self.d_state)
+        # A, D and the dt bias stay in float32 under half-precision inputs (float64 with float64 ones).
+        weight_dtype = weight_dtype_for(u.dtype)
+        A = -torch.exp(self.A_logs.to(weight_dtype)).view(4, self.d_inner, self.d_state)
 
         scan = multi_path_selective_scan_ref if self.backend == "reference" else multi_path_selective_scan
         y = scan(u, dts.contiguous(), A, Bs.contiguous(), Cs.contiguous(), paths,
-                 D=self.Ds.float().view(4, self.d_inner), delta_bias=self.dt_projs_bias.float(), mix=mix,
-                 delta_softplus=True)
+                 D=self.Ds.to(weight_dtype).view(4, self.d_inner), delta_bias=self.dt_projs_bias.to(weight_dtype),
+                 mix=mix, delta_softplus=True)
         y = self.out_norm(y.transpose(1, 2).reshape(batch, T, J, self.d_inner))
         return self.out_proj(y * F.silu(z))
 
