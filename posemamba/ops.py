@@ -2,6 +2,7 @@
 
     from posemamba.ops import multi_path_selective_scan, pose_paths, bidirectional_paths
 """
+import warnings
 from typing import Optional
 
 import torch
@@ -66,9 +67,13 @@ def multi_path_selective_scan(
 
     Returns:
         out: (batch, D, L) in u's dtype; y, times silu(z) when z is given.
+
+    The values of paths and mix are checked on every eager call (a host synchronisation for CUDA
+    tensors; skipped under torch.compile, where the kernels still bound-check every index).
     """
     check_multi_path_scan_args(u, delta, A, B, C, paths, D, z, delta_bias, mix)
     if not _kernel_available(u.device):
+        _warn_reference_once(u.device)
         return multi_path_selective_scan_ref(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus)
     out, _, _ = torch.ops.posemamba.multi_path_scan_fwd(
         u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus)
@@ -134,6 +139,16 @@ def selective_scan(
             delta_bias=None if delta_bias is None else delta_bias[channels].unsqueeze(0),
             delta_softplus=delta_softplus))
     return outputs[0] if groups == 1 else torch.cat(outputs, dim=1)
+
+
+_WARNED_DEVICE_TYPES = set()
+
+
+def _warn_reference_once(device: torch.device) -> None:
+    if device.type not in _WARNED_DEVICE_TYPES and HAS_EXTENSION:  # (a missing extension warned at import)
+        _WARNED_DEVICE_TYPES.add(device.type)
+        warnings.warn(f"posemamba: no compiled {device.type} kernels in this build; the scan runs the "
+                      "pure-PyTorch reference on this device", RuntimeWarning, stacklevel=3)
 
 
 def _kernel_available(device: torch.device) -> bool:
