@@ -28,10 +28,21 @@ at::Tensor transpose_to_positions_major(const at::Tensor& BC, at::ScalarType wei
 template <typename weight_t, typename input_t>
 void gather_channel_block(const input_t* rows, int64_t d_begin, int64_t width, int64_t seqlen, weight_t* out) {
   constexpr int64_t W = kCpuChannelBlock;
-  std::fill(out, out + seqlen * W, weight_t(0));
-  for (int64_t w = 0; w < width; ++w) {
-    const input_t* row = rows + (d_begin + w) * seqlen;
-    for (int64_t l = 0; l < seqlen; ++l) out[l * W + w] = weight_t(row[l]);
+  // Through W x W tiles that stay in L1: contiguous reads along each row, then contiguous writes.
+  weight_t tile[W][W];
+  for (int64_t l0 = 0; l0 < seqlen; l0 += W) {
+    const int64_t count = std::min(W, seqlen - l0);
+    for (int64_t w = 0; w < W; ++w) {
+      if (w >= width) {
+        std::fill(tile[w], tile[w] + W, weight_t(0));
+        continue;
+      }
+      const input_t* row = rows + (d_begin + w) * seqlen + l0;
+      for (int64_t i = 0; i < count; ++i) tile[w][i] = weight_t(row[i]);
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      for (int64_t w = 0; w < W; ++w) out[(l0 + i) * W + w] = tile[w][i];
+    }
   }
 }
 
