@@ -192,10 +192,8 @@ ScanGradients multi_path_scan_bwd_cuda(
       scan_path_backward_kernel<scalar_t, decltype(bucket)::value><<<scan_grid(p), kWarp, 0, stream>>>(p, du_data);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
-    constexpr int kThreads = 256;
-    const int64_t total = p.batch * p.dim * p.seqlen;
-    merge_input_grads_kernel<scalar_t><<<static_cast<unsigned>((total + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
-        p, du_data);
+    merge_input_grads_kernel<scalar_t><<<elementwise_blocks(p.batch * p.dim * p.seqlen), kElementwiseThreads, 0,
+                                         stream>>>(p, du_data);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     reduce_backward_partials<weight_t>(g, sum_partials<weight_t>);
   });

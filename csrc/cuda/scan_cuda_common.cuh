@@ -52,14 +52,19 @@ __global__ void sum_partials_kernel(const T* partial, int64_t n_outer, int64_t n
   out[i] = total;
 }
 
+// Threads per block of the one-thread-per-element kernels, and their grid for `total` elements.
+constexpr int kElementwiseThreads = 256;
+
+inline unsigned elementwise_blocks(int64_t total) {
+  return static_cast<unsigned>((total + kElementwiseThreads - 1) / kElementwiseThreads);
+}
+
 template <typename T>
 void sum_partials(const T* partial, int64_t n_outer, int64_t n_partials, int64_t count, T* out) {
   const int64_t total = n_outer * count;
   if (total == 0) return;
-  constexpr int kThreads = 256;
-  const auto blocks = static_cast<unsigned>((total + kThreads - 1) / kThreads);
-  sum_partials_kernel<<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(partial, n_outer, n_partials,
-                                                                                   count, out);
+  sum_partials_kernel<<<elementwise_blocks(total), kElementwiseThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      partial, n_outer, n_partials, count, out);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

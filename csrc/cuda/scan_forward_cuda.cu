@@ -111,9 +111,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_path_scan_fwd_cuda(
       scan_path_forward_kernel<scalar_t, decltype(bucket)::value><<<scan_grid(p), kWarp, 0, stream>>>(p, y_data);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
-    constexpr int kThreads = 256;
-    const int64_t total = p.batch * p.dim * p.seqlen;
-    merge_paths_kernel<scalar_t><<<static_cast<unsigned>((total + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+    merge_paths_kernel<scalar_t><<<elementwise_blocks(p.batch * p.dim * p.seqlen), kElementwiseThreads, 0, stream>>>(
         p, y_data);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
