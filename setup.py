@@ -118,8 +118,10 @@ def main():
         description="PoseMamba 3D human pose lifting around a fused multi-path selective scan (CPU and CUDA)",
         packages=find_packages(include=["posemamba", "posemamba.*"]),
         python_requires=">=3.9",
-        install_requires=["torch", "numpy", "einops"],
+        install_requires=["torch", "numpy", "einops", "pyyaml", "tqdm"],
         extras_require={"test": ["pytest", "pytest-benchmark", "expecttest"]},
+        package_data={"posemamba": ["configs/*.yaml"]},
+        entry_points={"console_scripts": ["posemamba = posemamba.cli:main"]},
         ext_modules=ext_modules,
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     )

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from posemamba.losses import PoseLoss, mpjpe_loss, n_mpjpe_loss, velocity_loss
+from posemamba.losses import PoseLoss, mpjpe_loss, n_mpjpe_loss, temporal_difference_loss, velocity_loss
 
 
 def test_losses_by_hand():
@@ -11,6 +11,8 @@ def test_losses_by_hand():
     pred[0, 1, 0] = torch.tensor([3.0, 4.0, 0.0])           # frame 1 off by 5, frame 0 exact
     assert mpjpe_loss(pred, target).item() == pytest.approx(2.5)
     assert velocity_loss(pred, target).item() == pytest.approx(5.0)
+    # One frame pair, one joint: the change (3, 4, 0) squared is 9, 16, 0, mean 25 / 3.
+    assert temporal_difference_loss(pred).item() == pytest.approx(25.0 / 3.0)
     # N-MPJPE ignores a prediction's size: twice the target scores zero.
     scaled = torch.tensor([[[[1.0, 0.0, 0.0]], [[2.0, 0.0, 0.0]]]])
     assert n_mpjpe_loss(2 * scaled, scaled).item() == pytest.approx(0.0, abs=1e-6)
@@ -19,7 +21,8 @@ def test_losses_by_hand():
 def test_pose_loss_weights():
     torch.manual_seed(0)
     pred, target = torch.randn(2, 5, 17, 3), torch.randn(2, 5, 17, 3)
-    expected = mpjpe_loss(pred, target) + 0.5 * n_mpjpe_loss(pred, target) + 20 * velocity_loss(pred, target)
+    expected = (mpjpe_loss(pred, target) + 0.5 * n_mpjpe_loss(pred, target) + 20 * velocity_loss(pred, target)
+                + 0.5 * temporal_difference_loss(pred))
     torch.testing.assert_close(PoseLoss()(pred, target), expected)
     # One frame has no velocity term.
     torch.testing.assert_close(PoseLoss()(pred[:, :1], target[:, :1]),

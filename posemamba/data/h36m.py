@@ -2,8 +2,9 @@
 (`h36m_sh_conf_cam_source_final.pkl`, and the CPN-detection variant).
 
 The file holds `train` and `test` dicts of per-frame arrays: `joint_2d` (N, 17, 2) pixels,
-`confidence` (N, 17) or (N, 17, 1), `joint3d_image` (N, 17, 3) pixels and depth, `2.5d_factor` (N,),
-`camera_name` (N,), `source` (N,) the video of each frame, `action` (N,).
+`confidence` (N, 17) or (N, 17, 1), `joint3d_image` (N, 17, 3) pixels and depth, `2.5d_factor` (N,)
+millimetres per pixel, `joints_2.5d_image` (N, 17, 3) = joint3d_image x 2.5d_factor, `camera_name` (N,),
+`source` (N,) the video of each frame, `action` (N,).
 """
 import os
 import pickle
@@ -25,7 +26,7 @@ H36M_CAMERA_RESOLUTIONS = {
 }
 
 _REQUIRED = {"joint_2d": (17, 2), "joint3d_image": (17, 3), "camera_name": (), "source": ()}
-_OPTIONAL = {"confidence": None, "2.5d_factor": (), "action": ()}
+_OPTIONAL = {"confidence": None, "2.5d_factor": (), "joints_2.5d_image": (17, 3), "action": ()}
 
 
 def read_h36m_pickle(path: str) -> Dict[str, Dict[str, np.ndarray]]:
@@ -90,6 +91,10 @@ class H36MClips(torch.utils.data.Dataset):
     `with_confidence`; targets are the normalised 3D joints, root-relative (joint 0 at the origin)
     unless `root_relative` is False. Training clips start every `stride` frames (default frames // 3),
     test clips do not overlap (stride = frames); see split_clips.
+
+    For evaluation in millimetres, per frame: `camera_width` (pixels; normalised units x width / 2 are
+    pixels), `factor` (the 2.5d_factor, millimetres per pixel) and `target_mm` (root-relative joints
+    in millimetres, from joints_2.5d_image or joint3d_image x factor); None where the file has no factor.
     """
 
     def __init__(self, path: str, split: str = "train", frames: int = 243, stride: Optional[int] = None,
@@ -110,8 +115,16 @@ class H36MClips(torch.utils.data.Dataset):
         self.keypoints = torch.from_numpy(keypoints)
         self.targets = torch.from_numpy(targets)
         self.clips = split_clips(arrays["source"], frames, stride)
-        self.factor = torch.from_numpy(arrays["2.5d_factor"].astype(np.float32)) if "2.5d_factor" in arrays else None
-        self.action = arrays.get("action")
+        self.action = arrays["action"].astype(str) if "action" in arrays else None
+        self.camera_width = torch.tensor([H36M_CAMERA_RESOLUTIONS[c][0] for c in cameras], dtype=torch.float32)
+        self.factor = self.target_mm = None
+        if "2.5d_factor" in arrays:
+            self.factor = torch.from_numpy(arrays["2.5d_factor"].astype(np.float32))
+            joints_mm = arrays.get("joints_2.5d_image")
+            if joints_mm is None:
+                joints_mm = arrays["joint3d_image"] * arrays["2.5d_factor"][:, None, None]
+            joints_mm = torch.from_numpy(joints_mm.astype(np.float32))
+            self.target_mm = joints_mm - joints_mm[:, :1]
 
     def __len__(self) -> int:
         return len(self.clips)

@@ -1,0 +1,187 @@
+"""The training loop of the official recipe, on one device or many (torchrun), with checkpoints that
+resume exactly: each epoch's shuffling, flips and drop-path draw from seeds fixed by (seed, epoch, rank),
+so an interrupted run resumed from its last checkpoint continues as if it had never stopped."""
+import csv
+import math
+import os
+import time
+from contextlib import nullcontext
+from typing import Any, Dict, Optional
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from ..data.h36m import H36MClips
+from ..data.synthetic import write_synthetic_h36m
+from ..flip import flip_pose
+from ..losses import PoseLoss
+from ..model import PoseMamba, posemamba
+from .distributed import DistributedContext, barrier, init_distributed
+from .evaluation import H36MResult, evaluate_h36m
+
+__all__ = ["build_datasets", "build_model", "train", "evaluate_checkpoint", "LATEST", "BEST"]
+
+LATEST, BEST = "latest.pth", "best.pth"
+_LOG_FIELDS = ["epoch", "lr", "train_loss", "p1", "p2", "mpjve", "seconds"]
+
+
+def build_datasets(config: Dict[str, Any], context: Optional[DistributedContext] = None):
+    """(train, test) H36MClips from config['data']; a synthetic file is generated first if missing."""
+    data = config["data"]
+    context = context or DistributedContext()
+    if data["kind"] == "synthetic":
+        if context.is_main and not os.path.isfile(data["path"]):
+            os.makedirs(os.path.dirname(os.path.abspath(data["path"])), exist_ok=True)
+            write_synthetic_h36m(data["path"], seed=config["train"]["seed"], **data["synthetic"])
+        barrier(context)
+    elif data["kind"] != "h36m_pickle":
+        raise ValueError(f"data.kind must be h36m_pickle or synthetic, got {data['kind']!r}")
+    common = dict(frames=data["frames"], with_confidence=data["with_confidence"])
+    train = H36MClips(data["path"], "train", stride=data["train_stride"], **common)
+    test = H36MClips(data["path"], "test", **common)
+    return train, test
+
+
+def build_model(config: Dict[str, Any]) -> PoseMamba:
+    in_chans = 3 if config["data"]["with_confidence"] else 2
+    return posemamba(config["model"]["preset"], num_frame=config["data"]["frames"], in_chans=in_chans,
+                     **config["model"]["overrides"])
+
+
+def _save(state: Dict[str, Any], path: str) -> None:
+    # Written aside and renamed: an interruption mid-write never leaves a damaged checkpoint.
+    partial = path + ".partial"
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def _append_log(path: str, row: Dict[str, Any]) -> None:
+    new = not os.path.isfile(path)
+    with open(path, "a", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=_LOG_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _flip_half(keypoints: torch.Tensor, target: torch.Tensor):
+    """Mirrors a random half of the clips (input and target together)."""
+    chosen = torch.rand(keypoints.shape[0]) < 0.5
+    if chosen.any():
+        keypoints, target = keypoints.clone(), target.clone()
+        keypoints[chosen], target[chosen] = flip_pose(keypoints[chosen]), flip_pose(target[chosen])
+    return keypoints, target
+
+
+def _train_epoch(model, loader, criterion, optimizer, config, context, epoch) -> float:
+    train_cfg = config["train"]
+    use_amp = train_cfg["amp"] and context.device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
+    model.train()
+    total, clips, started = 0.0, 0, time.perf_counter()
+    # A bar on the main process only, and only on a terminal (None: tqdm leaves it out of logs).
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=None if context.is_main else True, leave=False,
+               mininterval=1.0)
+    for keypoints, target in bar:
+        if train_cfg["flip"]:
+            keypoints, target = _flip_half(keypoints, target)
+        keypoints, target = keypoints.to(context.device), target.to(context.device)
+        with autocast:
+            pred = model(keypoints)
+        loss = criterion(pred.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(keypoints)
+        clips += len(keypoints)
+        bar.set_postfix(loss=f"{loss.item():.4f}", clips_per_s=f"{clips / (time.perf_counter() - started):.1f}")
+    totals = torch.tensor([total, clips], dtype=torch.float64)
+    if context.enabled:
+        torch.distributed.all_reduce(totals)
+    return float(totals[0] / totals[1])
+
+
+def train(config: Dict[str, Any], resume: bool = False, log=print) -> Dict[str, Any]:
+    """Trains per `config` (see posemamba.training.config); writes latest.pth, best.pth and log.csv in
+    config['output']. With `resume`, continues from output/latest.pth when it exists. Returns the
+    history of logged rows and the best P1."""
+    train_cfg, output = config["train"], config["output"]
+    context = init_distributed(train_cfg["device"])
+    if context.is_main:
+        os.makedirs(output, exist_ok=True)
+    torch.manual_seed(train_cfg["seed"])
+    train_set, test_set = build_datasets(config, context)
+    model = build_model(config).to(context.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
+    criterion = PoseLoss(train_cfg["lambda_3d"], train_cfg["lambda_scale"], train_cfg["lambda_velocity"],
+                         train_cfg["lambda_diff"])
+    start_epoch, best_p1, history = 0, math.inf, []
+    latest = os.path.join(output, LATEST)
+    if resume and os.path.isfile(latest):
+        state = torch.load(latest, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model_pos"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best_p1 = state["epoch"], state["min_loss"]
+        for group in optimizer.param_groups:
+            group["lr"] = state["lr"]
+        log(f"resumed from {latest} at epoch {start_epoch}")
+    elif resume:
+        log(f"no checkpoint at {latest}: starting from epoch 0")
+
+    wrapped = DistributedDataParallel(model) if context.enabled else model
+    sampler = DistributedSampler(train_set, num_replicas=context.world_size, rank=context.rank, shuffle=True,
+                                 seed=train_cfg["seed"], drop_last=context.enabled)
+    loader = DataLoader(train_set, batch_size=train_cfg["batch_size"], sampler=sampler,
+                        num_workers=train_cfg["num_workers"], pin_memory=context.device.type == "cuda")
+    started = time.perf_counter()
+    for epoch in range(start_epoch, train_cfg["epochs"]):
+        epoch_started = time.perf_counter()
+        sampler.set_epoch(epoch)
+        torch.manual_seed(train_cfg["seed"] + 1000 * epoch + context.rank)   # flips and drop-path
+        loss = _train_epoch(wrapped, loader, criterion, optimizer, config, context, epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        for group in optimizer.param_groups:
+            group["lr"] *= train_cfg["lr_decay"]
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss, "p1": "", "p2": "", "mpjve": "",
+               "seconds": round(time.perf_counter() - epoch_started, 2)}
+        evaluated = (epoch + 1) % config["evaluate"]["every"] == 0 or epoch + 1 == train_cfg["epochs"]
+        if context.is_main:
+            if evaluated:
+                result = evaluate_h36m(model, test_set, config["evaluate"]["batch_size"], config["evaluate"]["flip"],
+                                       context.device)
+                row.update(p1=round(result.p1, 3), p2=round(result.p2, 3), mpjve=round(result.mpjve, 3))
+            improved = evaluated and row["p1"] < best_p1
+            best_p1 = row["p1"] if improved else best_p1
+            state = {"model_pos": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                     "lr": optimizer.param_groups[0]["lr"], "min_loss": best_p1, "config": config}
+            _save(state, latest)
+            if improved:
+                _save(state, os.path.join(output, BEST))
+            _append_log(os.path.join(output, "log.csv"), row)
+            log(f"epoch {epoch + 1}: loss {loss:.4f}" + (f", P1 {row['p1']:.1f} mm, P2 {row['p2']:.1f} mm"
+                                                         if evaluated else ""))
+        history.append(row)
+        barrier(context)
+        budget = train_cfg["max_minutes"]
+        if budget is not None and time.perf_counter() - started > 60 * budget:
+            log(f"stopping after epoch {epoch + 1}: the {budget}-minute budget is spent")
+            break
+    if context.enabled:
+        torch.distributed.destroy_process_group()
+    return {"history": history, "best_p1": best_p1, "model": model}
+
+
+def evaluate_checkpoint(config: Dict[str, Any], checkpoint: Optional[str] = None) -> H36MResult:
+    """Scores a checkpoint (official or posemamba's) on the config's test split."""
+    from ..checkpoint import load_checkpoint
+
+    context = init_distributed(config["train"]["device"])
+    _, test_set = build_datasets(config, context)
+    model = build_model(config)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    model.to(context.device)
+    return evaluate_h36m(model, test_set, config["evaluate"]["batch_size"], config["evaluate"]["flip"], context.device)
+
