@@ -33,18 +33,18 @@ def _demo(args) -> int:
     """Synthetic data, the untrained model's score, a few minutes of training, the trained model's score."""
     import torch
 
-    from .training import build_datasets, build_model, evaluate_h36m, format_table, load_config, train
+    from .training import build_datasets, build_model, evaluate, format_table, load_config, train
 
     overrides = [f"output={args.output}", f"data.path={os.path.join(args.output, 'synthetic_h36m.pkl')}",
                  f"train.max_minutes={args.minutes}", *(args.set or [])]
     config = load_config("demo", overrides)
     torch.manual_seed(config["train"]["seed"])
     _, test_set = build_datasets(config)
-    untrained = evaluate_h36m(build_model(config), test_set, config["evaluate"]["batch_size"], flip=True)
+    untrained = evaluate(config, build_model(config), test_set)
     print(f"untrained model: P1 {untrained.p1:.1f} mm, P2 {untrained.p2:.1f} mm")
     started = time.perf_counter()
     result = train(config)
-    trained = evaluate_h36m(result["model"], test_set, config["evaluate"]["batch_size"], flip=True)
+    trained = evaluate(config, result["model"], test_set)
     print(f"\nafter {(time.perf_counter() - started) / 60:.1f} minutes of training "
           f"({len(result['history'])} epochs), synthetic Human3.6M test set:")
     print(format_table(trained))
@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a config value, e.g. --set train.epochs=10 (repeatable)")
 
     train = commands.add_parser("train", help="train per a config")
-    train.add_argument("--config", required=True, help="a YAML file, or a bundled config: h36m_s, h36m_b, h36m_l, demo")
+    train.add_argument("--config", required=True, help="a YAML file, or a bundled config: h36m_{s,b,l}, mpi_3dhp_{s,b,l}, demo")
     train.add_argument("--set", **overrides)
     train.add_argument("--resume", action="store_true", help="continue from OUTPUT/latest.pth when it exists")
     train.set_defaults(run=_train)

@@ -15,10 +15,12 @@ def test_bundled_official_recipes(name, preset):
 
 
 def test_overrides_parse_values_and_merge_free_form_keys():
-    config = load_config("demo", ["train.epochs=7", "train.lr=1e-3", "train.max_minutes=null", "model.overrides.depth=1",
+    config = load_config("demo", ["train.epochs=7", "train.lr=1e-3", "train.max_minutes=1.5", "model.overrides.depth=1",
                                   "data.with_confidence=true"])
-    assert config["train"]["epochs"] == 7 and config["train"]["max_minutes"] is None
+    assert config["train"]["epochs"] == 7
+    assert load_config("demo", ["train.max_minutes=null"])["train"]["max_minutes"] is None
     assert config["train"]["lr"] == 1e-3  # YAML 1.1 reads 1e-3 as a string
+    assert config["train"]["max_minutes"] == 1.5  # typed by the default (None: any), not by demo.yaml's 3
     assert config["model"]["overrides"] == {"dim": 32, "depth": 1, "drop_path_rate": 0.0}
     assert config["data"]["with_confidence"] is True
     assert load_config()["train"] == DEFAULTS["train"]

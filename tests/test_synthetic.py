@@ -18,6 +18,13 @@ def test_motions_keep_bone_lengths_and_move(action):
     relative = joints - joints[:, :1]
     assert relative.std(axis=0).max() > 20.0, "the pose should change over the motion"
     assert 1400 < joints[:, 10, 2].max() - joints[:, 3, 2].min() < 2100, "head to ankle: a standing adult's height"
+    # A real body, not its mirror image: the right hip lies on the right of the way the face points
+    # (right = forward x up); a mirrored skeleton would make 2D-to-depth ambiguous between subjects.
+    facing = np.cross(joints[:, 9] - joints[:, 8], [0.0, 0.0, 1.0])
+    assert np.all(np.einsum("ti,ti->t", facing, joints[:, 1] - joints[:, 4]) > 0)
+    # Arms abduct outwards: sideways lifts move each hand away from the body's midline.
+    hands_apart = np.linalg.norm(joints[:, 13] - joints[:, 16], axis=-1)
+    assert hands_apart.min() > 0.5 * np.linalg.norm(joints[0, 11] - joints[0, 14])
 
 
 def test_written_file_goes_through_the_real_reader(tmp_path):

@@ -93,8 +93,9 @@ class H36MClips(torch.utils.data.Dataset):
     test clips do not overlap (stride = frames); see split_clips.
 
     For evaluation in millimetres, per frame: `camera_width` (pixels; normalised units x width / 2 are
-    pixels), `factor` (the 2.5d_factor, millimetres per pixel) and `target_mm` (root-relative joints
-    in millimetres, from joints_2.5d_image or joint3d_image x factor); None where the file has no factor.
+    pixels), `factor` (the 2.5d_factor, millimetres per pixel), their product `millimetres_per_unit`
+    (width / 2 x factor, as MotionBERT denormalises) and `target_mm` (root-relative joints in
+    millimetres, from joints_2.5d_image or joint3d_image x factor); None where the file has no factor.
     """
 
     def __init__(self, path: str, split: str = "train", frames: int = 243, stride: Optional[int] = None,
@@ -117,7 +118,7 @@ class H36MClips(torch.utils.data.Dataset):
         self.clips = split_clips(arrays["source"], frames, stride)
         self.action = arrays["action"].astype(str) if "action" in arrays else None
         self.camera_width = torch.tensor([H36M_CAMERA_RESOLUTIONS[c][0] for c in cameras], dtype=torch.float32)
-        self.factor = self.target_mm = None
+        self.factor = self.target_mm = self.millimetres_per_unit = None
         if "2.5d_factor" in arrays:
             self.factor = torch.from_numpy(arrays["2.5d_factor"].astype(np.float32))
             joints_mm = arrays.get("joints_2.5d_image")
@@ -125,6 +126,7 @@ class H36MClips(torch.utils.data.Dataset):
                 joints_mm = arrays["joint3d_image"] * arrays["2.5d_factor"][:, None, None]
             joints_mm = torch.from_numpy(joints_mm.astype(np.float32))
             self.target_mm = joints_mm - joints_mm[:, :1]
+            self.millimetres_per_unit = self.camera_width / 2 * self.factor
 
     def __len__(self) -> int:
         return len(self.clips)

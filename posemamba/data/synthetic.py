@@ -2,7 +2,7 @@
 the MotionBERT pickle format, so that training and evaluation without the licensed dataset go through
 exactly the pipeline the real files do (reader, normalisation, clips, metrics in millimetres).
 
-World frame: z up, the subject's forward +y at rest, x its left. Each motion gives per-frame local joint
+World frame: z up, the subject's forward +y at rest, so its right is +x (forward x up). Each motion gives per-frame local joint
 rotations; forward kinematics over the skeleton's parents turns them into 3D joints in millimetres.
 """
 import pickle
@@ -25,11 +25,11 @@ H36M_PARENTS = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 9, 8, 11, 12, 8, 14, 15)
 # bone lengths of Human3.6M's subjects.
 REST_OFFSETS_MM = np.array([
     [0, 0, 0],
-    [-132, 0, 0], [0, 0, -442], [0, 0, -454],          # right leg
-    [132, 0, 0], [0, 0, -442], [0, 0, -454],           # left leg
+    [132, 0, 0], [0, 0, -442], [0, 0, -454],           # right leg
+    [-132, 0, 0], [0, 0, -442], [0, 0, -454],          # left leg
     [0, 0, 233], [0, 0, 257], [0, 50, 110], [0, -20, 115],   # spine, thorax, nose, head
-    [150, 0, -15], [0, 0, -278], [0, 0, -251],          # left arm
-    [-150, 0, -15], [0, 0, -278], [0, 0, -251],         # right arm
+    [-150, 0, -15], [0, 0, -278], [0, 0, -251],         # left arm
+    [150, 0, -15], [0, 0, -278], [0, 0, -251],          # right arm
 ], dtype=np.float64)
 _STANDING_ROOT_HEIGHT = 950.0
 
@@ -70,10 +70,10 @@ class _Pose:
             0: _rotation("z", self.yaw),
             1: _rotation("x", f["right_hip"]), 2: _rotation("x", -f["right_knee"]),
             4: _rotation("x", f["left_hip"]), 5: _rotation("x", -f["left_knee"]),
-            7: _rotation("x", f["spine"]),
-            11: _rotation("y", -a["left_shoulder"]) @ _rotation("x", f["left_shoulder"]),
+            7: _rotation("x", -f["spine"]),  # bones above point up: minus leans them forward
+            11: _rotation("y", a["left_shoulder"]) @ _rotation("x", f["left_shoulder"]),
             12: _rotation("x", f["left_elbow"]),
-            14: _rotation("y", a["right_shoulder"]) @ _rotation("x", f["right_shoulder"]),
+            14: _rotation("y", -a["right_shoulder"]) @ _rotation("x", f["right_shoulder"]),
             15: _rotation("x", f["right_elbow"]),
         }
         identity = np.broadcast_to(np.eye(3), (frames, 3, 3))

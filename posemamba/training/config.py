@@ -67,11 +67,18 @@ def _merge(base: Dict[str, Any], update: Dict[str, Any], where: str, source: str
             else:
                 _merge(base[key], value, f"{dotted}.", source)
         else:
-            base[key] = _coerce(base[key], value, dotted, source)
+            base[key] = _coerce(_default_at(dotted), value, dotted, source)
+
+
+def _default_at(dotted: str) -> Any:
+    node: Any = DEFAULTS
+    for part in dotted.split("."):
+        node = node[part]
+    return node
 
 
 def _coerce(default: Any, value: Any, dotted: str, source: str) -> Any:
-    """`value` checked against the default's type. Numbers written like 1e-3 arrive from YAML 1.1 as
+    """`value` checked against the type of DEFAULTS' value (None: any type). Numbers written like 1e-3 arrive from YAML 1.1 as
     strings and are read as numbers here; anything else of the wrong type is an error."""
     if default is None or value is None or isinstance(default, str):
         return value

@@ -14,34 +14,46 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from ..data.h36m import H36MClips
+from ..data.mpi_inf_3dhp import MPI3DHPClips
 from ..data.synthetic import write_synthetic_h36m
 from ..flip import flip_pose
 from ..losses import PoseLoss
 from ..model import PoseMamba, posemamba
 from .distributed import DistributedContext, barrier, init_distributed
-from .evaluation import H36MResult, evaluate_h36m
+from .evaluation import evaluate_3dhp, evaluate_h36m
 
-__all__ = ["build_datasets", "build_model", "train", "evaluate_checkpoint", "LATEST", "BEST"]
+__all__ = ["build_datasets", "build_model", "evaluate", "train", "evaluate_checkpoint", "LATEST", "BEST"]
 
 LATEST, BEST = "latest.pth", "best.pth"
-_LOG_FIELDS = ["epoch", "lr", "train_loss", "p1", "p2", "mpjve", "seconds"]
+DATA_KINDS = ("h36m_pickle", "synthetic", "mpi_inf_3dhp")
+# Each data kind's evaluation and the scores it logs; P1 (MPJPE) picks the best checkpoint.
+_EVALUATION = {"h36m_pickle": (evaluate_h36m, ("p1", "p2", "mpjve")),
+               "synthetic": (evaluate_h36m, ("p1", "p2", "mpjve")),
+               "mpi_inf_3dhp": (evaluate_3dhp, ("p1", "pck", "auc"))}
 
 
 def build_datasets(config: Dict[str, Any], context: Optional[DistributedContext] = None):
-    """(train, test) H36MClips from config['data']; a synthetic file is generated first if missing."""
+    """(train, test) clips from config['data']: H36MClips for a MotionBERT-format pickle (a synthetic
+    one is generated first if missing), MPI3DHPClips for the MPI-INF-3DHP npz folder."""
     data = config["data"]
     context = context or DistributedContext()
+    if data["kind"] not in DATA_KINDS:
+        raise ValueError(f"data.kind must be one of {DATA_KINDS}, got {data['kind']!r}")
     if data["kind"] == "synthetic":
         if context.is_main and not os.path.isfile(data["path"]):
             os.makedirs(os.path.dirname(os.path.abspath(data["path"])), exist_ok=True)
             write_synthetic_h36m(data["path"], seed=config["train"]["seed"], **data["synthetic"])
         barrier(context)
-    elif data["kind"] != "h36m_pickle":
-        raise ValueError(f"data.kind must be h36m_pickle or synthetic, got {data['kind']!r}")
+    clips = MPI3DHPClips if data["kind"] == "mpi_inf_3dhp" else H36MClips
     common = dict(frames=data["frames"], with_confidence=data["with_confidence"])
-    train = H36MClips(data["path"], "train", stride=data["train_stride"], **common)
-    test = H36MClips(data["path"], "test", **common)
-    return train, test
+    return (clips(data["path"], "train", stride=data["train_stride"], **common),
+            clips(data["path"], "test", **common))
+
+
+def evaluate(config: Dict[str, Any], model: torch.nn.Module, test_set, device="cpu"):
+    """The data kind's evaluation (Human3.6M's P1/P2 or MPI-INF-3DHP's PCK/AUC/MPJPE) of `model`."""
+    evaluator, _ = _EVALUATION[config["data"]["kind"]]
+    return evaluator(model, test_set, config["evaluate"]["batch_size"], config["evaluate"]["flip"], device)
 
 
 def build_model(config: Dict[str, Any]) -> PoseMamba:
@@ -60,7 +72,7 @@ def _save(state: Dict[str, Any], path: str) -> None:
 def _append_log(path: str, row: Dict[str, Any]) -> None:
     new = not os.path.isfile(path)
     with open(path, "a", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=_LOG_FIELDS)
+        writer = csv.DictWriter(file, fieldnames=list(row))
         if new:
             writer.writeheader()
         writer.writerow(row)
@@ -144,14 +156,14 @@ def train(config: Dict[str, Any], resume: bool = False, log=print) -> Dict[str, 
         lr = optimizer.param_groups[0]["lr"]
         for group in optimizer.param_groups:
             group["lr"] *= train_cfg["lr_decay"]
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss, "p1": "", "p2": "", "mpjve": "",
+        scores = _EVALUATION[config["data"]["kind"]][1]
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss, **{name: "" for name in scores},
                "seconds": round(time.perf_counter() - epoch_started, 2)}
         evaluated = (epoch + 1) % config["evaluate"]["every"] == 0 or epoch + 1 == train_cfg["epochs"]
         if context.is_main:
             if evaluated:
-                result = evaluate_h36m(model, test_set, config["evaluate"]["batch_size"], config["evaluate"]["flip"],
-                                       context.device)
-                row.update(p1=round(result.p1, 3), p2=round(result.p2, 3), mpjve=round(result.mpjve, 3))
+                result = evaluate(config, model, test_set, context.device)
+                row.update({name: round(value, 3) for name, value in result.summary.items()})
             improved = evaluated and row["p1"] < best_p1
             best_p1 = row["p1"] if improved else best_p1
             state = {"model_pos": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
@@ -160,8 +172,8 @@ def train(config: Dict[str, Any], resume: bool = False, log=print) -> Dict[str, 
             if improved:
                 _save(state, os.path.join(output, BEST))
             _append_log(os.path.join(output, "log.csv"), row)
-            log(f"epoch {epoch + 1}: loss {loss:.4f}" + (f", P1 {row['p1']:.1f} mm, P2 {row['p2']:.1f} mm"
-                                                         if evaluated else ""))
+            log(f"epoch {epoch + 1}: loss {loss:.4f}" + "".join(f", {name} {row[name]:.1f}" for name in scores
+                                                                if evaluated))
         history.append(row)
         barrier(context)
         budget = train_cfg["max_minutes"]
@@ -173,7 +185,7 @@ def train(config: Dict[str, Any], resume: bool = False, log=print) -> Dict[str, 
     return {"history": history, "best_p1": best_p1, "model": model}
 
 
-def evaluate_checkpoint(config: Dict[str, Any], checkpoint: Optional[str] = None) -> H36MResult:
+def evaluate_checkpoint(config: Dict[str, Any], checkpoint: Optional[str] = None):
     """Scores a checkpoint (official or posemamba's) on the config's test split."""
     from ..checkpoint import load_checkpoint
 
@@ -182,6 +194,4 @@ def evaluate_checkpoint(config: Dict[str, Any], checkpoint: Optional[str] = None
     model = build_model(config)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
-    model.to(context.device)
-    return evaluate_h36m(model, test_set, config["evaluate"]["batch_size"], config["evaluate"]["flip"], context.device)
-
+    return evaluate(config, model.to(context.device), test_set, context.device)
