@@ -120,7 +120,7 @@ def main():
         python_requires=">=3.9",
         install_requires=["torch", "numpy", "einops", "pyyaml", "tqdm"],
         extras_require={"test": ["pytest", "pytest-benchmark", "expecttest"]},
-        package_data={"posemamba": ["configs/*.yaml"]},
+        package_data={"posemamba": ["configs/*.yaml", "data/*.json"]},
         entry_points={"console_scripts": ["posemamba = posemamba.cli:main"]},
         ext_modules=ext_modules,
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

@@ -13,8 +13,11 @@ BUNDLED_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "conf
 
 DEFAULTS: Dict[str, Dict[str, Any]] = {
     "data": {
-        "kind": "h36m_pickle",      # h36m_pickle: a MotionBERT-format pickle; synthetic: generated there
+        # h36m_pickle: a MotionBERT-format pickle at path; synthetic: one generated there first;
+        # videopose3d: VideoPose3D's npz files in the folder path; mpi_inf_3dhp: the 3DHP npz folder
+        "kind": "h36m_pickle",
         "path": "data/motion3d/h36m_sh_conf_cam_source_final.pkl",
+        "keypoints": "cpn_ft_h36m_dbb",  # videopose3d: which data_2d_h36m_<keypoints>.npz
         "frames": 243,
         "train_stride": None,       # None: frames // 3
         "with_confidence": False,   # the detector confidence as a third input channel

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from ..data.h36m import H36MClips
 from ..data.mpi_inf_3dhp import MPI3DHPClips
+from ..data.videopose3d import VideoPose3DClips
 from ..data.synthetic import write_synthetic_h36m
 from ..flip import flip_pose
 from ..losses import PoseLoss
@@ -25,16 +26,18 @@ from .evaluation import evaluate_3dhp, evaluate_h36m
 __all__ = ["build_datasets", "build_model", "evaluate", "train", "evaluate_checkpoint", "LATEST", "BEST"]
 
 LATEST, BEST = "latest.pth", "best.pth"
-DATA_KINDS = ("h36m_pickle", "synthetic", "mpi_inf_3dhp")
+DATA_KINDS = ("h36m_pickle", "synthetic", "videopose3d", "mpi_inf_3dhp")
 # Each data kind's evaluation and the scores it logs; P1 (MPJPE) picks the best checkpoint.
 _EVALUATION = {"h36m_pickle": (evaluate_h36m, ("p1", "p2", "mpjve")),
                "synthetic": (evaluate_h36m, ("p1", "p2", "mpjve")),
+               "videopose3d": (evaluate_h36m, ("p1", "p2", "mpjve")),
                "mpi_inf_3dhp": (evaluate_3dhp, ("p1", "pck", "auc"))}
 
 
 def build_datasets(config: Dict[str, Any], context: Optional[DistributedContext] = None):
     """(train, test) clips from config['data']: H36MClips for a MotionBERT-format pickle (a synthetic
-    one is generated first if missing), MPI3DHPClips for the MPI-INF-3DHP npz folder."""
+    one is generated first if missing), VideoPose3DClips for VideoPose3D's Human3.6M files,
+    MPI3DHPClips for the MPI-INF-3DHP npz folder."""
     data = config["data"]
     context = context or DistributedContext()
     if data["kind"] not in DATA_KINDS:
@@ -44,8 +47,10 @@ def build_datasets(config: Dict[str, Any], context: Optional[DistributedContext]
             os.makedirs(os.path.dirname(os.path.abspath(data["path"])), exist_ok=True)
             write_synthetic_h36m(data["path"], seed=config["train"]["seed"], **data["synthetic"])
         barrier(context)
-    clips = MPI3DHPClips if data["kind"] == "mpi_inf_3dhp" else H36MClips
+    clips = {"mpi_inf_3dhp": MPI3DHPClips, "videopose3d": VideoPose3DClips}.get(data["kind"], H36MClips)
     common = dict(frames=data["frames"], with_confidence=data["with_confidence"])
+    if data["kind"] == "videopose3d":
+        common["keypoints"] = data["keypoints"]
     return (clips(data["path"], "train", stride=data["train_stride"], **common),
             clips(data["path"], "test", **common))
 
