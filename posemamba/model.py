@@ -111,7 +111,9 @@ class BiSTSSM(nn.Module):
         A = -torch.exp(self.A_logs.to(weight_dtype)).view(4, self.d_inner, self.d_state)
 
         scan = multi_path_selective_scan_ref if self.backend == "reference" else multi_path_selective_scan
-        y = scan(u, dts.contiguous(), A, Bs.contiguous(), Cs.contiguous(), paths,
+        # Under autocast the projections may come out in another dtype than u; the op takes one.
+        dts, Bs, Cs = (t.to(u.dtype).contiguous() for t in (dts, Bs, Cs))
+        y = scan(u, dts, A, Bs, Cs, paths,
                  D=self.Ds.to(weight_dtype).view(4, self.d_inner), delta_bias=self.dt_projs_bias.to(weight_dtype),
                  mix=mix, delta_softplus=True)
         y = self.out_norm(y.transpose(1, 2).reshape(batch, T, J, self.d_inner))

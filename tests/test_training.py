@@ -64,3 +64,13 @@ def test_cli_names_bad_input(tmp_path, capsys):
     assert main(["evaluate", "--config", "demo", "--checkpoint", str(tmp_path / "missing.pth"),
                  "--set", f"data.path={tmp_path / 'data.pkl'}", *[a for i in TINY for a in ("--set", i)]]) == 2
     assert "checkpoint file not found" in capsys.readouterr().err
+
+
+def test_bfloat16_autocast_trains(tmp_path):
+    # The mixed-precision path GPUs take by default, forced on the CPU: the projections come out of
+    # autocast in bfloat16 and the fused scan takes them in its half-type kernels.
+    result = train(tiny_config(tmp_path, "amp", "train.epochs=1", "train.amp=true"), log=quiet)
+    assert all(torch.isfinite(p).all() for p in result["model"].parameters())
+    assert 0 < result["history"][0]["train_loss"] < 10 and result["best_p1"] < 1e4
+    with pytest.raises(ValueError, match="train.amp must be auto, true or false"):
+        train(tiny_config(tmp_path, "amp2", "train.epochs=1", "train.amp=sometimes"), log=quiet)

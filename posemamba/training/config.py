@@ -36,7 +36,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "flip": True,               # horizontal flip augmentation, half of the clips
         "seed": 0,
         "num_workers": 2,
-        "amp": True,                # bfloat16 autocast on GPU; ignored on CPU
+        "amp": "auto",              # bfloat16 autocast: auto (on GPUs only), true (any device), false
         "max_minutes": None,        # stop at the first epoch end past this wall time
         "lambda_3d": 1.0,
         "lambda_scale": 0.5,

@@ -94,8 +94,11 @@ def _flip_half(keypoints: torch.Tensor, target: torch.Tensor):
 
 def _train_epoch(model, loader, criterion, optimizer, config, context, epoch) -> float:
     train_cfg = config["train"]
-    use_amp = train_cfg["amp"] and context.device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
+    amp = train_cfg["amp"]
+    if amp not in ("auto", True, False):
+        raise ValueError(f"train.amp must be auto, true or false, got {amp!r}")
+    use_amp = amp is True or (amp == "auto" and context.device.type == "cuda")
+    autocast = torch.autocast(context.device.type, dtype=torch.bfloat16) if use_amp else nullcontext()
     model.train()
     total, clips, started = 0.0, 0, time.perf_counter()
     # A bar on the main process only, and only on a terminal (None: tqdm leaves it out of logs).
