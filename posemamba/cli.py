@@ -55,6 +55,69 @@ def _demo(args) -> int:
     return 0
 
 
+def _output_paths(prefix: str):
+    """PREFIX.npz and PREFIX.json, whether or not the prefix already ends in one of them."""
+    base, extension = os.path.splitext(prefix)
+    base = base if extension.lower() in (".npz", ".json") else prefix
+    return base + ".npz", base + ".json"
+
+
+def _lift(args) -> int:
+    """Keypoint file -> checked, filled, normalised -> lifted -> npz and JSON (written only at the end)."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from .keypoints import H36M_JOINTS, fill_missing, load_keypoints, normalise_by_image
+    from .lifting import lift_sequence, model_from_checkpoint
+
+    sequence = load_keypoints(args.keypoints, args.format, tuple(args.image_size) if args.image_size else None)
+    if sequence.image_size is None:
+        raise ValueError(f"{args.keypoints}: the file gives no image size; pass --image-size WIDTH HEIGHT")
+    sequence = fill_missing(sequence, args.min_confidence)
+    model = model_from_checkpoint(args.checkpoint)
+    inputs = normalise_by_image(sequence.pixels, sequence.image_size)
+    if model.in_chans == 3:
+        inputs = np.concatenate([inputs, sequence.confidence[..., None]], axis=-1)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    joints = lift_sequence(model, inputs, flip=args.flip, batch_size=args.batch_size, device=device)
+    npz_path, json_path = _output_paths(args.output)
+    units = "root-relative, in the model's normalised units: half the image width is 1"
+    np.savez(npz_path, keypoints_3d=joints, keypoints_2d=sequence.pixels.astype(np.float32),
+             confidence=sequence.confidence.astype(np.float32), image_size=np.array(sequence.image_size),
+             joint_names=np.array(H36M_JOINTS), units=np.array(units))
+    with open(json_path, "w") as file:
+        json.dump({"joint_names": list(H36M_JOINTS), "units": units, "image_size": list(sequence.image_size),
+                   "keypoints_3d": np.round(joints, 5).tolist()}, file)
+    print(f"lifted {len(joints)} frames ({sequence.source_format}) -> {npz_path}, {json_path}")
+    return 0
+
+
+def _render(args) -> int:
+    import numpy as np
+
+    from .render import render_animation, render_png
+
+    try:
+        with np.load(args.lifted) as archive:
+            pixels, joints = archive["keypoints_2d"], archive["keypoints_3d"]
+            image_size = tuple(int(v) for v in archive["image_size"])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"lifted file not found: {args.lifted}") from None
+    except KeyError as error:
+        raise ValueError(f"{args.lifted}: not a 'posemamba lift' output (no {error})") from None
+    if args.output:
+        render_animation(args.output, pixels, joints, image_size, fps=args.fps)
+        print(f"wrote {args.output}")
+    if args.png:
+        render_png(args.png, pixels, joints, image_size, args.frames or [0, len(pixels) // 2, len(pixels) - 1])
+        print(f"wrote {args.png}")
+    if not (args.output or args.png):
+        raise ValueError("nothing to write: give -o ANIMATION.gif|.mp4 and/or --png FILE.png")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="posemamba", description="PoseMamba: 2D keypoint sequences to 3D poses.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +141,30 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--minutes", type=float, default=3.0, help="training time budget")
     demo.add_argument("--set", **overrides)
     demo.set_defaults(run=_demo)
+
+    from .keypoints import FORMATS
+
+    lift = commands.add_parser("lift", help="lift a detector's 2D keypoints file to 3D (npz and JSON)")
+    lift.add_argument("keypoints", help="MMPose/RTMPose or COCO JSON, ultralytics, MediaPipe, H36M/COCO npz, or CSV")
+    lift.add_argument("--checkpoint", required=True, help="trained PoseMamba weights (official or posemamba's)")
+    lift.add_argument("-o", "--output", required=True, help="output path prefix: writes PREFIX.npz and PREFIX.json")
+    lift.add_argument("--format", choices=FORMATS, default="auto")
+    lift.add_argument("--image-size", type=int, nargs=2, metavar=("WIDTH", "HEIGHT"),
+                      help="the video's size in pixels (when the file does not say)")
+    lift.add_argument("--min-confidence", type=float, default=0.3,
+                      help="keypoints below this confidence are treated as missing and interpolated")
+    lift.add_argument("--flip", action="store_true", help="average with the mirrored input's prediction")
+    lift.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    lift.add_argument("--batch-size", type=int, default=8)
+    lift.set_defaults(run=_lift)
+
+    render = commands.add_parser("render", help="draw a lifted sequence: 2D input beside the turning 3D skeleton")
+    render.add_argument("lifted", help="the .npz that 'posemamba lift' wrote")
+    render.add_argument("-o", "--output", help="animation to write: .gif, or .mp4 (needs ffmpeg)")
+    render.add_argument("--png", help="a PNG of chosen frames, one row each")
+    render.add_argument("--frames", type=int, nargs="+", help="frames for the PNG (default: first, middle, last)")
+    render.add_argument("--fps", type=int, default=25)
+    render.set_defaults(run=_render)
     return parser
 
 
