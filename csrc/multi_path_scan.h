@@ -114,12 +114,20 @@ POSEMAMBA_MATH int32_t float_to_bits(float value) {
 // error 1.5 ulp for x in [-86.6, 88.7] (tests/test_scan_math.py checks it against float64). The limits cost no selects: below about -87
 // (results under 2^-125) the exponent saturates at zero and the result is 0 (denormals are flushed);
 // above 88.72 the product overflows to +inf, like expf.
-POSEMAMBA_MATH float scan_exp(float x) {
+//
+// kClamped = false leaves out the clamp and the saturation, which cost a quarter of a state update's
+// instructions. For |x| <= kScanExpFastLimit that is scan_exp bit for bit (the clamp does not act and
+// k >= -126 keeps the exponent field >= 0): the kernels take it for a scan step when |dt| max|a|
+// bounds every |dt * a| of the step within the limit, which in practice is every step.
+constexpr float kScanExpFastLimit = 87.0f;
+
+template <bool kClamped>
+POSEMAMBA_MATH float scan_exp_impl(float x) {
   const float kLog2e = 1.44269504088896341f;
   const float kLn2Hi = 0.693359375f;
   const float kLn2Lo = -2.12194440e-4f;
   // Clamped so that k stays in [-127, 130]: wide enough for the saturation and the overflow to act.
-  const float clamped = x > 89.5f ? 89.5f : (x < -88.0f ? -88.0f : x);
+  const float clamped = kClamped ? (x > 89.5f ? 89.5f : (x < -88.0f ? -88.0f : x)) : x;
   // Round to nearest by the 1.5 * 2^23 trick: branch-free and exact for |k| < 2^22.
   const float kRound = 12582912.0f;
   const float k = (clamped * kLog2e + kRound) - kRound;
@@ -133,7 +141,22 @@ POSEMAMBA_MATH float scan_exp(float x) {
   p = p * (r * r) + (r + r) + 2.0f;
   // 2^(k-1) in the exponent field: k - 1 + 127 saturated below at 0 (the float 0); 255 is +inf.
   const int32_t biased = static_cast<int32_t>(k) + 126;
-  return p * bits_to_float((biased > 0 ? biased : 0) << 23);
+  // Shifted as unsigned: a NaN x makes biased anything, and the result is NaN through p anyway.
+  const uint32_t field = static_cast<uint32_t>(kClamped ? (biased > 0 ? biased : 0) : biased);
+  return p * bits_to_float(static_cast<int32_t>(field << 23));
+}
+
+POSEMAMBA_MATH float scan_exp(float x) {
+  return scan_exp_impl<true>(x);
+}
+
+// scan_exp for |x| <= kScanExpFastLimit only (see scan_exp_impl).
+POSEMAMBA_MATH float scan_exp_in_range(float x) {
+  return scan_exp_impl<false>(x);
+}
+
+POSEMAMBA_MATH double scan_exp_in_range(double x) {
+  return std::exp(x);
 }
 
 POSEMAMBA_MATH double scan_exp(double x) {
@@ -219,6 +242,12 @@ POSEMAMBA_MATH T step_size_grad(T raw_delta, T bias, bool use_softplus) {
 template <typename T>
 POSEMAMBA_MATH T step_decay(T dt, T a) {
   return scan_exp(dt * a);
+}
+
+// step_decay where |dt * a| <= kScanExpFastLimit is known (see scan_exp_impl).
+template <typename T>
+POSEMAMBA_MATH T step_decay_in_range(T dt, T a) {
+  return scan_exp_in_range(dt * a);
 }
 
 // One state entry's update: h <- exp(dt * a) * h + dt * v * b, with decay = step_decay(dt, a).

@@ -120,3 +120,29 @@ def test_opcheck_forward(with_z):
             inputs["D"], inputs["z"], inputs["delta_bias"], inputs["mix"], True)
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_fwd.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_extreme_decays_take_the_clamped_path(dtype):
+    # |dt * a| far beyond exp's range in one path: the kernels' clamped exps (decays of exactly 0) must
+    # still match the reference, forward and backward; the other paths stay on the fast exps.
+    inputs = random_scan_inputs(2, 20, 70, 3, 4, dtype)
+    inputs["A"] = inputs["A"].clone()
+    inputs["A"][1] *= 500.0
+    assert_matches_reference(inputs)
+    leaves = {name: inputs[name].detach().requires_grad_() for name in ("u", "delta", "A", "B", "C")}
+    grad_out = torch.randn_like(inputs["u"])
+    grads = torch.autograd.grad(multi_path_selective_scan(**{**inputs, **leaves}), list(leaves.values()), grad_out)
+    expected = torch.autograd.grad(multi_path_selective_scan_ref(**{**inputs, **leaves}), list(leaves.values()), grad_out)
+    for name, got, want in zip(leaves, grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item(), msg=name)
+
+
+def test_nan_in_a_step_size_or_weight_propagates():
+    inputs = random_scan_inputs(1, 16, 40, 2, 4, torch.float32, with_z=False)
+    for name, index in (("delta", (0, 1, 3, 17)), ("A", (0, 5, 2))):
+        broken = {**inputs, name: inputs[name].clone()}
+        broken[name][index] = float("nan")
+        out = multi_path_selective_scan(**broken)
+        expected = multi_path_selective_scan_ref(**broken)
+        assert torch.equal(out.isnan(), expected.isnan()) and out.isnan().any(), name

@@ -55,3 +55,10 @@ def test_float64_uses_libm(function):
     x = torch.rand(1000, dtype=torch.float64) * 10
     expected = {"exp": torch.exp, "log1p": torch.log1p, "softplus": torch.nn.functional.softplus}[function](x)
     torch.testing.assert_close(scan_math(x, function), expected, rtol=1e-15, atol=0)
+
+
+def test_exp_in_range_is_exp_bit_for_bit():
+    # The kernels skip the clamps when every |dt * a| of a path is within 87; that must change nothing.
+    x = torch.cat([torch.linspace(-87.0, 87.0, 2_000_001), torch.randn(100_000) * 10,
+                   torch.tensor([-87.0, 87.0, 0.0, -0.0, 1e-30, -1e-30])]).clamp(-87.0, 87.0)
+    assert torch.equal(scan_math(x, "exp_in_range"), scan_math(x, "exp"))

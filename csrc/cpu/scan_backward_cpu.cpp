@@ -60,8 +60,9 @@ POSEMAMBA_ALWAYS_INLINE weight_t sum_lanes(const weight_t* x) {
 }
 
 // The pointers arrive as restrict parameters and the running gradients live in local arrays, so the
-// compiler knows nothing aliases and vectorises without run-time overlap checks.
-template <typename weight_t>
+// compiler knows nothing aliases and vectorises without run-time overlap checks. kInRange as in the
+// forward: the recomputed decays skip scan_exp's clamps (and equal the forward's, bit for bit).
+template <bool kInRange, typename weight_t>
 POSEMAMBA_ALWAYS_INLINE void scan_path_block_backward(
     const weight_t* POSEMAMBA_RESTRICT dt_all, const weight_t* POSEMAMBA_RESTRICT dt_grad,
     const weight_t* POSEMAMBA_RESTRICT v_all, const weight_t* POSEMAMBA_RESTRICT dy_all,
@@ -96,7 +97,7 @@ POSEMAMBA_ALWAYS_INLINE void scan_path_block_backward(
       for (int64_t n = 0; n < N; ++n) {
         const weight_t b = B[l * N + n];
         for (int64_t w = 0; w < W; ++w) {
-          decay[n * W + w] = step_decay(dt[w], A[n * W + w]);
+          decay[n * W + w] = kInRange ? step_decay_in_range(dt[w], A[n * W + w]) : step_decay(dt[w], A[n * W + w]);
           h[n * W + w] = state_update<weight_t>(h_prev[n * W + w], decay[n * W + w], dt[w] * v[w], b);
         }
       }
@@ -150,11 +151,21 @@ POSEMAMBA_ALWAYS_INLINE void scan_path_block_backward(
   for (int64_t i = 0; i < N * W; ++i) dA_out[i] += dA[i];
 }
 
+template <bool kInRange, typename weight_t>
+POSEMAMBA_ALWAYS_INLINE void scan_path_block_backward(const PathBlockBackward<weight_t>& a) {
+  scan_path_block_backward<kInRange>(a.dt, a.dt_grad, a.v, a.dy, a.B, a.C, a.A, a.D, a.saved_states, a.order,
+                                     a.mix, a.seqlen, a.d_state, a.n_chunks, a.states, a.decays, a.ddelta, a.du,
+                                     a.dB, a.dC, a.dA, a.dD, a.ddelta_bias);
+}
+
 template <typename weight_t>
 POSEMAMBA_ALWAYS_INLINE void scan_path_block_backward(const PathBlockBackward<weight_t>& a) {
-  scan_path_block_backward(a.dt, a.dt_grad, a.v, a.dy, a.B, a.C, a.A, a.D, a.saved_states, a.order, a.mix,
-                           a.seqlen, a.d_state, a.n_chunks, a.states, a.decays, a.ddelta, a.du, a.dB, a.dC, a.dA, a.dD,
-                           a.ddelta_bias);
+  constexpr int64_t W = kCpuChannelBlock;
+  if (abs_max(a.dt, a.seqlen * W) * abs_max(a.A, a.d_state * W) <= weight_t(kScanExpFastLimit)) {
+    scan_path_block_backward<true>(a);
+  } else {
+    scan_path_block_backward<false>(a);
+  }
 }
 
 POSEMAMBA_CPU_MULTIVERSION void run_path_block_backward(const PathBlockBackward<float>& a) {

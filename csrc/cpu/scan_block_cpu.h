@@ -60,6 +60,17 @@ const weight_t* path_inputs(const weight_t* u_block, const int64_t* mix_row, int
   return scratch;
 }
 
+// The largest |value| of count values; NaN if any is NaN (so a bound built from it fails every test).
+template <typename weight_t>
+weight_t abs_max(const weight_t* values, int64_t count) {
+  weight_t bound = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const weight_t magnitude = values[i] < 0 ? -values[i] : values[i];
+    bound = (magnitude > bound || magnitude != magnitude) ? magnitude : bound;
+  }
+  return bound;
+}
+
 // A[p, d, :] for the block as (N, W), D[p, d] and delta_bias[p, d] as (W); zero past width and where
 // absent (exp(0) = 1 keeps the padded channels' states at zero).
 template <typename weight_t>

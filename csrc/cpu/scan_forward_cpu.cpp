@@ -41,8 +41,9 @@ struct PathBlockScan {
 
 // The pointers arrive as restrict parameters and the state lives in a local array: then the compiler
 // knows nothing aliases, keeps the state and the step's output in registers, and needs no run-time
-// overlap checks (restrict on struct members would be ignored).
-template <typename weight_t>
+// overlap checks (restrict on struct members would be ignored). kInRange: every |dt * a| of the path
+// is known to be within kScanExpFastLimit, so the decays skip scan_exp's clamps.
+template <bool kInRange, typename weight_t>
 POSEMAMBA_ALWAYS_INLINE void scan_path_block(
     const weight_t* POSEMAMBA_RESTRICT dt_all, const weight_t* POSEMAMBA_RESTRICT v_all,
     const weight_t* POSEMAMBA_RESTRICT B, const weight_t* POSEMAMBA_RESTRICT C,
@@ -69,7 +70,8 @@ POSEMAMBA_ALWAYS_INLINE void scan_path_block(
     for (int64_t n = 0; n < N; ++n) {
       const weight_t b = B[l * N + n], c = C[l * N + n];
       for (int64_t w = 0; w < W; ++w) {
-        h[n * W + w] = state_update<weight_t>(h[n * W + w], step_decay(dt[w], A[n * W + w]), dt_v[w], b);
+        const weight_t decay = kInRange ? step_decay_in_range(dt[w], A[n * W + w]) : step_decay(dt[w], A[n * W + w]);
+        h[n * W + w] = state_update<weight_t>(h[n * W + w], decay, dt_v[w], b);
         y_step[w] += c * h[n * W + w];
       }
     }
@@ -77,9 +79,15 @@ POSEMAMBA_ALWAYS_INLINE void scan_path_block(
   }
 }
 
+// The unclamped decays wherever max |dt| max |a| over the path allows (a NaN fails the test).
 template <typename weight_t>
 POSEMAMBA_ALWAYS_INLINE void scan_path_block(const PathBlockScan<weight_t>& a) {
-  scan_path_block(a.dt, a.v, a.B, a.C, a.A, a.D, a.order, a.seqlen, a.d_state, a.y, a.saved_states);
+  constexpr int64_t W = kCpuChannelBlock;
+  if (abs_max(a.dt, a.seqlen * W) * abs_max(a.A, a.d_state * W) <= weight_t(kScanExpFastLimit)) {
+    scan_path_block<true>(a.dt, a.v, a.B, a.C, a.A, a.D, a.order, a.seqlen, a.d_state, a.y, a.saved_states);
+  } else {
+    scan_path_block<false>(a.dt, a.v, a.B, a.C, a.A, a.D, a.order, a.seqlen, a.d_state, a.y, a.saved_states);
+  }
 }
 
 POSEMAMBA_CPU_MULTIVERSION void run_path_block_scan(const PathBlockScan<float>& a) {
