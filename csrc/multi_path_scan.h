@@ -206,10 +206,28 @@ POSEMAMBA_MATH T sigmoid(T x) {
   return T(1) / (T(1) + scan_exp(-x));
 }
 
-// torch.nn.functional.softplus with its default threshold: above 20 it returns x itself.
-template <typename T>
-POSEMAMBA_MATH T softplus(T x) {
-  return x > T(20) ? x : scan_log1p(scan_exp(x));
+// torch.nn.functional.softplus with its default threshold: above 20 it returns x itself. In float,
+// as max(x, 0) + log1p(t) with t = exp(-|x|) in (0, 1], and log1p(t) = t q(t) with q a degree-9
+// polynomial fitted to log1p(t) / t on [0, 1] (2.8 ulp): one exp and nine FMAs, a third cheaper
+// than log1p(exp(x)) with its log and division. Measured max relative error: see test_scan_math.
+POSEMAMBA_MATH float softplus(float x) {
+  const float t = scan_exp(x < 0.0f ? x : -x);
+  float q = -3.2140363473445177e-3f;
+  q = q * t + 1.9649166613817215e-2f;
+  q = q * t - 5.6435029953718185e-2f;
+  q = q * t + 1.0533228516578674e-1f;
+  q = q * t - 1.5251451730728150e-1f;
+  q = q * t + 1.9651491940021515e-1f;
+  q = q * t - 2.4947808682918549e-1f;
+  q = q * t + 3.3329099416732790e-1f;
+  q = q * t - 4.9999850988388060e-1f;
+  q = q * t + 1.0f;
+  const float positive_part = x > 0.0f ? x : 0.0f;
+  return x > 20.0f ? x : positive_part + t * q;
+}
+
+POSEMAMBA_MATH double softplus(double x) {
+  return x > 20.0 ? x : std::log1p(std::exp(x));
 }
 
 template <typename T>

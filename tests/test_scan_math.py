@@ -46,7 +46,7 @@ def test_softplus_matches_torch():
     x = torch.linspace(-80, 40, 1_000_001)
     actual = scan_math(x, "softplus")
     expected = torch.nn.functional.softplus(x.double())
-    assert max_relative_error(actual, expected) <= 4 * FLOAT32_ULP_AT_1
+    assert max_relative_error(actual, expected) <= 3 * FLOAT32_ULP_AT_1  # measured 2.1
     assert torch.equal(actual[x > 20], x[x > 20])
 
 
