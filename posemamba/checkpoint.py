@@ -5,7 +5,7 @@ from typing import Mapping, Union
 
 import torch
 
-__all__ = ["extract_state_dict", "load_checkpoint"]
+__all__ = ["extract_state_dict", "read_checkpoint_file", "load_checkpoint"]
 
 _CONTAINER_KEYS = ("model_pos", "model", "state_dict")
 
@@ -27,6 +27,16 @@ def extract_state_dict(checkpoint: Mapping, source: str = "checkpoint") -> dict:
     return state
 
 
+def read_checkpoint_file(path: str):
+    """torch.load of a checkpoint file (tensors and plain containers only), with errors that name it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises many types for a damaged file
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
+
+
 def load_checkpoint(model: torch.nn.Module, source: Union[str, os.PathLike, Mapping], strict: bool = True):
     """Loads official or posemamba weights into `model`; returns (missing_keys, unexpected_keys).
 
@@ -34,15 +44,7 @@ def load_checkpoint(model: torch.nn.Module, source: Union[str, os.PathLike, Mapp
     ValueError that lists them; with strict=False they are only returned.
     """
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "checkpoint"
-    if isinstance(source, (str, os.PathLike)):
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f"checkpoint file not found: {name}")
-        try:
-            checkpoint = torch.load(source, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch.load raises many types for a damaged file
-            raise ValueError(f"{name}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
-    else:
-        checkpoint = source
+    checkpoint = read_checkpoint_file(name) if isinstance(source, (str, os.PathLike)) else source
     state = extract_state_dict(checkpoint, name)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))

@@ -4,14 +4,13 @@ Sequences longer than the model's T frames are lifted in windows of T that overl
 with weights that fall off towards each window's ends (a frame near a window's edge sees little
 context); shorter ones are padded by repeating their last frame. The last window is aligned to the end.
 """
-import os
 from typing import Optional
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import extract_state_dict, load_checkpoint
+from .checkpoint import extract_state_dict, load_checkpoint, read_checkpoint_file
 from .flip import predict_with_flip
 from .model import PoseMamba
 
@@ -72,13 +71,7 @@ def lift_sequence(model: PoseMamba, keypoints: np.ndarray, flip: bool = False, b
 def model_from_checkpoint(path: str, backend: str = "auto") -> PoseMamba:
     """A PoseMamba shaped by the checkpoint itself (official or posemamba's): its width, depth, input
     channels, clip length and MLP ratio are read from the weights' shapes, then the weights loaded."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load raises many types for a damaged file
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
-    state = extract_state_dict(checkpoint, path)
+    state = extract_state_dict(read_checkpoint_file(path), path)
     try:
         dim, in_chans = state["Spatial_patch_to_embedding.weight"].shape
         num_frame = state["Temporal_pos_embed"].shape[1]

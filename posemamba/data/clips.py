@@ -2,8 +2,25 @@
 from typing import List, Sequence
 
 import numpy as np
+import torch
 
-__all__ = ["split_clips"]
+__all__ = ["split_clips", "ClipDataset"]
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Clips over per-frame arrays: a subclass sets `keypoints` and `targets` (frames first) and
+    `clips` (frame indices per clip, from split_clips); item i is (keypoints, targets) of clip i."""
+
+    keypoints: torch.Tensor
+    targets: torch.Tensor
+    clips: List[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int):
+        frames = torch.from_numpy(self.clips[index])
+        return self.keypoints[frames], self.targets[frames]
 
 
 def split_clips(source: Sequence, frames: int, stride: int) -> List[np.ndarray]:

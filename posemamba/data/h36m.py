@@ -13,7 +13,7 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from .clips import split_clips
+from .clips import ClipDataset, split_clips
 
 __all__ = ["H36M_CAMERA_RESOLUTIONS", "read_h36m_pickle", "normalise_screen", "H36MClips"]
 
@@ -84,7 +84,7 @@ def normalise_screen(values: np.ndarray, camera_names: np.ndarray) -> np.ndarray
     return out
 
 
-class H36MClips(torch.utils.data.Dataset):
+class H36MClips(ClipDataset):
     """Clips of `frames` frames from one split: (keypoints (T, 17, 2 or 3), target (T, 17, 3)).
 
     Keypoints are normalised screen coordinates, with the detector confidence as a third channel when
@@ -127,10 +127,3 @@ class H36MClips(torch.utils.data.Dataset):
             joints_mm = torch.from_numpy(joints_mm.astype(np.float32))
             self.target_mm = joints_mm - joints_mm[:, :1]
             self.millimetres_per_unit = self.camera_width / 2 * self.factor
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def __getitem__(self, index: int):
-        frames = torch.from_numpy(self.clips[index])
-        return self.keypoints[frames], self.targets[frames]

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .clips import split_clips
+from .clips import ClipDataset, split_clips
 
 __all__ = ["MPI_INF_3DHP_TO_H36M", "MPI_INF_3DHP_ROOT", "mpi_inf_3dhp_resolution", "read_mpi_inf_3dhp",
            "MPI3DHPClips"]
@@ -83,7 +83,7 @@ def read_mpi_inf_3dhp(folder: str, split: str) -> List[Dict]:
     return videos
 
 
-class MPI3DHPClips(torch.utils.data.Dataset):
+class MPI3DHPClips(ClipDataset):
     """Clips of `frames` frames from one split of MPI-INF-3DHP: (keypoints (T, 17, 2 or 3), target (T, 17, 3)).
 
     Keypoints are screen coordinates normalised by the video's resolution like Human3.6M's (a constant
@@ -121,10 +121,3 @@ class MPI3DHPClips(torch.utils.data.Dataset):
         self.valid = np.concatenate(valid)
         self.sequence = np.array(sequence)
         self.clips = split_clips(np.array(source), frames, stride)
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def __getitem__(self, index: int):
-        frames = torch.from_numpy(self.clips[index])
-        return self.keypoints[frames], self.targets[frames]

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from .clips import split_clips
+from .clips import ClipDataset, split_clips
 
 __all__ = ["H36M_32_TO_17", "TRAIN_SUBJECTS", "TEST_SUBJECTS", "h36m_cameras", "world_to_camera",
            "read_videopose3d", "VideoPose3DClips"]
@@ -103,7 +103,7 @@ def read_videopose3d(folder: str, keypoints: str = "cpn_ft_h36m_dbb", subjects=T
     return videos
 
 
-class VideoPose3DClips(torch.utils.data.Dataset):
+class VideoPose3DClips(ClipDataset):
     """Clips of `frames` frames of Human3.6M from VideoPose3D's files: (keypoints (T, 17, 2 or 3),
     target (T, 17, 3)), targets the root-relative camera-frame joints in metres (VideoPose3D's unit),
     so `millimetres_per_unit` is 1000; `action` per frame for the per-action table."""
@@ -130,10 +130,3 @@ class VideoPose3DClips(torch.utils.data.Dataset):
         self.millimetres_per_unit = torch.full((len(self.targets),), 1000.0)
         self.action = np.array(actions)
         self.clips = split_clips(np.array(names), frames, stride)
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def __getitem__(self, index: int):
-        frames = torch.from_numpy(self.clips[index])
-        return self.keypoints[frames], self.targets[frames]
