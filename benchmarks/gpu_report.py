@@ -4,9 +4,9 @@
     python benchmarks/gpu_report.py --no-build # the extension is already built
 
 It (1) builds the extension for the visible GPU's architecture with FORCE_CUDA=1, (2) runs
-tests/test_cuda.py, (3) times the fused kernels, the unfused pipeline (copies + one single-path scan
+tests/test_cuda.py, (3) runs the model's CUDA benchmarks, (4) times the fused kernels, the unfused pipeline (copies + one single-path scan
 per direction + merge, on our own kernels) and the reference at PoseMamba-S/-L block shapes, batch 1,
-4 and 16, forward and forward+backward, with CUDA events (median of 20), and (4) prints a table last:
+4 and 16, forward and forward+backward, with CUDA events (median of 20), and (5) prints a table last:
 times, ratios, and the achieved bandwidth against the floor (the bytes the op must read and write once).
 """
 import argparse
@@ -32,6 +32,17 @@ def build():
 
 def run_cuda_tests():
     return subprocess.run([sys.executable, "-m", "pytest", "-q", os.path.join(ROOT, "tests", "test_cuda.py")]).returncode
+
+
+def run_model_benchmarks():
+    """The model's CUDA forward and training-step benchmarks (PoseMamba-S and -L, T=243, batch 16)."""
+    try:
+        import pytest_benchmark  # noqa: F401
+    except ImportError:
+        print("gpu_report: pytest-benchmark is not installed; the model benchmarks are skipped")
+        return
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "--benchmark-only", "-k", "cuda",
+                    "--benchmark-columns=median,min,max", os.path.join(ROOT, "benchmarks", "test_model_benchmarks.py")])
 
 
 def median_ms(fn, repeats=20):
@@ -109,6 +120,7 @@ def main():
     if not args.no_build:
         build()
     tests_failed = run_cuda_tests()
+    run_model_benchmarks()
     rows = measure()
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, float32, T={T} J={J} N={N} P={P}")
     print(f"{'shape':8} {'pass':8} {'fused ms':>9} {'unfused ms':>11} {'x':>5} {'reference ms':>13} {'x':>6} {'GB/s':>7}")

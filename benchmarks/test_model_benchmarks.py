@@ -1,16 +1,35 @@
-"""PoseMamba forward (clips per second) and one training step on CPU: fused kernels vs reference scan.
+"""PoseMamba forward (clips per second) and one training step, on CPU and (when there is a GPU and
+the CUDA kernels are built) on CUDA: fused kernels vs reference scan.
 
-The kernels run the released T=243 clips; the reference backend takes seconds a block there, so the
-kernel-vs-reference comparison uses T=27 clips (both backends, same run, same group).
+The kernels run the released T=243 clips (batch 1 on CPU, 16 on CUDA, the training batch); the
+reference backend takes seconds a block there, so the kernel-vs-reference comparison uses T=27 clips
+(both backends, same run, same group), on CPU.
 """
 import pytest
 import torch
 
 from posemamba.model import posemamba
+from posemamba.ops import _HAS_CUDA_KERNELS
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and _HAS_CUDA_KERNELS else [])
+BATCH = {"cpu": 1, "cuda": 16}
 
 
-def clip(batch, frames):
-    return torch.randn(batch, frames, 17, 2), torch.randn(batch, frames, 17, 3)
+def clip(batch, frames, device="cpu"):
+    return torch.randn(batch, frames, 17, 2, device=device), torch.randn(batch, frames, 17, 3, device=device)
+
+
+def synchronised(fn, device):
+    """fn, waiting for the GPU's queued work so that the benchmark times it."""
+    if device != "cuda":
+        return fn
+
+    def run(*args):
+        result = fn(*args)
+        torch.cuda.synchronize()
+        return result
+
+    return run
 
 
 def training_step(model, optimizer, keypoints, target):
@@ -20,27 +39,29 @@ def training_step(model, optimizer, keypoints, target):
     optimizer.step()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("preset", ["S", "L"])
-def test_model_forward_243_frames(benchmark, preset):
-    benchmark.group = f"model forward {preset} T=243"
-    model = posemamba(preset).eval()
-    keypoints, _ = clip(1, 243)
+def test_model_forward_243_frames(benchmark, preset, device):
+    benchmark.group = f"model forward {preset} T=243 {device} batch {BATCH[device]}"
+    model = posemamba(preset).eval().to(device)
+    keypoints, _ = clip(BATCH[device], 243, device)
 
     def forward():
         with torch.no_grad():
             return model(keypoints)
 
-    benchmark.pedantic(forward, rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(synchronised(forward, device), rounds=5, iterations=1, warmup_rounds=1)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("preset", ["S", "L"])
-def test_model_training_step_243_frames(benchmark, preset):
-    benchmark.group = f"model training step {preset} T=243"
-    model = posemamba(preset)
+def test_model_training_step_243_frames(benchmark, preset, device):
+    benchmark.group = f"model training step {preset} T=243 {device} batch {BATCH[device]}"
+    model = posemamba(preset).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    keypoints, target = clip(1, 243)
-    benchmark.pedantic(training_step, args=(model, optimizer, keypoints, target), rounds=3, iterations=1,
-                       warmup_rounds=1)
+    keypoints, target = clip(BATCH[device], 243, device)
+    benchmark.pedantic(synchronised(training_step, device), args=(model, optimizer, keypoints, target), rounds=3,
+                       iterations=1, warmup_rounds=1)
 
 
 @pytest.mark.parametrize("backend", ["fused", "reference"])
