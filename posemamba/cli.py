@@ -70,7 +70,7 @@ def _lift(args) -> int:
     import torch
 
     from .keypoints import H36M_JOINTS, fill_missing, load_keypoints, normalise_by_image
-    from .lifting import lift_sequence, model_from_checkpoint
+    from .lifting import lift_sequence, model_from_checkpoint, scale_to_height
 
     sequence = load_keypoints(args.keypoints, args.format, tuple(args.image_size) if args.image_size else None)
     if sequence.image_size is None:
@@ -84,6 +84,9 @@ def _lift(args) -> int:
     joints = lift_sequence(model, inputs, flip=args.flip, batch_size=args.batch_size, device=device)
     npz_path, json_path = _output_paths(args.output)
     units = "root-relative, in the model's normalised units: half the image width is 1"
+    if args.height_mm is not None:
+        joints = scale_to_height(joints, args.height_mm)
+        units = f"root-relative millimetres, scaled so that the ankle-to-head-top bones sum to {args.height_mm:g}"
     np.savez(npz_path, keypoints_3d=joints, keypoints_2d=sequence.pixels.astype(np.float32),
              confidence=sequence.confidence.astype(np.float32), image_size=np.array(sequence.image_size),
              joint_names=np.array(H36M_JOINTS), units=np.array(units))
@@ -154,6 +157,9 @@ def _parser() -> argparse.ArgumentParser:
     lift.add_argument("--min-confidence", type=float, default=0.3,
                       help="keypoints below this confidence are treated as missing and interpolated")
     lift.add_argument("--flip", action="store_true", help="average with the mirrored input's prediction")
+    lift.add_argument("--height-mm", type=float,
+                      help="scale the output to millimetres: the person's ankle-to-head-top length along the "
+                           "bones (about their height less 6 cm)")
     lift.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     lift.add_argument("--batch-size", type=int, default=8)
     lift.set_defaults(run=_lift)

@@ -14,7 +14,12 @@ from .checkpoint import extract_state_dict, load_checkpoint, read_checkpoint_fil
 from .flip import predict_with_flip
 from .model import PoseMamba
 
-__all__ = ["window_starts", "lift_sequence", "model_from_checkpoint"]
+__all__ = ["window_starts", "lift_sequence", "model_from_checkpoint", "body_height", "scale_to_height"]
+
+# Bones from the ankles to the head top: either leg (ankle-knee-hip), then hip-pelvis is skipped (it
+# runs sideways) and the spine, neck and head chain up from the pelvis.
+_LEG_CHAINS = ((3, 2, 1), (6, 5, 4))
+_TRUNK_CHAIN = (0, 7, 8, 9, 10)
 
 
 def window_starts(frames: int, window: int) -> list:
@@ -66,6 +71,28 @@ def lift_sequence(model: PoseMamba, keypoints: np.ndarray, flip: bool = False, b
             weight_sum[start:start + window] += weights
     joints = (total / weight_sum[:, None, None])[:frames]
     return (joints - joints[:, :1]).astype(np.float32)
+
+
+def _chain_length(joints: np.ndarray, chain) -> np.ndarray:
+    return sum(np.linalg.norm(joints[:, a] - joints[:, b], axis=-1) for a, b in zip(chain[:-1], chain[1:]))
+
+
+def body_height(joints: np.ndarray) -> float:
+    """The skeleton's standing height from its bones, whatever its pose: the mean over frames of the
+    mean leg (ankle-knee-hip) plus the trunk and head (pelvis-spine-thorax-neck-head top). It leaves out
+    the ankle's height above the floor (about 5 to 8 cm of a person's height)."""
+    joints = np.asarray(joints, dtype=np.float64)
+    legs = 0.5 * (_chain_length(joints, _LEG_CHAINS[0]) + _chain_length(joints, _LEG_CHAINS[1]))
+    return float(np.mean(legs + _chain_length(joints, _TRUNK_CHAIN)))
+
+
+def scale_to_height(joints: np.ndarray, height: float) -> np.ndarray:
+    """The joints scaled so that body_height is `height` (e.g. the person's height in millimetres less
+    the ankle's height above the floor): a single view gives 3D shape, not size."""
+    measured = body_height(joints)
+    if not measured > 0:
+        raise ValueError("the skeleton has no extent to scale")
+    return (np.asarray(joints) * (height / measured)).astype(np.float32)
 
 
 def model_from_checkpoint(path: str, backend: str = "auto") -> PoseMamba:

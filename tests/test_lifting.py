@@ -75,11 +75,14 @@ def test_coco_json_to_rendered_gif(tmp_path, capsys):
     torch.save({"model_pos": PoseMamba(num_frame=9, dim=16, depth=1).state_dict()}, weights)
     keypoints = mmpose_file(tmp_path / "video_keypoints.json")
     assert main(["lift", str(keypoints), "--checkpoint", str(weights), "-o", str(tmp_path / "lifted"),
-                 "--image-size", "640", "480", "--flip"]) == 0
+                 "--image-size", "640", "480", "--flip", "--height-mm", "1650"]) == 0
     lifted = np.load(tmp_path / "lifted.npz")
     assert lifted["keypoints_3d"].shape == (30, 17, 3) and np.all(lifted["keypoints_3d"][:, 0] == 0)
     document = json.loads((tmp_path / "lifted.json").read_text())
     assert document["joint_names"][0] == "pelvis" and np.array(document["keypoints_3d"]).shape == (30, 17, 3)
+    assert "millimetres" in document["units"]
+    from posemamba.lifting import body_height
+    assert body_height(lifted["keypoints_3d"]) == pytest.approx(1650, rel=1e-4)
 
     assert main(["render", str(tmp_path / "lifted.npz"), "-o", str(tmp_path / "lifted.gif"),
                  "--png", str(tmp_path / "frames.png"), "--frames", "0", "29"]) == 0
@@ -127,3 +130,17 @@ def test_bad_input_writes_nothing(tmp_path, capsys):
     assert not list(tmp_path.glob("out*"))
     assert main(["lift", str(tmp_path / "nope.json"), "--checkpoint", str(tmp_path / "w.pth"), "-o", "x"]) == 2
     assert "keypoint file not found" in capsys.readouterr().err
+
+
+def test_scale_to_height_measures_along_the_bones():
+    from posemamba.data.synthetic import REST_OFFSETS_MM, skeleton_motion
+    from posemamba.lifting import body_height, scale_to_height
+
+    joints = skeleton_motion("SittingDown", 80, np.random.default_rng(0)) / 1000.0     # metres, sitting down
+    bones = np.linalg.norm(REST_OFFSETS_MM, axis=-1)
+    standing = (bones[2] + bones[3]) + bones[7] + bones[8] + bones[9] + bones[10]     # mm, any pose
+    assert body_height(joints) == pytest.approx(standing / 1000.0, rel=1e-6)
+    scaled = scale_to_height(joints, 1700.0)
+    assert body_height(scaled) == pytest.approx(1700.0, rel=1e-5)
+    with pytest.raises(ValueError, match="no extent"):
+        scale_to_height(np.zeros((3, 17, 3)), 1700.0)
