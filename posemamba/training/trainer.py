@@ -95,8 +95,6 @@ def _flip_half(keypoints: torch.Tensor, target: torch.Tensor):
 def _train_epoch(model, loader, criterion, optimizer, config, context, epoch) -> float:
     train_cfg = config["train"]
     amp = train_cfg["amp"]
-    if amp not in ("auto", True, False):
-        raise ValueError(f"train.amp must be auto, true or false, got {amp!r}")
     use_amp = amp is True or (amp == "auto" and context.device.type == "cuda")
     autocast = torch.autocast(context.device.type, dtype=torch.bfloat16) if use_amp else nullcontext()
     model.train()
@@ -123,11 +121,22 @@ def _train_epoch(model, loader, criterion, optimizer, config, context, epoch) ->
     return float(totals[0] / totals[1])
 
 
+def _budget_spent(minutes: Optional[float], started: float, context: DistributedContext) -> bool:
+    """Whether the time budget is spent, decided by rank 0 for all ranks: clocks differ between
+    processes, and a rank that stopped alone would leave the others waiting in a collective."""
+    spent = torch.tensor([minutes is not None and time.perf_counter() - started > 60 * minutes], dtype=torch.int32)
+    if context.enabled:
+        torch.distributed.broadcast(spent, src=0)
+    return bool(spent.item())
+
+
 def train(config: Dict[str, Any], resume: bool = False, log=print) -> Dict[str, Any]:
     """Trains per `config` (see posemamba.training.config); writes latest.pth, best.pth and log.csv in
     config['output']. With `resume`, continues from output/latest.pth when it exists. Returns the
     history of logged rows and the best P1."""
     train_cfg, output = config["train"], config["output"]
+    if train_cfg["amp"] not in ("auto", True, False):
+        raise ValueError(f"train.amp must be auto, true or false, got {train_cfg['amp']!r}")
     context = init_distributed(train_cfg["device"])
     if context.is_main:
         os.makedirs(output, exist_ok=True)
@@ -184,9 +193,8 @@ def train(config: Dict[str, Any], resume: bool = False, log=print) -> Dict[str, 
                                                                 if evaluated))
         history.append(row)
         barrier(context)
-        budget = train_cfg["max_minutes"]
-        if budget is not None and time.perf_counter() - started > 60 * budget:
-            log(f"stopping after epoch {epoch + 1}: the {budget}-minute budget is spent")
+        if _budget_spent(train_cfg["max_minutes"], started, context):
+            log(f"stopping after epoch {epoch + 1}: the {train_cfg['max_minutes']}-minute budget is spent")
             break
     if context.enabled:
         torch.distributed.destroy_process_group()
