@@ -25,6 +25,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .data.screen import screen_coordinates
+
 __all__ = ["COCO_JOINTS", "H36M_JOINTS", "FORMATS", "KeypointSequence", "coco_to_h36m", "mediapipe_to_h36m",
            "load_keypoints", "fill_missing", "normalise_by_image"]
 
@@ -333,8 +335,8 @@ def fill_missing(sequence: KeypointSequence, min_confidence: float = 0.3) -> Key
 
 
 def normalise_by_image(pixels: np.ndarray, image_size: Sequence[int]) -> np.ndarray:
-    """Pixels to the model's screen coordinates (as Human3.6M's): x / w * 2 - 1, y / w * 2 - h / w."""
+    """Pixels to the model's screen coordinates, as in training (posemamba.data.screen)."""
     width, height = image_size
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {tuple(image_size)}")
-    return pixels / width * 2 - np.array([1.0, height / width])
+    return screen_coordinates(pixels, width, height)

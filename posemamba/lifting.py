@@ -61,8 +61,12 @@ def lift_sequence(model: PoseMamba, keypoints: np.ndarray, flip: bool = False, b
     weight_sum = np.zeros(len(padded))
     model = model.eval().to(device)
     batches = range(0, len(starts), batch_size)
-    show = progress if progress is not None else (None if len(starts) > 4 * batch_size else False)
-    for begin in tqdm(batches, desc="lifting", unit="batch", disable=None if show is None else not show):
+    # tqdm's disable=None: a bar on a terminal only; short inputs get none unless asked for.
+    if progress is None:
+        disable = None if len(starts) > 4 * batch_size else True
+    else:
+        disable = not progress
+    for begin in tqdm(batches, desc="lifting", unit="batch", disable=disable):
         chunk = starts[begin:begin + batch_size]
         clips = torch.from_numpy(np.stack([padded[s:s + window] for s in chunk])).to(device)
         pred = (predict_with_flip(model, clips) if flip else model(clips)).float().cpu().numpy()

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .clips import ClipDataset, split_clips
+from .screen import screen_coordinates
 
 __all__ = ["H36M_CAMERA_RESOLUTIONS", "read_h36m_pickle", "normalise_screen", "H36MClips"]
 
@@ -70,17 +71,14 @@ def read_h36m_pickle(path: str) -> Dict[str, Dict[str, np.ndarray]]:
 
 
 def normalise_screen(values: np.ndarray, camera_names: np.ndarray) -> np.ndarray:
-    """Pixels to [-1, 1] by each frame's camera: x / w * 2 - 1, y / w * 2 - h / w, and depth / w * 2."""
+    """Pixels (and depth) to screen coordinates by each frame's camera resolution (screen_coordinates)."""
     out = values.astype(np.float32).copy()
     for name in np.unique(camera_names):
         key = str(name)
         if key not in H36M_CAMERA_RESOLUTIONS:
             raise ValueError(f"unknown Human3.6M camera {key!r}; expected one of {sorted(H36M_CAMERA_RESOLUTIONS)}")
-        width, height = H36M_CAMERA_RESOLUTIONS[key]
         rows = camera_names == name
-        out[rows, :, :2] = out[rows, :, :2] / width * 2 - np.array([1.0, height / width], dtype=np.float32)
-        if out.shape[-1] > 2:
-            out[rows, :, 2:] = out[rows, :, 2:] / width * 2
+        out[rows] = screen_coordinates(out[rows], *H36M_CAMERA_RESOLUTIONS[key])
     return out
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .clips import ClipDataset, split_clips
+from .screen import screen_coordinates
 
 __all__ = ["MPI_INF_3DHP_TO_H36M", "MPI_INF_3DHP_ROOT", "mpi_inf_3dhp_resolution", "read_mpi_inf_3dhp",
            "MPI3DHPClips"]
@@ -102,8 +103,7 @@ class MPI3DHPClips(ClipDataset):
         for video in videos:
             width, height = mpi_inf_3dhp_resolution(video["sequence"])
             count = len(video["data_2d"])
-            screen = np.asarray(video["data_2d"], dtype=np.float32)[:, order] / width * 2 - np.array(
-                [1.0, height / width], dtype=np.float32)
+            screen = screen_coordinates(np.asarray(video["data_2d"])[:, order], width, height)
             if with_confidence:
                 screen = np.concatenate([screen, np.ones((count, 17, 1), dtype=np.float32)], axis=-1)
             joints = np.asarray(video["data_3d"], dtype=np.float32)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .clips import ClipDataset, split_clips
+from .screen import screen_coordinates
 
 __all__ = ["H36M_32_TO_17", "TRAIN_SUBJECTS", "TEST_SUBJECTS", "h36m_cameras", "world_to_camera",
            "read_videopose3d", "VideoPose3DClips"]
@@ -117,7 +118,7 @@ class VideoPose3DClips(ClipDataset):
         keypoints_all, targets, names, actions = [], [], [], []
         for video in videos:
             width, height = video["camera"]["res_w"], video["camera"]["res_h"]
-            screen = video["keypoints_px"] / width * 2 - np.array([1.0, height / width], dtype=np.float32)
+            screen = screen_coordinates(video["keypoints_px"], width, height)
             if with_confidence:  # the 2D files carry no confidences
                 screen = np.concatenate([screen, np.ones((*screen.shape[:2], 1), dtype=np.float32)], axis=-1)
             keypoints_all.append(screen)

@@ -27,9 +27,11 @@ class H36MResult:
     mpjve: float                   # mean velocity error over all clips, mm per frame
     per_action: Dict[str, Dict[str, float]] = field(default_factory=dict)   # action -> {"p1", "p2", "frames"}
 
+    SCORES = ("p1", "p2", "mpjve")  # what a training log records
+
     @property
     def summary(self) -> Dict[str, float]:
-        return {"p1": self.p1, "p2": self.p2, "mpjve": self.mpjve}
+        return {name: getattr(self, name) for name in self.SCORES}
 
 
 @dataclass
@@ -39,9 +41,11 @@ class MPI3DHPResult:
     p1: float                      # MPJPE, mm
     per_sequence: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
+    SCORES = ("p1", "pck", "auc")  # what a training log records
+
     @property
     def summary(self) -> Dict[str, float]:
-        return {"p1": self.p1, "pck": self.pck, "auc": self.auc}
+        return {name: getattr(self, name) for name in self.SCORES}
 
 
 @torch.no_grad()

@@ -21,17 +21,16 @@ from ..flip import flip_pose
 from ..losses import PoseLoss
 from ..model import PoseMamba, posemamba
 from .distributed import DistributedContext, barrier, init_distributed
-from .evaluation import evaluate_3dhp, evaluate_h36m
+from .evaluation import H36MResult, MPI3DHPResult, evaluate_3dhp, evaluate_h36m
 
 __all__ = ["build_datasets", "build_model", "evaluate", "train", "evaluate_checkpoint", "LATEST", "BEST"]
 
 LATEST, BEST = "latest.pth", "best.pth"
 DATA_KINDS = ("h36m_pickle", "synthetic", "videopose3d", "mpi_inf_3dhp")
-# Each data kind's evaluation and the scores it logs; P1 (MPJPE) picks the best checkpoint.
-_EVALUATION = {"h36m_pickle": (evaluate_h36m, ("p1", "p2", "mpjve")),
-               "synthetic": (evaluate_h36m, ("p1", "p2", "mpjve")),
-               "videopose3d": (evaluate_h36m, ("p1", "p2", "mpjve")),
-               "mpi_inf_3dhp": (evaluate_3dhp, ("p1", "pck", "auc"))}
+# Each data kind's evaluation and its result type (whose SCORES the log records); P1 (MPJPE) picks
+# the best checkpoint.
+_EVALUATION = {"h36m_pickle": (evaluate_h36m, H36MResult), "synthetic": (evaluate_h36m, H36MResult),
+               "videopose3d": (evaluate_h36m, H36MResult), "mpi_inf_3dhp": (evaluate_3dhp, MPI3DHPResult)}
 
 
 def build_datasets(config: Dict[str, Any], context: Optional[DistributedContext] = None):
@@ -173,7 +172,7 @@ def train(config: Dict[str, Any], resume: bool = False, log=print) -> Dict[str, 
         lr = optimizer.param_groups[0]["lr"]
         for group in optimizer.param_groups:
             group["lr"] *= train_cfg["lr_decay"]
-        scores = _EVALUATION[config["data"]["kind"]][1]
+        scores = _EVALUATION[config["data"]["kind"]][1].SCORES
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss, **{name: "" for name in scores},
                "seconds": round(time.perf_counter() - epoch_started, 2)}
         evaluated = (epoch + 1) % config["evaluate"]["every"] == 0 or epoch + 1 == train_cfg["epochs"]
