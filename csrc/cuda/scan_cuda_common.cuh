@@ -4,12 +4,11 @@
 #pragma once
 
 #include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
 
 #include <type_traits>
 
 #include "../multi_path_scan.h"
+#include "simt.cuh"
 
 namespace posemamba {
 namespace cuda {
@@ -63,9 +62,8 @@ template <typename T>
 void sum_partials(const T* partial, int64_t n_outer, int64_t n_partials, int64_t count, T* out) {
   const int64_t total = n_outer * count;
   if (total == 0) return;
-  sum_partials_kernel<<<elementwise_blocks(total), kElementwiseThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      partial, n_outer, n_partials, count, out);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  simt::launch(sum_partials_kernel<T>, elementwise_blocks(total), kElementwiseThreads, 0, partial, n_outer, n_partials,
+               count, out);
 }
 
 inline dim3 scan_grid(const MultiPathScanParams& p) {

@@ -1,0 +1,36 @@
+// The pieces of the CUDA programming model the kernels use: thread and block indices, barriers,
+// warp shuffles, device asserts and kernel launches.
+//
+// Under nvcc they are CUDA's own. Compiled by a host C++ compiler they come from
+// ../emulation/simt_emulation.h, which runs each thread block on host threads: that is how the CUDA
+// kernels' indexing, work split, barriers and partial sums are tested on machines without a GPU
+// (tests/test_cuda_emulation.py). Kernels must only use what this header provides.
+#pragma once
+
+#ifdef __CUDACC__
+
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <utility>
+
+#define POSEMAMBA_DEVICE_ASSERT(cond) CUDA_KERNEL_ASSERT(cond)
+
+namespace posemamba {
+namespace simt {
+
+// kernel<<<grid, block, shared_bytes, current stream>>>(args...), then the launch checked.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, Args&&... args) {
+  kernel<<<grid, block, shared_bytes, c10::cuda::getCurrentCUDAStream()>>>(std::forward<Args>(args)...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace simt
+}  // namespace posemamba
+
+#else
+
+#include "../emulation/simt_emulation.h"
+
+#endif

@@ -1,0 +1,251 @@
+// Runs the CUDA kernels on the host, so that their indexing, work split, barriers, shuffles and
+// partial sums are tested on machines without a GPU (tests/test_cuda_emulation.py).
+//
+// A launch runs the grid's blocks one after another. Each CUDA thread of a block is a fiber (POSIX
+// ucontext) with its own stack, and the block's fibers take turns on the calling thread: a fiber
+// runs until it reaches a barrier (__syncthreads, or the two halves of a warp shuffle) and the next
+// one runs; a barrier releases its fibers once every thread it counts has arrived. A thread that
+// returns from the kernel drops out of the barriers, as exited threads do on a GPU. Runs are
+// deterministic, a failed device assert ends the launch with an exception naming it, and threads
+// that wait at different barriers are reported as a deadlock the moment no fiber can go on: never
+// a hang. __shared__ variables are function statics, exact because blocks never overlap in time.
+//
+// What this does not show: speed, the GPU memory model's weaker orderings (a missing __syncthreads
+// between a shared-memory write and another thread's read may pass here), and register or
+// shared-memory limits. Only what csrc/cuda/simt.cuh promises is emulated.
+#pragma once
+
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+namespace posemamba {
+namespace simt {
+
+constexpr int kWarpSize = 32;
+constexpr int kMaxThreadsPerBlock = 1024;
+// Per emulated thread; the largest kernel frame (the backward's chunk buffers in float64, N <= 64)
+// is about 70 KB.
+constexpr size_t kFiberStackBytes = 512 * 1024;
+
+struct Block;
+
+struct Thread {
+  Block* block = nullptr;
+  dim3 thread_index;
+  int linear = 0;  // threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)
+  ucontext_t context;
+  bool waiting = false, done = false;
+};
+
+// The emulated thread running now, and the scheduler's context it yields to.
+inline thread_local Thread* current_thread = nullptr;
+inline thread_local ucontext_t* scheduler_context = nullptr;
+
+inline Thread& current() {
+  return *current_thread;
+}
+
+// A barrier over a number of threads that shrinks as threads leave the kernel.
+class Barrier {
+ public:
+  void reset(int participants) {
+    expected_ = participants;
+    waiters_.clear();
+  }
+
+  void arrive_and_wait() {
+    Thread& self = current();
+    if (static_cast<int>(waiters_.size()) + 1 >= expected_) {
+      release();
+      return;
+    }
+    waiters_.push_back(&self);
+    self.waiting = true;
+    swapcontext(&self.context, scheduler_context);
+  }
+
+  void drop() {
+    --expected_;
+    if (!waiters_.empty() && static_cast<int>(waiters_.size()) >= expected_) release();
+  }
+
+ private:
+  void release() {
+    for (Thread* waiter : waiters_) waiter->waiting = false;
+    waiters_.clear();
+  }
+
+  int expected_ = 0;
+  std::vector<Thread*> waiters_;
+};
+
+// What the threads of the running block share.
+struct Block {
+  Block(dim3 grid, dim3 block, int n_threads)
+      : grid_dim(grid), block_dim(block), n_threads(n_threads), n_warps((n_threads + kWarpSize - 1) / kWarpSize),
+        warps(n_warps), shuffle_slots(n_threads) {}
+
+  int warp_size(int warp) const { return std::min(kWarpSize, n_threads - warp * kWarpSize); }
+
+  void reset_barriers() {
+    sync.reset(n_threads);
+    for (int w = 0; w < n_warps; ++w) warps[w].reset(warp_size(w));
+  }
+
+  dim3 grid_dim, block_dim, block_index;
+  int n_threads, n_warps;
+  Barrier sync;
+  std::vector<Barrier> warps;
+  std::vector<unsigned long long> shuffle_slots;  // one 8-byte slot per thread for shuffled values
+};
+
+inline int lane_id() {
+  return current().linear % kWarpSize;
+}
+
+inline void sync_threads() {
+  current().block->sync.arrive_and_wait();
+}
+
+// The value `source_lane` of this warp passed in; the caller's own value for a lane outside the warp.
+// Every lane of the warp must call it, as with a full mask on a GPU.
+template <typename T>
+T shuffle(T value, int source_lane) {
+  static_assert(std::is_trivially_copyable<T>::value && sizeof(T) <= sizeof(unsigned long long),
+                "shuffles move values of at most 8 bytes");
+  Thread& self = current();
+  Block& block = *self.block;
+  const int warp = self.linear / kWarpSize;
+  std::memcpy(&block.shuffle_slots[self.linear], &value, sizeof(T));
+  block.warps[warp].arrive_and_wait();
+  T result = value;
+  if (source_lane >= 0 && source_lane < block.warp_size(warp)) {
+    std::memcpy(&result, &block.shuffle_slots[warp * kWarpSize + source_lane], sizeof(T));
+  }
+  block.warps[warp].arrive_and_wait();  // no lane overwrites its slot before every lane has read
+  return result;
+}
+
+[[noreturn]] inline void device_assert_failed(const char* condition, const char* file, int line) {
+  throw std::runtime_error(std::string("device assert failed: ") + condition + " at " + file + ":" +
+                           std::to_string(line));
+}
+
+// The kernel call of the running launch and its first error, for the fibers' entry function.
+struct Launch {
+  std::function<void()> run_kernel;
+  std::string first_error;
+};
+inline thread_local Launch* current_launch = nullptr;
+
+inline void fiber_main() {
+  Thread& self = current();
+  try {
+    current_launch->run_kernel();
+  } catch (const std::exception& error) {
+    if (current_launch->first_error.empty()) current_launch->first_error = error.what();
+  }
+  self.done = true;
+  self.block->sync.drop();
+  self.block->warps[self.linear / kWarpSize].drop();
+}  // returns to the scheduler (uc_link)
+
+// Runs kernel(args...) over the grid: blocks in order, each block's threads as fibers. Throws on an
+// invalid launch configuration (as the CUDA launch check would), a failed device assert or a
+// deadlock.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block_dim, size_t /*shared_bytes*/, Args&&... args) {
+  const long long n_threads = static_cast<long long>(block_dim.x) * block_dim.y * block_dim.z;
+  const long long n_blocks = static_cast<long long>(grid.x) * grid.y * grid.z;
+  if (n_threads < 1 || n_threads > kMaxThreadsPerBlock || n_blocks < 1) {
+    throw std::invalid_argument("invalid launch configuration: " + std::to_string(n_blocks) + " blocks of " +
+                                std::to_string(n_threads) + " threads");
+  }
+  Launch launch_state{[&] { kernel(args...); }, {}};
+  Block block(grid, block_dim, static_cast<int>(n_threads));
+  std::vector<Thread> threads(n_threads);
+  std::unique_ptr<char[]> stacks(new char[n_threads * kFiberStackBytes]);
+  ucontext_t scheduler;
+  current_launch = &launch_state;
+  scheduler_context = &scheduler;
+
+  for (long long k = 0; k < n_blocks && launch_state.first_error.empty(); ++k) {
+    block.block_index = dim3(static_cast<unsigned>(k % grid.x), static_cast<unsigned>((k / grid.x) % grid.y),
+                             static_cast<unsigned>(k / (static_cast<long long>(grid.x) * grid.y)));
+    block.reset_barriers();
+    for (int t = 0; t < n_threads; ++t) {
+      Thread& thread = threads[t];
+      thread.block = &block;
+      thread.linear = t;
+      thread.thread_index = dim3(t % block_dim.x, (t / block_dim.x) % block_dim.y, t / (block_dim.x * block_dim.y));
+      thread.waiting = thread.done = false;
+      getcontext(&thread.context);
+      thread.context.uc_stack.ss_sp = stacks.get() + t * kFiberStackBytes;
+      thread.context.uc_stack.ss_size = kFiberStackBytes;
+      thread.context.uc_link = &scheduler;
+      makecontext(&thread.context, fiber_main, 0);
+    }
+    // Round-robin over the threads that can run, until all are done or none can go on.
+    for (bool all_done = false; !all_done;) {
+      bool progressed = false;
+      all_done = true;
+      for (Thread& thread : threads) {
+        if (thread.done) continue;
+        all_done = false;
+        if (thread.waiting) continue;
+        current_thread = &thread;
+        swapcontext(&scheduler, &thread.context);
+        progressed = true;
+      }
+      if (!all_done && !progressed) {
+        launch_state.first_error = "deadlock: in block (" + std::to_string(block.block_index.x) + ", " +
+                                   std::to_string(block.block_index.y) + ", " + std::to_string(block.block_index.z) +
+                                   ") threads wait at barriers or warp shuffles that the others never reach";
+        break;
+      }
+    }
+  }
+  current_thread = nullptr;
+  current_launch = nullptr;
+  scheduler_context = nullptr;
+  if (!launch_state.first_error.empty()) throw std::runtime_error("emulated CUDA kernel: " + launch_state.first_error);
+}
+
+}  // namespace simt
+}  // namespace posemamba
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+#define threadIdx (::posemamba::simt::current().thread_index)
+#define blockIdx (::posemamba::simt::current().block->block_index)
+#define blockDim (::posemamba::simt::current().block->block_dim)
+#define gridDim (::posemamba::simt::current().block->grid_dim)
+#define __syncthreads() ::posemamba::simt::sync_threads()
+// Full-warp shuffles only (no width argument): the kernels never use a narrower one.
+#define __shfl_sync(mask, value, source_lane) ::posemamba::simt::shuffle((value), (source_lane) % 32)
+#define __shfl_xor_sync(mask, value, lane_mask) \
+  ::posemamba::simt::shuffle((value), ::posemamba::simt::lane_id() ^ (lane_mask))
+#define __shfl_up_sync(mask, value, delta) \
+  ::posemamba::simt::shuffle((value), ::posemamba::simt::lane_id() - static_cast<int>(delta))
+#define __shfl_down_sync(mask, value, delta) \
+  ::posemamba::simt::shuffle((value), ::posemamba::simt::lane_id() + static_cast<int>(delta))
+#define POSEMAMBA_DEVICE_ASSERT(cond) \
+  ((cond) ? static_cast<void>(0) : ::posemamba::simt::device_assert_failed(#cond, __FILE__, __LINE__))

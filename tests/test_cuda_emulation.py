@@ -1,0 +1,99 @@
+"""The CUDA kernels' code, compiled for the host and run on host threads (csrc/emulation/), against the
+CPU kernels and the reference. This checks the CUDA kernels' indexing, work split, warp shuffles,
+partial sums and launches on any machine; tests/test_cuda.py checks them on a GPU."""
+import hashlib
+import os
+
+import pytest
+import torch
+
+from conftest import random_scan_inputs, requires_extension
+from posemamba.ops import pose_mix, pose_paths
+from posemamba.reference import multi_path_selective_scan_ref
+
+CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+pytestmark = [requires_extension,
+              pytest.mark.skipif(not os.path.isdir(CSRC), reason="needs the csrc/ sources of a checkout")]
+
+FORWARD_ARGS = ("u", "delta", "A", "B", "C", "paths", "D", "z", "delta_bias", "mix")
+GRADIENTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+# (rtol, atol relative to the largest value) between the emulated CUDA kernels and the CPU kernels:
+# the same formulas, summed in other orders.
+TOLERANCE = {torch.float64: (1e-10, 1e-11), torch.float32: (1e-4, 2e-5), torch.bfloat16: (2e-2, 1e-2)}
+
+
+@pytest.fixture(scope="module")
+def emulated():
+    """The emulation module, built once per version of the sources (its name carries their hash)."""
+    from torch.utils.cpp_extension import load
+
+    sources = sorted(os.path.join(root, name) for root, _, names in os.walk(CSRC) for name in names)
+    digest = hashlib.sha256(b"".join(open(path, "rb").read() for path in sources)).hexdigest()[:12]
+    return load(name=f"posemamba_cuda_emulated_{digest}",
+                sources=[os.path.join(CSRC, "emulation", "scan_cuda_emulated.cpp"),
+                         os.path.join(CSRC, "multi_path_scan_host.cpp")],
+                extra_include_paths=[CSRC], extra_cflags=["-O2"], verbose=False)
+
+
+def forward_and_backward(ops, inputs, grad_out, delta_softplus=True):
+    """(out, chunk_states) and the gradients of every present input, through ops' fwd and bwd."""
+    args = [inputs[name] for name in FORWARD_ARGS]
+    out, out_ungated, chunk_states = ops.multi_path_scan_fwd(*args, delta_softplus)
+    grads = ops.multi_path_scan_bwd(grad_out, *args, out_ungated, chunk_states, delta_softplus)
+    present = [grad for name, grad in zip(GRADIENTS, grads) if inputs[name] is not None]
+    return [out, chunk_states] + present
+
+
+def assert_close_scaled(actual, expected, dtype):
+    rtol, atol = TOLERANCE[dtype]
+    for a, e in zip(actual, expected, strict=True):
+        scale = max(1.0, e.double().abs().max().item())
+        torch.testing.assert_close(a, e, rtol=rtol, atol=atol * scale)
+
+
+# (batch, D, L, P, N): channel blocks with idle lanes (D = 33, 40), L past one 64-step chunk and
+# not a multiple of it, each state-size bucket (N <= 16, <= 32, <= 64).
+SHAPES = [(1, 3, 1, 1, 1), (2, 33, 70, 2, 3), (1, 40, 67, 3, 20), (1, 5, 19, 8, 40)]
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}_d{}_l{}_p{}_n{}".format(*s))
+def test_emulated_cuda_kernels_match_cpu_kernels(emulated, shape, dtype):
+    inputs = random_scan_inputs(*shape, dtype)
+    grad_out = torch.randn(shape[0], shape[1], shape[2], dtype=torch.float64).to(dtype)
+    actual = forward_and_backward(emulated, inputs, grad_out)
+    expected = forward_and_backward(torch.ops.posemamba, inputs, grad_out)
+    assert_close_scaled(actual, expected, dtype)
+
+
+@pytest.mark.parametrize("flags", [dict(with_D=False, with_z=False, with_bias=False, with_mix=False),
+                                   dict(delta_softplus=False)], ids=["no_options", "no_softplus"])
+def test_emulated_cuda_kernels_match_reference(emulated, flags):
+    softplus = flags.get("delta_softplus", True)
+    inputs = random_scan_inputs(2, 35, 66, 3, 4, torch.float64, **flags)
+    grad_out = torch.randn(2, 35, 66, dtype=torch.float64)
+    actual = forward_and_backward(emulated, inputs, grad_out, softplus)
+    names = [name for name in GRADIENTS if inputs[name] is not None]
+    leaves = {name: inputs[name].detach().requires_grad_(True) for name in names}
+    out = multi_path_selective_scan_ref(**{**inputs, **leaves}, delta_softplus=softplus)
+    expected = [out] + list(torch.autograd.grad(out, [leaves[name] for name in names], grad_out))
+    assert_close_scaled(actual[:1] + actual[2:], expected, torch.float64)
+
+
+def test_emulated_cuda_kernels_on_pose_paths_are_deterministic(emulated):
+    T, J = 5, 17
+    inputs = random_scan_inputs(1, 34, T * J, 4, 16, torch.float32)
+    inputs["paths"], inputs["mix"] = pose_paths(T, J), pose_mix(T, J, torch.randint(0, J, (J,)))
+    grad_out = torch.randn(1, 34, T * J)
+    first = forward_and_backward(emulated, inputs, grad_out)
+    second = forward_and_backward(emulated, inputs, grad_out)
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+    assert_close_scaled(first, forward_and_backward(torch.ops.posemamba, inputs, grad_out), torch.float32)
+
+
+def test_emulated_cuda_kernel_asserts_on_a_bad_path_index(emulated):
+    inputs = random_scan_inputs(1, 2, 8, 1, 2, torch.float32)
+    inputs["paths"][0, 3] = 8
+    with pytest.raises(RuntimeError, match="device assert failed: l >= 0 && l < L"):
+        emulated.multi_path_scan_fwd(*[inputs[name] for name in FORWARD_ARGS], True)
