@@ -52,8 +52,9 @@ def assert_close_scaled(actual, expected, dtype):
 
 
 # (batch, D, L, P, N): channel blocks with idle lanes (D = 33, 40), L past one 64-step chunk and
-# not a multiple of it, each state-size bucket (N <= 16, <= 32, <= 64).
-SHAPES = [(1, 3, 1, 1, 1), (2, 33, 70, 2, 3), (1, 40, 67, 3, 20), (1, 5, 19, 8, 40)]
+# not a multiple of it, more chunks than a block's warps (L = 300: 5), each state-size bucket
+# (N <= 16, <= 32, <= 64).
+SHAPES = [(1, 3, 1, 1, 1), (2, 33, 70, 2, 3), (1, 40, 67, 3, 20), (1, 5, 19, 8, 40), (1, 33, 300, 2, 4)]
 
 
 @pytest.mark.parametrize("dtype", list(TOLERANCE))

@@ -1,6 +1,6 @@
 // CUDA backward of posemamba::multi_path_scan_bwd: the kernels and their launches.
 //
-// One warp per (batch, path, block of 32 channels), as in the forward. Each lane walks its channel's
+// One warp per (batch, path, block of 32 channels) (scan_grid). Each lane walks its channel's
 // path chunk by chunk, last to first: recompute the chunk's states from the state the forward saved
 // before it, then run the adjoint recurrence backwards. Per-element gradients go to rows the lane
 // owns (du per path, summed over paths afterwards in index order); dB and dC sum over channels with

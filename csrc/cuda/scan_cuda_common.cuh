@@ -13,8 +13,8 @@
 namespace posemamba {
 namespace cuda {
 
-// One warp per (batch, path, block of 32 channels): lanes are channels, and every lane of a warp walks
-// the same path, so at each step the warp sums its channels' dB and dC contributions with shuffles.
+// A warp's lanes are 32 channels walking the same path in step: B and C loads are the same address
+// for the whole warp, and the backward sums its channels' dB and dC contributions with shuffles.
 constexpr int kWarp = 32;
 
 // Each thread keeps its channel's N-entry state in registers, sized by the bucket N falls in: three
@@ -65,6 +65,59 @@ void sum_partials(const T* partial, int64_t n_outer, int64_t n_partials, int64_t
   simt::launch(sum_partials_kernel<T>, elementwise_blocks(total), kElementwiseThreads, 0, partial, n_outer, n_partials,
                count, out);
 }
+
+// One (batch, path, channel): the rows and constants a thread scanning that channel along that path
+// reads.
+template <typename input_t, int kNMax>
+struct PathChannel {
+  using weight_t = at::opmath_type<input_t>;
+
+  __device__ PathChannel(const MultiPathScanParams& p, int64_t b, int64_t path, int64_t d)
+      : L(p.seqlen), N(p.d_state), delta_softplus(p.delta_softplus) {
+    const int64_t batch_path = b * p.n_paths + path;
+    const int64_t path_channel = path * p.dim + d;
+    u_row = static_cast<const input_t*>(p.u) + (b * p.dim + d) * L;
+    delta_row = static_cast<const input_t*>(p.delta) + (batch_path * p.dim + d) * L;
+    B_path = static_cast<const input_t*>(p.B) + batch_path * N * L;
+    C_path = static_cast<const input_t*>(p.C) + batch_path * N * L;
+    order = p.paths + path * L;
+    mix_row = p.mix ? p.mix + path * L : nullptr;
+    bias = p.delta_bias ? static_cast<const weight_t*>(p.delta_bias)[path_channel] : weight_t(0);
+    skip = p.D ? static_cast<const weight_t*>(p.D)[path_channel] : weight_t(0);
+#pragma unroll
+    for (int n = 0; n < kNMax; ++n) a[n] = n < N ? static_cast<const weight_t*>(p.A)[path_channel * N + n] : weight_t(0);
+  }
+
+  // The position the path visits at step s.
+  __device__ int64_t position(int64_t s) const {
+    const int64_t l = order[s];
+    POSEMAMBA_DEVICE_ASSERT(l >= 0 && l < L);
+    return l;
+  }
+
+  // The scan input at position l: u, plus u at the mixed-in position where mix names one.
+  __device__ weight_t input_at(int64_t l) const {
+    weight_t v = static_cast<weight_t>(u_row[l]);
+    if (mix_row && mix_row[l] >= 0) {
+      POSEMAMBA_DEVICE_ASSERT(mix_row[l] < L);
+      v += static_cast<weight_t>(u_row[mix_row[l]]);
+    }
+    return v;
+  }
+
+  __device__ weight_t step_at(int64_t l) const {
+    return step_size<weight_t>(static_cast<weight_t>(delta_row[l]), bias, delta_softplus);
+  }
+
+  int64_t L, N;
+  bool delta_softplus;
+  const input_t *u_row, *delta_row, *B_path, *C_path;
+  const int64_t *order, *mix_row;
+  weight_t bias, skip, a[kNMax];
+};
+
+// The grid's z dimension holds the batch.
+constexpr int64_t kMaxGridZ = 65535;
 
 inline dim3 scan_grid(const MultiPathScanParams& p) {
   return dim3(static_cast<unsigned>((p.dim + kWarp - 1) / kWarp), static_cast<unsigned>(p.n_paths),

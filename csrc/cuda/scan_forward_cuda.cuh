@@ -1,9 +1,9 @@
 // CUDA forward of posemamba::multi_path_scan_fwd: the kernels and their launches.
 //
-// One warp per (batch, path, block of 32 channels); each lane scans its channel along the path with
-// the state in registers and writes the path's output into its own row of a (batch, P, D, L) float
-// workspace. A second kernel sums the paths in index order and applies the gate: no atomics, results
-// bitwise reproducible. Per-step math: ../multi_path_scan.h.
+// The paths' chunks are scanned in parallel (see the work split below), each thread with its
+// channel's state in registers, writing the path's output into its own row of a (batch, P, D, L)
+// float workspace. A last kernel sums the paths in index order and applies the gate: no atomics,
+// results bitwise reproducible. Per-step math: ../multi_path_scan.h.
 //
 // Included by scan_forward_cuda.cu (nvcc: the op's CUDA implementation) and by the host emulation
 // build that tests these kernels without a GPU (../emulation/).
@@ -19,58 +19,134 @@
 namespace posemamba {
 namespace cuda {
 
-template <typename input_t, int kNMax>
-__global__ void __launch_bounds__(kWarp) scan_path_forward_kernel(MultiPathScanParams p, at::opmath_type<input_t>* y_paths) {
-  using weight_t = at::opmath_type<input_t>;
-  const int64_t d = static_cast<int64_t>(blockIdx.x) * kWarp + threadIdx.x;
-  const int64_t path = blockIdx.y, b = blockIdx.z;
-  if (d >= p.dim) return;
-  const int64_t L = p.seqlen, N = p.d_state;
-  const int64_t batch_path = b * p.n_paths + path;
-  const int64_t path_channel = path * p.dim + d;
-  const auto* u_row = static_cast<const input_t*>(p.u) + (b * p.dim + d) * L;
-  const auto* delta_row = static_cast<const input_t*>(p.delta) + (batch_path * p.dim + d) * L;
-  const auto* B_path = static_cast<const input_t*>(p.B) + batch_path * N * L;
-  const auto* C_path = static_cast<const input_t*>(p.C) + batch_path * N * L;
-  const int64_t* order = p.paths + path * L;
-  const int64_t* mix_row = p.mix ? p.mix + path * L : nullptr;
-  const weight_t bias = p.delta_bias ? static_cast<const weight_t*>(p.delta_bias)[path_channel] : weight_t(0);
-  const weight_t skip = p.D ? static_cast<const weight_t*>(p.D)[path_channel] : weight_t(0);
-  weight_t* y = y_paths + (batch_path * p.dim + d) * L;
-  weight_t* saved = static_cast<weight_t*>(p.chunk_states) + (batch_path * p.dim + d) * p.n_chunks * N;
+// Work split: a thread per (batch, path, channel, chunk of kScanChunk steps); a block's lanes are 32
+// channels and its warps kChunksPerBlock consecutive chunks. The chunks of a path run in parallel in
+// three passes:
+//   1. each chunk but the last scans from a zero state: its end state, and its steps' sum of dt (the
+//      chunk's decay is exp(a * that sum));
+//   2. one thread per (batch, path, channel, state entry) walks the chunks in order and turns those
+//      into each chunk's true start state, h_start[k+1] = exp(a sum_dt[k]) h_start[k] + h_end[k];
+//   3. each chunk scans again from its true start state and writes its outputs.
+// This costs two exps per state update instead of one and gives L / kScanChunk times the parallelism
+// of a thread per channel walking the whole path. Pass 2's start states are the chunk_states the
+// backward restarts from.
+constexpr int kChunksPerBlock = 4;
 
-  weight_t a[kNMax], h[kNMax];
-#pragma unroll
-  for (int n = 0; n < kNMax; ++n) {
-    a[n] = n < N ? static_cast<const weight_t*>(p.A)[path_channel * N + n] : weight_t(0);
-    h[n] = weight_t(0);
-  }
-  for (int64_t s = 0; s < L; ++s) {
-    if (s % kScanChunk == 0) {
-#pragma unroll
-      for (int n = 0; n < kNMax; ++n) {
-        if (n < N) saved[(s / kScanChunk) * N + n] = h[n];
-      }
-    }
-    const int64_t l = order[s];
-    POSEMAMBA_DEVICE_ASSERT(l >= 0 && l < L);
-    weight_t v = static_cast<weight_t>(u_row[l]);
-    if (mix_row && mix_row[l] >= 0) {
-      POSEMAMBA_DEVICE_ASSERT(mix_row[l] < L);
-      v += static_cast<weight_t>(u_row[mix_row[l]]);
-    }
-    const weight_t dt = step_size<weight_t>(static_cast<weight_t>(delta_row[l]), bias, p.delta_softplus);
+C10_HOST_DEVICE inline int64_t num_channel_blocks(const MultiPathScanParams& p) {
+  return (p.dim + kWarp - 1) / kWarp;
+}
+
+inline dim3 chunk_grid(const MultiPathScanParams& p) {
+  const int64_t chunk_groups = (p.n_chunks + kChunksPerBlock - 1) / kChunksPerBlock;
+  return dim3(static_cast<unsigned>(chunk_groups * num_channel_blocks(p)), static_cast<unsigned>(p.n_paths),
+              static_cast<unsigned>(p.batch));
+}
+
+// This thread's (batch, path, channel, chunk); `valid` is false for lanes and warps past the ends.
+struct ChunkTask {
+  int64_t b, path, d, chunk;
+  bool valid;
+};
+
+__device__ __forceinline__ ChunkTask chunk_task(const MultiPathScanParams& p) {
+  const int64_t channel_blocks = num_channel_blocks(p);
+  const int64_t chunk = static_cast<int64_t>(blockIdx.x) / channel_blocks * kChunksPerBlock + threadIdx.y;
+  const int64_t d = static_cast<int64_t>(blockIdx.x) % channel_blocks * kWarp + threadIdx.x;
+  return {static_cast<int64_t>(blockIdx.z), static_cast<int64_t>(blockIdx.y), d, chunk,
+          d < p.dim && chunk < p.n_chunks};
+}
+
+// Scans steps [begin, end) of c's path from state h (updated in place) and returns the steps' sum of
+// dt. With y_row, writes each step's output C.h + D v at its position.
+template <typename input_t, int kNMax>
+__device__ __forceinline__ at::opmath_type<input_t> scan_steps(const PathChannel<input_t, kNMax>& c, int64_t begin,
+                                                                int64_t end, at::opmath_type<input_t> (&h)[kNMax],
+                                                                at::opmath_type<input_t>* y_row) {
+  using weight_t = at::opmath_type<input_t>;
+  weight_t sum_dt = 0;
+  for (int64_t s = begin; s < end; ++s) {
+    const int64_t l = c.position(s);
+    const weight_t v = c.input_at(l);
+    const weight_t dt = c.step_at(l);
     const weight_t dt_v = dt * v;
-    weight_t y_step = skip * v;
+    weight_t y = c.skip * v;
 #pragma unroll
     for (int n = 0; n < kNMax; ++n) {
-      if (n < N) {
-        h[n] = state_update<weight_t>(h[n], step_decay(dt, a[n]), dt_v, static_cast<weight_t>(B_path[n * L + l]));
-        y_step += static_cast<weight_t>(C_path[n * L + l]) * h[n];
+      if (n < c.N) {
+        h[n] = state_update<weight_t>(h[n], step_decay(dt, c.a[n]), dt_v, static_cast<weight_t>(c.B_path[n * c.L + l]));
+        y += static_cast<weight_t>(c.C_path[n * c.L + l]) * h[n];
       }
     }
-    y[l] = y_step;
+    if (y_row) y_row[l] = y;
+    sum_dt += dt;
   }
+  return sum_dt;
+}
+
+// The chunk's first and one-past-last step.
+__device__ __forceinline__ int64_t chunk_begin(int64_t chunk) {
+  return chunk * kScanChunk;
+}
+
+__device__ __forceinline__ int64_t chunk_end(int64_t chunk, int64_t seqlen) {
+  return chunk * kScanChunk + kScanChunk < seqlen ? chunk * kScanChunk + kScanChunk : seqlen;
+}
+
+// Pass 1: chunk k (but the last) from a zero state; its end state goes to chunk_states' slot k + 1,
+// which pass 2 then turns into chunk k + 1's start state, and its sum of dt to chunk_dt[.., k].
+template <typename input_t, int kNMax>
+__global__ void __launch_bounds__(kWarp * kChunksPerBlock)
+    scan_chunks_from_zero_kernel(MultiPathScanParams p, at::opmath_type<input_t>* chunk_dt) {
+  using weight_t = at::opmath_type<input_t>;
+  const ChunkTask task = chunk_task(p);
+  if (!task.valid || task.chunk == p.n_chunks - 1) return;
+  const PathChannel<input_t, kNMax> c(p, task.b, task.path, task.d);
+  weight_t h[kNMax];
+#pragma unroll
+  for (int n = 0; n < kNMax; ++n) h[n] = weight_t(0);
+  const int64_t row = (task.b * p.n_paths + task.path) * p.dim + task.d;
+  chunk_dt[row * p.n_chunks + task.chunk] =
+      scan_steps(c, chunk_begin(task.chunk), chunk_end(task.chunk, p.seqlen), h, nullptr);
+  weight_t* next_start = static_cast<weight_t*>(p.chunk_states) + (row * p.n_chunks + task.chunk + 1) * p.d_state;
+#pragma unroll
+  for (int n = 0; n < kNMax; ++n) {
+    if (n < p.d_state) next_start[n] = h[n];
+  }
+}
+
+// Pass 2, one thread per (batch, path, channel, state entry): chunk_states in place, from the chunks'
+// zero-start end states to their true start states.
+template <typename weight_t>
+__global__ void carry_chunk_states_kernel(MultiPathScanParams p, const weight_t* chunk_dt) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= p.batch * p.n_paths * p.dim * p.d_state) return;
+  const int64_t n = i % p.d_state, row = i / p.d_state;  // row: (batch, path, channel)
+  const int64_t path_channel = row % (p.n_paths * p.dim);
+  const weight_t a = static_cast<const weight_t*>(p.A)[path_channel * p.d_state + n];
+  weight_t* states = static_cast<weight_t*>(p.chunk_states) + row * p.n_chunks * p.d_state + n;
+  const weight_t* sums = chunk_dt + row * p.n_chunks;
+  weight_t h = 0;
+  for (int64_t k = 0; k < p.n_chunks; ++k) {
+    const weight_t end_from_zero = k + 1 < p.n_chunks ? states[(k + 1) * p.d_state] : weight_t(0);
+    states[k * p.d_state] = h;
+    h = step_decay(sums[k], a) * h + end_from_zero;
+  }
+}
+
+// Pass 3: chunk k from its true start state, writing the path's outputs into its row of y_paths.
+template <typename input_t, int kNMax>
+__global__ void __launch_bounds__(kWarp * kChunksPerBlock)
+    scan_chunks_kernel(MultiPathScanParams p, at::opmath_type<input_t>* y_paths) {
+  using weight_t = at::opmath_type<input_t>;
+  const ChunkTask task = chunk_task(p);
+  if (!task.valid) return;
+  const PathChannel<input_t, kNMax> c(p, task.b, task.path, task.d);
+  const int64_t row = (task.b * p.n_paths + task.path) * p.dim + task.d;
+  const weight_t* start = static_cast<const weight_t*>(p.chunk_states) + (row * p.n_chunks + task.chunk) * p.d_state;
+  weight_t h[kNMax];
+#pragma unroll
+  for (int n = 0; n < kNMax; ++n) h[n] = n < p.d_state ? start[n] : weight_t(0);
+  scan_steps(c, chunk_begin(task.chunk), chunk_end(task.chunk, p.seqlen), h, y_paths + row * p.seqlen);
 }
 
 // out[b, d, l] = (sum over paths of y_paths[b, p, d, l]) * silu(z[b, d, l]), paths in index order.
@@ -93,12 +169,22 @@ __global__ void merge_paths_kernel(MultiPathScanParams p, const at::opmath_type<
 // Runs the forward on prepared inputs (on the current device and stream), filling f's outputs.
 inline void run_scan_forward(ScanForward& f) {
   const MultiPathScanParams& p = f.params;
+  if (p.batch == 0 || p.dim == 0 || p.seqlen == 0) return;
+  TORCH_CHECK(p.batch <= kMaxGridZ, "u: the CUDA kernels take a batch of at most ", kMaxGridZ, ", got ", p.batch);
   const at::Tensor y_paths = at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, f.inputs.A.options());
+  const at::Tensor chunk_dt = at::empty({p.batch, p.n_paths, p.dim, p.n_chunks}, f.inputs.A.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.inputs.u.scalar_type(), "multi_path_scan_fwd_cuda", [&] {
     using weight_t = at::opmath_type<scalar_t>;
     auto* y_data = y_paths.mutable_data_ptr<weight_t>();
+    auto* dt_data = chunk_dt.mutable_data_ptr<weight_t>();
+    const dim3 chunk_block(kWarp, kChunksPerBlock);
     dispatch_state_bucket(p.d_state, [&](auto bucket) {
-      simt::launch(scan_path_forward_kernel<scalar_t, decltype(bucket)::value>, scan_grid(p), kWarp, 0, p, y_data);
+      constexpr int kNMax = decltype(bucket)::value;
+      simt::launch(scan_chunks_from_zero_kernel<scalar_t, kNMax>, chunk_grid(p), chunk_block, 0, p, dt_data);
+      simt::launch(carry_chunk_states_kernel<weight_t>,
+                   elementwise_blocks(p.batch * p.n_paths * p.dim * p.d_state), kElementwiseThreads, 0, p,
+                   static_cast<const weight_t*>(dt_data));
+      simt::launch(scan_chunks_kernel<scalar_t, kNMax>, chunk_grid(p), chunk_block, 0, p, y_data);
     });
     simt::launch(merge_paths_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen), kElementwiseThreads, 0,
                  p, static_cast<const weight_t*>(y_data));
