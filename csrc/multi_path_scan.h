@@ -74,6 +74,9 @@ struct MultiPathScanBwdParams : MultiPathScanParams {
   // the thread count).
   int64_t channel_block = 0;
   int64_t n_channel_blocks = 0;
+  // dA, dD and ddelta_bias sum over the batch and L: each batch element writes n_length_blocks
+  // partials (one per stretch of the path a task covers) and the fixed-order pass adds them all.
+  int64_t n_length_blocks = 0;
 
   const void* grad_out = nullptr;  // (batch, D, L)
   void* du = nullptr;
@@ -81,9 +84,9 @@ struct MultiPathScanBwdParams : MultiPathScanParams {
   void* dz = nullptr;
   void* dB_partial = nullptr;      // (batch, n_channel_blocks, P, L, N) weight_t
   void* dC_partial = nullptr;      // (batch, n_channel_blocks, P, L, N) weight_t
-  void* dA_partial = nullptr;      // (batch, P, D, N) weight_t
-  void* dD_partial = nullptr;      // (batch, P, D) weight_t
-  void* ddelta_bias_partial = nullptr;  // (batch, P, D) weight_t
+  void* dA_partial = nullptr;      // (batch, n_length_blocks, P, D, N) weight_t
+  void* dD_partial = nullptr;      // (batch, n_length_blocks, P, D) weight_t
+  void* ddelta_bias_partial = nullptr;  // (batch, n_length_blocks, P, D) weight_t
 };
 
 POSEMAMBA_MATH float bits_to_float(int32_t bits) {

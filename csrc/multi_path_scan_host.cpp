@@ -124,7 +124,7 @@ ScanBackward prepare_scan_backward(
     const at::Tensor& B, const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
-    bool delta_softplus, int64_t channel_block) {
+    bool delta_softplus, int64_t channel_block, bool partials_per_chunk) {
   ScanBackward g;
   MultiPathScanBwdParams& p = g.params;
   g.inputs = prepare_scan_inputs(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, p);
@@ -142,15 +142,16 @@ ScanBackward prepare_scan_backward(
 
   p.channel_block = channel_block;
   p.n_channel_blocks = (p.dim + channel_block - 1) / channel_block;
+  p.n_length_blocks = partials_per_chunk ? p.n_chunks : 1;
   const auto weights = A.options();
   g.du = at::empty_like(g.inputs.u);
   g.ddelta = at::empty_like(g.inputs.delta);
   g.dz = z.has_value() ? at::empty_like(g.inputs.z) : at::empty({0}, u.options());
   g.dB_partial = at::empty({p.batch, p.n_channel_blocks, p.n_paths, p.seqlen, p.d_state}, weights);
   g.dC_partial = at::empty({p.batch, p.n_channel_blocks, p.n_paths, p.seqlen, p.d_state}, weights);
-  g.dA_partial = at::empty({p.batch, p.n_paths, p.dim, p.d_state}, weights);
-  g.dD_partial = at::empty({p.batch, p.n_paths, p.dim}, weights);
-  g.ddelta_bias_partial = at::empty({p.batch, p.n_paths, p.dim}, weights);
+  g.dA_partial = at::empty({p.batch, p.n_length_blocks, p.n_paths, p.dim, p.d_state}, weights);
+  g.dD_partial = at::empty({p.batch, p.n_length_blocks, p.n_paths, p.dim}, weights);
+  g.ddelta_bias_partial = at::empty({p.batch, p.n_length_blocks, p.n_paths, p.dim}, weights);
   g.dB_by_position = at::empty({p.batch, p.n_paths, p.seqlen, p.d_state}, weights);
   g.dC_by_position = at::empty_like(g.dB_by_position);
   g.dA = at::empty_like(g.inputs.A);

@@ -33,7 +33,8 @@ struct ScanBackward {
   MultiPathScanBwdParams params;
 };
 
-// Adds each partial over its channel blocks or batch, in index order, into the ScanBackward's sums.
+// Adds each partial over its channel blocks or its batch and length blocks, in index order, into the
+// ScanBackward's sums.
 // sum(partial, n_outer, n_partials, count, out) is the device's fixed-order reduction.
 template <typename weight_t, typename SumPartials>
 void reduce_backward_partials(ScanBackward& g, SumPartials&& sum) {
@@ -43,9 +44,10 @@ void reduce_backward_partials(ScanBackward& g, SumPartials&& sum) {
       g.dB_by_position.mutable_data_ptr<weight_t>());
   sum(g.dC_partial.const_data_ptr<weight_t>(), p.batch, p.n_channel_blocks, path_block,
       g.dC_by_position.mutable_data_ptr<weight_t>());
-  sum(g.dA_partial.const_data_ptr<weight_t>(), 1, p.batch, g.dA.numel(), g.dA.mutable_data_ptr<weight_t>());
-  sum(g.dD_partial.const_data_ptr<weight_t>(), 1, p.batch, g.dD.numel(), g.dD.mutable_data_ptr<weight_t>());
-  sum(g.ddelta_bias_partial.const_data_ptr<weight_t>(), 1, p.batch, g.ddelta_bias.numel(),
+  const int64_t n_partials = p.batch * p.n_length_blocks;
+  sum(g.dA_partial.const_data_ptr<weight_t>(), 1, n_partials, g.dA.numel(), g.dA.mutable_data_ptr<weight_t>());
+  sum(g.dD_partial.const_data_ptr<weight_t>(), 1, n_partials, g.dD.numel(), g.dD.mutable_data_ptr<weight_t>());
+  sum(g.ddelta_bias_partial.const_data_ptr<weight_t>(), 1, n_partials, g.ddelta_bias.numel(),
       g.ddelta_bias.mutable_data_ptr<weight_t>());
 }
 
@@ -61,12 +63,14 @@ ScanForward prepare_scan_forward(
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, bool delta_softplus);
 
+// channel_block: the channels summed into one dB/dC partial; partials_per_chunk: dA, dD and
+// ddelta_bias partials per (batch, chunk) instead of per batch element.
 ScanBackward prepare_scan_backward(
     const at::Tensor& grad_out, const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
     const at::Tensor& B, const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
-    bool delta_softplus, int64_t channel_block);
+    bool delta_softplus, int64_t channel_block, bool partials_per_chunk);
 
 // Checks on the values of paths and mix (every index in range) that need them on the host.
 void check_scan_indices_on_host(const ScanInputs& inputs, int64_t seqlen);

@@ -25,7 +25,8 @@ ScanGradients multi_path_scan_bwd_cuda(
     bool delta_softplus) {
   const c10::cuda::CUDAGuard device_guard(u.device());
   ScanBackward g = prepare_scan_backward(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated,
-                                         chunk_states, delta_softplus, kWarp);
+                                         chunk_states, delta_softplus, kWarp,
+                                         /*partials_per_chunk=*/true);
   run_scan_backward(g);
   return finish_scan_backward(g);
 }

@@ -1,11 +1,20 @@
 // CUDA backward of posemamba::multi_path_scan_bwd: the kernels and their launches.
 //
-// One warp per (batch, path, block of 32 channels) (scan_grid). Each lane walks its channel's
-// path chunk by chunk, last to first: recompute the chunk's states from the state the forward saved
-// before it, then run the adjoint recurrence backwards. Per-element gradients go to rows the lane
-// owns (du per path, summed over paths afterwards in index order); dB and dC sum over channels with
-// fixed-order warp shuffles into per-block partials; dA, dD and ddelta_bias into per-batch partials.
-// Fixed-order passes then add the partials: no float atomics, bitwise reproducible.
+// The adjoint state runs backwards along each path: g_s = dy_s C_s + exp(dt_{s+1} a) g_{s+1}. Like the
+// forward's state it is linear, so the chunks of a path run in parallel (a thread per batch, path,
+// channel and chunk: chunk_task) in three passes:
+//   1. each chunk but the first runs the adjoint backwards from zero: what flows out of its first step
+//      to the chunk before it, and its steps' sum of dt;
+//   2. one thread per (batch, path, channel, state entry) walks the chunks last to first and turns
+//      those into the adjoint flowing into each chunk from its right;
+//   3. each chunk recomputes its states from the state the forward saved before it, then runs the
+//      adjoint backwards from that inflow, computing every gradient.
+// Per-element gradients go to rows the thread owns: ddelta, and the gradient of each step's scan
+// input (v = u[l] + u[mix[l]]) per path, which a last kernel gathers into du in a fixed order (paths,
+// then the steps that mixed each position in, through an inverse index of mix). dB and dC sum over
+// channels with fixed-order warp shuffles into per-block partials; dA, dD and ddelta_bias into
+// per-(batch, chunk) partials. Fixed-order passes then add the partials: no float atomics, bitwise
+// reproducible.
 //
 // Included by scan_backward_cuda.cu (nvcc: the op's CUDA implementation) and by the host emulation
 // build that tests these kernels without a GPU (../emulation/).
@@ -13,7 +22,10 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/searchsorted.h>
+#include <ATen/ops/sort.h>
 
 #include "../multi_path_scan_host.h"
 #include "scan_cuda_common.cuh"
@@ -21,121 +33,155 @@
 namespace posemamba {
 namespace cuda {
 
-template <typename input_t, int kNMax>
-__global__ void __launch_bounds__(kWarp) scan_path_backward_kernel(MultiPathScanBwdParams p, at::opmath_type<input_t>* du_paths) {
+// dy = dout * silu(z) at position l: the gradient of the ungated sum of the paths.
+template <typename input_t>
+__device__ __forceinline__ at::opmath_type<input_t> output_grad_at(const MultiPathScanBwdParams& p, int64_t b,
+                                                                    int64_t d, int64_t l) {
   using weight_t = at::opmath_type<input_t>;
-  const int64_t d_lane = static_cast<int64_t>(blockIdx.x) * kWarp + threadIdx.x;
-  const int64_t path = blockIdx.y, b = blockIdx.z, block = blockIdx.x;
-  // Lanes past D still take part in the warp sums: they read channel D-1 and contribute zero.
-  const bool active = d_lane < p.dim;
-  const int64_t d = active ? d_lane : p.dim - 1;
-  const int64_t L = p.seqlen, N = p.d_state;
-  const int64_t row = b * p.dim + d;
-  const int64_t batch_path = b * p.n_paths + path;
-  const int64_t path_channel = path * p.dim + d;
-  const auto* u_row = static_cast<const input_t*>(p.u) + row * L;
-  const auto* grad_row = static_cast<const input_t*>(p.grad_out) + row * L;
-  const auto* z_row = p.z ? static_cast<const input_t*>(p.z) + row * L : nullptr;
-  const auto* delta_row = static_cast<const input_t*>(p.delta) + (batch_path * p.dim + d) * L;
-  auto* ddelta_row = static_cast<input_t*>(p.ddelta) + (batch_path * p.dim + d) * L;
-  const auto* B_path = static_cast<const input_t*>(p.B) + batch_path * N * L;
-  const auto* C_path = static_cast<const input_t*>(p.C) + batch_path * N * L;
-  const int64_t* order = p.paths + path * L;
-  const int64_t* mix_row = p.mix ? p.mix + path * L : nullptr;
-  const weight_t bias = p.delta_bias ? static_cast<const weight_t*>(p.delta_bias)[path_channel] : weight_t(0);
-  const weight_t skip = p.D ? static_cast<const weight_t*>(p.D)[path_channel] : weight_t(0);
-  const weight_t* saved = static_cast<const weight_t*>(p.chunk_states) + (batch_path * p.dim + d) * p.n_chunks * N;
-  const int64_t partial = ((b * p.n_channel_blocks + block) * p.n_paths + path) * L * N;
-  auto* dB_partial = static_cast<weight_t*>(p.dB_partial) + partial;
-  auto* dC_partial = static_cast<weight_t*>(p.dC_partial) + partial;
-  weight_t* du = du_paths + (batch_path * p.dim + d) * L;
+  const int64_t i = (b * p.dim + d) * p.seqlen + l;
+  const weight_t g = static_cast<weight_t>(static_cast<const input_t*>(p.grad_out)[i]);
+  return p.z ? g * silu(static_cast<weight_t>(static_cast<const input_t*>(p.z)[i])) : g;
+}
 
-  auto input_at = [&](int64_t l) {
-    weight_t v = static_cast<weight_t>(u_row[l]);
-    if (mix_row && mix_row[l] >= 0) v += static_cast<weight_t>(u_row[mix_row[l]]);
-    return v;
-  };
-  // dy = dout * silu(z): the gradient of the ungated sum of the paths.
-  auto output_grad_at = [&](int64_t l) {
-    if (!active) return weight_t(0);
-    const weight_t g = static_cast<weight_t>(grad_row[l]);
-    return z_row ? g * silu(static_cast<weight_t>(z_row[l])) : g;
-  };
-
-  if (active) {
-    for (int64_t l = 0; l < L; ++l) du[l] = weight_t(0);
+// Pass 1: chunk k (but the first) from a zero inflow; what flows out of its first step goes to
+// chunk_inflow's slot k - 1, which pass 2 then turns into chunk k - 1's inflow, and its sum of dt to
+// chunk_dt[.., k].
+template <typename input_t, int kNMax>
+__global__ void __launch_bounds__(kWarp * kChunksPerBlock)
+    adjoint_chunks_from_zero_kernel(MultiPathScanBwdParams p, at::opmath_type<input_t>* chunk_inflow,
+                                    at::opmath_type<input_t>* chunk_dt) {
+  using weight_t = at::opmath_type<input_t>;
+  const ChunkTask task = chunk_task(p);
+  if (!task.valid || task.chunk == 0) return;
+  const PathChannel<input_t, kNMax> c(p, task.b, task.path, task.d);
+  weight_t carry[kNMax];
+#pragma unroll
+  for (int n = 0; n < kNMax; ++n) carry[n] = weight_t(0);
+  weight_t sum_dt = 0;
+  for (int64_t s = chunk_end(task.chunk, p.seqlen) - 1; s >= chunk_begin(task.chunk); --s) {
+    const int64_t l = c.position(s);
+    const weight_t dt = c.step_at(l);
+    const weight_t dy = output_grad_at<input_t>(p, task.b, task.d, l);
+#pragma unroll
+    for (int n = 0; n < kNMax; ++n) {
+      if (n < c.N) carry[n] = step_decay(dt, c.a[n]) * (carry[n] + dy * static_cast<weight_t>(c.C_path[n * c.L + l]));
+    }
+    sum_dt += dt;
   }
-  weight_t a[kNMax], dh[kNMax], dA[kNMax];
-  // One chunk's recomputed states (states[k]: after k steps of the chunk) and decays, per lane.
-  weight_t states[(kScanChunk + 1) * kNMax], decays[kScanChunk * kNMax];
+  const int64_t row = (task.b * p.n_paths + task.path) * p.dim + task.d;
+  chunk_dt[row * p.n_chunks + task.chunk] = sum_dt;
+  weight_t* previous_inflow = chunk_inflow + (row * p.n_chunks + task.chunk - 1) * p.d_state;
 #pragma unroll
   for (int n = 0; n < kNMax; ++n) {
-    a[n] = n < N ? static_cast<const weight_t*>(p.A)[path_channel * N + n] : weight_t(0);
-    dh[n] = weight_t(0);
+    if (n < p.d_state) previous_inflow[n] = carry[n];
+  }
+}
+
+// Pass 2, one thread per (batch, path, channel, state entry): chunk_inflow in place, from the chunks'
+// zero-inflow outflows to the adjoint flowing into each chunk from its right.
+template <typename weight_t>
+__global__ void carry_adjoints_kernel(MultiPathScanBwdParams p, weight_t* chunk_inflow, const weight_t* chunk_dt) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= p.batch * p.n_paths * p.dim * p.d_state) return;
+  const int64_t n = i % p.d_state, row = i / p.d_state;  // row: (batch, path, channel)
+  const int64_t path_channel = row % (p.n_paths * p.dim);
+  const weight_t a = static_cast<const weight_t*>(p.A)[path_channel * p.d_state + n];
+  weight_t* inflows = chunk_inflow + row * p.n_chunks * p.d_state + n;
+  const weight_t* sums = chunk_dt + row * p.n_chunks;
+  weight_t inflow = 0;
+  for (int64_t k = p.n_chunks - 1; k >= 0; --k) {
+    const weight_t outflow_from_zero = k > 0 ? inflows[(k - 1) * p.d_state] : weight_t(0);
+    inflows[k * p.d_state] = inflow;
+    inflow = step_decay(sums[k], a) * inflow + outflow_from_zero;
+  }
+}
+
+// Pass 3: chunk k's gradients. A warp's lanes are channels of the same chunk; lanes past D still take
+// part in the warp sums, reading channel D - 1 and contributing zero.
+template <typename input_t, int kNMax>
+__global__ void __launch_bounds__(kWarp * kChunksPerBlock)
+    scan_chunks_backward_kernel(MultiPathScanBwdParams p, const at::opmath_type<input_t>* chunk_inflow,
+                                at::opmath_type<input_t>* dv_paths) {
+  using weight_t = at::opmath_type<input_t>;
+  const ChunkTask task = chunk_task(p);
+  if (task.chunk >= p.n_chunks) return;  // the whole warp
+  const bool active = task.d < p.dim;
+  const int64_t d = active ? task.d : p.dim - 1;
+  const int64_t b = task.b, path = task.path, chunk = task.chunk, N = p.d_state;
+  const PathChannel<input_t, kNMax> c(p, b, path, d);
+  const int64_t row = (b * p.n_paths + path) * p.dim + d;
+  const int64_t channel_block = d / kWarp;
+  const int64_t partial = ((b * p.n_channel_blocks + channel_block) * p.n_paths + path) * p.seqlen * N;
+  auto* dB_partial = static_cast<weight_t*>(p.dB_partial) + partial;
+  auto* dC_partial = static_cast<weight_t*>(p.dC_partial) + partial;
+  auto* ddelta_row = static_cast<input_t*>(p.ddelta) + row * p.seqlen;
+  weight_t* dv_row = dv_paths + row * p.seqlen;
+  const int64_t s_begin = chunk_begin(chunk), s_end = chunk_end(chunk, p.seqlen);
+
+  weight_t dh[kNMax], dA[kNMax];
+  // The chunk's recomputed states (states[k]: after k steps of the chunk) and decays.
+  weight_t states[(kScanChunk + 1) * kNMax], decays[kScanChunk * kNMax];
+  const weight_t* start = static_cast<const weight_t*>(p.chunk_states) + (row * p.n_chunks + chunk) * N;
+  const weight_t* inflow = chunk_inflow + (row * p.n_chunks + chunk) * N;
+#pragma unroll
+  for (int n = 0; n < kNMax; ++n) {
+    states[n] = n < N ? start[n] : weight_t(0);
+    dh[n] = active && n < N ? inflow[n] : weight_t(0);  // idle lanes' dB contributions must stay zero
     dA[n] = weight_t(0);
   }
   weight_t dD = 0, ddelta_bias = 0;
 
-  for (int64_t chunk = p.n_chunks - 1; chunk >= 0; --chunk) {
-    const int64_t s_begin = chunk * kScanChunk;
-    const int64_t s_end = s_begin + kScanChunk < L ? s_begin + kScanChunk : L;
+  for (int64_t s = s_begin; s < s_end; ++s) {
+    const int64_t l = c.position(s);
+    const weight_t dt = c.step_at(l);
+    const weight_t dt_v = dt * c.input_at(l);
+    const int64_t k = s - s_begin;
 #pragma unroll
-    for (int n = 0; n < kNMax; ++n) states[n] = n < N ? saved[chunk * N + n] : weight_t(0);
-    for (int64_t s = s_begin; s < s_end; ++s) {
-      const int64_t l = order[s];
-      POSEMAMBA_DEVICE_ASSERT(l >= 0 && l < L);
-      const weight_t dt = step_size<weight_t>(static_cast<weight_t>(delta_row[l]), bias, p.delta_softplus);
-      const weight_t dt_v = dt * input_at(l);
-      const int64_t k = s - s_begin;
-#pragma unroll
-      for (int n = 0; n < kNMax; ++n) {
-        if (n < N) {
-          decays[k * kNMax + n] = step_decay(dt, a[n]);
-          states[(k + 1) * kNMax + n] = state_update<weight_t>(states[k * kNMax + n], decays[k * kNMax + n], dt_v,
-                                                               static_cast<weight_t>(B_path[n * L + l]));
-        }
-      }
-    }
-
-    for (int64_t s = s_end - 1; s >= s_begin; --s) {
-      const int64_t l = order[s];
-      const int64_t k = s - s_begin;
-      const weight_t v = input_at(l);
-      const weight_t raw = static_cast<weight_t>(delta_row[l]);
-      const weight_t dt = step_size<weight_t>(raw, bias, p.delta_softplus);
-      const weight_t dt_v = dt * v;
-      const weight_t dy = output_grad_at(l);
-      weight_t d_dt = 0, d_dt_v = 0;
-#pragma unroll
-      for (int n = 0; n < kNMax; ++n) {
-        if (n < N) {
-          const weight_t c = static_cast<weight_t>(C_path[n * L + l]);
-          const weight_t dC_lane = dy * states[(k + 1) * kNMax + n];
-          weight_t dB_lane = 0;
-          dh[n] = state_update_backward<weight_t>(dh[n] + dy * c, states[k * kNMax + n], decays[k * kNMax + n], dt, a[n],
-                                                  dt_v, static_cast<weight_t>(B_path[n * L + l]), d_dt, dA[n], d_dt_v,
-                                                  dB_lane);
-          const weight_t dC_sum = warp_sum(dC_lane);
-          const weight_t dB_sum = warp_sum(dB_lane);
-          if (threadIdx.x == 0) {
-            dC_partial[l * N + n] = dC_sum;
-            dB_partial[l * N + n] = dB_sum;
-          }
-        }
-      }
-      const weight_t d_step = (d_dt + d_dt_v * v) * step_size_grad<weight_t>(raw, bias, p.delta_softplus);
-      const weight_t dv = d_dt_v * dt + dy * skip;
-      dD += dy * v;
-      ddelta_bias += d_step;
-      if (active) {
-        ddelta_row[l] = static_cast<input_t>(d_step);
-        du[l] += dv;
-        if (mix_row && mix_row[l] >= 0) du[mix_row[l]] += dv;
+    for (int n = 0; n < kNMax; ++n) {
+      if (n < N) {
+        decays[k * kNMax + n] = step_decay(dt, c.a[n]);
+        states[(k + 1) * kNMax + n] = state_update<weight_t>(states[k * kNMax + n], decays[k * kNMax + n], dt_v,
+                                                             static_cast<weight_t>(c.B_path[n * c.L + l]));
       }
     }
   }
+
+  for (int64_t s = s_end - 1; s >= s_begin; --s) {
+    const int64_t l = c.position(s);
+    const int64_t k = s - s_begin;
+    const weight_t v = c.input_at(l);
+    const weight_t raw = static_cast<weight_t>(c.delta_row[l]);
+    const weight_t dt = step_size<weight_t>(raw, c.bias, p.delta_softplus);
+    const weight_t dt_v = dt * v;
+    const weight_t dy = active ? output_grad_at<input_t>(p, b, d, l) : weight_t(0);
+    weight_t d_dt = 0, d_dt_v = 0;
+#pragma unroll
+    for (int n = 0; n < kNMax; ++n) {
+      if (n < N) {
+        const weight_t dC_lane = dy * states[(k + 1) * kNMax + n];
+        weight_t dB_lane = 0;
+        dh[n] = state_update_backward<weight_t>(dh[n] + dy * static_cast<weight_t>(c.C_path[n * c.L + l]),
+                                                states[k * kNMax + n], decays[k * kNMax + n], dt, c.a[n], dt_v,
+                                                static_cast<weight_t>(c.B_path[n * c.L + l]), d_dt, dA[n], d_dt_v,
+                                                dB_lane);
+        const weight_t dC_sum = warp_sum(dC_lane);
+        const weight_t dB_sum = warp_sum(dB_lane);
+        if (threadIdx.x == 0) {
+          dC_partial[l * N + n] = dC_sum;
+          dB_partial[l * N + n] = dB_sum;
+        }
+      }
+    }
+    const weight_t d_step = (d_dt + d_dt_v * v) * step_size_grad<weight_t>(raw, c.bias, p.delta_softplus);
+    dD += dy * v;
+    ddelta_bias += d_step;
+    if (active) {
+      ddelta_row[l] = static_cast<input_t>(d_step);
+      dv_row[l] = d_dt_v * dt + dy * c.skip;
+    }
+  }
   if (active) {
-    const int64_t channel = batch_path * p.dim + d;
+    const int64_t channel = ((b * p.n_chunks + chunk) * p.n_paths + path) * p.dim + d;
 #pragma unroll
     for (int n = 0; n < kNMax; ++n) {
       if (n < N) static_cast<weight_t*>(p.dA_partial)[channel * N + n] = dA[n];
@@ -145,16 +191,25 @@ __global__ void __launch_bounds__(kWarp) scan_path_backward_kernel(MultiPathScan
   }
 }
 
-// du = the sum over paths of du_paths, in index order; dz = dout * y * silu'(z).
+// du[b, d, l] = the paths' dv at l (in path order), then the dv of every step that mixed position l
+// into its input (in mix_sources order); dz = dout * y * silu'(z).
 template <typename input_t>
-__global__ void merge_input_grads_kernel(MultiPathScanBwdParams p, const at::opmath_type<input_t>* du_paths) {
+__global__ void merge_input_grads_kernel(MultiPathScanBwdParams p, const at::opmath_type<input_t>* dv_paths,
+                                         const int64_t* mix_sources, const int64_t* mix_offsets) {
   using weight_t = at::opmath_type<input_t>;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t per_batch = p.dim * p.seqlen;
+  const int64_t L = p.seqlen, per_batch = p.dim * L;
   if (i >= p.batch * per_batch) return;
-  const int64_t b = i / per_batch, rest = i % per_batch;
+  const int64_t b = i / per_batch, rest = i % per_batch, d = rest / L, l = rest % L;
+  const weight_t* dv_batch = dv_paths + b * p.n_paths * per_batch;
   weight_t du = 0;
-  for (int64_t path = 0; path < p.n_paths; ++path) du += du_paths[(b * p.n_paths + path) * per_batch + rest];
+  for (int64_t path = 0; path < p.n_paths; ++path) du += dv_batch[path * per_batch + rest];
+  if (mix_sources) {
+    for (int64_t k = mix_offsets[l]; k < mix_offsets[l + 1]; ++k) {
+      const int64_t path = mix_sources[k] / L, step_position = mix_sources[k] % L;
+      du += dv_batch[(path * p.dim + d) * L + step_position];
+    }
+  }
   static_cast<input_t*>(p.du)[i] = static_cast<input_t>(du);
   if (p.z) {
     const weight_t g = static_cast<weight_t>(static_cast<const input_t*>(p.grad_out)[i]);
@@ -164,19 +219,53 @@ __global__ void merge_input_grads_kernel(MultiPathScanBwdParams p, const at::opm
   }
 }
 
+// The inverse of mix for a deterministic gather: sources holds the flat indices path * L + l of the
+// entries mix[path, l] >= 0, ordered by the position they name (stable, so in index order among
+// equals); sources[offsets[m] : offsets[m + 1]] are the steps that mixed in position m.
+struct MixSources {
+  at::Tensor sources, offsets;
+};
+
+inline MixSources invert_mix(const at::Tensor& mix, int64_t seqlen) {
+  const at::Tensor flat = mix.flatten();
+  const at::Tensor named = flat.masked_fill(flat.lt(0), seqlen);  // -1 sorts after every position
+  const auto [sorted, sources] = at::sort(named, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  return {sources, at::searchsorted(sorted, at::arange(seqlen + 1, flat.options()))};
+}
+
 // Runs the backward on prepared inputs (on the current device and stream), filling g's gradients and
-// the sums of its partials.
+// the sums of its partials. g must have been prepared with partials per chunk.
 inline void run_scan_backward(ScanBackward& g) {
   const MultiPathScanBwdParams& p = g.params;
-  const at::Tensor du_paths = at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, g.inputs.A.options());
+  TORCH_CHECK(p.n_length_blocks == p.n_chunks && p.channel_block == kWarp,
+              "the CUDA backward takes partials per chunk and per warp of channels");
+  TORCH_CHECK(p.batch <= kMaxGridZ, "u: the CUDA kernels take a batch of at most ", kMaxGridZ, ", got ", p.batch);
+  const auto weights = g.inputs.A.options();
+  const at::Tensor dv_paths = at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, weights);
+  const at::Tensor chunk_inflow = at::empty({p.batch, p.n_paths, p.dim, p.n_chunks, p.d_state}, weights);
+  const at::Tensor chunk_dt = at::empty({p.batch, p.n_paths, p.dim, p.n_chunks}, weights);
+  const MixSources mix = g.inputs.mix.defined() ? invert_mix(g.inputs.mix, p.seqlen) : MixSources{};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.inputs.u.scalar_type(), "multi_path_scan_bwd_cuda", [&] {
     using weight_t = at::opmath_type<scalar_t>;
-    auto* du_data = du_paths.mutable_data_ptr<weight_t>();
-    dispatch_state_bucket(p.d_state, [&](auto bucket) {
-      simt::launch(scan_path_backward_kernel<scalar_t, decltype(bucket)::value>, scan_grid(p), kWarp, 0, p, du_data);
-    });
-    simt::launch(merge_input_grads_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen),
-                 kElementwiseThreads, 0, p, static_cast<const weight_t*>(du_data));
+    auto* dv_data = dv_paths.mutable_data_ptr<weight_t>();
+    auto* inflow_data = chunk_inflow.mutable_data_ptr<weight_t>();
+    auto* dt_data = chunk_dt.mutable_data_ptr<weight_t>();
+    if (p.batch > 0 && p.dim > 0 && p.seqlen > 0) {  // else the reduction below writes dA, dD, ddelta_bias = 0
+      const dim3 chunk_block(kWarp, kChunksPerBlock);
+      dispatch_state_bucket(p.d_state, [&](auto bucket) {
+        constexpr int kNMax = decltype(bucket)::value;
+        simt::launch(adjoint_chunks_from_zero_kernel<scalar_t, kNMax>, chunk_grid(p), chunk_block, 0, p, inflow_data,
+                     dt_data);
+        simt::launch(carry_adjoints_kernel<weight_t>, elementwise_blocks(p.batch * p.n_paths * p.dim * p.d_state),
+                     kElementwiseThreads, 0, p, inflow_data, static_cast<const weight_t*>(dt_data));
+        simt::launch(scan_chunks_backward_kernel<scalar_t, kNMax>, chunk_grid(p), chunk_block, 0, p,
+                     static_cast<const weight_t*>(inflow_data), dv_data);
+      });
+      simt::launch(merge_input_grads_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen),
+                   kElementwiseThreads, 0, p, static_cast<const weight_t*>(dv_data),
+                   mix.sources.defined() ? mix.sources.const_data_ptr<int64_t>() : nullptr,
+                   mix.offsets.defined() ? mix.offsets.const_data_ptr<int64_t>() : nullptr);
+    }
     reduce_backward_partials<weight_t>(g, sum_partials<weight_t>);
   });
 }

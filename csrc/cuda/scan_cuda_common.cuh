@@ -116,13 +116,45 @@ struct PathChannel {
   weight_t bias, skip, a[kNMax];
 };
 
-// The grid's z dimension holds the batch.
-constexpr int64_t kMaxGridZ = 65535;
+// A thread per (batch, path, channel, chunk of kScanChunk steps): a block's lanes are 32 channels and
+// its warps kChunksPerBlock consecutive chunks.
+constexpr int kChunksPerBlock = 4;
 
-inline dim3 scan_grid(const MultiPathScanParams& p) {
-  return dim3(static_cast<unsigned>((p.dim + kWarp - 1) / kWarp), static_cast<unsigned>(p.n_paths),
+C10_HOST_DEVICE inline int64_t num_channel_blocks(const MultiPathScanParams& p) {
+  return (p.dim + kWarp - 1) / kWarp;
+}
+
+inline dim3 chunk_grid(const MultiPathScanParams& p) {
+  const int64_t chunk_groups = (p.n_chunks + kChunksPerBlock - 1) / kChunksPerBlock;
+  return dim3(static_cast<unsigned>(chunk_groups * num_channel_blocks(p)), static_cast<unsigned>(p.n_paths),
               static_cast<unsigned>(p.batch));
 }
+
+// This thread's (batch, path, channel, chunk); `valid` is false for lanes and warps past the ends.
+struct ChunkTask {
+  int64_t b, path, d, chunk;
+  bool valid;
+};
+
+__device__ __forceinline__ ChunkTask chunk_task(const MultiPathScanParams& p) {
+  const int64_t channel_blocks = num_channel_blocks(p);
+  const int64_t chunk = static_cast<int64_t>(blockIdx.x) / channel_blocks * kChunksPerBlock + threadIdx.y;
+  const int64_t d = static_cast<int64_t>(blockIdx.x) % channel_blocks * kWarp + threadIdx.x;
+  return {static_cast<int64_t>(blockIdx.z), static_cast<int64_t>(blockIdx.y), d, chunk,
+          d < p.dim && chunk < p.n_chunks};
+}
+
+// The chunk's first and one-past-last step.
+__device__ __forceinline__ int64_t chunk_begin(int64_t chunk) {
+  return chunk * kScanChunk;
+}
+
+__device__ __forceinline__ int64_t chunk_end(int64_t chunk, int64_t seqlen) {
+  return chunk * kScanChunk + kScanChunk < seqlen ? chunk * kScanChunk + kScanChunk : seqlen;
+}
+
+// The grid's z dimension holds the batch.
+constexpr int64_t kMaxGridZ = 65535;
 
 }  // namespace cuda
 }  // namespace posemamba

@@ -19,9 +19,8 @@
 namespace posemamba {
 namespace cuda {
 
-// Work split: a thread per (batch, path, channel, chunk of kScanChunk steps); a block's lanes are 32
-// channels and its warps kChunksPerBlock consecutive chunks. The chunks of a path run in parallel in
-// three passes:
+// Work split: a thread per (batch, path, channel, chunk of kScanChunk steps) (chunk_task). The chunks
+// of a path run in parallel in three passes:
 //   1. each chunk but the last scans from a zero state: its end state, and its steps' sum of dt (the
 //      chunk's decay is exp(a * that sum));
 //   2. one thread per (batch, path, channel, state entry) walks the chunks in order and turns those
@@ -30,31 +29,6 @@ namespace cuda {
 // This costs two exps per state update instead of one and gives L / kScanChunk times the parallelism
 // of a thread per channel walking the whole path. Pass 2's start states are the chunk_states the
 // backward restarts from.
-constexpr int kChunksPerBlock = 4;
-
-C10_HOST_DEVICE inline int64_t num_channel_blocks(const MultiPathScanParams& p) {
-  return (p.dim + kWarp - 1) / kWarp;
-}
-
-inline dim3 chunk_grid(const MultiPathScanParams& p) {
-  const int64_t chunk_groups = (p.n_chunks + kChunksPerBlock - 1) / kChunksPerBlock;
-  return dim3(static_cast<unsigned>(chunk_groups * num_channel_blocks(p)), static_cast<unsigned>(p.n_paths),
-              static_cast<unsigned>(p.batch));
-}
-
-// This thread's (batch, path, channel, chunk); `valid` is false for lanes and warps past the ends.
-struct ChunkTask {
-  int64_t b, path, d, chunk;
-  bool valid;
-};
-
-__device__ __forceinline__ ChunkTask chunk_task(const MultiPathScanParams& p) {
-  const int64_t channel_blocks = num_channel_blocks(p);
-  const int64_t chunk = static_cast<int64_t>(blockIdx.x) / channel_blocks * kChunksPerBlock + threadIdx.y;
-  const int64_t d = static_cast<int64_t>(blockIdx.x) % channel_blocks * kWarp + threadIdx.x;
-  return {static_cast<int64_t>(blockIdx.z), static_cast<int64_t>(blockIdx.y), d, chunk,
-          d < p.dim && chunk < p.n_chunks};
-}
 
 // Scans steps [begin, end) of c's path from state h (updated in place) and returns the steps' sum of
 // dt. With y_row, writes each step's output C.h + D v at its position.
@@ -81,15 +55,6 @@ __device__ __forceinline__ at::opmath_type<input_t> scan_steps(const PathChannel
     sum_dt += dt;
   }
   return sum_dt;
-}
-
-// The chunk's first and one-past-last step.
-__device__ __forceinline__ int64_t chunk_begin(int64_t chunk) {
-  return chunk * kScanChunk;
-}
-
-__device__ __forceinline__ int64_t chunk_end(int64_t chunk, int64_t seqlen) {
-  return chunk * kScanChunk + kScanChunk < seqlen ? chunk * kScanChunk + kScanChunk : seqlen;
 }
 
 // Pass 1: chunk k (but the last) from a zero state; its end state goes to chunk_states' slot k + 1,

@@ -26,7 +26,8 @@ ScanGradients emulated_scan_backward(
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
     bool delta_softplus) {
   ScanBackward g = prepare_scan_backward(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated,
-                                         chunk_states, delta_softplus, cuda::kWarp);
+                                         chunk_states, delta_softplus, cuda::kWarp,
+                                         /*partials_per_chunk=*/true);
   cuda::run_scan_backward(g);
   return finish_scan_backward(g);
 }
