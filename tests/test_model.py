@@ -154,3 +154,36 @@ def test_ssm_matches_the_official_cross_scan_pipeline():
             p.add_(0.1 * torch.randn_like(p))
     x = torch.randn(2, 9, 17, 16, dtype=torch.float64)
     torch.testing.assert_close(op(x), official_cross_scan_ssm(op, x), rtol=1e-9, atol=1e-9)
+
+
+def official_posemamba_forward(model, keypoints):
+    """The official PoseMamba.forward written out as it is there (STE_forward, TTE_foward, ST_foward):
+    batch-of-frames embedding, per-joint temporal embedding, every block through the official SS2D
+    data flow above, the shared norms after every block, the head."""
+    from einops import rearrange
+
+    def block(blk, x):
+        x = x + official_cross_scan_ssm(blk.op, blk.norm(x))
+        return x + blk.mlp(blk.norm2(x))
+
+    b, f, n, _ = keypoints.shape
+    x = rearrange(keypoints, "b f n c -> (b f) n c")
+    x = model.Spatial_patch_to_embedding(x) + model.Spatial_pos_embed
+    x = model.Spatial_norm(block(model.STEblocks[0], rearrange(x, "(b f) n c -> b f n c", f=f)))
+    x = rearrange(x, "b f n c -> (b n) f c") + model.Temporal_pos_embed[:, :f, :]
+    x = model.Temporal_norm(block(model.TTEblocks[0], rearrange(x, "(b n) f c -> b f n c", n=n)))
+    for i in range(1, len(model.STEblocks)):
+        x = model.Spatial_norm(block(model.STEblocks[i], x))
+        x = model.Temporal_norm(block(model.TTEblocks[i], x))
+    return model.head(x).view(b, f, n, -1)
+
+
+def test_model_matches_the_official_forward():
+    torch.manual_seed(0)
+    model = tiny(depth=3).double().eval()
+    with torch.no_grad():  # position embeddings start at zero; move every parameter off its init
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        keypoints = torch.randn(2, 7, 17, 2, dtype=torch.float64)
+        expected = official_posemamba_forward(model, keypoints)
+        torch.testing.assert_close(model(keypoints), expected, rtol=1e-9, atol=1e-9)
