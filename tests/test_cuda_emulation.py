@@ -98,3 +98,31 @@ def test_emulated_cuda_kernel_asserts_on_a_bad_path_index(emulated):
     inputs["paths"][0, 3] = 8
     with pytest.raises(RuntimeError, match="device assert failed: l >= 0 && l < L"):
         emulated.multi_path_scan_fwd(*[inputs[name] for name in FORWARD_ARGS], True)
+
+
+def test_emulated_warp_shuffles_follow_cuda(emulated):
+    out = emulated.simt_selftest("shuffles")
+    threads = torch.arange(64)
+    lane, warp_base = threads % 32, threads - threads % 32
+    up, down = lane - 3, lane + 3
+    expected = torch.stack([
+        warp_base + (lane ^ 5),
+        torch.where(up >= 0, warp_base + up, threads),       # lanes without a source keep their value
+        torch.where(down < 32, warp_base + down, threads),
+        warp_base + (7 * lane) % 32,
+    ])
+    assert torch.equal(out, expected)
+
+
+def test_emulated_barriers_order_shared_memory(emulated):
+    out = emulated.simt_selftest("shared_memory")
+    t = torch.arange(64)
+    expected = torch.stack([(63 - t) ** 2 + 1000 * block for block in range(3)])
+    assert torch.equal(out, expected)
+
+
+def test_emulation_reports_deadlocks_and_device_asserts(emulated):
+    with pytest.raises(RuntimeError, match="deadlock: in block \\(0, 0, 0\\)"):
+        emulated.simt_selftest("deadlock")
+    with pytest.raises(RuntimeError, match="device assert failed: threadIdx.x != 7"):
+        emulated.simt_selftest("assert")

@@ -1,11 +1,13 @@
 // The CUDA kernels compiled for the host and run by simt_emulation.h, as a small Python module for
 // tests/test_cuda_emulation.py (built there with torch.utils.cpp_extension.load, never installed).
 // Its functions take CPU tensors and behave as the CUDA implementations of the posemamba:: ops (which
-// leave the index checks to device asserts, as these do).
+// leave the index checks to device asserts, as these do); simt_selftest runs the emulation's own
+// test kernels (simt_selftest.h).
 #include <torch/extension.h>
 
 #include "../cuda/scan_backward_cuda.cuh"
 #include "../cuda/scan_forward_cuda.cuh"
+#include "simt_selftest.h"
 
 namespace posemamba {
 namespace {
@@ -37,7 +39,8 @@ ScanGradients emulated_scan_backward(
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("multi_path_scan_fwd", &posemamba::emulated_scan_forward,
-        "posemamba::multi_path_scan_fwd by the CUDA kernels, emulated on host threads");
+        "posemamba::multi_path_scan_fwd by the CUDA kernels, emulated on the host");
   m.def("multi_path_scan_bwd", &posemamba::emulated_scan_backward,
-        "posemamba::multi_path_scan_bwd by the CUDA kernels, emulated on host threads");
+        "posemamba::multi_path_scan_bwd by the CUDA kernels, emulated on the host");
+  m.def("simt_selftest", &posemamba::simt_selftest::run, "runs one of the emulation's own test kernels");
 }

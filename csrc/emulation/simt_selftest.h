@@ -1,0 +1,73 @@
+// Kernels that check the emulation itself (tests/test_cuda_emulation.py): shuffles, barriers with
+// shared memory, block indices, and that a deadlock or a failed device assert is reported.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/zeros.h>
+
+#include <string>
+
+#include "../cuda/simt.cuh"
+
+namespace posemamba {
+namespace simt_selftest {
+
+constexpr int kThreads = 64;  // two warps
+
+// Row k of out (4, kThreads): what each thread gets from xor 5, up 3, down 3 and lane (7 lane) % 32
+// shuffles of its own index.
+__global__ void shuffles_kernel(int64_t* out) {
+  const int t = threadIdx.x, lane = t % 32;
+  out[0 * kThreads + t] = __shfl_xor_sync(0xffffffffu, t, 5);
+  out[1 * kThreads + t] = __shfl_up_sync(0xffffffffu, t, 3);
+  out[2 * kThreads + t] = __shfl_down_sync(0xffffffffu, t, 3);
+  out[3 * kThreads + t] = __shfl_sync(0xffffffffu, t, (7 * lane) % 32);
+}
+
+// out[block, t] = 1000 block + (kThreads - 1 - t)^2, through shared memory: each thread reads what
+// another wrote before the barrier.
+__global__ void shared_memory_kernel(int64_t* out) {
+  __shared__ int64_t squares[kThreads];
+  const int t = threadIdx.x;
+  squares[t] = static_cast<int64_t>(t) * t + 1000 * blockIdx.x;
+  __syncthreads();
+  out[blockIdx.x * kThreads + t] = squares[kThreads - 1 - t];
+}
+
+// Half the warp waits at __syncthreads, the other half at a shuffle: neither can go on.
+__global__ void deadlock_kernel(int64_t* out) {
+  const int t = threadIdx.x;
+  if (t < 16) {
+    __syncthreads();
+  } else {
+    out[t] = __shfl_xor_sync(0xffffffffu, t, 1);
+  }
+}
+
+__global__ void assert_kernel(int64_t* out) {
+  POSEMAMBA_DEVICE_ASSERT(threadIdx.x != 7);
+  out[threadIdx.x] = threadIdx.x;
+}
+
+// Runs the named kernel and returns its int64 output: (4, kThreads) for "shuffles", (3, kThreads)
+// for "shared_memory" (three blocks), (1, kThreads) otherwise.
+inline at::Tensor run(const std::string& name) {
+  const int64_t rows = name == "shuffles" ? 4 : name == "shared_memory" ? 3 : 1;
+  const at::Tensor out = at::zeros({rows, kThreads}, at::kLong);
+  int64_t* data = out.mutable_data_ptr<int64_t>();
+  if (name == "shuffles") {
+    simt::launch(shuffles_kernel, 1, kThreads, 0, data);
+  } else if (name == "shared_memory") {
+    simt::launch(shared_memory_kernel, 3, kThreads, 0, data);
+  } else if (name == "deadlock") {
+    simt::launch(deadlock_kernel, 1, 32, 0, data);
+  } else if (name == "assert") {
+    simt::launch(assert_kernel, 1, kThreads, 0, data);
+  } else {
+    TORCH_CHECK(false, "no self-test named ", name);
+  }
+  return out;
+}
+
+}  // namespace simt_selftest
+}  // namespace posemamba
