@@ -12,9 +12,9 @@
 // Per-element gradients go to rows the thread owns: ddelta, and the gradient of each step's scan
 // input (v = u[l] + u[mix[l]]) per path, which a last kernel gathers into du in a fixed order (paths,
 // then the steps that mixed each position in, through an inverse index of mix). dB and dC sum over
-// channels with fixed-order warp shuffles into per-block partials; dA, dD and ddelta_bias into
-// per-(batch, chunk) partials. Fixed-order passes then add the partials: no float atomics, bitwise
-// reproducible.
+// a warp's channels in lane order through shared memory (WarpColumnSums) into per-block partials;
+// dA, dD and ddelta_bias into per-(batch, chunk) partials. Fixed-order passes then add the partials:
+// no float atomics, bitwise reproducible.
 //
 // Included by scan_backward_cuda.cu (nvcc: the op's CUDA implementation) and by the host emulation
 // build that tests these kernels without a GPU (../emulation/).
@@ -97,7 +97,10 @@ __global__ void carry_adjoints_kernel(MultiPathScanBwdParams p, weight_t* chunk_
 }
 
 // Pass 3: chunk k's gradients. A warp's lanes are channels of the same chunk; lanes past D still take
-// part in the warp sums, reading channel D - 1 and contributing zero.
+// part in the warp sums, reading channel D - 1 and contributing zero. The warp sums dC and dB of 16
+// state entries at a time: rows 0-15 of its tile hold dC, rows 16-31 dB.
+constexpr int kStatesPerWarpSum = kWarp / 2;
+
 template <typename input_t, int kNMax>
 __global__ void __launch_bounds__(kWarp * kChunksPerBlock)
     scan_chunks_backward_kernel(MultiPathScanBwdParams p, const at::opmath_type<input_t>* chunk_inflow,
@@ -117,6 +120,8 @@ __global__ void __launch_bounds__(kWarp * kChunksPerBlock)
   auto* ddelta_row = static_cast<input_t*>(p.ddelta) + row * p.seqlen;
   weight_t* dv_row = dv_paths + row * p.seqlen;
   const int64_t s_begin = chunk_begin(chunk), s_end = chunk_end(chunk, p.seqlen);
+  __shared__ weight_t tiles[kChunksPerBlock][kWarp][kWarp + 1];
+  const WarpColumnSums<weight_t> channel_sums{tiles[threadIdx.y]};
 
   weight_t dh[kNMax], dA[kNMax];
   // The chunk's recomputed states (states[k]: after k steps of the chunk) and decays.
@@ -156,21 +161,23 @@ __global__ void __launch_bounds__(kWarp * kChunksPerBlock)
     const weight_t dy = active ? output_grad_at<input_t>(p, b, d, l) : weight_t(0);
     weight_t d_dt = 0, d_dt_v = 0;
 #pragma unroll
-    for (int n = 0; n < kNMax; ++n) {
-      if (n < N) {
-        const weight_t dC_lane = dy * states[(k + 1) * kNMax + n];
-        weight_t dB_lane = 0;
-        dh[n] = state_update_backward<weight_t>(dh[n] + dy * static_cast<weight_t>(c.C_path[n * c.L + l]),
-                                                states[k * kNMax + n], decays[k * kNMax + n], dt, c.a[n], dt_v,
-                                                static_cast<weight_t>(c.B_path[n * c.L + l]), d_dt, dA[n], d_dt_v,
-                                                dB_lane);
-        const weight_t dC_sum = warp_sum(dC_lane);
-        const weight_t dB_sum = warp_sum(dB_lane);
-        if (threadIdx.x == 0) {
-          dC_partial[l * N + n] = dC_sum;
-          dB_partial[l * N + n] = dB_sum;
+    for (int group = 0; group < kNMax; group += kStatesPerWarpSum) {
+      if (group >= N) break;  // the same for the whole warp
+#pragma unroll
+      for (int n = group; n < group + kStatesPerWarpSum; ++n) {
+        if (n < N) {
+          weight_t dB_lane = 0;
+          dh[n] = state_update_backward<weight_t>(dh[n] + dy * static_cast<weight_t>(c.C_path[n * c.L + l]),
+                                                  states[k * kNMax + n], decays[k * kNMax + n], dt, c.a[n], dt_v,
+                                                  static_cast<weight_t>(c.B_path[n * c.L + l]), d_dt, dA[n], d_dt_v,
+                                                  dB_lane);
+          channel_sums.stage(n - group, dy * states[(k + 1) * kNMax + n]);
+          channel_sums.stage(kStatesPerWarpSum + n - group, dB_lane);
         }
       }
+      const weight_t total = channel_sums.sum_row();
+      const int n = group + threadIdx.x % kStatesPerWarpSum;
+      if (n < N) (threadIdx.x < kStatesPerWarpSum ? dC_partial : dB_partial)[l * N + n] = total;
     }
     const weight_t d_step = (d_dt + d_dt_v * v) * step_size_grad<weight_t>(raw, c.bias, p.delta_softplus);
     dD += dy * v;

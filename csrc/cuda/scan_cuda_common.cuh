@@ -31,13 +31,25 @@ void dispatch_state_bucket(int64_t d_state, Fn&& fn) {
   }
 }
 
-// The warp's sum of x in a fixed butterfly order: bitwise the same every run.
+// Sums over a warp's lanes of 32 values per lane, through shared memory: each lane stages its values
+// in its column of a 32 x 33 tile (the pad keeps both the row writes and the column reads free of bank
+// conflicts), then lane i adds row i in lane order. Bitwise the same every run, and one staged write,
+// one read and one add per value instead of a shuffle tree's five shuffles and five adds.
 template <typename T>
-__device__ __forceinline__ T warp_sum(T x) {
-#pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
-  return x;
-}
+struct WarpColumnSums {
+  T (*tile)[kWarp + 1];
+
+  __device__ void stage(int row, T value) const { tile[row][threadIdx.x] = value; }
+
+  // Lane i's result: the sum over lanes of what they staged in row i. Every lane of the warp calls it.
+  __device__ T sum_row() const {
+    __syncwarp();
+    T total = 0;
+    for (int lane = 0; lane < kWarp; ++lane) total += tile[threadIdx.x][lane];
+    __syncwarp();  // the tile is free for the next values
+    return total;
+  }
+};
 
 // out[o, i] = sum over k of partial[o, k, i], k in index order.
 template <typename T>

@@ -121,6 +121,11 @@ inline void sync_threads() {
   current().block->sync.arrive_and_wait();
 }
 
+inline void sync_warp() {
+  Thread& self = current();
+  self.block->warps[self.linear / kWarpSize].arrive_and_wait();
+}
+
 // The value `source_lane` of this warp passed in; the caller's own value for a lane outside the warp.
 // Every lane of the warp must call it, as with a full mask on a GPU.
 template <typename T>
@@ -239,6 +244,8 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block_dim, size_t /*share
 #define blockDim (::posemamba::simt::current().block->block_dim)
 #define gridDim (::posemamba::simt::current().block->grid_dim)
 #define __syncthreads() ::posemamba::simt::sync_threads()
+// Full-warp only (no mask argument), as the kernels use it.
+#define __syncwarp() ::posemamba::simt::sync_warp()
 // Full-warp shuffles only (no width argument): the kernels never use a narrower one.
 #define __shfl_sync(mask, value, source_lane) ::posemamba::simt::shuffle((value), (source_lane) % 32)
 #define __shfl_xor_sync(mask, value, lane_mask) \
