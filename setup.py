@@ -58,7 +58,8 @@ def find_cuda_home():
 
 
 def cuda_build_wanted():
-    cuda_sources = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
+    # The kernels (*.cu, one per dtype) and the plain C++ that registers them (*.cpp).
+    cuda_sources = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")) + glob.glob(os.path.join(CSRC, "cuda", "*.cpp")))
     if env_flag("POSEMAMBA_CPU_ONLY") or not cuda_sources:
         if env_flag("FORCE_CUDA"):
             sys.exit("FORCE_CUDA=1 but " + ("POSEMAMBA_CPU_ONLY=1 is set" if cuda_sources else "there are no CUDA sources"))

@@ -16,18 +16,17 @@
 // dA, dD and ddelta_bias into per-(batch, chunk) partials. Fixed-order passes then add the partials:
 // no float atomics, bitwise reproducible.
 //
-// Included by scan_backward_cuda.cu (nvcc: the op's CUDA implementation) and by the host emulation
-// build that tests these kernels without a GPU (../emulation/).
+// Included by the .cu of the same name (nvcc: the instantiations for every input dtype) and by the
+// host emulation build that tests these kernels without a GPU (../emulation/).
 #pragma once
 
-#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/searchsorted.h>
 #include <ATen/ops/sort.h>
 
-#include "../multi_path_scan_host.h"
+#include "scan_cuda.h"
 #include "scan_cuda_common.cuh"
 
 namespace posemamba {
@@ -240,41 +239,39 @@ inline MixSources invert_mix(const at::Tensor& mix, int64_t seqlen) {
   return {sources, at::searchsorted(sorted, at::arange(seqlen + 1, flat.options()))};
 }
 
-// Runs the backward on prepared inputs (on the current device and stream), filling g's gradients and
-// the sums of its partials. g must have been prepared with partials per chunk.
-inline void run_scan_backward(ScanBackward& g) {
+// run_scan_backward_as (scan_cuda.h): the backward's launches for input dtype scalar_t.
+template <typename scalar_t>
+void run_scan_backward_as(ScanBackward& g) {
+  using weight_t = at::opmath_type<scalar_t>;
   const MultiPathScanBwdParams& p = g.params;
   TORCH_CHECK(p.n_length_blocks == p.n_chunks && p.channel_block == kWarp,
               "the CUDA backward takes partials per chunk and per warp of channels");
   TORCH_CHECK(p.batch <= kMaxGridZ, "u: the CUDA kernels take a batch of at most ", kMaxGridZ, ", got ", p.batch);
-  const auto weights = g.inputs.A.options();
-  const at::Tensor dv_paths = at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, weights);
-  const at::Tensor chunk_inflow = at::empty({p.batch, p.n_paths, p.dim, p.n_chunks, p.d_state}, weights);
-  const at::Tensor chunk_dt = at::empty({p.batch, p.n_paths, p.dim, p.n_chunks}, weights);
-  const MixSources mix = g.inputs.mix.defined() ? invert_mix(g.inputs.mix, p.seqlen) : MixSources{};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.inputs.u.scalar_type(), "multi_path_scan_bwd_cuda", [&] {
-    using weight_t = at::opmath_type<scalar_t>;
+  if (p.batch > 0 && p.dim > 0 && p.seqlen > 0) {  // else the reduction below writes dA, dD, ddelta_bias = 0
+    const auto weights = g.inputs.A.options();
+    const at::Tensor dv_paths = at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, weights);
+    const at::Tensor chunk_inflow = at::empty({p.batch, p.n_paths, p.dim, p.n_chunks, p.d_state}, weights);
+    const at::Tensor chunk_dt = at::empty({p.batch, p.n_paths, p.dim, p.n_chunks}, weights);
+    const MixSources mix = g.inputs.mix.defined() ? invert_mix(g.inputs.mix, p.seqlen) : MixSources{};
     auto* dv_data = dv_paths.mutable_data_ptr<weight_t>();
     auto* inflow_data = chunk_inflow.mutable_data_ptr<weight_t>();
     auto* dt_data = chunk_dt.mutable_data_ptr<weight_t>();
-    if (p.batch > 0 && p.dim > 0 && p.seqlen > 0) {  // else the reduction below writes dA, dD, ddelta_bias = 0
-      const dim3 chunk_block(kWarp, kChunksPerBlock);
-      dispatch_state_bucket(p.d_state, [&](auto bucket) {
-        constexpr int kNMax = decltype(bucket)::value;
-        simt::launch(adjoint_chunks_from_zero_kernel<scalar_t, kNMax>, chunk_grid(p), chunk_block, 0, p, inflow_data,
-                     dt_data);
-        simt::launch(carry_adjoints_kernel<weight_t>, elementwise_blocks(p.batch * p.n_paths * p.dim * p.d_state),
-                     kElementwiseThreads, 0, p, inflow_data, static_cast<const weight_t*>(dt_data));
-        simt::launch(scan_chunks_backward_kernel<scalar_t, kNMax>, chunk_grid(p), chunk_block, 0, p,
-                     static_cast<const weight_t*>(inflow_data), dv_data);
-      });
-      simt::launch(merge_input_grads_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen),
-                   kElementwiseThreads, 0, p, static_cast<const weight_t*>(dv_data),
-                   mix.sources.defined() ? mix.sources.const_data_ptr<int64_t>() : nullptr,
-                   mix.offsets.defined() ? mix.offsets.const_data_ptr<int64_t>() : nullptr);
-    }
-    reduce_backward_partials<weight_t>(g, sum_partials<weight_t>);
-  });
+    const dim3 chunk_block(kWarp, kChunksPerBlock);
+    dispatch_state_bucket(p.d_state, [&](auto bucket) {
+      constexpr int kNMax = decltype(bucket)::value;
+      simt::launch(adjoint_chunks_from_zero_kernel<scalar_t, kNMax>, chunk_grid(p), chunk_block, 0, p, inflow_data,
+                   dt_data);
+      simt::launch(carry_adjoints_kernel<weight_t>, elementwise_blocks(p.batch * p.n_paths * p.dim * p.d_state),
+                   kElementwiseThreads, 0, p, inflow_data, static_cast<const weight_t*>(dt_data));
+      simt::launch(scan_chunks_backward_kernel<scalar_t, kNMax>, chunk_grid(p), chunk_block, 0, p,
+                   static_cast<const weight_t*>(inflow_data), dv_data);
+    });
+    simt::launch(merge_input_grads_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen),
+                 kElementwiseThreads, 0, p, static_cast<const weight_t*>(dv_data),
+                 mix.sources.defined() ? mix.sources.const_data_ptr<int64_t>() : nullptr,
+                 mix.offsets.defined() ? mix.offsets.const_data_ptr<int64_t>() : nullptr);
+  }
+  reduce_backward_partials<weight_t>(g, sum_partials<weight_t>);
 }
 
 }  // namespace cuda

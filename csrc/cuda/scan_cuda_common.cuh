@@ -8,14 +8,12 @@
 #include <type_traits>
 
 #include "../multi_path_scan.h"
+#include "scan_cuda.h"
 #include "simt.cuh"
 
 namespace posemamba {
 namespace cuda {
 
-// A warp's lanes are 32 channels walking the same path in step: B and C loads are the same address
-// for the whole warp, and the backward sums its channels' dB and dC contributions with shuffles.
-constexpr int kWarp = 32;
 
 // Each thread keeps its channel's N-entry state in registers, sized by the bucket N falls in: three
 // instantiations per dtype instead of one per N.

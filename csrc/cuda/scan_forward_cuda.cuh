@@ -5,15 +5,14 @@
 // float workspace. A last kernel sums the paths in index order and applies the gate: no atomics,
 // results bitwise reproducible. Per-step math: ../multi_path_scan.h.
 //
-// Included by scan_forward_cuda.cu (nvcc: the op's CUDA implementation) and by the host emulation
-// build that tests these kernels without a GPU (../emulation/).
+// Included by the .cu of the same name (nvcc: the instantiations for every input dtype) and by the
+// host emulation build that tests these kernels without a GPU (../emulation/).
 #pragma once
 
-#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 
-#include "../multi_path_scan_host.h"
+#include "scan_cuda.h"
 #include "scan_cuda_common.cuh"
 
 namespace posemamba {
@@ -131,29 +130,27 @@ __global__ void merge_paths_kernel(MultiPathScanParams p, const at::opmath_type<
   static_cast<input_t*>(p.out)[i] = static_cast<input_t>(y);
 }
 
-// Runs the forward on prepared inputs (on the current device and stream), filling f's outputs.
-inline void run_scan_forward(ScanForward& f) {
+// run_scan_forward_as (scan_cuda.h): the forward's launches for input dtype scalar_t.
+template <typename scalar_t>
+void run_scan_forward_as(ScanForward& f) {
+  using weight_t = at::opmath_type<scalar_t>;
   const MultiPathScanParams& p = f.params;
   if (p.batch == 0 || p.dim == 0 || p.seqlen == 0) return;
   TORCH_CHECK(p.batch <= kMaxGridZ, "u: the CUDA kernels take a batch of at most ", kMaxGridZ, ", got ", p.batch);
   const at::Tensor y_paths = at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, f.inputs.A.options());
   const at::Tensor chunk_dt = at::empty({p.batch, p.n_paths, p.dim, p.n_chunks}, f.inputs.A.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.inputs.u.scalar_type(), "multi_path_scan_fwd_cuda", [&] {
-    using weight_t = at::opmath_type<scalar_t>;
-    auto* y_data = y_paths.mutable_data_ptr<weight_t>();
-    auto* dt_data = chunk_dt.mutable_data_ptr<weight_t>();
-    const dim3 chunk_block(kWarp, kChunksPerBlock);
-    dispatch_state_bucket(p.d_state, [&](auto bucket) {
-      constexpr int kNMax = decltype(bucket)::value;
-      simt::launch(scan_chunks_from_zero_kernel<scalar_t, kNMax>, chunk_grid(p), chunk_block, 0, p, dt_data);
-      simt::launch(carry_chunk_states_kernel<weight_t>,
-                   elementwise_blocks(p.batch * p.n_paths * p.dim * p.d_state), kElementwiseThreads, 0, p,
-                   static_cast<const weight_t*>(dt_data));
-      simt::launch(scan_chunks_kernel<scalar_t, kNMax>, chunk_grid(p), chunk_block, 0, p, y_data);
-    });
-    simt::launch(merge_paths_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen), kElementwiseThreads, 0,
-                 p, static_cast<const weight_t*>(y_data));
+  auto* y_data = y_paths.mutable_data_ptr<weight_t>();
+  auto* dt_data = chunk_dt.mutable_data_ptr<weight_t>();
+  const dim3 chunk_block(kWarp, kChunksPerBlock);
+  dispatch_state_bucket(p.d_state, [&](auto bucket) {
+    constexpr int kNMax = decltype(bucket)::value;
+    simt::launch(scan_chunks_from_zero_kernel<scalar_t, kNMax>, chunk_grid(p), chunk_block, 0, p, dt_data);
+    simt::launch(carry_chunk_states_kernel<weight_t>, elementwise_blocks(p.batch * p.n_paths * p.dim * p.d_state),
+                 kElementwiseThreads, 0, p, static_cast<const weight_t*>(dt_data));
+    simt::launch(scan_chunks_kernel<scalar_t, kNMax>, chunk_grid(p), chunk_block, 0, p, y_data);
   });
+  simt::launch(merge_paths_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen), kElementwiseThreads, 0, p,
+               static_cast<const weight_t*>(y_data));
 }
 
 }  // namespace cuda

@@ -1,0 +1,64 @@
+// The CUDA implementations of posemamba::multi_path_scan_fwd and multi_path_scan_bwd: device guard,
+// input preparation, and the dtype dispatch to the kernels (scan_cuda.h). Plain C++: the kernels are
+// compiled in scan_forward_cuda.cu and scan_backward_cuda.cu.
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "scan_cuda.h"
+
+namespace posemamba {
+namespace cuda {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_path_scan_fwd_cuda(
+    const at::Tensor& u,
+    const at::Tensor& delta,
+    const at::Tensor& A,
+    const at::Tensor& B,
+    const at::Tensor& C,
+    const at::Tensor& paths,
+    const std::optional<at::Tensor>& D,
+    const std::optional<at::Tensor>& z,
+    const std::optional<at::Tensor>& delta_bias,
+    const std::optional<at::Tensor>& mix,
+    bool delta_softplus) {
+  const c10::cuda::CUDAGuard device_guard(u.device());
+  ScanForward f = prepare_scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus);
+  run_scan_forward(f);
+  return {f.out, f.out_ungated, f.chunk_states};
+}
+
+ScanGradients multi_path_scan_bwd_cuda(
+    const at::Tensor& grad_out,
+    const at::Tensor& u,
+    const at::Tensor& delta,
+    const at::Tensor& A,
+    const at::Tensor& B,
+    const at::Tensor& C,
+    const at::Tensor& paths,
+    const std::optional<at::Tensor>& D,
+    const std::optional<at::Tensor>& z,
+    const std::optional<at::Tensor>& delta_bias,
+    const std::optional<at::Tensor>& mix,
+    const at::Tensor& out_ungated,
+    const at::Tensor& chunk_states,
+    bool delta_softplus) {
+  const c10::cuda::CUDAGuard device_guard(u.device());
+  ScanBackward g = prepare_scan_backward(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated,
+                                         chunk_states, delta_softplus, kWarp,
+                                         /*partials_per_chunk=*/true);
+  run_scan_backward(g);
+  return finish_scan_backward(g);
+}
+
+}  // namespace
+}  // namespace cuda
+
+TORCH_LIBRARY_IMPL(posemamba, CUDA, m) {
+  m.impl("multi_path_scan_fwd", &cuda::multi_path_scan_fwd_cuda);
+  m.impl("multi_path_scan_bwd", &cuda::multi_path_scan_bwd_cuda);
+}
+
+}  // namespace posemamba
