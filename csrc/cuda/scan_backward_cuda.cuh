@@ -98,7 +98,22 @@ __global__ void carry_adjoints_kernel(MultiPathScanBwdParams p, weight_t* chunk_
 // Pass 3: chunk k's gradients. A warp's lanes are channels of the same chunk; lanes past D still take
 // part in the warp sums, reading channel D - 1 and contributing zero. The warp sums dC and dB of 16
 // state entries at a time: rows 0-15 of its tile hold dC, rows 16-31 dB.
+//
+// The adjoint runs backwards but needs the forward's states: keeping a whole chunk's (65 x N) in
+// local memory would cost 16 bytes of local traffic per state update. Instead a thread recomputes
+// the state before every sub-chunk of a few steps (kept in local memory: 1 KB for N <= 16 in float),
+// then per sub-chunk, last to first, the sub-chunk's states into registers, and recomputes each
+// step's decay on the way back: three exps per state update here instead of one, for almost no local
+// memory traffic (ptxas, sm_90, N <= 16 in float: 1 KB stack frame and no spills, was 8 KB).
 constexpr int kStatesPerWarpSum = kWarp / 2;
+
+// Steps per sub-chunk: as many as keep (steps + 1) states of kNMax entries of weight_t near 80
+// registers.
+template <typename weight_t, int kNMax>
+constexpr int sub_chunk_steps() {
+  constexpr int state_registers = kNMax * static_cast<int>(sizeof(weight_t) / 4);
+  return state_registers <= 16 ? 4 : state_registers <= 32 ? 2 : 1;
+}
 
 template <typename input_t, int kNMax>
 __global__ void __launch_bounds__(kWarp * kChunksPerBlock)
@@ -121,69 +136,95 @@ __global__ void __launch_bounds__(kWarp * kChunksPerBlock)
   const int64_t s_begin = chunk_begin(chunk), s_end = chunk_end(chunk, p.seqlen);
   __shared__ weight_t tiles[kChunksPerBlock][kWarp][kWarp + 1];
   const WarpColumnSums<weight_t> channel_sums{tiles[threadIdx.y]};
+  constexpr int kSubChunk = sub_chunk_steps<weight_t, kNMax>();
+  constexpr int kSubChunksPerChunk = kScanChunk / kSubChunk;
 
-  weight_t dh[kNMax], dA[kNMax];
-  // The chunk's recomputed states (states[k]: after k steps of the chunk) and decays.
-  weight_t states[(kScanChunk + 1) * kNMax], decays[kScanChunk * kNMax];
+  weight_t dh[kNMax], dA[kNMax], h[kNMax];
   const weight_t* start = static_cast<const weight_t*>(p.chunk_states) + (row * p.n_chunks + chunk) * N;
   const weight_t* inflow = chunk_inflow + (row * p.n_chunks + chunk) * N;
 #pragma unroll
   for (int n = 0; n < kNMax; ++n) {
-    states[n] = n < N ? start[n] : weight_t(0);
+    h[n] = n < N ? start[n] : weight_t(0);
     dh[n] = active && n < N ? inflow[n] : weight_t(0);  // idle lanes' dB contributions must stay zero
     dA[n] = weight_t(0);
   }
   weight_t dD = 0, ddelta_bias = 0;
 
+  // The state before each sub-chunk, recomputed from the chunk's saved start state.
+  weight_t checkpoints[kSubChunksPerChunk * kNMax];
   for (int64_t s = s_begin; s < s_end; ++s) {
+    const int64_t k = s - s_begin;
+    if (k % kSubChunk == 0) {
+#pragma unroll
+      for (int n = 0; n < kNMax; ++n) checkpoints[k / kSubChunk * kNMax + n] = h[n];
+    }
     const int64_t l = c.position(s);
     const weight_t dt = c.step_at(l);
     const weight_t dt_v = dt * c.input_at(l);
-    const int64_t k = s - s_begin;
 #pragma unroll
     for (int n = 0; n < kNMax; ++n) {
-      if (n < N) {
-        decays[k * kNMax + n] = step_decay(dt, c.a[n]);
-        states[(k + 1) * kNMax + n] = state_update<weight_t>(states[k * kNMax + n], decays[k * kNMax + n], dt_v,
-                                                             static_cast<weight_t>(c.B_path[n * c.L + l]));
-      }
+      if (n < N) h[n] = state_update<weight_t>(h[n], step_decay(dt, c.a[n]), dt_v, static_cast<weight_t>(c.B_path[n * c.L + l]));
     }
   }
 
-  for (int64_t s = s_end - 1; s >= s_begin; --s) {
-    const int64_t l = c.position(s);
-    const int64_t k = s - s_begin;
-    const weight_t v = c.input_at(l);
-    const weight_t raw = static_cast<weight_t>(c.delta_row[l]);
-    const weight_t dt = step_size<weight_t>(raw, c.bias, p.delta_softplus);
-    const weight_t dt_v = dt * v;
-    const weight_t dy = active ? output_grad_at<input_t>(p, b, d, l) : weight_t(0);
-    weight_t d_dt = 0, d_dt_v = 0;
+  // Sub-chunks last to first: their states again, into registers (states[k]: after k steps), then the
+  // adjoint backwards through them.
+  for (int64_t sub = (s_end - s_begin - 1) / kSubChunk; sub >= 0; --sub) {
+    const int64_t sub_begin = s_begin + sub * kSubChunk;
+    const int64_t count = s_end - sub_begin < kSubChunk ? s_end - sub_begin : kSubChunk;
+    weight_t states[kSubChunk + 1][kNMax];
 #pragma unroll
-    for (int group = 0; group < kNMax; group += kStatesPerWarpSum) {
-      if (group >= N) break;  // the same for the whole warp
+    for (int n = 0; n < kNMax; ++n) states[0][n] = checkpoints[sub * kNMax + n];
 #pragma unroll
-      for (int n = group; n < group + kStatesPerWarpSum; ++n) {
-        if (n < N) {
-          weight_t dB_lane = 0;
-          dh[n] = state_update_backward<weight_t>(dh[n] + dy * static_cast<weight_t>(c.C_path[n * c.L + l]),
-                                                  states[k * kNMax + n], decays[k * kNMax + n], dt, c.a[n], dt_v,
-                                                  static_cast<weight_t>(c.B_path[n * c.L + l]), d_dt, dA[n], d_dt_v,
-                                                  dB_lane);
-          channel_sums.stage(n - group, dy * states[(k + 1) * kNMax + n]);
-          channel_sums.stage(kStatesPerWarpSum + n - group, dB_lane);
+    for (int k = 0; k < kSubChunk; ++k) {
+      if (k < count) {
+        const int64_t l = c.position(sub_begin + k);
+        const weight_t dt = c.step_at(l);
+        const weight_t dt_v = dt * c.input_at(l);
+#pragma unroll
+        for (int n = 0; n < kNMax; ++n) {
+          states[k + 1][n] = n < N ? state_update<weight_t>(states[k][n], step_decay(dt, c.a[n]), dt_v,
+                                                             static_cast<weight_t>(c.B_path[n * c.L + l]))
+                                   : weight_t(0);
         }
       }
-      const weight_t total = channel_sums.sum_row();
-      const int n = group + threadIdx.x % kStatesPerWarpSum;
-      if (n < N) (threadIdx.x < kStatesPerWarpSum ? dC_partial : dB_partial)[l * N + n] = total;
     }
-    const weight_t d_step = (d_dt + d_dt_v * v) * step_size_grad<weight_t>(raw, c.bias, p.delta_softplus);
-    dD += dy * v;
-    ddelta_bias += d_step;
-    if (active) {
-      ddelta_row[l] = static_cast<input_t>(d_step);
-      dv_row[l] = d_dt_v * dt + dy * c.skip;
+#pragma unroll
+    for (int k = kSubChunk - 1; k >= 0; --k) {
+      if (k >= count) continue;
+      const int64_t l = c.position(sub_begin + k);
+      const weight_t v = c.input_at(l);
+      const weight_t raw = static_cast<weight_t>(c.delta_row[l]);
+      const weight_t dt = step_size<weight_t>(raw, c.bias, p.delta_softplus);
+      const weight_t dt_v = dt * v;
+      const weight_t dy = active ? output_grad_at<input_t>(p, b, d, l) : weight_t(0);
+      weight_t d_dt = 0, d_dt_v = 0;
+#pragma unroll
+      for (int group = 0; group < kNMax; group += kStatesPerWarpSum) {
+        if (group >= N) break;  // the same for the whole warp
+#pragma unroll
+        for (int n = group; n < group + kStatesPerWarpSum; ++n) {
+          if (n < N) {
+            weight_t dB_lane = 0;
+            dh[n] = state_update_backward<weight_t>(dh[n] + dy * static_cast<weight_t>(c.C_path[n * c.L + l]),
+                                                    states[k][n], step_decay(dt, c.a[n]), dt, c.a[n], dt_v,
+                                                    static_cast<weight_t>(c.B_path[n * c.L + l]), d_dt, dA[n],
+                                                    d_dt_v, dB_lane);
+            channel_sums.stage(n - group, dy * states[k + 1][n]);
+            channel_sums.stage(kStatesPerWarpSum + n - group, dB_lane);
+          }
+        }
+        const weight_t total = channel_sums.sum_row();
+        const int n = group + threadIdx.x % kStatesPerWarpSum;
+        if (n < N) (threadIdx.x < kStatesPerWarpSum ? dC_partial : dB_partial)[l * N + n] = total;
+      }
+      const weight_t d_step = (d_dt + d_dt_v * v) * step_size_grad<weight_t>(raw, c.bias, p.delta_softplus);
+      dD += dy * v;
+      ddelta_bias += d_step;
+      if (active) {
+        ddelta_row[l] = static_cast<input_t>(d_step);
+        dv_row[l] = d_dt_v * dt + dy * c.skip;
+      }
     }
   }
   if (active) {
