@@ -58,8 +58,9 @@ def test_cuda_options(flags):
     assert_close_scaled(run(multi_path_selective_scan), run(multi_path_selective_scan_ref), torch.float64)
 
 
-def test_cuda_pose_shapes_match_cpu_kernels_and_are_deterministic():
-    T, J = 27, 17
+@pytest.mark.parametrize("T", [27, 243])  # L = 243 x 17 = 4131: 65 chunks, the last one partial
+def test_cuda_pose_shapes_match_cpu_kernels_and_are_deterministic(T):
+    J = 17
     inputs = random_scan_inputs(2, 64, T * J, 4, 16, torch.float32)
     inputs["paths"], inputs["mix"] = pose_paths(T, J), pose_mix(T, J, torch.randint(0, J, (J,)))
     grad_out = torch.randn(2, 64, T * J)

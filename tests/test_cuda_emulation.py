@@ -93,6 +93,16 @@ def test_emulated_cuda_kernels_on_pose_paths_are_deterministic(emulated):
     assert_close_scaled(first, forward_and_backward(torch.ops.posemamba, inputs, grad_out), torch.float32)
 
 
+def test_emulated_cuda_kernels_at_the_posemamba_length(emulated):
+    """L = 243 x 17 = 4131: 65 chunks, the last one partial, carried through the chunk passes."""
+    T, J = 243, 17
+    inputs = random_scan_inputs(1, 33, T * J, 4, 16, torch.float32)
+    inputs["paths"], inputs["mix"] = pose_paths(T, J), pose_mix(T, J, torch.randint(0, J, (J,)))
+    grad_out = torch.randn(1, 33, T * J)
+    actual = forward_and_backward(emulated, inputs, grad_out)
+    assert_close_scaled(actual, forward_and_backward(torch.ops.posemamba, inputs, grad_out), torch.float32)
+
+
 def test_emulated_cuda_kernel_asserts_on_a_bad_path_index(emulated):
     inputs = random_scan_inputs(1, 2, 8, 1, 2, torch.float32)
     inputs["paths"][0, 3] = 8
