@@ -1,6 +1,6 @@
-// Launch plumbing shared by the CUDA forward and backward: the state-size buckets, warp sums in a
-// fixed order, and the fixed-order reduction of per-block partials. The scan math itself comes from
-// ../multi_path_scan.h, as on the CPU.
+// What the CUDA forward and backward share: the state-size buckets, warp sums in a fixed order, the
+// fixed-order reduction of per-block partials, one (batch, path, channel)'s rows (PathChannel) and the
+// chunk work split (chunk_task). The scan math itself comes from ../multi_path_scan.h, as on the CPU.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -13,7 +13,6 @@
 
 namespace posemamba {
 namespace cuda {
-
 
 // Each thread keeps its channel's N-entry state in registers, sized by the bucket N falls in: three
 // instantiations per dtype instead of one per N.
