@@ -81,26 +81,18 @@ def test_emulated_cuda_kernels_match_reference(emulated, flags):
     assert_close_scaled(actual[:1] + actual[2:], expected, torch.float64)
 
 
-def test_emulated_cuda_kernels_on_pose_paths_are_deterministic(emulated):
-    T, J = 5, 17
-    inputs = random_scan_inputs(1, 34, T * J, 4, 16, torch.float32)
+# T = 243: PoseMamba's length, L = 4131 = 65 chunks (the last one partial) carried through the passes.
+@pytest.mark.parametrize("T", [5, 243])
+def test_emulated_cuda_kernels_on_pose_paths_are_deterministic(emulated, T):
+    J = 17
+    inputs = random_scan_inputs(1, 33, T * J, 4, 16, torch.float32)
     inputs["paths"], inputs["mix"] = pose_paths(T, J), pose_mix(T, J, torch.randint(0, J, (J,)))
-    grad_out = torch.randn(1, 34, T * J)
+    grad_out = torch.randn(1, 33, T * J)
     first = forward_and_backward(emulated, inputs, grad_out)
     second = forward_and_backward(emulated, inputs, grad_out)
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
     assert_close_scaled(first, forward_and_backward(torch.ops.posemamba, inputs, grad_out), torch.float32)
-
-
-def test_emulated_cuda_kernels_at_the_posemamba_length(emulated):
-    """L = 243 x 17 = 4131: 65 chunks, the last one partial, carried through the chunk passes."""
-    T, J = 243, 17
-    inputs = random_scan_inputs(1, 33, T * J, 4, 16, torch.float32)
-    inputs["paths"], inputs["mix"] = pose_paths(T, J), pose_mix(T, J, torch.randint(0, J, (J,)))
-    grad_out = torch.randn(1, 33, T * J)
-    actual = forward_and_backward(emulated, inputs, grad_out)
-    assert_close_scaled(actual, forward_and_backward(torch.ops.posemamba, inputs, grad_out), torch.float32)
 
 
 def test_emulated_cuda_kernel_asserts_on_a_bad_path_index(emulated):
