@@ -5,8 +5,8 @@
 // channel and chunk: chunk_task) in three passes:
 //   1. each chunk but the first runs the adjoint backwards from zero: what flows out of its first step
 //      to the chunk before it, and its steps' sum of dt;
-//   2. one thread per (batch, path, channel, state entry) walks the chunks last to first and turns
-//      those into the adjoint flowing into each chunk from its right;
+//   2. carry_across_chunks, last chunk to first, turns those into the adjoint flowing into each chunk
+//      from its right;
 //   3. each chunk recomputes its states from the state the forward saved before it, then runs the
 //      adjoint backwards from that inflow, computing every gradient.
 // Per-element gradients go to rows the thread owns: ddelta, and the gradient of each step's scan
@@ -73,25 +73,6 @@ __global__ void __launch_bounds__(kWarp * kChunksPerBlock)
 #pragma unroll
   for (int n = 0; n < kNMax; ++n) {
     if (n < p.d_state) previous_inflow[n] = carry[n];
-  }
-}
-
-// Pass 2, one thread per (batch, path, channel, state entry): chunk_inflow in place, from the chunks'
-// zero-inflow outflows to the adjoint flowing into each chunk from its right.
-template <typename weight_t>
-__global__ void carry_adjoints_kernel(MultiPathScanBwdParams p, weight_t* chunk_inflow, const weight_t* chunk_dt) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= p.batch * p.n_paths * p.dim * p.d_state) return;
-  const int64_t n = i % p.d_state, row = i / p.d_state;  // row: (batch, path, channel)
-  const int64_t path_channel = row % (p.n_paths * p.dim);
-  const weight_t a = static_cast<const weight_t*>(p.A)[path_channel * p.d_state + n];
-  weight_t* inflows = chunk_inflow + row * p.n_chunks * p.d_state + n;
-  const weight_t* sums = chunk_dt + row * p.n_chunks;
-  weight_t inflow = 0;
-  for (int64_t k = p.n_chunks - 1; k >= 0; --k) {
-    const weight_t outflow_from_zero = k > 0 ? inflows[(k - 1) * p.d_state] : weight_t(0);
-    inflows[k * p.d_state] = inflow;
-    inflow = step_decay(sums[k], a) * inflow + outflow_from_zero;
   }
 }
 
@@ -302,8 +283,7 @@ void run_scan_backward_as(ScanBackward& g) {
       constexpr int kNMax = decltype(bucket)::value;
       simt::launch(adjoint_chunks_from_zero_kernel<scalar_t, kNMax>, chunk_grid(p), chunk_block, 0, p, inflow_data,
                    dt_data);
-      simt::launch(carry_adjoints_kernel<weight_t>, elementwise_blocks(p.batch * p.n_paths * p.dim * p.d_state),
-                   kElementwiseThreads, 0, p, inflow_data, static_cast<const weight_t*>(dt_data));
+      launch_carry_across_chunks<weight_t>(p, inflow_data, dt_data, /*forward=*/false);
       simt::launch(scan_chunks_backward_kernel<scalar_t, kNMax>, chunk_grid(p), chunk_block, 0, p,
                    static_cast<const weight_t*>(inflow_data), dv_data);
     });

@@ -162,6 +162,40 @@ __device__ __forceinline__ int64_t chunk_end(int64_t chunk, int64_t seqlen) {
   return chunk * kScanChunk + kScanChunk < seqlen ? chunk * kScanChunk + kScanChunk : seqlen;
 }
 
+// Pass 2 of the forward and of the backward, one thread per (batch, path, channel, state entry): the
+// chunks' zero-start results into their true values, in place. Chunk k's slot of carried (batch, P,
+// D, n_chunks, N) holds, on entry, what chunk k - step (step = +1 forward, -1 backward) produced
+// from zero; on exit, what flows into chunk k, from the chunks before it in the walk's order:
+//   into[k + step] = exp(a sum_dt[k]) into[k] + from_zero[k],  into[first] = 0.
+// That is the forward's state at each chunk's start and the backward's adjoint entering each chunk
+// from its right (sum_dt[k]: the dt summed over chunk k, whose decay is exp(a sum_dt[k])).
+template <typename weight_t>
+__global__ void carry_across_chunks_kernel(MultiPathScanParams p, weight_t* carried, const weight_t* sum_dt,
+                                           bool forward) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= p.batch * p.n_paths * p.dim * p.d_state) return;
+  const int64_t n = i % p.d_state, row = i / p.d_state;  // row: (batch, path, channel)
+  const int64_t path_channel = row % (p.n_paths * p.dim);
+  const weight_t a = static_cast<const weight_t*>(p.A)[path_channel * p.d_state + n];
+  weight_t* slots = carried + row * p.n_chunks * p.d_state + n;
+  const weight_t* sums = sum_dt + row * p.n_chunks;
+  const int64_t step = forward ? 1 : -1;
+  weight_t into = 0;
+  for (int64_t k = forward ? 0 : p.n_chunks - 1; k >= 0 && k < p.n_chunks; k += step) {
+    const int64_t next = k + step;
+    const weight_t from_zero = next >= 0 && next < p.n_chunks ? slots[next * p.d_state] : weight_t(0);
+    slots[k * p.d_state] = into;
+    into = step_decay(sums[k], a) * into + from_zero;
+  }
+}
+
+template <typename weight_t>
+void launch_carry_across_chunks(const MultiPathScanParams& p, weight_t* carried, const weight_t* sum_dt,
+                                bool forward) {
+  simt::launch(carry_across_chunks_kernel<weight_t>, elementwise_blocks(p.batch * p.n_paths * p.dim * p.d_state),
+               kElementwiseThreads, 0, p, carried, sum_dt, forward);
+}
+
 // The grid's z dimension holds the batch.
 constexpr int64_t kMaxGridZ = 65535;
 

@@ -22,8 +22,9 @@ namespace cuda {
 // of a path run in parallel in three passes:
 //   1. each chunk but the last scans from a zero state: its end state, and its steps' sum of dt (the
 //      chunk's decay is exp(a * that sum));
-//   2. one thread per (batch, path, channel, state entry) walks the chunks in order and turns those
-//      into each chunk's true start state, h_start[k+1] = exp(a sum_dt[k]) h_start[k] + h_end[k];
+//   2. carry_across_chunks: one thread per (batch, path, channel, state entry) walks the chunks in
+//      order and turns those into each chunk's true start state,
+//      h_start[k+1] = exp(a sum_dt[k]) h_start[k] + h_end[k];
 //   3. each chunk scans again from its true start state and writes its outputs.
 // This costs two exps per state update instead of one and gives L / kScanChunk times the parallelism
 // of a thread per channel walking the whole path. Pass 2's start states are the chunk_states the
@@ -78,25 +79,6 @@ __global__ void __launch_bounds__(kWarp * kChunksPerBlock)
   }
 }
 
-// Pass 2, one thread per (batch, path, channel, state entry): chunk_states in place, from the chunks'
-// zero-start end states to their true start states.
-template <typename weight_t>
-__global__ void carry_chunk_states_kernel(MultiPathScanParams p, const weight_t* chunk_dt) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= p.batch * p.n_paths * p.dim * p.d_state) return;
-  const int64_t n = i % p.d_state, row = i / p.d_state;  // row: (batch, path, channel)
-  const int64_t path_channel = row % (p.n_paths * p.dim);
-  const weight_t a = static_cast<const weight_t*>(p.A)[path_channel * p.d_state + n];
-  weight_t* states = static_cast<weight_t*>(p.chunk_states) + row * p.n_chunks * p.d_state + n;
-  const weight_t* sums = chunk_dt + row * p.n_chunks;
-  weight_t h = 0;
-  for (int64_t k = 0; k < p.n_chunks; ++k) {
-    const weight_t end_from_zero = k + 1 < p.n_chunks ? states[(k + 1) * p.d_state] : weight_t(0);
-    states[k * p.d_state] = h;
-    h = step_decay(sums[k], a) * h + end_from_zero;
-  }
-}
-
 // Pass 3: chunk k from its true start state, writing the path's outputs into its row of y_paths.
 template <typename input_t, int kNMax>
 __global__ void __launch_bounds__(kWarp * kChunksPerBlock)
@@ -145,8 +127,7 @@ void run_scan_forward_as(ScanForward& f) {
   dispatch_state_bucket(p.d_state, [&](auto bucket) {
     constexpr int kNMax = decltype(bucket)::value;
     simt::launch(scan_chunks_from_zero_kernel<scalar_t, kNMax>, chunk_grid(p), chunk_block, 0, p, dt_data);
-    simt::launch(carry_chunk_states_kernel<weight_t>, elementwise_blocks(p.batch * p.n_paths * p.dim * p.d_state),
-                 kElementwiseThreads, 0, p, static_cast<const weight_t*>(dt_data));
+    launch_carry_across_chunks<weight_t>(p, static_cast<weight_t*>(p.chunk_states), dt_data, /*forward=*/true);
     simt::launch(scan_chunks_kernel<scalar_t, kNMax>, chunk_grid(p), chunk_block, 0, p, y_data);
   });
   simt::launch(merge_paths_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen), kElementwiseThreads, 0, p,
