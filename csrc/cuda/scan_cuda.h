@@ -7,6 +7,9 @@
 
 #include <ATen/Dispatch.h>
 
+#include <optional>
+#include <tuple>
+
 #include "../multi_path_scan_host.h"
 
 namespace posemamba {
@@ -18,20 +21,37 @@ namespace cuda {
 constexpr int kWarp = 32;
 
 // Run on prepared inputs of input dtype scalar_t, on the current device and stream, filling the
-// outputs (the backward also the sums of its partials; it needs partials per chunk).
+// outputs (the backward also the sums of its partials).
 template <typename scalar_t>
 void run_scan_forward_as(ScanForward& f);
 template <typename scalar_t>
 void run_scan_backward_as(ScanBackward& g);
 
-inline void run_scan_forward(ScanForward& f) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.inputs.u.scalar_type(), "multi_path_scan_fwd_cuda",
+// The ops' CUDA implementations on the current device, without its guard: inputs prepared with the
+// CUDA work split (dB/dC partials per warp of channels, dA/dD/ddelta_bias partials per chunk), the
+// dtype's kernels run, outputs collected. scan_cuda_ops.cpp registers them behind a device guard; the
+// emulation tests (../emulation/) call them directly.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_forward(
+    const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
+    const at::Tensor& paths, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
+    const std::optional<at::Tensor>& delta_bias, const std::optional<at::Tensor>& mix, bool delta_softplus) {
+  ScanForward f = prepare_scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "multi_path_scan_fwd_cuda",
                                   [&] { run_scan_forward_as<scalar_t>(f); });
+  return {f.out, f.out_ungated, f.chunk_states};
 }
 
-inline void run_scan_backward(ScanBackward& g) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.inputs.u.scalar_type(), "multi_path_scan_bwd_cuda",
+inline ScanGradients scan_backward(
+    const at::Tensor& grad_out, const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+    const at::Tensor& B, const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
+    const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
+    const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
+    bool delta_softplus) {
+  ScanBackward g = prepare_scan_backward(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated,
+                                         chunk_states, delta_softplus, kWarp, /*partials_per_chunk=*/true);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "multi_path_scan_bwd_cuda",
                                   [&] { run_scan_backward_as<scalar_t>(g); });
+  return finish_scan_backward(g);
 }
 
 }  // namespace cuda

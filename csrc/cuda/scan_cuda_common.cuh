@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/OpMathType.h>
+#include <c10/util/Exception.h>
 
 #include <type_traits>
 
@@ -126,14 +127,16 @@ struct PathChannel {
 };
 
 // A thread per (batch, path, channel, chunk of kScanChunk steps): a block's lanes are 32 channels and
-// its warps kChunksPerBlock consecutive chunks.
+// its warps kChunksPerBlock consecutive chunks; the grid's z dimension holds the batch.
 constexpr int kChunksPerBlock = 4;
+constexpr int64_t kMaxGridZ = 65535;
 
 C10_HOST_DEVICE inline int64_t num_channel_blocks(const MultiPathScanParams& p) {
   return (p.dim + kWarp - 1) / kWarp;
 }
 
 inline dim3 chunk_grid(const MultiPathScanParams& p) {
+  TORCH_CHECK(p.batch <= kMaxGridZ, "u: the CUDA kernels take a batch of at most ", kMaxGridZ, ", got ", p.batch);
   const int64_t chunk_groups = (p.n_chunks + kChunksPerBlock - 1) / kChunksPerBlock;
   return dim3(static_cast<unsigned>(chunk_groups * num_channel_blocks(p)), static_cast<unsigned>(p.n_paths),
               static_cast<unsigned>(p.batch));
@@ -195,9 +198,6 @@ void launch_carry_across_chunks(const MultiPathScanParams& p, weight_t* carried,
   simt::launch(carry_across_chunks_kernel<weight_t>, elementwise_blocks(p.batch * p.n_paths * p.dim * p.d_state),
                kElementwiseThreads, 0, p, carried, sum_dt, forward);
 }
-
-// The grid's z dimension holds the batch.
-constexpr int64_t kMaxGridZ = 65535;
 
 }  // namespace cuda
 }  // namespace posemamba

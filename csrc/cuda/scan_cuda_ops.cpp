@@ -1,6 +1,6 @@
-// The CUDA implementations of posemamba::multi_path_scan_fwd and multi_path_scan_bwd: device guard,
-// input preparation, and the dtype dispatch to the kernels (scan_cuda.h). Plain C++: the kernels are
-// compiled in scan_forward_cuda.cu and scan_backward_cuda.cu.
+// Registers the CUDA implementations of posemamba::multi_path_scan_fwd and multi_path_scan_bwd
+// (scan_cuda.h) behind a device guard. Plain C++: the kernels are compiled in scan_forward_cuda.cu and
+// scan_backward_cuda.cu.
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -25,9 +25,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_path_scan_fwd_cuda(
     const std::optional<at::Tensor>& mix,
     bool delta_softplus) {
   const c10::cuda::CUDAGuard device_guard(u.device());
-  ScanForward f = prepare_scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus);
-  run_scan_forward(f);
-  return {f.out, f.out_ungated, f.chunk_states};
+  return scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus);
 }
 
 ScanGradients multi_path_scan_bwd_cuda(
@@ -46,11 +44,8 @@ ScanGradients multi_path_scan_bwd_cuda(
     const at::Tensor& chunk_states,
     bool delta_softplus) {
   const c10::cuda::CUDAGuard device_guard(u.device());
-  ScanBackward g = prepare_scan_backward(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated,
-                                         chunk_states, delta_softplus, kWarp,
-                                         /*partials_per_chunk=*/true);
-  run_scan_backward(g);
-  return finish_scan_backward(g);
+  return scan_backward(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states,
+                       delta_softplus);
 }
 
 }  // namespace
