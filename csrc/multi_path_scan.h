@@ -277,6 +277,24 @@ POSEMAMBA_MATH T state_update(T h, T decay, T dt_v, T b) {
   return decay * h + dt_v * b;
 }
 
+// A run of scan steps as one map of the state, h -> decay * h + drive: a step is
+// {step_decay(dt, a), dt * v * b}, and runs compose into runs. Composition is associative, which is
+// what lets the CUDA forward scan a path's steps in parallel (a block scan over these maps, as
+// mamba's kernel does) with one exp per state update.
+template <typename T>
+struct StateMap {
+  T decay, drive;
+
+  POSEMAMBA_MATH static StateMap identity() { return {T(1), T(0)}; }
+
+  // This run of steps, then `next`.
+  POSEMAMBA_MATH StateMap then(const StateMap& next) const {
+    return {decay * next.decay, next.decay * drive + next.drive};
+  }
+
+  POSEMAMBA_MATH T apply(T h) const { return decay * h + drive; }
+};
+
 // The gradients of one step of one state entry, h = exp(dt * a) * h_prev + dt_v * b, given dh (the
 // gradient reaching h). Adds into the gradients of dt, a, v's drive and b; returns the gradient that
 // flows on to h_prev.

@@ -53,8 +53,11 @@ def assert_close_scaled(actual, expected, dtype):
 
 # (batch, D, L, P, N): channel blocks with idle lanes (D = 33, 40), L past one 64-step chunk and
 # not a multiple of it, more chunks than a block's warps (L = 300: 5), each state-size bucket
-# (N <= 16, <= 32, <= 64).
-SHAPES = [(1, 3, 1, 1, 1), (2, 33, 70, 2, 3), (1, 40, 67, 3, 20), (1, 5, 19, 8, 40), (1, 33, 300, 2, 4)]
+# (N <= 16, <= 32, <= 64); the forward's paths cut into spans (the emulation reports 4
+# multiprocessors, so a shape with fewer (batch, path, 32 channels) blocks is cut): two spans of 16
+# chunks (L = 2048), four spans of 3, 3, 3 and 2 chunks (L = 700).
+SHAPES = [(1, 3, 1, 1, 1), (2, 33, 70, 2, 3), (1, 40, 67, 3, 20), (1, 5, 19, 8, 40), (1, 33, 300, 2, 4),
+          (1, 3, 2048, 2, 3), (1, 2, 700, 1, 5)]
 
 
 @pytest.mark.parametrize("dtype", list(TOLERANCE))

@@ -5,8 +5,8 @@
 // channel and chunk: chunk_task) in three passes:
 //   1. each chunk but the first runs the adjoint backwards from zero: what flows out of its first step
 //      to the chunk before it, and its steps' sum of dt;
-//   2. carry_across_chunks, last chunk to first, turns those into the adjoint flowing into each chunk
-//      from its right;
+//   2. carry_adjoint_across_chunks, last chunk to first, turns those into the adjoint flowing into each
+//      chunk from its right;
 //   3. each chunk recomputes its states from the state the forward saved before it, then runs the
 //      adjoint backwards from that inflow, computing every gradient.
 // Per-element gradients go to rows the thread owns: ddelta, and the gradient of each step's scan
@@ -52,7 +52,9 @@ __global__ void __launch_bounds__(kWarp * kChunksPerBlock)
   using weight_t = at::opmath_type<input_t>;
   const ChunkTask task = chunk_task(p);
   if (!task.valid || task.chunk == 0) return;
-  const PathChannel<input_t, kNMax> c(p, task.b, task.path, task.d);
+  const PathChannel<input_t> c(p, task.b, task.path, task.d);
+  weight_t a[kNMax];
+  c.load_state_rates(a);
   weight_t carry[kNMax];
 #pragma unroll
   for (int n = 0; n < kNMax; ++n) carry[n] = weight_t(0);
@@ -63,7 +65,7 @@ __global__ void __launch_bounds__(kWarp * kChunksPerBlock)
     const weight_t dy = output_grad_at<input_t>(p, task.b, task.d, l);
 #pragma unroll
     for (int n = 0; n < kNMax; ++n) {
-      if (n < c.N) carry[n] = step_decay(dt, c.a[n]) * (carry[n] + dy * static_cast<weight_t>(c.C_path[n * c.L + l]));
+      if (n < c.N) carry[n] = step_decay(dt, a[n]) * (carry[n] + dy * static_cast<weight_t>(c.C_path[n * c.L + l]));
     }
     sum_dt += dt;
   }
@@ -73,6 +75,26 @@ __global__ void __launch_bounds__(kWarp * kChunksPerBlock)
 #pragma unroll
   for (int n = 0; n < kNMax; ++n) {
     if (n < p.d_state) previous_inflow[n] = carry[n];
+  }
+}
+
+// Pass 2, one thread per (batch, path, channel, state entry), last chunk to first: the adjoint
+// flowing into each chunk from its right, in place. Chunk k's slot of inflow holds, on entry, what flows
+// out of chunk k + 1's first step when its adjoint starts from zero (pass 1); on exit, the adjoint
+// entering chunk k:  inflow[k] = exp(a sum_dt[k + 1]) inflow[k + 1] + from_zero[k + 1],  inflow[last] = 0.
+template <typename weight_t>
+__global__ void carry_adjoint_across_chunks_kernel(MultiPathScanParams p, weight_t* inflow, const weight_t* chunk_dt) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= p.batch * p.n_paths * p.dim * p.d_state) return;
+  const int64_t n = i % p.d_state, row = i / p.d_state;  // row: (batch, path, channel)
+  const weight_t a = static_cast<const weight_t*>(p.A)[row % (p.n_paths * p.dim) * p.d_state + n];
+  weight_t* slots = inflow + row * p.n_chunks * p.d_state + n;
+  const weight_t* sums = chunk_dt + row * p.n_chunks;
+  weight_t into = 0;
+  for (int64_t k = p.n_chunks - 1; k >= 0; --k) {
+    const weight_t from_zero = k > 0 ? slots[(k - 1) * p.d_state] : weight_t(0);
+    slots[k * p.d_state] = into;
+    into = step_decay(sums[k], a) * into + from_zero;
   }
 }
 
@@ -106,7 +128,9 @@ __global__ void __launch_bounds__(kWarp * kChunksPerBlock)
   const bool active = task.d < p.dim;
   const int64_t d = active ? task.d : p.dim - 1;
   const int64_t b = task.b, path = task.path, chunk = task.chunk, N = p.d_state;
-  const PathChannel<input_t, kNMax> c(p, b, path, d);
+  const PathChannel<input_t> c(p, b, path, d);
+  weight_t a[kNMax];
+  c.load_state_rates(a);
   const int64_t row = (b * p.n_paths + path) * p.dim + d;
   const int64_t channel_block = d / kWarp;
   const int64_t partial = ((b * p.n_channel_blocks + channel_block) * p.n_paths + path) * p.seqlen * N;
@@ -144,7 +168,7 @@ __global__ void __launch_bounds__(kWarp * kChunksPerBlock)
     const weight_t dt_v = dt * c.input_at(l);
 #pragma unroll
     for (int n = 0; n < kNMax; ++n) {
-      if (n < N) h[n] = state_update<weight_t>(h[n], step_decay(dt, c.a[n]), dt_v, static_cast<weight_t>(c.B_path[n * c.L + l]));
+      if (n < N) h[n] = state_update<weight_t>(h[n], step_decay(dt, a[n]), dt_v, static_cast<weight_t>(c.B_path[n * c.L + l]));
     }
   }
 
@@ -164,7 +188,7 @@ __global__ void __launch_bounds__(kWarp * kChunksPerBlock)
         const weight_t dt_v = dt * c.input_at(l);
 #pragma unroll
         for (int n = 0; n < kNMax; ++n) {
-          states[k + 1][n] = n < N ? state_update<weight_t>(states[k][n], step_decay(dt, c.a[n]), dt_v,
+          states[k + 1][n] = n < N ? state_update<weight_t>(states[k][n], step_decay(dt, a[n]), dt_v,
                                                              static_cast<weight_t>(c.B_path[n * c.L + l]))
                                    : weight_t(0);
         }
@@ -188,7 +212,7 @@ __global__ void __launch_bounds__(kWarp * kChunksPerBlock)
           if (n < N) {
             weight_t dB_lane = 0;
             dh[n] = state_update_backward<weight_t>(dh[n] + dy * static_cast<weight_t>(c.C_path[n * c.L + l]),
-                                                    states[k][n], step_decay(dt, c.a[n]), dt, c.a[n], dt_v,
+                                                    states[k][n], step_decay(dt, a[n]), dt, a[n], dt_v,
                                                     static_cast<weight_t>(c.B_path[n * c.L + l]), d_dt, dA[n],
                                                     d_dt_v, dB_lane);
             channel_sums.stage(n - group, dy * states[k + 1][n]);
@@ -282,7 +306,9 @@ void run_scan_backward_as(ScanBackward& g) {
       constexpr int kNMax = decltype(bucket)::value;
       simt::launch(adjoint_chunks_from_zero_kernel<scalar_t, kNMax>, chunk_grid(p), chunk_block, 0, p, inflow_data,
                    dt_data);
-      launch_carry_across_chunks<weight_t>(p, inflow_data, dt_data, /*forward=*/false);
+      simt::launch(carry_adjoint_across_chunks_kernel<weight_t>,
+                   elementwise_blocks(p.batch * p.n_paths * p.dim * p.d_state), kElementwiseThreads, 0, p, inflow_data,
+                   static_cast<const weight_t*>(dt_data));
       simt::launch(scan_chunks_backward_kernel<scalar_t, kNMax>, chunk_grid(p), chunk_block, 0, p,
                    static_cast<const weight_t*>(inflow_data), dv_data);
     });

@@ -1,6 +1,6 @@
 // What the CUDA forward and backward share: the state-size buckets, warp sums in a fixed order, the
-// fixed-order reduction of per-block partials, one (batch, path, channel)'s rows (PathChannel) and the
-// chunk work split (chunk_task). The scan math itself comes from ../multi_path_scan.h, as on the CPU.
+// fixed-order reduction of per-block partials, one (batch, path, channel)'s rows (PathChannel), the
+// grids of blocks per (batch, path, 32 channels) and the backward's chunk work split (chunk_task). The scan math itself comes from ../multi_path_scan.h, as on the CPU.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -78,7 +78,7 @@ void sum_partials(const T* partial, int64_t n_outer, int64_t n_partials, int64_t
 
 // One (batch, path, channel): the rows and constants a thread scanning that channel along that path
 // reads.
-template <typename input_t, int kNMax>
+template <typename input_t>
 struct PathChannel {
   using weight_t = at::opmath_type<input_t>;
 
@@ -94,8 +94,14 @@ struct PathChannel {
     mix_row = p.mix ? p.mix + path * L : nullptr;
     bias = p.delta_bias ? static_cast<const weight_t*>(p.delta_bias)[path_channel] : weight_t(0);
     skip = p.D ? static_cast<const weight_t*>(p.D)[path_channel] : weight_t(0);
+    A_row = static_cast<const weight_t*>(p.A) + path_channel * N;
+  }
+
+  // A[path, d, :] into registers, zero past N.
+  template <int kNMax>
+  __device__ void load_state_rates(weight_t (&a)[kNMax]) const {
 #pragma unroll
-    for (int n = 0; n < kNMax; ++n) a[n] = n < N ? static_cast<const weight_t*>(p.A)[path_channel * N + n] : weight_t(0);
+    for (int n = 0; n < kNMax; ++n) a[n] = n < N ? A_row[n] : weight_t(0);
   }
 
   // The position the path visits at step s.
@@ -123,11 +129,12 @@ struct PathChannel {
   bool delta_softplus;
   const input_t *u_row, *delta_row, *B_path, *C_path;
   const int64_t *order, *mix_row;
-  weight_t bias, skip, a[kNMax];
+  const weight_t* A_row;
+  weight_t bias, skip;
 };
 
-// A thread per (batch, path, channel, chunk of kScanChunk steps): a block's lanes are 32 channels and
-// its warps kChunksPerBlock consecutive chunks; the grid's z dimension holds the batch.
+// The backward's split: a thread per (batch, path, channel, chunk of kScanChunk steps), a block's
+// lanes 32 channels and its warps kChunksPerBlock consecutive chunks (chunk_grid, chunk_task).
 constexpr int kChunksPerBlock = 4;
 constexpr int64_t kMaxGridZ = 65535;
 
@@ -135,11 +142,16 @@ C10_HOST_DEVICE inline int64_t num_channel_blocks(const MultiPathScanParams& p) 
   return (p.dim + kWarp - 1) / kWarp;
 }
 
-inline dim3 chunk_grid(const MultiPathScanParams& p) {
+// The grid of the kernels with a block per (batch, path, 32 channels, x_per_channel_block): x holds
+// channel blocks and x_per_channel_block, y the path, z the batch.
+inline dim3 path_channel_grid(const MultiPathScanParams& p, int64_t x_per_channel_block) {
   TORCH_CHECK(p.batch <= kMaxGridZ, "u: the CUDA kernels take a batch of at most ", kMaxGridZ, ", got ", p.batch);
-  const int64_t chunk_groups = (p.n_chunks + kChunksPerBlock - 1) / kChunksPerBlock;
-  return dim3(static_cast<unsigned>(chunk_groups * num_channel_blocks(p)), static_cast<unsigned>(p.n_paths),
+  return dim3(static_cast<unsigned>(x_per_channel_block * num_channel_blocks(p)), static_cast<unsigned>(p.n_paths),
               static_cast<unsigned>(p.batch));
+}
+
+inline dim3 chunk_grid(const MultiPathScanParams& p) {
+  return path_channel_grid(p, (p.n_chunks + kChunksPerBlock - 1) / kChunksPerBlock);
 }
 
 // This thread's (batch, path, channel, chunk); `valid` is false for lanes and warps past the ends.
@@ -163,40 +175,6 @@ __device__ __forceinline__ int64_t chunk_begin(int64_t chunk) {
 
 __device__ __forceinline__ int64_t chunk_end(int64_t chunk, int64_t seqlen) {
   return chunk * kScanChunk + kScanChunk < seqlen ? chunk * kScanChunk + kScanChunk : seqlen;
-}
-
-// Pass 2 of the forward and of the backward, one thread per (batch, path, channel, state entry): the
-// chunks' zero-start results into their true values, in place. Chunk k's slot of carried (batch, P,
-// D, n_chunks, N) holds, on entry, what chunk k - step (step = +1 forward, -1 backward) produced
-// from zero; on exit, what flows into chunk k, from the chunks before it in the walk's order:
-//   into[k + step] = exp(a sum_dt[k]) into[k] + from_zero[k],  into[first] = 0.
-// That is the forward's state at each chunk's start and the backward's adjoint entering each chunk
-// from its right (sum_dt[k]: the dt summed over chunk k, whose decay is exp(a sum_dt[k])).
-template <typename weight_t>
-__global__ void carry_across_chunks_kernel(MultiPathScanParams p, weight_t* carried, const weight_t* sum_dt,
-                                           bool forward) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= p.batch * p.n_paths * p.dim * p.d_state) return;
-  const int64_t n = i % p.d_state, row = i / p.d_state;  // row: (batch, path, channel)
-  const int64_t path_channel = row % (p.n_paths * p.dim);
-  const weight_t a = static_cast<const weight_t*>(p.A)[path_channel * p.d_state + n];
-  weight_t* slots = carried + row * p.n_chunks * p.d_state + n;
-  const weight_t* sums = sum_dt + row * p.n_chunks;
-  const int64_t step = forward ? 1 : -1;
-  weight_t into = 0;
-  for (int64_t k = forward ? 0 : p.n_chunks - 1; k >= 0 && k < p.n_chunks; k += step) {
-    const int64_t next = k + step;
-    const weight_t from_zero = next >= 0 && next < p.n_chunks ? slots[next * p.d_state] : weight_t(0);
-    slots[k * p.d_state] = into;
-    into = step_decay(sums[k], a) * into + from_zero;
-  }
-}
-
-template <typename weight_t>
-void launch_carry_across_chunks(const MultiPathScanParams& p, weight_t* carried, const weight_t* sum_dt,
-                                bool forward) {
-  simt::launch(carry_across_chunks_kernel<weight_t>, elementwise_blocks(p.batch * p.n_paths * p.dim * p.d_state),
-               kElementwiseThreads, 0, p, carried, sum_dt, forward);
 }
 
 }  // namespace cuda

@@ -1,9 +1,25 @@
 // CUDA forward of posemamba::multi_path_scan_fwd: the kernels and their launches.
 //
-// The paths' chunks are scanned in parallel (see the work split below), each thread with its
-// channel's state in registers, writing the path's output into its own row of a (batch, P, D, L)
-// float workspace. A last kernel sums the paths in index order and applies the gate: no atomics,
-// results bitwise reproducible. Per-step math: ../multi_path_scan.h.
+// Work split. A thread block scans 32 channels (its lanes) of one (batch, path) along the path's
+// 64-step chunks, one chunk after another; its kSegmentWarps warps share each chunk, kStepsPerThread
+// consecutive steps each, and the block holds each channel's state at the chunk's start. Per state
+// entry, each thread composes its steps into one state map (StateMap: h -> decay h + drive), the
+// warps' maps meet in shared memory, and each thread composes the maps of the warps before its own
+// with the chunk's start state: the state before its first step. Each step's exp is taken once and
+// kept for re-applying the steps, so a path costs one exp per state update, as a sequential scan does;
+// the lanes' channels share every load of B and C.
+//
+// A block per (batch, path, 32 channels) fills a GPU at training shapes. Where those blocks are fewer
+// than the device's multiprocessors, the path is also cut into spans of whole chunks that blocks walk
+// in parallel, in three passes:
+//   1. each span but the last from a zero state: its steps composed into one state map per entry;
+//   2. carry_across_spans: one thread per (batch, path, channel, state entry) composes those maps in
+//      path order into each span's start state;
+//   3. each span from its start state, writing the path's outputs.
+// Pass 1 costs a second exp per state update, for up to n_chunks times the parallelism. Pass 3 saves
+// every chunk's start state: the chunk_states the backward restarts from. Each path's outputs go to
+// its own row of a (batch, P, D, L) float workspace, and a last kernel sums the paths in index order
+// and applies the gate: no atomics, results bitwise reproducible. Per-step math: ../multi_path_scan.h.
 //
 // Included by the .cu of the same name (nvcc: the instantiations for every input dtype) and by the
 // host emulation build that tests these kernels without a GPU (../emulation/).
@@ -12,87 +28,146 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 
+#include <algorithm>
+#include <limits>
+
 #include "scan_cuda.h"
 #include "scan_cuda_common.cuh"
 
 namespace posemamba {
 namespace cuda {
 
-// Work split: a thread per (batch, path, channel, chunk of kScanChunk steps) (chunk_task). The chunks
-// of a path run in parallel in three passes:
-//   1. each chunk but the last scans from a zero state: its end state, and its steps' sum of dt (the
-//      chunk's decay is exp(a * that sum));
-//   2. carry_across_chunks: one thread per (batch, path, channel, state entry) walks the chunks in
-//      order and turns those into each chunk's true start state,
-//      h_start[k+1] = exp(a sum_dt[k]) h_start[k] + h_end[k];
-//   3. each chunk scans again from its true start state and writes its outputs.
-// This costs two exps per state update instead of one and gives L / kScanChunk times the parallelism
-// of a thread per channel walking the whole path. Pass 2's start states are the chunk_states the
-// backward restarts from.
+constexpr int kSegmentWarps = 8;
+constexpr int kStepsPerThread = 8;
+static_assert(kSegmentWarps * kStepsPerThread == kScanChunk, "a block's warps share one chunk");
+// Blocks resident per multiprocessor that registers must allow (128 registers a thread at most; ptxas
+// uses about 111 for float at sm_90, without spills).
+constexpr int kSpanBlocksPerMultiprocessor = 2;
 
-// Scans steps [begin, end) of c's path from state h (updated in place) and returns the steps' sum of
-// dt. With y_row, writes each step's output C.h + D v at its position.
-template <typename input_t, int kNMax>
-__device__ __forceinline__ at::opmath_type<input_t> scan_steps(const PathChannel<input_t, kNMax>& c, int64_t begin,
-                                                                int64_t end, at::opmath_type<input_t> (&h)[kNMax],
-                                                                at::opmath_type<input_t>* y_row) {
+// Chunks per span: all of them where the blocks of whole paths fill the device's multiprocessors
+// (one block each: a starting point until measured on a GPU), else as few as fill them.
+inline int64_t chunks_per_span(const MultiPathScanParams& p) {
+  const int64_t path_blocks = p.batch * p.n_paths * num_channel_blocks(p);
+  const int64_t wanted_spans = (simt::multiprocessor_count() + path_blocks - 1) / path_blocks;
+  const int64_t spans = std::min(p.n_chunks, wanted_spans);
+  return (p.n_chunks + spans - 1) / spans;
+}
+
+C10_HOST_DEVICE inline int64_t num_spans(const MultiPathScanParams& p, int64_t chunks_per_span) {
+  return (p.n_chunks + chunks_per_span - 1) / chunks_per_span;
+}
+
+// Passes 1 and 3 (see above), by pointers: with span_maps, pass 1 (from a zero state; the span's
+// composed maps out, (batch, P, D, spans, N)); else pass 3 (from span_start's states, or zero where it
+// is null; outputs into y_paths and chunk_states). Lanes past D follow channel D - 1 through the
+// barriers and write nothing.
+template <typename input_t>
+__global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiprocessor)
+    scan_span_kernel(MultiPathScanParams p, int64_t chunks_per_span, const at::opmath_type<input_t>* span_start,
+                     StateMap<at::opmath_type<input_t>>* span_maps, at::opmath_type<input_t>* y_paths) {
   using weight_t = at::opmath_type<input_t>;
-  weight_t sum_dt = 0;
-  for (int64_t s = begin; s < end; ++s) {
-    const int64_t l = c.position(s);
-    const weight_t v = c.input_at(l);
-    const weight_t dt = c.step_at(l);
-    const weight_t dt_v = dt * v;
-    weight_t y = c.skip * v;
+  using Map = StateMap<weight_t>;
+  const int64_t channel_blocks = num_channel_blocks(p);
+  const int64_t span = blockIdx.x / channel_blocks, lane_channel = blockIdx.x % channel_blocks * kWarp + threadIdx.x;
+  const bool active = lane_channel < p.dim;
+  const int64_t b = blockIdx.z, path = blockIdx.y, d = active ? lane_channel : p.dim - 1;
+  const int64_t L = p.seqlen, N = p.d_state, n_spans = num_spans(p, chunks_per_span);
+  const PathChannel<input_t> c(p, b, path, d);
+  const int64_t row = (b * p.n_paths + path) * p.dim + d;
+  const bool summary = span_maps != nullptr;
+  const int lane = threadIdx.x, warp = threadIdx.y;
+  __shared__ Map warp_maps[2][kSegmentWarps][kWarp];  // two buffers, used in turn (see below)
+  int buffer = 0;
+  // Per state entry and lane: the state before the chunk, and in pass 1 the decay of the span so far.
+  // The last warp, whose steps end the chunk, keeps them; in shared memory rather than registers, which
+  // the steps need.
+  __shared__ weight_t chunk_start_state[kMaxStateDim][kWarp], span_decay[kMaxStateDim][kWarp];
+  const bool last_warp = warp == kSegmentWarps - 1;
+  if (last_warp) {
+    for (int n = 0; n < N; ++n) {
+      chunk_start_state[n][lane] = span_start ? span_start[(row * n_spans + span) * N + n] : weight_t(0);
+      span_decay[n][lane] = 1;
+    }
+  }
+  __syncthreads();
+  const int64_t last_chunk = (span + 1) * chunks_per_span < p.n_chunks ? (span + 1) * chunks_per_span : p.n_chunks;
+  for (int64_t chunk = span * chunks_per_span; chunk < last_chunk; ++chunk) {
+    // This thread's steps; past the path's end a step is the identity map.
+    const int64_t first = chunk_begin(chunk) + warp * kStepsPerThread, end = chunk_end(chunk, L);
+    int32_t position[kStepsPerThread];  // L < 2^31 (checked at launch)
+    weight_t dt[kStepsPerThread], dt_v[kStepsPerThread], y[kStepsPerThread];
 #pragma unroll
-    for (int n = 0; n < kNMax; ++n) {
-      if (n < c.N) {
-        h[n] = state_update<weight_t>(h[n], step_decay(dt, c.a[n]), dt_v, static_cast<weight_t>(c.B_path[n * c.L + l]));
-        y += static_cast<weight_t>(c.C_path[n * c.L + l]) * h[n];
+    for (int k = 0; k < kStepsPerThread; ++k) {
+      const bool valid = first + k < end;
+      position[k] = valid ? c.position(first + k) : 0;
+      const weight_t v = valid ? c.input_at(position[k]) : weight_t(0);
+      dt[k] = valid ? c.step_at(position[k]) : weight_t(0);
+      dt_v[k] = dt[k] * v;
+      y[k] = c.skip * v;
+    }
+#pragma unroll 1
+    for (int64_t n = 0; n < N; ++n) {
+      const weight_t a = c.A_row[n];
+      Map steps[kStepsPerThread];
+      Map own = Map::identity();
+#pragma unroll
+      for (int k = 0; k < kStepsPerThread; ++k) {
+        steps[k] = first + k < end ? Map{step_decay(dt[k], a), dt_v[k] * static_cast<weight_t>(c.B_path[n * L + position[k]])}
+                                   : Map::identity();
+        own = own.then(steps[k]);
+      }
+      // Read before the barrier, after which the last warp writes the next chunk's.
+      const weight_t h_start = chunk_start_state[n][lane];
+      // A buffer is written again two barriers later, when every thread has read it.
+      warp_maps[buffer][warp][lane] = own;
+      __syncthreads();
+      // The maps of the warps before this one, composed in warp order.
+      Map before = Map::identity();
+      for (int w = 0; w < warp; ++w) before = before.then(warp_maps[buffer][w][lane]);
+      buffer ^= 1;
+      if (last_warp) {
+        const Map chunk_map = before.then(own);
+        chunk_start_state[n][lane] = chunk_map.apply(h_start);
+        if (summary) span_decay[n][lane] *= chunk_map.decay;
+        if (!summary && active) static_cast<weight_t*>(p.chunk_states)[(row * p.n_chunks + chunk) * N + n] = h_start;
+      }
+      if (!summary) {
+        weight_t h = before.apply(h_start);
+#pragma unroll
+        for (int k = 0; k < kStepsPerThread; ++k) {
+          h = steps[k].apply(h);
+          if (first + k < end) y[k] += static_cast<weight_t>(c.C_path[n * L + position[k]]) * h;
+        }
       }
     }
-    if (y_row) y_row[l] = y;
-    sum_dt += dt;
+    __syncthreads();  // the last warp's chunk_start_state is read next chunk (no barrier between where N = 1)
+    if (!summary && active) {
+#pragma unroll
+      for (int k = 0; k < kStepsPerThread; ++k) {
+        if (first + k < end) y_paths[row * L + position[k]] = y[k];
+      }
+    }
   }
-  return sum_dt;
-}
-
-// Pass 1: chunk k (but the last) from a zero state; its end state goes to chunk_states' slot k + 1,
-// which pass 2 then turns into chunk k + 1's start state, and its sum of dt to chunk_dt[.., k].
-template <typename input_t, int kNMax>
-__global__ void __launch_bounds__(kWarp * kChunksPerBlock)
-    scan_chunks_from_zero_kernel(MultiPathScanParams p, at::opmath_type<input_t>* chunk_dt) {
-  using weight_t = at::opmath_type<input_t>;
-  const ChunkTask task = chunk_task(p);
-  if (!task.valid || task.chunk == p.n_chunks - 1) return;
-  const PathChannel<input_t, kNMax> c(p, task.b, task.path, task.d);
-  weight_t h[kNMax];
-#pragma unroll
-  for (int n = 0; n < kNMax; ++n) h[n] = weight_t(0);
-  const int64_t row = (task.b * p.n_paths + task.path) * p.dim + task.d;
-  chunk_dt[row * p.n_chunks + task.chunk] =
-      scan_steps(c, chunk_begin(task.chunk), chunk_end(task.chunk, p.seqlen), h, nullptr);
-  weight_t* next_start = static_cast<weight_t*>(p.chunk_states) + (row * p.n_chunks + task.chunk + 1) * p.d_state;
-#pragma unroll
-  for (int n = 0; n < kNMax; ++n) {
-    if (n < p.d_state) next_start[n] = h[n];
+  if (summary && last_warp && active) {
+    for (int n = 0; n < N; ++n) {
+       span_maps[(row * n_spans + span) * N + n] = Map{span_decay[n][lane], chunk_start_state[n][lane]};
+    }
   }
 }
 
-// Pass 3: chunk k from its true start state, writing the path's outputs into its row of y_paths.
-template <typename input_t, int kNMax>
-__global__ void __launch_bounds__(kWarp * kChunksPerBlock)
-    scan_chunks_kernel(MultiPathScanParams p, at::opmath_type<input_t>* y_paths) {
-  using weight_t = at::opmath_type<input_t>;
-  const ChunkTask task = chunk_task(p);
-  if (!task.valid) return;
-  const PathChannel<input_t, kNMax> c(p, task.b, task.path, task.d);
-  const int64_t row = (task.b * p.n_paths + task.path) * p.dim + task.d;
-  const weight_t* start = static_cast<const weight_t*>(p.chunk_states) + (row * p.n_chunks + task.chunk) * p.d_state;
-  weight_t h[kNMax];
-#pragma unroll
-  for (int n = 0; n < kNMax; ++n) h[n] = n < p.d_state ? start[n] : weight_t(0);
-  scan_steps(c, chunk_begin(task.chunk), chunk_end(task.chunk, p.seqlen), h, y_paths + row * p.seqlen);
+// Pass 2: span_start[.., s, n] = the state before span s, from the maps of the spans before it.
+template <typename weight_t>
+__global__ void carry_across_spans_kernel(MultiPathScanParams p, int64_t n_spans, const StateMap<weight_t>* span_maps,
+                                          weight_t* span_start) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= p.batch * p.n_paths * p.dim * p.d_state) return;
+  const int64_t row = i / p.d_state, n = i % p.d_state;
+  weight_t h = 0;
+  for (int64_t span = 0; span < n_spans; ++span) {
+    const int64_t slot = (row * n_spans + span) * p.d_state + n;
+    span_start[slot] = h;
+    if (span + 1 < n_spans) h = span_maps[slot].apply(h);
+  }
 }
 
 // out[b, d, l] = (sum over paths of y_paths[b, p, d, l]) * silu(z[b, d, l]), paths in index order.
@@ -118,19 +193,29 @@ void run_scan_forward_as(ScanForward& f) {
   using weight_t = at::opmath_type<scalar_t>;
   const MultiPathScanParams& p = f.params;
   if (p.batch == 0 || p.dim == 0 || p.seqlen == 0) return;
-  const at::Tensor y_paths = at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, f.inputs.A.options());
-  const at::Tensor chunk_dt = at::empty({p.batch, p.n_paths, p.dim, p.n_chunks}, f.inputs.A.options());
-  auto* y_data = y_paths.mutable_data_ptr<weight_t>();
-  auto* dt_data = chunk_dt.mutable_data_ptr<weight_t>();
-  const dim3 chunk_block(kWarp, kChunksPerBlock);
-  dispatch_state_bucket(p.d_state, [&](auto bucket) {
-    constexpr int kNMax = decltype(bucket)::value;
-    simt::launch(scan_chunks_from_zero_kernel<scalar_t, kNMax>, chunk_grid(p), chunk_block, 0, p, dt_data);
-    launch_carry_across_chunks<weight_t>(p, static_cast<weight_t*>(p.chunk_states), dt_data, /*forward=*/true);
-    simt::launch(scan_chunks_kernel<scalar_t, kNMax>, chunk_grid(p), chunk_block, 0, p, y_data);
-  });
+  TORCH_CHECK(p.seqlen <= std::numeric_limits<int32_t>::max(), "u: the CUDA kernels take L below 2^31, got ", p.seqlen);
+  const auto weights = f.inputs.A.options();
+  const at::Tensor y_paths = at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, weights);
+  const int64_t span_chunks = chunks_per_span(p), n_spans = num_spans(p, span_chunks);
+  // Passes 1 and 2 only where the path is cut into spans: (span maps, as decay and drive; span starts).
+  at::Tensor span_maps, span_start;
+  if (n_spans > 1) {
+    span_maps = at::empty({p.batch, p.n_paths, p.dim, n_spans, p.d_state, 2}, weights);
+    span_start = at::empty({p.batch, p.n_paths, p.dim, n_spans, p.d_state}, weights);
+  }
+  auto* maps = n_spans > 1 ? reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>()) : nullptr;
+  auto* starts = n_spans > 1 ? span_start.mutable_data_ptr<weight_t>() : nullptr;
+  const dim3 block(kWarp, kSegmentWarps);
+  if (n_spans > 1) {
+    simt::launch(scan_span_kernel<scalar_t>, path_channel_grid(p, n_spans - 1), block, 0, p, span_chunks, nullptr, maps,
+                 nullptr);
+    simt::launch(carry_across_spans_kernel<weight_t>, elementwise_blocks(p.batch * p.n_paths * p.dim * p.d_state),
+                 kElementwiseThreads, 0, p, n_spans, static_cast<const StateMap<weight_t>*>(maps), starts);
+  }
+  simt::launch(scan_span_kernel<scalar_t>, path_channel_grid(p, n_spans), block, 0, p, span_chunks,
+               static_cast<const weight_t*>(starts), nullptr, y_paths.mutable_data_ptr<weight_t>());
   simt::launch(merge_paths_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen), kElementwiseThreads, 0, p,
-               static_cast<const weight_t*>(y_data));
+               y_paths.const_data_ptr<weight_t>());
 }
 
 }  // namespace cuda

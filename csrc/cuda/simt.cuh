@@ -1,5 +1,5 @@
 // The pieces of the CUDA programming model the kernels use: thread and block indices, barriers,
-// warp shuffles, device asserts and kernel launches.
+// warp shuffles, device asserts, the device's multiprocessor count and kernel launches.
 //
 // Under nvcc they are CUDA's own. Compiled by a host C++ compiler they come from
 // ../emulation/simt_emulation.h, which runs each thread block on host threads: that is how the CUDA
@@ -18,6 +18,14 @@
 
 namespace posemamba {
 namespace simt {
+
+// The current device's streaming multiprocessors: how many blocks a launch needs to fill it.
+inline int multiprocessor_count() {
+  int device = 0, count = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
 
 // kernel<<<grid, block, shared_bytes, current stream>>>(args...), then the launch checked.
 template <typename... Params, typename... Args>

@@ -145,6 +145,12 @@ T shuffle(T value, int source_lane) {
   return result;
 }
 
+// A small count, so that the tests' small shapes take the kernels' paths for filling a GPU
+// (the forward's split of a path into spans) as well as the paths for large shapes.
+inline int multiprocessor_count() {
+  return 4;
+}
+
 [[noreturn]] inline void device_assert_failed(const char* condition, const char* file, int line) {
   throw std::runtime_error(std::string("device assert failed: ") + condition + " at " + file + ":" +
                            std::to_string(line));
