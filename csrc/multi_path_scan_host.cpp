@@ -124,7 +124,7 @@ ScanBackward prepare_scan_backward(
     const at::Tensor& B, const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
-    bool delta_softplus, int64_t channel_block, bool partials_per_chunk) {
+    bool delta_softplus, int64_t channel_block) {
   ScanBackward g;
   MultiPathScanBwdParams& p = g.params;
   g.inputs = prepare_scan_inputs(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, p);
@@ -142,16 +142,12 @@ ScanBackward prepare_scan_backward(
 
   p.channel_block = channel_block;
   p.n_channel_blocks = (p.dim + channel_block - 1) / channel_block;
-  p.n_length_blocks = partials_per_chunk ? p.n_chunks : 1;
   const auto weights = A.options();
   g.du = at::empty_like(g.inputs.u);
   g.ddelta = at::empty_like(g.inputs.delta);
   g.dz = z.has_value() ? at::empty_like(g.inputs.z) : at::empty({0}, u.options());
   g.dB_partial = at::empty({p.batch, p.n_channel_blocks, p.n_paths, p.seqlen, p.d_state}, weights);
   g.dC_partial = at::empty({p.batch, p.n_channel_blocks, p.n_paths, p.seqlen, p.d_state}, weights);
-  g.dA_partial = at::empty({p.batch, p.n_length_blocks, p.n_paths, p.dim, p.d_state}, weights);
-  g.dD_partial = at::empty({p.batch, p.n_length_blocks, p.n_paths, p.dim}, weights);
-  g.ddelta_bias_partial = at::empty({p.batch, p.n_length_blocks, p.n_paths, p.dim}, weights);
   g.dB_by_position = at::empty({p.batch, p.n_paths, p.seqlen, p.d_state}, weights);
   g.dC_by_position = at::empty_like(g.dB_by_position);
   g.dA = at::empty_like(g.inputs.A);
@@ -166,10 +162,19 @@ ScanBackward prepare_scan_backward(
   p.dz = z.has_value() ? g.dz.mutable_data_ptr() : nullptr;
   p.dB_partial = g.dB_partial.mutable_data_ptr();
   p.dC_partial = g.dC_partial.mutable_data_ptr();
+  return g;
+}
+
+void allocate_length_partials(ScanBackward& g, int64_t n_length_blocks) {
+  MultiPathScanBwdParams& p = g.params;
+  const auto weights = g.inputs.A.options();
+  p.n_length_blocks = n_length_blocks;
+  g.dA_partial = at::empty({p.batch, n_length_blocks, p.n_paths, p.dim, p.d_state}, weights);
+  g.dD_partial = at::empty({p.batch, n_length_blocks, p.n_paths, p.dim}, weights);
+  g.ddelta_bias_partial = at::empty({p.batch, n_length_blocks, p.n_paths, p.dim}, weights);
   p.dA_partial = g.dA_partial.mutable_data_ptr();
   p.dD_partial = g.dD_partial.mutable_data_ptr();
   p.ddelta_bias_partial = g.ddelta_bias_partial.mutable_data_ptr();
-  return g;
 }
 
 ScanGradients finish_scan_backward(const ScanBackward& g) {

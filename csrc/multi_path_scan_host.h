@@ -63,14 +63,17 @@ ScanForward prepare_scan_forward(
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, bool delta_softplus);
 
-// channel_block: the channels summed into one dB/dC partial; partials_per_chunk: dA, dD and
-// ddelta_bias partials per (batch, chunk) instead of per batch element.
+// channel_block: the channels summed into one dB/dC partial. The dA, dD and ddelta_bias partials
+// come from allocate_length_partials, once the device has chosen n_length_blocks.
 ScanBackward prepare_scan_backward(
     const at::Tensor& grad_out, const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
     const at::Tensor& B, const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
-    bool delta_softplus, int64_t channel_block, bool partials_per_chunk);
+    bool delta_softplus, int64_t channel_block);
+
+// The dA, dD and ddelta_bias partials: n_length_blocks per batch element (MultiPathScanBwdParams).
+void allocate_length_partials(ScanBackward& g, int64_t n_length_blocks);
 
 // Checks on the values of paths and mix (every index in range) that need them on the host.
 void check_scan_indices_on_host(const ScanInputs& inputs, int64_t seqlen);

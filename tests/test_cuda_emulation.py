@@ -51,11 +51,11 @@ def assert_close_scaled(actual, expected, dtype):
         torch.testing.assert_close(a, e, rtol=rtol, atol=atol * scale)
 
 
-# (batch, D, L, P, N): channel blocks with idle lanes (D = 33, 40), L past one 64-step chunk and
-# not a multiple of it, more chunks than a block's warps (L = 300: 5), each state-size bucket
-# (N <= 16, <= 32, <= 64); the forward's paths cut into spans (the emulation reports 4
-# multiprocessors, so a shape with fewer (batch, path, 32 channels) blocks is cut): two spans of 16
-# chunks (L = 2048), four spans of 3, 3, 3 and 2 chunks (L = 700).
+# (batch, D, L, P, N): lanes past D in a block's 32 channels (D = 3, 5, 33, 40), L inside one 64-step
+# chunk, past it and not a multiple of it, several chunks with a partial last one (L = 300), N from 1
+# to 40, P up to 8; and paths cut into spans (the emulation reports 4 multiprocessors, so a shape with
+# fewer (batch, path, 32 channels) blocks is cut): two spans of 16 chunks (L = 2048), four spans of
+# 3, 3, 3 and 2 chunks (L = 700).
 SHAPES = [(1, 3, 1, 1, 1), (2, 33, 70, 2, 3), (1, 40, 67, 3, 20), (1, 5, 19, 8, 40), (1, 33, 300, 2, 4),
           (1, 3, 2048, 2, 3), (1, 2, 700, 1, 5)]
 

@@ -1,20 +1,24 @@
 // CUDA backward of posemamba::multi_path_scan_bwd: the kernels and their launches.
 //
-// The adjoint state runs backwards along each path: g_s = dy_s C_s + exp(dt_{s+1} a) g_{s+1}. Like the
-// forward's state it is linear, so the chunks of a path run in parallel (a thread per batch, path,
-// channel and chunk: chunk_task) in three passes:
-//   1. each chunk but the first runs the adjoint backwards from zero: what flows out of its first step
-//      to the chunk before it, and its steps' sum of dt;
-//   2. carry_adjoint_across_chunks, last chunk to first, turns those into the adjoint flowing into each
-//      chunk from its right;
-//   3. each chunk recomputes its states from the state the forward saved before it, then runs the
-//      adjoint backwards from that inflow, computing every gradient.
-// Per-element gradients go to rows the thread owns: ddelta, and the gradient of each step's scan
-// input (v = u[l] + u[mix[l]]) per path, which a last kernel gathers into du in a fixed order (paths,
-// then the steps that mixed each position in, through an inverse index of mix). dB and dC sum over
-// a warp's channels in lane order through shared memory (WarpColumnSums) into per-block partials;
-// dA, dD and ddelta_bias into per-(batch, chunk) partials. Fixed-order passes then add the partials:
-// no float atomics, bitwise reproducible.
+// The same split as the forward (scan_forward_cuda.cuh, scan_cuda_common.cuh): a block takes 32
+// channels of one (batch, path) and walks a span of the path's chunks, here last to first, its warps
+// sharing each chunk, kStepsPerThread consecutive steps a thread. Per chunk and state entry, with each
+// step's exp taken once:
+// - the states: each thread composes its steps' state maps, and the maps of the warps before its own
+//   carry the chunk's start state, which the forward saved (chunk_states), to its first step;
+// - the adjoint q (the gradient reaching the state before a step from everything after it) runs
+//   backwards, q_s = decay_s (dy_s C_s + q_{s+1}): that too is a state map, composed per thread and
+//   carried from the warps after this one and from the chunk after this one;
+// - then each thread walks its steps backwards computing every gradient (state_update_backward).
+// Where the path is cut into spans (as in the forward, where blocks of whole paths would not fill the
+// GPU), a first pass composes each span's adjoint map from a zero inflow and carry_across_spans turns
+// those into the adjoint entering each span: a second exp per state update there.
+// Per-element gradients go to rows the block owns: ddelta, and the gradient of each step's scan input
+// (v = u[l] + u[mix[l]]) per path, which a last kernel gathers into du in a fixed order (paths, then the
+// steps that mixed each position in, through an inverse index of mix). dB and dC sum over a warp's
+// channels in lane order through shared memory into per-(32 channels) partials; dA, dD and ddelta_bias
+// into per-(span, warp) partials. Fixed-order passes then add the partials: no float atomics, bitwise
+// reproducible.
 //
 // Included by the .cu of the same name (nvcc: the instantiations for every input dtype) and by the
 // host emulation build that tests these kernels without a GPU (../emulation/).
@@ -25,6 +29,8 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/searchsorted.h>
 #include <ATen/ops/sort.h>
+#include <ATen/ops/zeros.h>
+
 
 #include "scan_cuda.h"
 #include "scan_cuda_common.cuh"
@@ -42,204 +48,176 @@ __device__ __forceinline__ at::opmath_type<input_t> output_grad_at(const MultiPa
   return p.z ? g * silu(static_cast<weight_t>(static_cast<const input_t*>(p.z)[i])) : g;
 }
 
-// Pass 1: chunk k (but the first) from a zero inflow; what flows out of its first step goes to
-// chunk_inflow's slot k - 1, which pass 2 then turns into chunk k - 1's inflow, and its sum of dt to
-// chunk_dt[.., k].
-template <typename input_t, int kNMax>
-__global__ void __launch_bounds__(kWarp * kChunksPerBlock)
-    adjoint_chunks_from_zero_kernel(MultiPathScanBwdParams p, at::opmath_type<input_t>* chunk_inflow,
-                                    at::opmath_type<input_t>* chunk_dt) {
+// Sums over a warp's lanes (its 32 channels) of one value per step for each of the warp's
+// kStepsPerThread steps, through a padded tile of shared memory: lane i's result is step i % 8's sum
+// for lanes i < kStepsPerThread. A quarter of the lanes adds each step's column of 8 lanes, then two
+// shuffles add the quarters: a fixed order, bitwise the same every run.
+template <typename T>
+struct WarpStepSums {
+  static_assert(kStepsPerThread == 8 && kWarp == 32, "the sums' lane split assumes 8 steps and 32 lanes");
+  T (*tile)[kWarp + 1];
+
+  __device__ void stage(int step, T value) const { tile[step][threadIdx.x] = value; }
+
+  // Every lane of the warp calls it, after staging all kStepsPerThread values.
+  __device__ T sum() const {
+    __syncwarp();
+    const int step = threadIdx.x % kStepsPerThread, quarter = threadIdx.x / kStepsPerThread;
+    T total = 0;
+    for (int lane = quarter * 8; lane < quarter * 8 + 8; ++lane) total += tile[step][lane];
+    total += __shfl_down_sync(0xffffffffu, total, 8);   // quarters 0 + 1 and 2 + 3
+    total += __shfl_down_sync(0xffffffffu, total, 16);  // (0 + 1) + (2 + 3)
+    __syncwarp();  // the tile is free for the next values
+    return total;
+  }
+};
+
+// Passes 1 and 3 (see above), by pointers: with span_maps, pass 1 (spans from first_span on: the
+// span's adjoint map from a zero inflow, (batch, P, D, spans, N)); else pass 3 (gradients), with
+// adjoint (batch, P, D, spans, N) holding the adjoint entering each span from its right (zeros for the
+// last), which each block then updates in place chunk by chunk.
+template <typename input_t>
+__global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiprocessor)
+    scan_span_backward_kernel(MultiPathScanBwdParams p, int64_t chunks_per_span, int64_t first_span,
+                              at::opmath_type<input_t>* adjoint, StateMap<at::opmath_type<input_t>>* span_maps,
+                              at::opmath_type<input_t>* dv_paths) {
   using weight_t = at::opmath_type<input_t>;
-  const ChunkTask task = chunk_task(p);
-  if (!task.valid || task.chunk == 0) return;
-  const PathChannel<input_t> c(p, task.b, task.path, task.d);
-  weight_t a[kNMax];
-  c.load_state_rates(a);
-  weight_t carry[kNMax];
-#pragma unroll
-  for (int n = 0; n < kNMax; ++n) carry[n] = weight_t(0);
-  weight_t sum_dt = 0;
-  for (int64_t s = chunk_end(task.chunk, p.seqlen) - 1; s >= chunk_begin(task.chunk); --s) {
-    const int64_t l = c.position(s);
-    const weight_t dt = c.step_at(l);
-    const weight_t dy = output_grad_at<input_t>(p, task.b, task.d, l);
-#pragma unroll
-    for (int n = 0; n < kNMax; ++n) {
-      if (n < c.N) carry[n] = step_decay(dt, a[n]) * (carry[n] + dy * static_cast<weight_t>(c.C_path[n * c.L + l]));
-    }
-    sum_dt += dt;
-  }
-  const int64_t row = (task.b * p.n_paths + task.path) * p.dim + task.d;
-  chunk_dt[row * p.n_chunks + task.chunk] = sum_dt;
-  weight_t* previous_inflow = chunk_inflow + (row * p.n_chunks + task.chunk - 1) * p.d_state;
-#pragma unroll
-  for (int n = 0; n < kNMax; ++n) {
-    if (n < p.d_state) previous_inflow[n] = carry[n];
-  }
-}
-
-// Pass 2, one thread per (batch, path, channel, state entry), last chunk to first: the adjoint
-// flowing into each chunk from its right, in place. Chunk k's slot of inflow holds, on entry, what flows
-// out of chunk k + 1's first step when its adjoint starts from zero (pass 1); on exit, the adjoint
-// entering chunk k:  inflow[k] = exp(a sum_dt[k + 1]) inflow[k + 1] + from_zero[k + 1],  inflow[last] = 0.
-template <typename weight_t>
-__global__ void carry_adjoint_across_chunks_kernel(MultiPathScanParams p, weight_t* inflow, const weight_t* chunk_dt) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= p.batch * p.n_paths * p.dim * p.d_state) return;
-  const int64_t n = i % p.d_state, row = i / p.d_state;  // row: (batch, path, channel)
-  const weight_t a = static_cast<const weight_t*>(p.A)[row % (p.n_paths * p.dim) * p.d_state + n];
-  weight_t* slots = inflow + row * p.n_chunks * p.d_state + n;
-  const weight_t* sums = chunk_dt + row * p.n_chunks;
-  weight_t into = 0;
-  for (int64_t k = p.n_chunks - 1; k >= 0; --k) {
-    const weight_t from_zero = k > 0 ? slots[(k - 1) * p.d_state] : weight_t(0);
-    slots[k * p.d_state] = into;
-    into = step_decay(sums[k], a) * into + from_zero;
-  }
-}
-
-// Pass 3: chunk k's gradients. A warp's lanes are channels of the same chunk; lanes past D still take
-// part in the warp sums, reading channel D - 1 and contributing zero. The warp sums dC and dB of 16
-// state entries at a time: rows 0-15 of its tile hold dC, rows 16-31 dB.
-//
-// The adjoint runs backwards but needs the forward's states: keeping a whole chunk's (65 x N) in
-// local memory would cost 16 bytes of local traffic per state update. Instead a thread recomputes
-// the state before every sub-chunk of a few steps (kept in local memory: 1 KB for N <= 16 in float),
-// then per sub-chunk, last to first, the sub-chunk's states into registers, and recomputes each
-// step's decay on the way back: three exps per state update here instead of one, for almost no local
-// memory traffic (ptxas, sm_90, N <= 16 in float: 1 KB stack frame and no spills, was 8 KB).
-constexpr int kStatesPerWarpSum = kWarp / 2;
-
-// Steps per sub-chunk: as many as keep (steps + 1) states of kNMax entries of weight_t near 80
-// registers.
-template <typename weight_t, int kNMax>
-constexpr int sub_chunk_steps() {
-  constexpr int state_registers = kNMax * static_cast<int>(sizeof(weight_t) / 4);
-  return state_registers <= 16 ? 4 : state_registers <= 32 ? 2 : 1;
-}
-
-template <typename input_t, int kNMax>
-__global__ void __launch_bounds__(kWarp * kChunksPerBlock)
-    scan_chunks_backward_kernel(MultiPathScanBwdParams p, const at::opmath_type<input_t>* chunk_inflow,
-                                at::opmath_type<input_t>* dv_paths) {
-  using weight_t = at::opmath_type<input_t>;
-  const ChunkTask task = chunk_task(p);
-  if (task.chunk >= p.n_chunks) return;  // the whole warp
-  const bool active = task.d < p.dim;
-  const int64_t d = active ? task.d : p.dim - 1;
-  const int64_t b = task.b, path = task.path, chunk = task.chunk, N = p.d_state;
+  using Map = StateMap<weight_t>;
+  const SpanTask task = span_task(p, first_span);
+  const int64_t span = task.span, b = task.b, path = task.path, d = task.d;
+  const int64_t L = p.seqlen, N = p.d_state, n_spans = num_spans(p, chunks_per_span);
+  const int lane = task.lane, warp = task.warp;
+  const bool active = task.active, summary = span_maps != nullptr;
   const PathChannel<input_t> c(p, b, path, d);
-  weight_t a[kNMax];
-  c.load_state_rates(a);
   const int64_t row = (b * p.n_paths + path) * p.dim + d;
-  const int64_t channel_block = d / kWarp;
-  const int64_t partial = ((b * p.n_channel_blocks + channel_block) * p.n_paths + path) * p.seqlen * N;
-  auto* dB_partial = static_cast<weight_t*>(p.dB_partial) + partial;
-  auto* dC_partial = static_cast<weight_t*>(p.dC_partial) + partial;
-  auto* ddelta_row = static_cast<input_t*>(p.ddelta) + row * p.seqlen;
-  weight_t* dv_row = dv_paths + row * p.seqlen;
-  const int64_t s_begin = chunk_begin(chunk), s_end = chunk_end(chunk, p.seqlen);
-  __shared__ weight_t tiles[kChunksPerBlock][kWarp][kWarp + 1];
-  const WarpColumnSums<weight_t> channel_sums{tiles[threadIdx.y]};
-  constexpr int kSubChunk = sub_chunk_steps<weight_t, kNMax>();
-  constexpr int kSubChunksPerChunk = kScanChunk / kSubChunk;
-
-  weight_t dh[kNMax], dA[kNMax], h[kNMax];
-  const weight_t* start = static_cast<const weight_t*>(p.chunk_states) + (row * p.n_chunks + chunk) * N;
-  const weight_t* inflow = chunk_inflow + (row * p.n_chunks + chunk) * N;
-#pragma unroll
-  for (int n = 0; n < kNMax; ++n) {
-    h[n] = n < N ? start[n] : weight_t(0);
-    dh[n] = active && n < N ? inflow[n] : weight_t(0);  // idle lanes' dB contributions must stay zero
-    dA[n] = weight_t(0);
+  // Per state entry: the adjoint entering the chunk from its right, which warp 0 (whose steps begin the
+  // chunk) updates; in pass 1 with the decay of the span so far, as the span's map.
+  weight_t* adjoint_row = summary ? nullptr : adjoint + (row * n_spans + span) * N;
+  Map* span_map_row = summary ? span_maps + (row * n_spans + span) * N : nullptr;
+  __shared__ Map state_maps[2][kSegmentWarps][kWarp], adjoint_maps[2][kSegmentWarps][kWarp];  // used in turn
+  __shared__ weight_t tiles[kSegmentWarps][kStepsPerThread][kWarp + 1];
+  const WarpStepSums<weight_t> channel_sums{tiles[warp]};
+  int buffer = 0;
+  if (summary && warp == 0 && active) {
+    for (int64_t n = 0; n < N; ++n) span_map_row[n] = Map::identity();
+  }
+  // This thread's dA partial, (batch, span and warp, P, D, N), and its dD and ddelta_bias sums.
+  const int64_t length_block = span * kSegmentWarps + warp;
+  const int64_t partial_row = ((b * p.n_length_blocks + length_block) * p.n_paths + path) * p.dim + d;
+  weight_t* dA_row = static_cast<weight_t*>(p.dA_partial) + partial_row * N;
+  if (!summary && active) {
+    for (int64_t n = 0; n < N; ++n) dA_row[n] = 0;
   }
   weight_t dD = 0, ddelta_bias = 0;
+  const int64_t partial = ((b * p.n_channel_blocks + d / kWarp) * p.n_paths + path) * L * N;
+  auto* dB_partial = static_cast<weight_t*>(p.dB_partial) + partial;
+  auto* dC_partial = static_cast<weight_t*>(p.dC_partial) + partial;
+  __syncthreads();
 
-  // The state before each sub-chunk, recomputed from the chunk's saved start state.
-  weight_t checkpoints[kSubChunksPerChunk * kNMax];
-  for (int64_t s = s_begin; s < s_end; ++s) {
-    const int64_t k = s - s_begin;
-    if (k % kSubChunk == 0) {
+  const int64_t first_chunk = span * chunks_per_span;
+  const int64_t end_chunk = first_chunk + chunks_per_span < p.n_chunks ? first_chunk + chunks_per_span : p.n_chunks;
+  for (int64_t chunk = end_chunk - 1; chunk >= first_chunk; --chunk) {
+    // This thread's steps; past the path's end a step is the identity map and has no gradient.
+    const int64_t first = chunk_begin(chunk) + warp * kStepsPerThread, end = chunk_end(chunk, L);
+    int32_t position[kStepsPerThread];  // L < 2^31 (path_channel_grid)
+    weight_t v[kStepsPerThread], dt[kStepsPerThread], dy[kStepsPerThread];
+    weight_t d_dt[kStepsPerThread], d_dt_v[kStepsPerThread];
 #pragma unroll
-      for (int n = 0; n < kNMax; ++n) checkpoints[k / kSubChunk * kNMax + n] = h[n];
+    for (int k = 0; k < kStepsPerThread; ++k) {
+      const bool valid = first + k < end;
+      position[k] = valid ? c.position(first + k) : 0;
+      v[k] = valid ? c.input_at(position[k]) : weight_t(0);
+      dt[k] = valid ? c.step_at(position[k]) : weight_t(0);
+      dy[k] = valid && active ? output_grad_at<input_t>(p, b, d, position[k]) : weight_t(0);
+      d_dt[k] = d_dt_v[k] = 0;
     }
-    const int64_t l = c.position(s);
-    const weight_t dt = c.step_at(l);
-    const weight_t dt_v = dt * c.input_at(l);
+#pragma unroll 1
+    for (int64_t n = 0; n < N; ++n) {
+      const weight_t a = c.A_row[n];
+      const input_t* B_row = c.B_path + n * L;
+      const input_t* C_row = c.C_path + n * L;
+      // The steps' state maps, and their adjoint maps composed last step first.
+      Map steps[kStepsPerThread];
+      Map own = Map::identity(), own_adjoint = Map::identity();
 #pragma unroll
-    for (int n = 0; n < kNMax; ++n) {
-      if (n < N) h[n] = state_update<weight_t>(h[n], step_decay(dt, a[n]), dt_v, static_cast<weight_t>(c.B_path[n * c.L + l]));
-    }
-  }
-
-  // Sub-chunks last to first: their states again, into registers (states[k]: after k steps), then the
-  // adjoint backwards through them.
-  for (int64_t sub = (s_end - s_begin - 1) / kSubChunk; sub >= 0; --sub) {
-    const int64_t sub_begin = s_begin + sub * kSubChunk;
-    const int64_t count = s_end - sub_begin < kSubChunk ? s_end - sub_begin : kSubChunk;
-    weight_t states[kSubChunk + 1][kNMax];
+      for (int k = 0; k < kStepsPerThread; ++k) {
+        steps[k] = first + k < end ? Map{step_decay(dt[k], a), dt[k] * v[k] * static_cast<weight_t>(B_row[position[k]])}
+                                   : Map::identity();
+        own = own.then(steps[k]);
+      }
 #pragma unroll
-    for (int n = 0; n < kNMax; ++n) states[0][n] = checkpoints[sub * kNMax + n];
-#pragma unroll
-    for (int k = 0; k < kSubChunk; ++k) {
-      if (k < count) {
-        const int64_t l = c.position(sub_begin + k);
-        const weight_t dt = c.step_at(l);
-        const weight_t dt_v = dt * c.input_at(l);
-#pragma unroll
-        for (int n = 0; n < kNMax; ++n) {
-          states[k + 1][n] = n < N ? state_update<weight_t>(states[k][n], step_decay(dt, a[n]), dt_v,
-                                                             static_cast<weight_t>(c.B_path[n * c.L + l]))
-                                   : weight_t(0);
+      for (int k = kStepsPerThread - 1; k >= 0; --k) {
+        const weight_t dy_C = first + k < end ? dy[k] * static_cast<weight_t>(C_row[position[k]]) : weight_t(0);
+        own_adjoint = own_adjoint.then(Map{steps[k].decay, steps[k].decay * dy_C});
+      }
+      // Read before the barrier, after which warp 0 writes the next chunk's. Buffers are written again
+      // two barriers later, when every thread has read them. Lanes past D keep a zero adjoint, so that
+      // they add nothing to the warp's dB and dC sums.
+      const weight_t q_end = !active ? weight_t(0) : summary ? span_map_row[n].drive : adjoint_row[n];
+      state_maps[buffer][warp][lane] = own;
+      adjoint_maps[buffer][warp][lane] = own_adjoint;
+      __syncthreads();
+      Map before = Map::identity(), after = Map::identity();
+      for (int w = 0; w < warp; ++w) before = before.then(state_maps[buffer][w][lane]);
+      for (int w = kSegmentWarps - 1; w > warp; --w) after = after.then(adjoint_maps[buffer][w][lane]);
+      const Map chunk_adjoint = after.then(own_adjoint);
+      buffer ^= 1;
+      if (warp == 0 && active) {
+        if (summary) {
+          span_map_row[n] = Map{span_map_row[n].decay * chunk_adjoint.decay, chunk_adjoint.apply(q_end)};
+        } else {
+          adjoint_row[n] = chunk_adjoint.apply(q_end);
         }
       }
-    }
+      if (summary) continue;
+
+      // The states: h[k] before step k, h[k + 1] after it.
+      weight_t h[kStepsPerThread + 1];
+      h[0] = before.apply(static_cast<const weight_t*>(p.chunk_states)[(row * p.n_chunks + chunk) * N + n]);
 #pragma unroll
-    for (int k = kSubChunk - 1; k >= 0; --k) {
-      if (k >= count) continue;
-      const int64_t l = c.position(sub_begin + k);
-      const weight_t v = c.input_at(l);
-      const weight_t raw = static_cast<weight_t>(c.delta_row[l]);
-      const weight_t dt = step_size<weight_t>(raw, c.bias, p.delta_softplus);
-      const weight_t dt_v = dt * v;
-      const weight_t dy = active ? output_grad_at<input_t>(p, b, d, l) : weight_t(0);
-      weight_t d_dt = 0, d_dt_v = 0;
+      for (int k = 0; k < kStepsPerThread; ++k) h[k + 1] = steps[k].apply(h[k]);
+      weight_t q = after.apply(q_end), dA = 0;
 #pragma unroll
-      for (int group = 0; group < kNMax; group += kStatesPerWarpSum) {
-        if (group >= N) break;  // the same for the whole warp
-#pragma unroll
-        for (int n = group; n < group + kStatesPerWarpSum; ++n) {
-          if (n < N) {
-            weight_t dB_lane = 0;
-            dh[n] = state_update_backward<weight_t>(dh[n] + dy * static_cast<weight_t>(c.C_path[n * c.L + l]),
-                                                    states[k][n], step_decay(dt, a[n]), dt, a[n], dt_v,
-                                                    static_cast<weight_t>(c.B_path[n * c.L + l]), d_dt, dA[n],
-                                                    d_dt_v, dB_lane);
-            channel_sums.stage(n - group, dy * states[k + 1][n]);
-            channel_sums.stage(kStatesPerWarpSum + n - group, dB_lane);
-          }
+      for (int k = kStepsPerThread - 1; k >= 0; --k) {
+        weight_t dB = 0;
+        if (first + k < end) {
+          const weight_t dh = dy[k] * static_cast<weight_t>(C_row[position[k]]) + q;
+          q = state_update_backward<weight_t>(dh, h[k], steps[k].decay, dt[k], a, dt[k] * v[k],
+                                              static_cast<weight_t>(B_row[position[k]]), d_dt[k], dA, d_dt_v[k], dB);
         }
-        const weight_t total = channel_sums.sum_row();
-        const int n = group + threadIdx.x % kStatesPerWarpSum;
-        if (n < N) (threadIdx.x < kStatesPerWarpSum ? dC_partial : dB_partial)[l * N + n] = total;
+        channel_sums.stage(k, dB);
       }
-      const weight_t d_step = (d_dt + d_dt_v * v) * step_size_grad<weight_t>(raw, c.bias, p.delta_softplus);
-      dD += dy * v;
+      const weight_t dB_sum = channel_sums.sum();
+#pragma unroll
+      for (int k = 0; k < kStepsPerThread; ++k) channel_sums.stage(k, dy[k] * h[k + 1]);
+      const weight_t dC_sum = channel_sums.sum();
+      const int64_t step = first + lane % kStepsPerThread;
+      if (lane < kStepsPerThread && step < end) {
+        const int64_t l = c.position(step);
+        dB_partial[l * N + n] = dB_sum;
+        dC_partial[l * N + n] = dC_sum;
+      }
+      if (active) dA_row[n] += dA;
+    }
+    __syncthreads();  // warp 0's adjoint is read next chunk (no barrier between where N = 1)
+    if (summary || !active) continue;
+    auto* ddelta_row = static_cast<input_t*>(p.ddelta) + row * L;
+#pragma unroll
+    for (int k = 0; k < kStepsPerThread; ++k) {
+      if (first + k >= end) continue;
+      const int64_t l = position[k];
+      const weight_t d_step =
+          (d_dt[k] + d_dt_v[k] * v[k]) *
+          step_size_grad<weight_t>(static_cast<weight_t>(c.delta_row[l]), c.bias, p.delta_softplus);
+      ddelta_row[l] = static_cast<input_t>(d_step);
+      dv_paths[row * L + l] = d_dt_v[k] * dt[k] + dy[k] * c.skip;
+      dD += dy[k] * v[k];
       ddelta_bias += d_step;
-      if (active) {
-        ddelta_row[l] = static_cast<input_t>(d_step);
-        dv_row[l] = d_dt_v * dt + dy * c.skip;
-      }
     }
   }
-  if (active) {
-    const int64_t channel = ((b * p.n_chunks + chunk) * p.n_paths + path) * p.dim + d;
-#pragma unroll
-    for (int n = 0; n < kNMax; ++n) {
-      if (n < N) static_cast<weight_t*>(p.dA_partial)[channel * N + n] = dA[n];
-    }
-    static_cast<weight_t*>(p.dD_partial)[channel] = dD;
-    static_cast<weight_t*>(p.ddelta_bias_partial)[channel] = ddelta_bias;
+  if (!summary && active) {
+    static_cast<weight_t*>(p.dD_partial)[partial_row] = dD;
+    static_cast<weight_t*>(p.ddelta_bias_partial)[partial_row] = ddelta_bias;
   }
 }
 
@@ -290,30 +268,29 @@ template <typename scalar_t>
 void run_scan_backward_as(ScanBackward& g) {
   using weight_t = at::opmath_type<scalar_t>;
   const MultiPathScanBwdParams& p = g.params;
-  TORCH_CHECK(p.n_length_blocks == p.n_chunks && p.channel_block == kWarp,
-              "the CUDA backward takes partials per chunk and per warp of channels");
+  TORCH_CHECK(p.channel_block == kWarp, "the CUDA backward sums dB and dC per warp of channels");
+  const int64_t span_chunks = p.n_chunks > 0 ? chunks_per_span(p) : 1;
+  const int64_t n_spans = p.n_chunks > 0 ? num_spans(p, span_chunks) : 1;
+  allocate_length_partials(g, n_spans * kSegmentWarps);
   if (p.batch > 0 && p.dim > 0 && p.seqlen > 0) {  // else the reduction below writes dA, dD, ddelta_bias = 0
     const auto weights = g.inputs.A.options();
     const at::Tensor dv_paths = at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, weights);
-    const at::Tensor chunk_inflow = at::empty({p.batch, p.n_paths, p.dim, p.n_chunks, p.d_state}, weights);
-    const at::Tensor chunk_dt = at::empty({p.batch, p.n_paths, p.dim, p.n_chunks}, weights);
+    // The adjoint entering each span from its right: zero for the last, from the carry pass for the others.
+    const at::Tensor adjoint = at::zeros({p.batch, p.n_paths, p.dim, n_spans, p.d_state}, weights);
+    auto* adjoint_data = adjoint.mutable_data_ptr<weight_t>();
     const MixSources mix = g.inputs.mix.defined() ? invert_mix(g.inputs.mix, p.seqlen) : MixSources{};
-    auto* dv_data = dv_paths.mutable_data_ptr<weight_t>();
-    auto* inflow_data = chunk_inflow.mutable_data_ptr<weight_t>();
-    auto* dt_data = chunk_dt.mutable_data_ptr<weight_t>();
-    const dim3 chunk_block(kWarp, kChunksPerBlock);
-    dispatch_state_bucket(p.d_state, [&](auto bucket) {
-      constexpr int kNMax = decltype(bucket)::value;
-      simt::launch(adjoint_chunks_from_zero_kernel<scalar_t, kNMax>, chunk_grid(p), chunk_block, 0, p, inflow_data,
-                   dt_data);
-      simt::launch(carry_adjoint_across_chunks_kernel<weight_t>,
-                   elementwise_blocks(p.batch * p.n_paths * p.dim * p.d_state), kElementwiseThreads, 0, p, inflow_data,
-                   static_cast<const weight_t*>(dt_data));
-      simt::launch(scan_chunks_backward_kernel<scalar_t, kNMax>, chunk_grid(p), chunk_block, 0, p,
-                   static_cast<const weight_t*>(inflow_data), dv_data);
-    });
+    const dim3 block(kWarp, kSegmentWarps);
+    if (n_spans > 1) {
+      const at::Tensor span_maps = at::empty({p.batch, p.n_paths, p.dim, n_spans, p.d_state, 2}, weights);
+      auto* maps = reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>());
+      simt::launch(scan_span_backward_kernel<scalar_t>, path_channel_grid(p, n_spans - 1), block, 0, p, span_chunks,
+                   /*first_span=*/int64_t{1}, nullptr, maps, nullptr);
+      carry_across_spans<weight_t>(p, n_spans, maps, adjoint_data, /*forward=*/false);
+    }
+    simt::launch(scan_span_backward_kernel<scalar_t>, path_channel_grid(p, n_spans), block, 0, p, span_chunks,
+                 /*first_span=*/int64_t{0}, adjoint_data, nullptr, dv_paths.mutable_data_ptr<weight_t>());
     simt::launch(merge_input_grads_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen),
-                 kElementwiseThreads, 0, p, static_cast<const weight_t*>(dv_data),
+                 kElementwiseThreads, 0, p, dv_paths.const_data_ptr<weight_t>(),
                  mix.sources.defined() ? mix.sources.const_data_ptr<int64_t>() : nullptr,
                  mix.offsets.defined() ? mix.offsets.const_data_ptr<int64_t>() : nullptr);
   }

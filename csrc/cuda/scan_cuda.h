@@ -28,7 +28,7 @@ template <typename scalar_t>
 void run_scan_backward_as(ScanBackward& g);
 
 // The ops' CUDA implementations on the current device, without its guard: inputs prepared with the
-// CUDA work split (dB/dC partials per warp of channels, dA/dD/ddelta_bias partials per chunk), the
+// CUDA work split (dB/dC partials per warp of channels, dA/dD/ddelta_bias partials per span and warp), the
 // dtype's kernels run, outputs collected. scan_cuda_ops.cpp registers them behind a device guard; the
 // emulation tests (../emulation/) call them directly.
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_forward(
@@ -48,7 +48,7 @@ inline ScanGradients scan_backward(
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
     bool delta_softplus) {
   ScanBackward g = prepare_scan_backward(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated,
-                                         chunk_states, delta_softplus, kWarp, /*partials_per_chunk=*/true);
+                                         chunk_states, delta_softplus, kWarp);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "multi_path_scan_bwd_cuda",
                                   [&] { run_scan_backward_as<scalar_t>(g); });
   return finish_scan_backward(g);

@@ -1,12 +1,14 @@
-// What the CUDA forward and backward share: the state-size buckets, warp sums in a fixed order, the
-// fixed-order reduction of per-block partials, one (batch, path, channel)'s rows (PathChannel), the
-// grids of blocks per (batch, path, 32 channels) and the backward's chunk work split (chunk_task). The scan math itself comes from ../multi_path_scan.h, as on the CPU.
+// What the CUDA forward and backward share: the fixed-order reduction of per-block partials, one
+// (batch, path, channel)'s rows (PathChannel), the grid of blocks per (batch, path, 32 channels), the
+// scan kernels' split of a path into chunks and spans, and the carry pass between spans. The scan
+// math itself comes from ../multi_path_scan.h, as on the CPU.
 #pragma once
 
 #include <ATen/OpMathType.h>
 #include <c10/util/Exception.h>
 
-#include <type_traits>
+#include <algorithm>
+#include <limits>
 
 #include "../multi_path_scan.h"
 #include "scan_cuda.h"
@@ -14,40 +16,6 @@
 
 namespace posemamba {
 namespace cuda {
-
-// Each thread keeps its channel's N-entry state in registers, sized by the bucket N falls in: three
-// instantiations per dtype instead of one per N.
-template <typename Fn>
-void dispatch_state_bucket(int64_t d_state, Fn&& fn) {
-  if (d_state <= 16) {
-    fn(std::integral_constant<int, 16>{});
-  } else if (d_state <= 32) {
-    fn(std::integral_constant<int, 32>{});
-  } else {
-    static_assert(kMaxStateDim == 64, "buckets cover N up to kMaxStateDim");
-    fn(std::integral_constant<int, 64>{});
-  }
-}
-
-// Sums over a warp's lanes of 32 values per lane, through shared memory: each lane stages its values
-// in its column of a 32 x 33 tile (the pad keeps both the row writes and the column reads free of bank
-// conflicts), then lane i adds row i in lane order. Bitwise the same every run, and one staged write,
-// one read and one add per value instead of a shuffle tree's five shuffles and five adds.
-template <typename T>
-struct WarpColumnSums {
-  T (*tile)[kWarp + 1];
-
-  __device__ void stage(int row, T value) const { tile[row][threadIdx.x] = value; }
-
-  // Lane i's result: the sum over lanes of what they staged in row i. Every lane of the warp calls it.
-  __device__ T sum_row() const {
-    __syncwarp();
-    T total = 0;
-    for (int lane = 0; lane < kWarp; ++lane) total += tile[threadIdx.x][lane];
-    __syncwarp();  // the tile is free for the next values
-    return total;
-  }
-};
 
 // out[o, i] = sum over k of partial[o, k, i], k in index order.
 template <typename T>
@@ -97,13 +65,6 @@ struct PathChannel {
     A_row = static_cast<const weight_t*>(p.A) + path_channel * N;
   }
 
-  // A[path, d, :] into registers, zero past N.
-  template <int kNMax>
-  __device__ void load_state_rates(weight_t (&a)[kNMax]) const {
-#pragma unroll
-    for (int n = 0; n < kNMax; ++n) a[n] = n < N ? A_row[n] : weight_t(0);
-  }
-
   // The position the path visits at step s.
   __device__ int64_t position(int64_t s) const {
     const int64_t l = order[s];
@@ -133,9 +94,6 @@ struct PathChannel {
   weight_t bias, skip;
 };
 
-// The backward's split: a thread per (batch, path, channel, chunk of kScanChunk steps), a block's
-// lanes 32 channels and its warps kChunksPerBlock consecutive chunks (chunk_grid, chunk_task).
-constexpr int kChunksPerBlock = 4;
 constexpr int64_t kMaxGridZ = 65535;
 
 C10_HOST_DEVICE inline int64_t num_channel_blocks(const MultiPathScanParams& p) {
@@ -143,29 +101,13 @@ C10_HOST_DEVICE inline int64_t num_channel_blocks(const MultiPathScanParams& p) 
 }
 
 // The grid of the kernels with a block per (batch, path, 32 channels, x_per_channel_block): x holds
-// channel blocks and x_per_channel_block, y the path, z the batch.
+// channel blocks and x_per_channel_block, y the path, z the batch. Their threads hold positions in
+// int32.
 inline dim3 path_channel_grid(const MultiPathScanParams& p, int64_t x_per_channel_block) {
   TORCH_CHECK(p.batch <= kMaxGridZ, "u: the CUDA kernels take a batch of at most ", kMaxGridZ, ", got ", p.batch);
+  TORCH_CHECK(p.seqlen <= std::numeric_limits<int32_t>::max(), "u: the CUDA kernels take L below 2^31, got ", p.seqlen);
   return dim3(static_cast<unsigned>(x_per_channel_block * num_channel_blocks(p)), static_cast<unsigned>(p.n_paths),
               static_cast<unsigned>(p.batch));
-}
-
-inline dim3 chunk_grid(const MultiPathScanParams& p) {
-  return path_channel_grid(p, (p.n_chunks + kChunksPerBlock - 1) / kChunksPerBlock);
-}
-
-// This thread's (batch, path, channel, chunk); `valid` is false for lanes and warps past the ends.
-struct ChunkTask {
-  int64_t b, path, d, chunk;
-  bool valid;
-};
-
-__device__ __forceinline__ ChunkTask chunk_task(const MultiPathScanParams& p) {
-  const int64_t channel_blocks = num_channel_blocks(p);
-  const int64_t chunk = static_cast<int64_t>(blockIdx.x) / channel_blocks * kChunksPerBlock + threadIdx.y;
-  const int64_t d = static_cast<int64_t>(blockIdx.x) % channel_blocks * kWarp + threadIdx.x;
-  return {static_cast<int64_t>(blockIdx.z), static_cast<int64_t>(blockIdx.y), d, chunk,
-          d < p.dim && chunk < p.n_chunks};
 }
 
 // The chunk's first and one-past-last step.
@@ -175,6 +117,72 @@ __device__ __forceinline__ int64_t chunk_begin(int64_t chunk) {
 
 __device__ __forceinline__ int64_t chunk_end(int64_t chunk, int64_t seqlen) {
   return chunk * kScanChunk + kScanChunk < seqlen ? chunk * kScanChunk + kScanChunk : seqlen;
+}
+
+// The scan kernels' split (forward and backward): a block takes 32 channels (its lanes) of one
+// (batch, path) and walks a span of the path's 64-step chunks, its kSegmentWarps warps sharing each
+// chunk, kStepsPerThread consecutive steps each.
+constexpr int kSegmentWarps = 8;
+constexpr int kStepsPerThread = 8;
+static_assert(kSegmentWarps * kStepsPerThread == kScanChunk, "a block's warps share one chunk");
+// Blocks resident per multiprocessor that registers must allow: at most 128 registers a thread.
+constexpr int kSpanBlocksPerMultiprocessor = 2;
+
+// Chunks per span: all of them where the blocks of whole paths fill the device's multiprocessors
+// (one block each: a starting point until measured on a GPU), else as few as fill them.
+inline int64_t chunks_per_span(const MultiPathScanParams& p) {
+  const int64_t path_blocks = p.batch * p.n_paths * num_channel_blocks(p);
+  const int64_t wanted_spans = (simt::multiprocessor_count() + path_blocks - 1) / path_blocks;
+  const int64_t spans = std::min(p.n_chunks, wanted_spans);
+  return (p.n_chunks + spans - 1) / spans;
+}
+
+C10_HOST_DEVICE inline int64_t num_spans(const MultiPathScanParams& p, int64_t chunks_per_span) {
+  return (p.n_chunks + chunks_per_span - 1) / chunks_per_span;
+}
+
+// A span block's (batch, path, channel), span and warp; lanes past D follow channel D - 1 through
+// the barriers (`active` false) and write nothing.
+struct SpanTask {
+  int64_t b, path, d, span;
+  int lane, warp;
+  bool active;
+};
+
+// first_span: the span of the grid's first blocks (passes that leave out the first span start at 1).
+__device__ __forceinline__ SpanTask span_task(const MultiPathScanParams& p, int64_t first_span) {
+  const int64_t channel_blocks = num_channel_blocks(p);
+  const int64_t lane_channel = static_cast<int64_t>(blockIdx.x) % channel_blocks * kWarp + threadIdx.x;
+  const bool active = lane_channel < p.dim;
+  return {static_cast<int64_t>(blockIdx.z), static_cast<int64_t>(blockIdx.y), active ? lane_channel : p.dim - 1,
+          first_span + static_cast<int64_t>(blockIdx.x) / channel_blocks, static_cast<int>(threadIdx.x),
+          static_cast<int>(threadIdx.y), active};
+}
+
+// The carry pass between spans, one thread per (batch, path, channel, state entry): into[.., s, n] =
+// what flows into span s from the spans before it in the walk's order (forward: first to last, the
+// state before the span; backward: last to first, the adjoint entering the span from its right),
+// composing the spans' maps (each span's from-zero pass) in that order; zero into the first.
+template <typename weight_t>
+__global__ void carry_across_spans_kernel(MultiPathScanParams p, int64_t n_spans, const StateMap<weight_t>* span_maps,
+                                          weight_t* into, bool forward) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= p.batch * p.n_paths * p.dim * p.d_state) return;
+  const int64_t row = i / p.d_state, n = i % p.d_state;
+  weight_t carried = 0;
+  for (int64_t k = 0; k < n_spans; ++k) {
+    const int64_t span = forward ? k : n_spans - 1 - k;
+    const int64_t slot = (row * n_spans + span) * p.d_state + n;
+    into[slot] = carried;
+    if (k + 1 < n_spans) carried = span_maps[slot].apply(carried);
+  }
+}
+
+template <typename weight_t>
+void carry_across_spans(const MultiPathScanParams& p, int64_t n_spans, const StateMap<weight_t>* span_maps,
+                        weight_t* into, bool forward) {
+  simt::launch(carry_across_spans_kernel<weight_t>, elementwise_blocks(p.batch * p.n_paths * p.dim * p.d_state),
+               kElementwiseThreads, 0, p, n_spans, span_maps, into, forward);
 }
 
 }  // namespace cuda

@@ -28,8 +28,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 
-#include <algorithm>
-#include <limits>
 
 #include "scan_cuda.h"
 #include "scan_cuda_common.cuh"
@@ -37,45 +35,21 @@
 namespace posemamba {
 namespace cuda {
 
-constexpr int kSegmentWarps = 8;
-constexpr int kStepsPerThread = 8;
-static_assert(kSegmentWarps * kStepsPerThread == kScanChunk, "a block's warps share one chunk");
-// Blocks resident per multiprocessor that registers must allow (128 registers a thread at most; ptxas
-// uses about 111 for float at sm_90, without spills).
-constexpr int kSpanBlocksPerMultiprocessor = 2;
-
-// Chunks per span: all of them where the blocks of whole paths fill the device's multiprocessors
-// (one block each: a starting point until measured on a GPU), else as few as fill them.
-inline int64_t chunks_per_span(const MultiPathScanParams& p) {
-  const int64_t path_blocks = p.batch * p.n_paths * num_channel_blocks(p);
-  const int64_t wanted_spans = (simt::multiprocessor_count() + path_blocks - 1) / path_blocks;
-  const int64_t spans = std::min(p.n_chunks, wanted_spans);
-  return (p.n_chunks + spans - 1) / spans;
-}
-
-C10_HOST_DEVICE inline int64_t num_spans(const MultiPathScanParams& p, int64_t chunks_per_span) {
-  return (p.n_chunks + chunks_per_span - 1) / chunks_per_span;
-}
-
 // Passes 1 and 3 (see above), by pointers: with span_maps, pass 1 (from a zero state; the span's
 // composed maps out, (batch, P, D, spans, N)); else pass 3 (from span_start's states, or zero where it
-// is null; outputs into y_paths and chunk_states). Lanes past D follow channel D - 1 through the
-// barriers and write nothing.
+// is null; outputs into y_paths and chunk_states).
 template <typename input_t>
 __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiprocessor)
     scan_span_kernel(MultiPathScanParams p, int64_t chunks_per_span, const at::opmath_type<input_t>* span_start,
                      StateMap<at::opmath_type<input_t>>* span_maps, at::opmath_type<input_t>* y_paths) {
   using weight_t = at::opmath_type<input_t>;
   using Map = StateMap<weight_t>;
-  const int64_t channel_blocks = num_channel_blocks(p);
-  const int64_t span = blockIdx.x / channel_blocks, lane_channel = blockIdx.x % channel_blocks * kWarp + threadIdx.x;
-  const bool active = lane_channel < p.dim;
-  const int64_t b = blockIdx.z, path = blockIdx.y, d = active ? lane_channel : p.dim - 1;
-  const int64_t L = p.seqlen, N = p.d_state, n_spans = num_spans(p, chunks_per_span);
-  const PathChannel<input_t> c(p, b, path, d);
-  const int64_t row = (b * p.n_paths + path) * p.dim + d;
-  const bool summary = span_maps != nullptr;
-  const int lane = threadIdx.x, warp = threadIdx.y;
+  const SpanTask task = span_task(p, 0);
+  const int64_t span = task.span, L = p.seqlen, N = p.d_state, n_spans = num_spans(p, chunks_per_span);
+  const int lane = task.lane, warp = task.warp;
+  const bool active = task.active, summary = span_maps != nullptr;
+  const PathChannel<input_t> c(p, task.b, task.path, task.d);
+  const int64_t row = (task.b * p.n_paths + task.path) * p.dim + task.d;
   __shared__ Map warp_maps[2][kSegmentWarps][kWarp];  // two buffers, used in turn (see below)
   int buffer = 0;
   // Per state entry and lane: the state before the chunk, and in pass 1 the decay of the span so far.
@@ -94,7 +68,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   for (int64_t chunk = span * chunks_per_span; chunk < last_chunk; ++chunk) {
     // This thread's steps; past the path's end a step is the identity map.
     const int64_t first = chunk_begin(chunk) + warp * kStepsPerThread, end = chunk_end(chunk, L);
-    int32_t position[kStepsPerThread];  // L < 2^31 (checked at launch)
+    int32_t position[kStepsPerThread];  // L < 2^31 (path_channel_grid)
     weight_t dt[kStepsPerThread], dt_v[kStepsPerThread], y[kStepsPerThread];
 #pragma unroll
     for (int k = 0; k < kStepsPerThread; ++k) {
@@ -155,21 +129,6 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   }
 }
 
-// Pass 2: span_start[.., s, n] = the state before span s, from the maps of the spans before it.
-template <typename weight_t>
-__global__ void carry_across_spans_kernel(MultiPathScanParams p, int64_t n_spans, const StateMap<weight_t>* span_maps,
-                                          weight_t* span_start) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= p.batch * p.n_paths * p.dim * p.d_state) return;
-  const int64_t row = i / p.d_state, n = i % p.d_state;
-  weight_t h = 0;
-  for (int64_t span = 0; span < n_spans; ++span) {
-    const int64_t slot = (row * n_spans + span) * p.d_state + n;
-    span_start[slot] = h;
-    if (span + 1 < n_spans) h = span_maps[slot].apply(h);
-  }
-}
-
 // out[b, d, l] = (sum over paths of y_paths[b, p, d, l]) * silu(z[b, d, l]), paths in index order.
 template <typename input_t>
 __global__ void merge_paths_kernel(MultiPathScanParams p, const at::opmath_type<input_t>* y_paths) {
@@ -193,7 +152,6 @@ void run_scan_forward_as(ScanForward& f) {
   using weight_t = at::opmath_type<scalar_t>;
   const MultiPathScanParams& p = f.params;
   if (p.batch == 0 || p.dim == 0 || p.seqlen == 0) return;
-  TORCH_CHECK(p.seqlen <= std::numeric_limits<int32_t>::max(), "u: the CUDA kernels take L below 2^31, got ", p.seqlen);
   const auto weights = f.inputs.A.options();
   const at::Tensor y_paths = at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, weights);
   const int64_t span_chunks = chunks_per_span(p), n_spans = num_spans(p, span_chunks);
@@ -209,8 +167,7 @@ void run_scan_forward_as(ScanForward& f) {
   if (n_spans > 1) {
     simt::launch(scan_span_kernel<scalar_t>, path_channel_grid(p, n_spans - 1), block, 0, p, span_chunks, nullptr, maps,
                  nullptr);
-    simt::launch(carry_across_spans_kernel<weight_t>, elementwise_blocks(p.batch * p.n_paths * p.dim * p.d_state),
-                 kElementwiseThreads, 0, p, n_spans, static_cast<const StateMap<weight_t>*>(maps), starts);
+    carry_across_spans<weight_t>(p, n_spans, maps, starts, /*forward=*/true);
   }
   simt::launch(scan_span_kernel<scalar_t>, path_channel_grid(p, n_spans), block, 0, p, span_chunks,
                static_cast<const weight_t*>(starts), nullptr, y_paths.mutable_data_ptr<weight_t>());
