@@ -4,9 +4,11 @@
     python benchmarks/gpu_report.py --no-build # the extension is already built
 
 It (1) builds the extension for the visible GPU's architecture with FORCE_CUDA=1, (2) runs
-tests/test_cuda.py, (3) runs the model's CUDA benchmarks, (4) times the fused kernels, the unfused pipeline (copies + one single-path scan
-per direction + merge, on our own kernels) and the reference at PoseMamba-S/-L block shapes, batch 1,
-4 and 16, forward and forward+backward, with CUDA events (median of 20), and (5) prints a table last:
+tests/test_cuda.py, (3) runs the model's CUDA benchmarks, (4) prints each kernel's time in one fused
+forward+backward at batch 16 (the profiler), (5) times the fused kernels, the unfused pipeline (copies
++ one single-path scan per direction + merge, on our own kernels) and the reference at PoseMamba-S/-L
+block shapes, batch 1, 4 and 16, forward and forward+backward, with CUDA events (median of 20), and (6)
+prints a table last:
 times, ratios, and the achieved bandwidth against the floor (the bytes the op must read and write once).
 """
 import argparse
@@ -109,6 +111,29 @@ def measure():
     return rows
 
 
+def kernel_breakdown():
+    """Each kernel's share of one fused forward+backward at the batch-16 shapes, from the profiler: where
+    the next optimisation goes."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from posemamba.ops import multi_path_selective_scan, pose_mix, pose_paths
+    from posemamba.testing import random_scan_inputs
+
+    for name, dim in SHAPES.items():
+        inputs = random_scan_inputs(16, dim, T * J, P, N, torch.float32, device="cuda")
+        inputs["paths"], inputs["mix"] = pose_paths(T, J).cuda(), pose_mix(T, J, torch.arange(J)).cuda()
+        leaves = [inputs[k].requires_grad_(True) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+        grad_out = torch.randn(16, dim, T * J, device="cuda")
+        torch.autograd.grad(multi_path_selective_scan(**inputs), leaves, grad_out)  # warm-up
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            torch.autograd.grad(multi_path_selective_scan(**inputs), leaves, grad_out)
+            torch.cuda.synchronize()
+        print(f"\n{name} b16, fused forward+backward, by kernel:")
+        print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=12))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-build", action="store_true", help="use the extension as already built")
@@ -121,6 +146,7 @@ def main():
         build()
     tests_failed = run_cuda_tests()
     run_model_benchmarks()
+    kernel_breakdown()
     rows = measure()
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, float32, T={T} J={J} N={N} P={P}")
     print(f"{'shape':8} {'pass':8} {'fused ms':>9} {'unfused ms':>11} {'x':>5} {'reference ms':>13} {'x':>6} {'GB/s':>7}")

@@ -73,6 +73,19 @@ def test_cuda_pose_shapes_match_cpu_kernels_and_are_deterministic(T):
     assert_close_scaled(first, cpu, torch.float32)
 
 
+def test_cuda_whole_path_blocks_match_cpu_kernels():
+    # Enough (batch, path, 32 channels) blocks to fill the GPU, so each block walks its whole path (the
+    # training shapes' regime; smaller shapes cut the paths into spans).
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    dim, n_paths = 64, 4
+    batch = sms // (n_paths * dim // 32) + 1
+    inputs = random_scan_inputs(batch, dim, 200, n_paths, 16, torch.float32)
+    grad_out = torch.randn(batch, dim, 200)
+    cpu = outputs_and_grads(multi_path_selective_scan, inputs, grad_out)
+    assert_close_scaled(outputs_and_grads(multi_path_selective_scan, to_cuda(inputs), grad_out.cuda()), cpu,
+                        torch.float32)
+
+
 def test_cuda_gradcheck():
     inputs = to_cuda(random_scan_inputs(1, 3, 9, 2, 3, torch.float64))
     names = [n for n in DIFFERENTIABLE if inputs[n] is not None]
