@@ -18,8 +18,9 @@ pytestmark = [requires_extension,
 FORWARD_ARGS = ("u", "delta", "A", "B", "C", "paths", "D", "z", "delta_bias", "mix")
 GRADIENTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 # (rtol, atol relative to the largest value) between the emulated CUDA kernels and the CPU kernels:
-# the same formulas, summed in other orders.
-TOLERANCE = {torch.float64: (1e-10, 1e-11), torch.float32: (1e-4, 2e-5), torch.bfloat16: (2e-2, 1e-2)}
+# the same formulas, composed and summed in other orders.
+TOLERANCE = {torch.float64: (1e-10, 1e-11), torch.float32: (1e-4, 2e-5), torch.float16: (4e-3, 2e-3),
+             torch.bfloat16: (2e-2, 1e-2)}
 
 
 @pytest.fixture(scope="module")
