@@ -28,7 +28,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 
-
 #include "scan_cuda.h"
 #include "scan_cuda_common.cuh"
 
@@ -86,8 +85,8 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       Map own = Map::identity();
 #pragma unroll
       for (int k = 0; k < kStepsPerThread; ++k) {
-        steps[k] = first + k < end ? Map{step_decay(dt[k], a), dt_v[k] * static_cast<weight_t>(c.B_path[n * L + position[k]])}
-                                   : Map::identity();
+        const weight_t b = first + k < end ? static_cast<weight_t>(c.B_path[n * L + position[k]]) : weight_t(0);
+        steps[k] = first + k < end ? Map{step_decay(dt[k], a), dt_v[k] * b} : Map::identity();
         own = own.then(steps[k]);
       }
       // Read before the barrier, after which the last warp writes the next chunk's.
@@ -124,7 +123,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   }
   if (summary && last_warp && active) {
     for (int n = 0; n < N; ++n) {
-       span_maps[(row * n_spans + span) * N + n] = Map{span_decay[n][lane], chunk_start_state[n][lane]};
+      span_maps[(row * n_spans + span) * N + n] = Map{span_decay[n][lane], chunk_start_state[n][lane]};
     }
   }
 }
