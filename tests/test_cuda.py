@@ -34,7 +34,7 @@ def outputs_and_grads(fn, inputs, grad_out):
 def assert_close_scaled(actual, expected, dtype):
     rtol, atol = TOLERANCE[dtype]
     for a, e in zip(actual, expected):
-        scale = max(1.0, e.double().abs().max().item())
+        scale = max(1.0, e.double().abs().max().item()) if e.numel() else 1.0
         torch.testing.assert_close(a.to(e.dtype).cpu(), e.cpu(), rtol=rtol, atol=atol * scale)
 
 
@@ -81,6 +81,14 @@ def test_cuda_whole_path_blocks_match_cpu_kernels():
     batch = sms // (n_paths * dim // 32) + 1
     inputs = random_scan_inputs(batch, dim, 200, n_paths, 16, torch.float32)
     grad_out = torch.randn(batch, dim, 200)
+    cpu = outputs_and_grads(multi_path_selective_scan, inputs, grad_out)
+    assert_close_scaled(outputs_and_grads(multi_path_selective_scan, to_cuda(inputs), grad_out.cuda()), cpu,
+                        torch.float32)
+
+
+def test_cuda_empty_batch():
+    inputs = random_scan_inputs(0, 3, 5, 2, 4, torch.float32)
+    grad_out = torch.randn(0, 3, 5)
     cpu = outputs_and_grads(multi_path_selective_scan, inputs, grad_out)
     assert_close_scaled(outputs_and_grads(multi_path_selective_scan, to_cuda(inputs), grad_out.cuda()), cpu,
                         torch.float32)

@@ -269,10 +269,12 @@ void run_scan_backward_as(ScanBackward& g) {
   using weight_t = at::opmath_type<scalar_t>;
   const MultiPathScanBwdParams& p = g.params;
   TORCH_CHECK(p.channel_block == kWarp, "the CUDA backward sums dB and dC per warp of channels");
-  const int64_t span_chunks = p.n_chunks > 0 ? chunks_per_span(p) : 1;
-  const int64_t n_spans = p.n_chunks > 0 ? num_spans(p, span_chunks) : 1;
+  // Nothing to scan: no partials, and the reduction below writes dA, dD, ddelta_bias = 0.
+  const bool empty = p.batch == 0 || p.dim == 0 || p.seqlen == 0;
+  const int64_t span_chunks = empty ? 1 : chunks_per_span(p);
+  const int64_t n_spans = empty ? 0 : num_spans(p, span_chunks);
   allocate_length_partials(g, n_spans * kSegmentWarps);
-  if (p.batch > 0 && p.dim > 0 && p.seqlen > 0) {  // else the reduction below writes dA, dD, ddelta_bias = 0
+  if (!empty) {
     const auto weights = g.inputs.A.options();
     const at::Tensor dv_paths = at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, weights);
     // The adjoint entering each span from its right: zero for the last, from the carry pass for the others.
