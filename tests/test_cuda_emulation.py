@@ -54,11 +54,12 @@ def assert_close_scaled(actual, expected, dtype):
 
 # (batch, D, L, P, N): lanes past D in a block's 32 channels (D = 3, 5, 33, 40), L inside one 64-step
 # chunk, past it and not a multiple of it, several chunks with a partial last one (L = 300), N from 1
-# to 40, P up to 8; and paths cut into spans (the emulation reports 4 multiprocessors, so a shape with
+# to 40 (N = 1 over several chunks: no barrier of the state-entry loop between two chunks), P up to 8;
+# and paths cut into spans (the emulation reports 4 multiprocessors, so a shape with
 # fewer (batch, path, 32 channels) blocks is cut): two spans of 16 chunks (L = 2048), four spans of
 # 3, 3, 3 and 2 chunks (L = 700).
 SHAPES = [(1, 3, 1, 1, 1), (2, 33, 70, 2, 3), (1, 40, 67, 3, 20), (1, 5, 19, 8, 40), (1, 33, 300, 2, 4),
-          (1, 3, 2048, 2, 3), (1, 2, 700, 1, 5)]
+          (1, 4, 200, 2, 1), (1, 3, 2048, 2, 3), (1, 2, 700, 1, 5)]
 
 
 @pytest.mark.parametrize("dtype", list(TOLERANCE))
@@ -69,6 +70,21 @@ def test_emulated_cuda_kernels_match_cpu_kernels(emulated, shape, dtype):
     actual = forward_and_backward(emulated, inputs, grad_out)
     expected = forward_and_backward(torch.ops.posemamba, inputs, grad_out)
     assert_close_scaled(actual, expected, dtype)
+
+
+@pytest.mark.parametrize("shape", [(2, 33, 70, 2, 3), (1, 4, 200, 2, 1), (1, 2, 700, 1, 5)],
+                         ids=lambda s: "b{}_d{}_l{}_p{}_n{}".format(*s))
+def test_emulated_cuda_kernels_match_cpu_kernels_with_threads_reversed(emulated, shape):
+    # Between barriers the emulation runs a block's threads in turn: in reverse, a read left unordered
+    # with another thread's write by a missing barrier sees what it did not in thread order.
+    inputs = random_scan_inputs(*shape, torch.float32)
+    grad_out = torch.randn(shape[0], shape[1], shape[2])
+    emulated.set_schedule_reversed(True)
+    try:
+        actual = forward_and_backward(emulated, inputs, grad_out)
+    finally:
+        emulated.set_schedule_reversed(False)
+    assert_close_scaled(actual, forward_and_backward(torch.ops.posemamba, inputs, grad_out), torch.float32)
 
 
 @pytest.mark.parametrize("flags", [dict(with_D=False, with_z=False, with_bias=False, with_mix=False),

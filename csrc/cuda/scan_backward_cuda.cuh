@@ -98,7 +98,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   __shared__ weight_t tiles[kSegmentWarps][kStepsPerThread][kWarp + 1];
   const WarpStepSums<weight_t> channel_sums{tiles[warp]};
   int buffer = 0;
-  if (summary && warp == 0 && active) {
+  if (summary && warp == 0 && active) {  // only warp 0 reads them
     for (int64_t n = 0; n < N; ++n) span_map_row[n] = Map::identity();
   }
   // This thread's dA partial, (batch, span and warp, P, D, N), and its dD and ddelta_bias sums.
@@ -112,7 +112,6 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const int64_t partial = ((b * p.n_channel_blocks + d / kWarp) * p.n_paths + path) * L * N;
   auto* dB_partial = static_cast<weight_t*>(p.dB_partial) + partial;
   auto* dC_partial = static_cast<weight_t*>(p.dC_partial) + partial;
-  __syncthreads();
 
   const int64_t first_chunk = span * chunks_per_span;
   const int64_t end_chunk = first_chunk + chunks_per_span < p.n_chunks ? first_chunk + chunks_per_span : p.n_chunks;
@@ -152,8 +151,12 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       }
       // Read before the barrier, after which warp 0 writes the next chunk's. Buffers are written again
       // two barriers later, when every thread has read them. Lanes past D keep a zero adjoint, so that
-      // they add nothing to the warp's dB and dC sums.
-      const weight_t q_end = !active ? weight_t(0) : summary ? span_map_row[n].drive : adjoint_row[n];
+      // they add nothing to the warp's dB and dC sums; in pass 1 only warp 0, which keeps the span's
+      // map, needs it.
+      const weight_t q_end = !active ? weight_t(0)
+                             : !summary ? adjoint_row[n]
+                             : warp == 0 ? span_map_row[n].drive
+                                         : weight_t(0);
       state_maps[buffer][warp][lane] = own;
       adjoint_maps[buffer][warp][lane] = own_adjoint;
       __syncthreads();

@@ -11,8 +11,9 @@
 // a hang. __shared__ variables are function statics, exact because blocks never overlap in time.
 //
 // What this does not show: speed, the GPU memory model's weaker orderings (a missing __syncthreads
-// between a shared-memory write and another thread's read may pass here), and register or
-// shared-memory limits. Only what csrc/cuda/simt.cuh promises is emulated.
+// between a shared-memory write and another thread's read passes here in one of the two thread orders,
+// schedule_reversed, though the tests run both), and register or shared-memory limits. Only what
+// csrc/cuda/simt.cuh promises is emulated.
 #pragma once
 
 #include <ucontext.h>
@@ -156,6 +157,13 @@ inline int multiprocessor_count() {
                            std::to_string(line));
 }
 
+// The order in which the threads of a block take turns. By default in thread order, round-robin:
+// between two barriers every thread runs on to its next one. Reversed, the highest thread that can
+// run always goes next, so the last warps run ahead to the next block barrier before the first warps
+// move at all. A read left unordered with another thread's write by a missing barrier sees the write
+// in one schedule and not in the other; the tests run both.
+inline bool schedule_reversed = false;
+
 // The kernel call of the running launch and its first error, for the fibers' entry function.
 struct Launch {
   std::function<void()> run_kernel;
@@ -214,13 +222,15 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block_dim, size_t /*share
     for (bool all_done = false; !all_done;) {
       bool progressed = false;
       all_done = true;
-      for (Thread& thread : threads) {
+      for (long long i = 0; i < n_threads; ++i) {
+        Thread& thread = threads[schedule_reversed ? n_threads - 1 - i : i];
         if (thread.done) continue;
         all_done = false;
         if (thread.waiting) continue;
         current_thread = &thread;
         swapcontext(&scheduler, &thread.context);
         progressed = true;
+        if (schedule_reversed) break;  // the highest thread that can run always goes next
       }
       if (!all_done && !progressed) {
         launch_state.first_error = "deadlock: in block (" + std::to_string(block.block_index.x) + ", " +
