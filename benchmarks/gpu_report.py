@@ -4,7 +4,8 @@
     python benchmarks/gpu_report.py --no-build # the extension is already built
 
 It (1) builds the extension for the visible GPU's architecture with FORCE_CUDA=1, (2) runs
-tests/test_cuda.py, (3) runs the model's CUDA benchmarks, (4) prints each kernel's time in one fused
+tests/test_cuda.py, and a few of them under compute-sanitizer's memcheck and racecheck, (3) runs the
+model's CUDA benchmarks, (4) prints each kernel's time in one fused
 forward+backward at batch 16 (the profiler), (5) times the fused kernels, the unfused pipeline (copies
 + one single-path scan per direction + merge, on our own kernels) and the reference at PoseMamba-S/-L
 block shapes, batch 1, 4 and 16, forward and forward+backward, with CUDA events (median of 20), and (6)
@@ -13,6 +14,7 @@ times, ratios, and the achieved bandwidth against the floor (the bytes the op mu
 """
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -34,6 +36,22 @@ def build():
 
 def run_cuda_tests():
     return subprocess.run([sys.executable, "-m", "pytest", "-q", os.path.join(ROOT, "tests", "test_cuda.py")]).returncode
+
+
+def run_sanitizers():
+    """compute-sanitizer's memcheck and racecheck over small CUDA tests that take both work splits (whole
+    paths, and paths cut into spans): out-of-bounds accesses and shared-memory races, which the host
+    emulation cannot show. Returns non-zero if either finds an error."""
+    tool = shutil.which("compute-sanitizer")
+    if tool is None:
+        print("gpu_report: compute-sanitizer is not on the PATH; memcheck and racecheck are skipped")
+        return 0
+    tests = [sys.executable, "-m", "pytest", "-q", "-x", os.path.join(ROOT, "tests", "test_cuda.py"),
+             "-k", "options or whole_path or empty"]
+    failed = 0
+    for check in ("memcheck", "racecheck"):
+        failed |= subprocess.run([tool, "--tool", check, "--error-exitcode", "1", *tests]).returncode
+    return failed
 
 
 def run_model_benchmarks():
@@ -145,6 +163,7 @@ def main():
     if not args.no_build:
         build()
     tests_failed = run_cuda_tests()
+    tests_failed |= run_sanitizers()
     run_model_benchmarks()
     kernel_breakdown()
     rows = measure()
