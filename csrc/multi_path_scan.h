@@ -156,10 +156,16 @@ POSEMAMBA_MATH float scan_exp_impl(float x) {
 // to float: relative error about 3 ulp for |x| < 10, growing to about 45 ulp near the limits. That is
 // one instruction on a unit of its own in place of a dozen FMAs: the polynomial would make the CUDA
 // scan several times slower than its memory traffic (mamba's kernels take the same exp2 route).
-POSEMAMBA_MATH float device_exp(float x) {
+constexpr float kDeviceLog2e = 1.44269504088896341f;
+
+POSEMAMBA_MATH float device_exp2(float x) {
   float result;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(result) : "f"(x * 1.44269504088896341f));
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(result) : "f"(x));
   return result;
+}
+
+POSEMAMBA_MATH float device_exp(float x) {
+  return device_exp2(x * kDeviceLog2e);
 }
 #endif
 
@@ -285,6 +291,33 @@ POSEMAMBA_MATH T step_size_grad(T raw_delta, T bias, bool use_softplus) {
 template <typename T>
 POSEMAMBA_MATH T step_decay(T dt, T a) {
   return scan_exp(dt * a);
+}
+
+// step_decay in two parts, for kernels that take many steps at one state entry: the entry's rate,
+// once, then each step's decay from it. On a GPU the rate carries the log2(e) of the exp2 the device
+// computes (a multiply per step saved); elsewhere it is a itself and this is step_decay exactly.
+POSEMAMBA_MATH float decay_rate(float a) {
+#ifdef __CUDA_ARCH__
+  return a * kDeviceLog2e;
+#else
+  return a;
+#endif
+}
+
+POSEMAMBA_MATH double decay_rate(double a) {
+  return a;
+}
+
+POSEMAMBA_MATH float step_decay_from_rate(float dt, float rate) {
+#ifdef __CUDA_ARCH__
+  return device_exp2(dt * rate);
+#else
+  return scan_exp(dt * rate);
+#endif
+}
+
+POSEMAMBA_MATH double step_decay_from_rate(double dt, double rate) {
+  return scan_exp(dt * rate);
 }
 
 // step_decay where |dt * a| <= kScanExpFastLimit is known (see scan_exp_impl).

@@ -116,9 +116,11 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const int64_t first_chunk = span * chunks_per_span;
   const int64_t end_chunk = first_chunk + chunks_per_span < p.n_chunks ? first_chunk + chunks_per_span : p.n_chunks;
   for (int64_t chunk = end_chunk - 1; chunk >= first_chunk; --chunk) {
-    // This thread's steps; past the path's end a step is the identity map and has no gradient.
+    // This thread's steps. Past the path's end a step has dt = v = dy = 0 at position 0: the identity
+    // map, forwards and backwards, computed like the others (no branches in the loops below), with no
+    // gradient and nothing stored.
     const int64_t first = chunk_begin(chunk) + warp * kStepsPerThread, end = chunk_end(chunk, L);
-    int32_t position[kStepsPerThread];  // L < 2^31 (path_channel_grid)
+    uint32_t position[kStepsPerThread];  // L < 2^31 (path_channel_grid)
     weight_t v[kStepsPerThread], dt[kStepsPerThread], dy[kStepsPerThread];
     weight_t d_dt[kStepsPerThread], d_dt_v[kStepsPerThread];
 #pragma unroll
@@ -132,7 +134,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
     }
 #pragma unroll 1
     for (int64_t n = 0; n < N; ++n) {
-      const weight_t a = c.A_row[n];
+      const weight_t a = c.A_row[n], rate = decay_rate(a);
       const input_t* B_row = c.B_path + n * L;
       const input_t* C_row = c.C_path + n * L;
       // The steps' state maps, and their adjoint maps composed last step first.
@@ -140,13 +142,12 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       Map own = Map::identity(), own_adjoint = Map::identity();
 #pragma unroll
       for (int k = 0; k < kStepsPerThread; ++k) {
-        steps[k] = first + k < end ? Map{step_decay(dt[k], a), dt[k] * v[k] * static_cast<weight_t>(B_row[position[k]])}
-                                   : Map::identity();
+        steps[k] = Map{step_decay_from_rate(dt[k], rate), dt[k] * v[k] * static_cast<weight_t>(B_row[position[k]])};
         own = own.then(steps[k]);
       }
 #pragma unroll
       for (int k = kStepsPerThread - 1; k >= 0; --k) {
-        const weight_t dy_C = first + k < end ? dy[k] * static_cast<weight_t>(C_row[position[k]]) : weight_t(0);
+        const weight_t dy_C = dy[k] * static_cast<weight_t>(C_row[position[k]]);
         own_adjoint = own_adjoint.then(Map{steps[k].decay, steps[k].decay * dy_C});
       }
       // Read before the barrier, after which warp 0 writes the next chunk's. Buffers are written again
@@ -183,11 +184,9 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
 #pragma unroll
       for (int k = kStepsPerThread - 1; k >= 0; --k) {
         weight_t dB = 0;
-        if (first + k < end) {
-          const weight_t dh = dy[k] * static_cast<weight_t>(C_row[position[k]]) + q;
-          q = state_update_backward<weight_t>(dh, h[k], steps[k].decay, dt[k], a, dt[k] * v[k],
-                                              static_cast<weight_t>(B_row[position[k]]), d_dt[k], dA, d_dt_v[k], dB);
-        }
+        const weight_t dh = dy[k] * static_cast<weight_t>(C_row[position[k]]) + q;
+        q = state_update_backward<weight_t>(dh, h[k], steps[k].decay, dt[k], a, dt[k] * v[k],
+                                            static_cast<weight_t>(B_row[position[k]]), d_dt[k], dA, d_dt_v[k], dB);
         channel_sums.stage(k, dB);
       }
       const weight_t dB_sum = channel_sums.sum();

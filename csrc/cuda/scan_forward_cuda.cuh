@@ -65,9 +65,10 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   __syncthreads();
   const int64_t last_chunk = (span + 1) * chunks_per_span < p.n_chunks ? (span + 1) * chunks_per_span : p.n_chunks;
   for (int64_t chunk = span * chunks_per_span; chunk < last_chunk; ++chunk) {
-    // This thread's steps; past the path's end a step is the identity map.
+    // This thread's steps. Past the path's end a step has dt = 0 and v = 0 at position 0: the identity
+    // map, computed like the others (no branches in the loop below); its output is not stored.
     const int64_t first = chunk_begin(chunk) + warp * kStepsPerThread, end = chunk_end(chunk, L);
-    int32_t position[kStepsPerThread];  // L < 2^31 (path_channel_grid)
+    uint32_t position[kStepsPerThread];  // L < 2^31 (path_channel_grid)
     weight_t dt[kStepsPerThread], dt_v[kStepsPerThread], y[kStepsPerThread];
 #pragma unroll
     for (int k = 0; k < kStepsPerThread; ++k) {
@@ -80,13 +81,14 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
     }
 #pragma unroll 1
     for (int64_t n = 0; n < N; ++n) {
-      const weight_t a = c.A_row[n];
+      const weight_t rate = decay_rate(c.A_row[n]);
+      const input_t* B_row = c.B_path + n * L;
+      const input_t* C_row = c.C_path + n * L;
       Map steps[kStepsPerThread];
       Map own = Map::identity();
 #pragma unroll
       for (int k = 0; k < kStepsPerThread; ++k) {
-        const weight_t b = first + k < end ? static_cast<weight_t>(c.B_path[n * L + position[k]]) : weight_t(0);
-        steps[k] = first + k < end ? Map{step_decay(dt[k], a), dt_v[k] * b} : Map::identity();
+        steps[k] = Map{step_decay_from_rate(dt[k], rate), dt_v[k] * static_cast<weight_t>(B_row[position[k]])};
         own = own.then(steps[k]);
       }
       // Read before the barrier, after which the last warp writes the next chunk's.
@@ -109,7 +111,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
 #pragma unroll
         for (int k = 0; k < kStepsPerThread; ++k) {
           h = steps[k].apply(h);
-          if (first + k < end) y[k] += static_cast<weight_t>(c.C_path[n * L + position[k]]) * h;
+          y[k] += static_cast<weight_t>(C_row[position[k]]) * h;
         }
       }
     }
