@@ -5,20 +5,27 @@
 
 Needs nvcc (CUDA_HOME, else /usr/local/cuda), not a GPU: occupancy limits and local-memory traffic
 can be checked on any machine with the toolkit. Compiles csrc/cuda/*.cu as setup.py does (-O3), with
-`-Xptxas -v`, and prints one line per kernel.
+`-Xptxas -v`, and prints one line per kernel. With --sass (needs cuobjdump) it also counts the machine
+instructions of each scan kernel's loop over state entries: the kernels' cost per state update, short
+of timing them.
 """
 import argparse
 import glob
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DTYPES = {"float": "float", "double": "double", "half": "c10::Half", "bfloat16": "c10::BFloat16"}
 ENTRY = re.compile(r"Compiling entry function '(\w+)'")
 KERNEL = re.compile(r"posemamba::cuda::(\w+)<([^>]*)>")
+SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
+SASS_PREDICATE = re.compile(r"^@!?U?P\w+\s+")
+SASS_BRANCH = re.compile(r"^(?:@!?U?P\w+\s+)?BRA\S*\s+(?:\S+,\s*)?0x([0-9a-f]+)")
 USAGE = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads|"
                    r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
 
@@ -58,20 +65,75 @@ def kernel_usage(log):
     return rows
 
 
+def find_cuobjdump():
+    """cuobjdump from the PATH, the toolkit, or the nvidia-cuda-cuobjdump wheel (the toolkit on the
+    development machine has none: `pip install nvidia-cuda-cuobjdump` puts one in site-packages)."""
+    candidates = [shutil.which("cuobjdump"), os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "cuobjdump")]
+    candidates += [os.path.join(path, "nvidia", "cu13", "bin", "cuobjdump") for path in sys.path]
+    return next((path for path in candidates if path and os.access(path, os.X_OK)), None)
+
+
+def state_entry_loops(sass):
+    """Per scan kernel: the SASS of its loops over state entries (each the innermost loop around a block
+    barrier; the compiler may keep a copy per pass), as (kernel, template arguments, instruction counts
+    by opcode)."""
+    rows = []
+    for function in re.split(r"\n\s*Function : ", sass)[1:]:
+        kernel, template_args = demangle(function.split()[0])
+        instructions = [(int(address, 16), text) for address, text in SASS_LINE.findall(function)]
+        index = {address: i for i, (address, _) in enumerate(instructions)}
+        opcodes = [SASS_PREDICATE.sub("", text).split()[0].split(".")[0] for _, text in instructions]
+        loops = [(index[int(target, 16)], i) for i, (address, text) in enumerate(instructions)
+                 for target in SASS_BRANCH.findall(text)
+                 if int(target, 16) < address and int(target, 16) in index]
+        innermost = set()
+        for barrier in (i for i, opcode in enumerate(opcodes) if opcode == "BAR"):
+            holding = [(first, last) for first, last in loops if first <= barrier <= last]
+            if holding:
+                innermost.add(min(holding, key=lambda loop: loop[1] - loop[0]))
+        # A loop around other barrier loops (a chunk loop) is not a loop over state entries.
+        for first, last in sorted(innermost):
+            if any(first < f and l <= last or first <= f and l < last for f, l in innermost):
+                continue
+            counts = {}
+            for opcode in opcodes[first:last + 1]:
+                counts[opcode] = counts.get(opcode, 0) + 1
+            rows.append((kernel, template_args, counts))
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="90", help="compute capability without the dot (default 90)")
     parser.add_argument("--dtype", default="float", choices=[*DTYPES, "all"])
+    parser.add_argument("--sass", action="store_true",
+                        help="also count the instructions of each scan kernel's loop over state entries (needs cuobjdump)")
     args = parser.parse_args()
+    cuobjdump = find_cuobjdump() if args.sass else None
+    if args.sass and cuobjdump is None:
+        sys.exit("cuda_resources: --sass needs cuobjdump (CUDA_HOME/bin, the PATH, or pip install nvidia-cuda-cuobjdump)")
+    wanted = lambda template_args: args.dtype == "all" or template_args.split(",")[0].strip() == DTYPES[args.dtype]  # noqa: E731
     print(f"{'kernel':<34} {'template arguments':<22} {'registers':>9} {'stack B':>8} {'spills B':>9} {'smem B':>7}")
-    for source in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu"))):
-        result = subprocess.run(nvcc_command(source, args.arch, os.devnull), capture_output=True, text=True)
-        if result.returncode != 0:
-            sys.exit(f"nvcc failed on {source}:\n{result.stderr[-3000:]}")
-        for row in kernel_usage(result.stdout + result.stderr):
-            if args.dtype == "all" or row["args"].split(",")[0].strip() == DTYPES[args.dtype]:
-                print(f"{row['kernel']:<34} {row['args']:<22} {row.get('registers', 0):>9} {row.get('stack', 0):>8} "
-                      f"{row.get('spills', 0):>9} {row.get('smem', 0):>7}")
+    loops = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for source in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu"))):
+            binary = os.path.join(scratch, os.path.basename(source) + ".o")
+            result = subprocess.run(nvcc_command(source, args.arch, binary), capture_output=True, text=True)
+            if result.returncode != 0:
+                sys.exit(f"nvcc failed on {source}:\n{result.stderr[-3000:]}")
+            for row in kernel_usage(result.stdout + result.stderr):
+                if wanted(row["args"]):
+                    print(f"{row['kernel']:<34} {row['args']:<22} {row.get('registers', 0):>9} {row.get('stack', 0):>8} "
+                          f"{row.get('spills', 0):>9} {row.get('smem', 0):>7}")
+            if cuobjdump:
+                sass = subprocess.run([cuobjdump, "-sass", binary], capture_output=True, text=True, check=True).stdout
+                loops += [loop for loop in state_entry_loops(sass) if wanted(loop[1])]
+    if loops:
+        print("\nEach scan kernel's loop over state entries, one iteration = one state entry of a thread's "
+              f"steps (static SASS; branches not taken still count):")
+        for kernel, template_args, counts in loops:
+            top = ", ".join(f"{opcode} {count}" for opcode, count in sorted(counts.items(), key=lambda c: -c[1])[:8])
+            print(f"{kernel:<34} {template_args:<22} {sum(counts.values()):>5} instructions: {top}")
 
 
 if __name__ == "__main__":
