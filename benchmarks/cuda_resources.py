@@ -68,7 +68,8 @@ def kernel_usage(log):
 def find_cuobjdump():
     """cuobjdump from the PATH, the toolkit, or the nvidia-cuda-cuobjdump wheel (the toolkit on the
     development machine has none: `pip install nvidia-cuda-cuobjdump` puts one in site-packages)."""
-    candidates = [shutil.which("cuobjdump"), os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "cuobjdump")]
+    toolkit = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    candidates = [shutil.which("cuobjdump"), os.path.join(toolkit, "bin", "cuobjdump")]
     candidates += [os.path.join(path, "nvidia", "cu13", "bin", "cuobjdump") for path in sys.path]
     return next((path for path in candidates if path and os.access(path, os.X_OK)), None)
 
@@ -107,12 +108,17 @@ def main():
     parser.add_argument("--arch", default="90", help="compute capability without the dot (default 90)")
     parser.add_argument("--dtype", default="float", choices=[*DTYPES, "all"])
     parser.add_argument("--sass", action="store_true",
-                        help="also count the instructions of each scan kernel's loop over state entries (needs cuobjdump)")
+                        help="also count the instructions of each scan kernel's loop over state entries "
+                             "(needs cuobjdump)")
     args = parser.parse_args()
     cuobjdump = find_cuobjdump() if args.sass else None
     if args.sass and cuobjdump is None:
-        sys.exit("cuda_resources: --sass needs cuobjdump (CUDA_HOME/bin, the PATH, or pip install nvidia-cuda-cuobjdump)")
-    wanted = lambda template_args: args.dtype == "all" or template_args.split(",")[0].strip() == DTYPES[args.dtype]  # noqa: E731
+        sys.exit("cuda_resources: --sass needs cuobjdump (CUDA_HOME/bin, the PATH, "
+                 "or pip install nvidia-cuda-cuobjdump)")
+
+    def wanted(template_args):
+        return args.dtype == "all" or template_args.split(",")[0].strip() == DTYPES[args.dtype]
+
     print(f"{'kernel':<34} {'template arguments':<22} {'registers':>9} {'stack B':>8} {'spills B':>9} {'smem B':>7}")
     loops = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -123,8 +129,8 @@ def main():
                 sys.exit(f"nvcc failed on {source}:\n{result.stderr[-3000:]}")
             for row in kernel_usage(result.stdout + result.stderr):
                 if wanted(row["args"]):
-                    print(f"{row['kernel']:<34} {row['args']:<22} {row.get('registers', 0):>9} {row.get('stack', 0):>8} "
-                          f"{row.get('spills', 0):>9} {row.get('smem', 0):>7}")
+                    print(f"{row['kernel']:<34} {row['args']:<22} {row.get('registers', 0):>9} "
+                          f"{row.get('stack', 0):>8} {row.get('spills', 0):>9} {row.get('smem', 0):>7}")
             if cuobjdump:
                 sass = subprocess.run([cuobjdump, "-sass", binary], capture_output=True, text=True, check=True).stdout
                 loops += [loop for loop in state_entry_loops(sass) if wanted(loop[1])]
