@@ -154,8 +154,8 @@ POSEMAMBA_MATH float scan_exp_impl(float x) {
 // On a GPU the exp runs on the special-function unit instead: ex2.approx (about 2 ulp; -inf gives 0,
 // results below 2^-126 flush to 0 as above, overflow gives +inf) of x log2(e), which rounds x log2(e)
 // to float: relative error about 3 ulp for |x| < 10, growing to about 45 ulp near the limits. That is
-// one instruction on a unit of its own in place of a dozen FMAs: the polynomial would make the CUDA
-// scan several times slower than its memory traffic (mamba's kernels take the same exp2 route).
+// one instruction on a unit of its own in place of a dozen on the FMA pipes, which the scan's other
+// arithmetic keeps busy (mamba's kernels take the same exp2 route).
 constexpr float kDeviceLog2e = 1.44269504088896341f;
 
 POSEMAMBA_MATH float device_exp2(float x) {
@@ -334,8 +334,9 @@ POSEMAMBA_MATH T state_update(T h, T decay, T dt_v, T b) {
 
 // A run of scan steps as one map of the state, h -> decay * h + drive: a step is
 // {step_decay(dt, a), dt * v * b}, and runs compose into runs. Composition is associative, which is
-// what lets the CUDA forward scan a path's steps in parallel (a block scan over these maps, as
-// mamba's kernel does) with one exp per state update.
+// what lets the CUDA kernels scan a path's steps in parallel (each thread composes its own steps, and
+// a block composes its threads' maps, as mamba's kernel scans its pairs) with one exp per state
+// update. The backward's adjoint runs the same way in reverse: {decay, decay * dy * c} per step.
 template <typename T>
 struct StateMap {
   T decay, drive;
