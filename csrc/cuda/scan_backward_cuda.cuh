@@ -16,7 +16,7 @@
 // Per-element gradients go to rows the block owns: ddelta, and the gradient of each step's scan input
 // (v = u[l] + u[mix[l]]) per path, which a last kernel gathers into du in a fixed order (paths, then the
 // steps that mixed each position in, through an inverse index of mix). dB and dC sum over a warp's
-// channels in lane order through shared memory into per-(32 channels) partials; dA, dD and ddelta_bias
+// channels in a fixed order through shared memory into per-(32 channels) partials; dA, dD and ddelta_bias
 // into per-(span, warp) partials. Fixed-order passes then add the partials: no float atomics, bitwise
 // reproducible.
 //
@@ -30,7 +30,6 @@
 #include <ATen/ops/searchsorted.h>
 #include <ATen/ops/sort.h>
 #include <ATen/ops/zeros.h>
-
 
 #include "scan_cuda.h"
 #include "scan_cuda_common.cuh"
