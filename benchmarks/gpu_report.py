@@ -65,6 +65,20 @@ def run_model_benchmarks():
                     "--benchmark-columns=median,min,max", os.path.join(ROOT, "benchmarks", "test_model_benchmarks.py")])
 
 
+def pose_block_inputs(batch, dim):
+    """A PoseMamba block's fused-scan inputs on the GPU (the T x J grid's four paths, the global-local
+    mix), the differentiable ones as leaves, and an upstream gradient."""
+    import torch
+
+    from posemamba.ops import pose_mix, pose_paths
+    from posemamba.testing import random_scan_inputs
+
+    inputs = random_scan_inputs(batch, dim, T * J, P, N, torch.float32, device="cuda")
+    inputs["paths"], inputs["mix"] = pose_paths(T, J).cuda(), pose_mix(T, J, torch.arange(J)).cuda()
+    leaves = [inputs[k].requires_grad_(True) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    return inputs, leaves, torch.randn(batch, dim, T * J, device="cuda")
+
+
 def median_ms(fn, repeats=20):
     import torch
 
@@ -96,20 +110,15 @@ def measure():
 
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     from baselines import unfused_multi_path_scan
-    from posemamba.ops import multi_path_selective_scan, pose_mix, pose_paths
+    from posemamba.ops import multi_path_selective_scan
     from posemamba.reference import multi_path_selective_scan_ref
-    from posemamba.testing import random_scan_inputs
 
     implementations = {"fused": multi_path_selective_scan, "unfused": unfused_multi_path_scan,
                        "reference": multi_path_selective_scan_ref}
     rows = []
     for name, dim in SHAPES.items():
         for batch in BATCHES:
-            inputs = random_scan_inputs(batch, dim, T * J, P, N, torch.float32, device="cuda")
-            inputs["paths"] = pose_paths(T, J).cuda()
-            inputs["mix"] = pose_mix(T, J, torch.arange(J)).cuda()
-            leaves = [inputs[k].requires_grad_(True) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-            grad_out = torch.randn(batch, dim, T * J, device="cuda")
+            inputs, leaves, grad_out = pose_block_inputs(batch, dim)
             for backward in (False, True):
                 times = {}
                 for impl, fn in implementations.items():
@@ -135,14 +144,10 @@ def kernel_breakdown():
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from posemamba.ops import multi_path_selective_scan, pose_mix, pose_paths
-    from posemamba.testing import random_scan_inputs
+    from posemamba.ops import multi_path_selective_scan
 
     for name, dim in SHAPES.items():
-        inputs = random_scan_inputs(16, dim, T * J, P, N, torch.float32, device="cuda")
-        inputs["paths"], inputs["mix"] = pose_paths(T, J).cuda(), pose_mix(T, J, torch.arange(J)).cuda()
-        leaves = [inputs[k].requires_grad_(True) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-        grad_out = torch.randn(16, dim, T * J, device="cuda")
+        inputs, leaves, grad_out = pose_block_inputs(16, dim)
         torch.autograd.grad(multi_path_selective_scan(**inputs), leaves, grad_out)  # warm-up
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
