@@ -160,16 +160,8 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       state_maps[buffer][warp][lane] = own;
       adjoint_maps[buffer][warp][lane] = own_adjoint;
       __syncthreads();
-      Map before = Map::identity(), after = Map::identity();
-      // Unrolled and predicated: a loop of run-time length compiles to several unrolled copies.
-#pragma unroll
-      for (int w = 0; w < kSegmentWarps - 1; ++w) {
-        if (w < warp) before = before.then(state_maps[buffer][w][lane]);
-      }
-#pragma unroll
-      for (int w = kSegmentWarps - 1; w > 0; --w) {
-        if (w > warp) after = after.then(adjoint_maps[buffer][w][lane]);
-      }
+      const Map after = maps_after_warp(adjoint_maps[buffer], warp, lane);
+      const Map before = maps_before_warp(state_maps[buffer], warp, lane);
       const Map chunk_adjoint = after.then(own_adjoint);
       buffer ^= 1;
       if (warp == 0 && active) {

@@ -141,6 +141,31 @@ C10_HOST_DEVICE inline int64_t num_spans(const MultiPathScanParams& p, int64_t c
   return (p.n_chunks + chunks_per_span - 1) / chunks_per_span;
 }
 
+// The maps a block's warps staged for this lane (one per warp, in step order), composed over the warps
+// before `warp` (forward: the steps before the warp's own) or after it (the adjoint, which runs last
+// step first). Unrolled and predicated: a loop of run-time length compiles to several unrolled copies.
+template <typename weight_t>
+__device__ __forceinline__ StateMap<weight_t> maps_before_warp(const StateMap<weight_t> (&maps)[kSegmentWarps][kWarp],
+                                                               int warp, int lane) {
+  StateMap<weight_t> before = StateMap<weight_t>::identity();
+#pragma unroll
+  for (int w = 0; w < kSegmentWarps - 1; ++w) {
+    if (w < warp) before = before.then(maps[w][lane]);
+  }
+  return before;
+}
+
+template <typename weight_t>
+__device__ __forceinline__ StateMap<weight_t> maps_after_warp(const StateMap<weight_t> (&maps)[kSegmentWarps][kWarp],
+                                                              int warp, int lane) {
+  StateMap<weight_t> after = StateMap<weight_t>::identity();
+#pragma unroll
+  for (int w = kSegmentWarps - 1; w > 0; --w) {
+    if (w > warp) after = after.then(maps[w][lane]);
+  }
+  return after;
+}
+
 // A span block's (batch, path, channel), span and warp; lanes past D follow channel D - 1 through
 // the barriers (`active` false) and write nothing.
 struct SpanTask {

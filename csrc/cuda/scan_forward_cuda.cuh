@@ -96,13 +96,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       // A buffer is written again two barriers later, when every thread has read it.
       warp_maps[buffer][warp][lane] = own;
       __syncthreads();
-      // The maps of the warps before this one, composed in warp order; unrolled and predicated (a loop
-      // of run-time length compiles to several unrolled copies).
-      Map before = Map::identity();
-#pragma unroll
-      for (int w = 0; w < kSegmentWarps - 1; ++w) {
-        if (w < warp) before = before.then(warp_maps[buffer][w][lane]);
-      }
+      const Map before = maps_before_warp(warp_maps[buffer], warp, lane);
       buffer ^= 1;
       if (last_warp) {
         const Map chunk_map = before.then(own);
