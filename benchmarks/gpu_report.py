@@ -1,28 +1,48 @@
 """One command to verify and measure the CUDA kernels on a GPU machine (no network needed).
 
-    python benchmarks/gpu_report.py            # build, run the CUDA tests, time, print the table
-    python benchmarks/gpu_report.py --no-build # the extension is already built
+    python benchmarks/gpu_report.py --out DIR   # build, test, time, profile; logs and reports into DIR
+    python benchmarks/gpu_report.py --no-build  # the extension is already built
 
-It (1) builds the extension for the visible GPU's architecture with FORCE_CUDA=1, (2) runs
-tests/test_cuda.py, and a few of them under compute-sanitizer's memcheck and racecheck, (3) runs the
-model's CUDA benchmarks, (4) prints each kernel's time in one fused
-forward+backward at batch 16 (the profiler), (5) times the fused kernels, the unfused pipeline (copies
-+ one single-path scan per direction + merge, on our own kernels) and the reference at PoseMamba-S/-L
-block shapes, batch 1, 4 and 16, forward and forward+backward, with CUDA events (median of 20), and (6)
-prints a table last:
-times, ratios, and the achieved bandwidth against the floor (the bytes the op must read and write once).
+On the lent device machine: `PYTHONUNBUFFERED=1 python benchmarks/gpu_report.py --out $OUT`.
+
+In the order of what matters most, so that a run cut short still says the most: it (1) builds the
+extension for the visible GPU's architecture with FORCE_CUDA=1, (2) runs tests/test_cuda.py, (3) times
+the fused kernels, the unfused pipeline (copies + one single-path scan per direction + merge, on our own
+kernels) and the reference at PoseMamba-S/-L block shapes, batch 1, 4 and 16, forward and
+forward+backward, with CUDA events (median of 20), and prints that table (written to DIR/timings.txt
+too), (4) prints each kernel's time in one fused forward+backward at batch 16 (the profiler), (5)
+profiles the scan's kernels with Nsight Compute where `ncu` can read the counters (full report in
+DIR/ncu_*.txt, a summary line per kernel here), (6) runs a few CUDA tests under compute-sanitizer's
+memcheck and racecheck, (7) runs the model's CUDA benchmarks, and prints the table again last. Every
+step after the build runs with a time limit; one that fails or runs out is reported and the next runs.
 """
 import argparse
+import csv
+import io
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T, J, N, P = 243, 17, 16, 4
 SHAPES = {"S": 128, "L": 256}  # d_inner of PoseMamba-S and -L blocks
 BATCHES = (1, 4, 16)
+
+
+def run_step(name, command, timeout_s):
+    """Runs one step's command with a time limit. Returns its exit status, or None when it ran out of
+    time or could not start."""
+    print(f"\n== gpu_report: {name}", flush=True)
+    try:
+        return subprocess.run(command, timeout=timeout_s).returncode
+    except subprocess.TimeoutExpired:
+        print(f"gpu_report: {name} ran past {timeout_s} s and was stopped", flush=True)
+    except OSError as error:
+        print(f"gpu_report: {name} could not start: {error}", flush=True)
+    return None
 
 
 def build():
@@ -35,23 +55,31 @@ def build():
 
 
 def run_cuda_tests():
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", os.path.join(ROOT, "tests", "test_cuda.py")]).returncode
+    """Returns True when every CUDA test passed."""
+    return run_step("CUDA tests", [sys.executable, "-m", "pytest", "-q", os.path.join(ROOT, "tests", "test_cuda.py")],
+                    timeout_s=300) == 0
 
 
 def run_sanitizers():
     """compute-sanitizer's memcheck and racecheck over small CUDA tests that take both work splits (whole
     paths, and paths cut into spans): out-of-bounds accesses and shared-memory races, which the host
-    emulation cannot show. Returns non-zero if either finds an error."""
+    emulation cannot show. Returns False if either found an error (exit status 1: the error exit code
+    asked for, or a test that failed under it); a tool that cannot run on this machine (gVisor machines
+    have no sanitizer support) is reported and not counted."""
     tool = shutil.which("compute-sanitizer")
     if tool is None:
         print("gpu_report: compute-sanitizer is not on the PATH; memcheck and racecheck are skipped")
-        return 0
+        return True
     tests = [sys.executable, "-m", "pytest", "-q", "-x", os.path.join(ROOT, "tests", "test_cuda.py"),
              "-k", "options or whole_path or empty"]
-    failed = 0
+    clean = True
     for check in ("memcheck", "racecheck"):
-        failed |= subprocess.run([tool, "--tool", check, "--error-exitcode", "1", *tests]).returncode
-    return failed
+        status = run_step(f"compute-sanitizer {check}", [tool, "--tool", check, "--error-exitcode", "1", *tests],
+                          timeout_s=240)
+        if status not in (0, None, 1):
+            print(f"gpu_report: compute-sanitizer {check} exited with {status}: it did not run here")
+        clean &= status != 1
+    return clean
 
 
 def run_model_benchmarks():
@@ -61,8 +89,9 @@ def run_model_benchmarks():
     except ImportError:
         print("gpu_report: pytest-benchmark is not installed; the model benchmarks are skipped")
         return
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "--benchmark-only", "-k", "cuda",
-                    "--benchmark-columns=median,min,max", os.path.join(ROOT, "benchmarks", "test_model_benchmarks.py")])
+    run_step("model benchmarks on CUDA", [sys.executable, "-m", "pytest", "-q", "--benchmark-only", "-k", "cuda",
+                                         "--benchmark-columns=median,min,max",
+                                         os.path.join(ROOT, "benchmarks", "test_model_benchmarks.py")], timeout_s=240)
 
 
 def pose_block_inputs(batch, dim):
@@ -105,7 +134,9 @@ def floor_bytes(batch, dim, backward):
     return forward + 4 * (5 * batch * dim * L + 2 * batch * P * dim * L + 4 * batch * P * N * L)
 
 
-def measure():
+def write_timing_table(table_path):
+    """Times every implementation at every shape, printing and writing each row as soon as it is
+    measured (so a step stopped at its time limit leaves the rows it has)."""
     import torch
 
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -115,27 +146,49 @@ def measure():
 
     implementations = {"fused": multi_path_selective_scan, "unfused": unfused_multi_path_scan,
                        "reference": multi_path_selective_scan_ref}
-    rows = []
-    for name, dim in SHAPES.items():
-        for batch in BATCHES:
-            inputs, leaves, grad_out = pose_block_inputs(batch, dim)
-            for backward in (False, True):
-                times = {}
-                for impl, fn in implementations.items():
-                    if impl == "reference" and batch > 4:
-                        continue
+    with open(table_path, "w") as table:
+        def emit(line):
+            print(line, flush=True)
+            table.write(line + "\n")
+            table.flush()
 
-                    def step(fn=fn):
-                        if backward:
-                            torch.autograd.grad(fn(**inputs), leaves, grad_out)
-                        else:
-                            with torch.no_grad():
-                                fn(**inputs)
+        emit(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, float32, T={T} J={J} N={N} P={P}")
+        emit(f"{'shape':8} {'pass':8} {'fused ms':>9} {'unfused ms':>11} {'x':>5} {'reference ms':>13} {'x':>6} "
+             f"{'GB/s':>7}")
+        for name, dim in SHAPES.items():
+            for batch in BATCHES:
+                inputs, leaves, grad_out = pose_block_inputs(batch, dim)
+                for backward in (False, True):
+                    times = {}
+                    for impl, fn in implementations.items():
+                        if impl == "reference" and batch > 4:
+                            continue
 
-                    times[impl] = median_ms(step, repeats=5 if impl == "reference" else 20)
-                gbps = floor_bytes(batch, dim, backward) / (times["fused"] * 1e-3) / 1e9
-                rows.append((f"{name} b{batch}", "fwd+bwd" if backward else "fwd", times, gbps))
-    return rows
+                        def step(fn=fn):
+                            if backward:
+                                torch.autograd.grad(fn(**inputs), leaves, grad_out)
+                            else:
+                                with torch.no_grad():
+                                    fn(**inputs)
+
+                        times[impl] = median_ms(step, repeats=5 if impl == "reference" else 20)
+                    fused, unfused, reference = times["fused"], times["unfused"], times.get("reference")
+                    gbps = floor_bytes(batch, dim, backward) / (fused * 1e-3) / 1e9
+                    ref_cells = f"{reference:13.2f} {reference / fused:6.1f}" if reference else f"{'-':>13} {'-':>6}"
+                    emit(f"{f'{name} b{batch}':8} {'fwd+bwd' if backward else 'fwd':8} {fused:9.3f} {unfused:11.3f} "
+                         f"{unfused / fused:5.2f} {ref_cells} {gbps:7.0f}")
+        emit("GB/s: the floor's bytes (read and written once) over the fused time; H200 HBM3e copies at about "
+             "4300 (measured there), H100 HBM3 at about 3000. Batch 1 fits the 50-60 MB L2: timed in cache.")
+
+
+def fused_forward_backward(batch, dim):
+    """One fused forward+backward of a PoseMamba block's scan: the work the profilers look at."""
+    import torch
+
+    from posemamba.ops import multi_path_selective_scan
+
+    inputs, leaves, grad_out = pose_block_inputs(batch, dim)
+    return lambda: torch.autograd.grad(multi_path_selective_scan(**inputs), leaves, grad_out)
 
 
 def kernel_breakdown():
@@ -144,42 +197,115 @@ def kernel_breakdown():
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from posemamba.ops import multi_path_selective_scan
-
     for name, dim in SHAPES.items():
-        inputs, leaves, grad_out = pose_block_inputs(16, dim)
-        torch.autograd.grad(multi_path_selective_scan(**inputs), leaves, grad_out)  # warm-up
+        step = fused_forward_backward(16, dim)
+        step()  # warm-up
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            torch.autograd.grad(multi_path_selective_scan(**inputs), leaves, grad_out)
+            step()
             torch.cuda.synchronize()
         print(f"\n{name} b16, fused forward+backward, by kernel:")
         print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=12))
 
 
+# Where the scan's kernels spend their time, per kernel, from Nsight Compute's sections (names as its
+# details page gives them; a section this ncu lacks prints "-").
+NCU_SUMMARY = {"Duration": "us", "Compute (SM) Throughput": "SM %", "Memory Throughput": "mem %",
+               "DRAM Throughput": "DRAM %", "L1/TEX Cache Throughput": "L1 %", "Issue Slots Busy": "issue %",
+               "Achieved Occupancy": "occup %", "Registers Per Thread": "regs"}
+MICROSECONDS_PER = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3}
+NCU_KERNELS = "regex:scan|merge|carry|partials|invert"
+NCU_SHAPES = {"L16": ("L", 16), "S1": ("S", 1)}
+
+
+def kernel_short_name(name):
+    head = name.split("(")[0].split("<")[0]
+    return head.split("::")[-1].split()[-1]
+
+
+def print_ncu_summary(details_csv):
+    rows = {}
+    for record in csv.DictReader(io.StringIO(details_csv)):
+        row = rows.setdefault(record["ID"], {"kernel": kernel_short_name(record["Kernel Name"])})
+        name, unit, value = record["Metric Name"], record["Metric Unit"], record["Metric Value"]
+        if name == "Duration" and unit in MICROSECONDS_PER:  # in microseconds, whatever unit ncu chose
+            value = f"{float(value.replace(',', '')) * MICROSECONDS_PER[unit]:.1f}"
+        row.setdefault(name, value)
+    print(f"{'kernel':30}" + "".join(f"{label:>9}" for label in NCU_SUMMARY.values()))
+    for row in rows.values():
+        print(f"{row['kernel']:30}" + "".join(f"{row.get(name, '-'):>9}" for name in NCU_SUMMARY))
+
+
+def profile_with_ncu(out_dir):
+    """Nsight Compute's full set of sections for each of the scan's kernels in one fused forward+backward
+    (PoseMamba-L at batch 16: whole paths per block; -S at batch 1: paths cut into spans): the report as
+    text in out_dir/ncu_SHAPE.txt, and a summary line per kernel. The clocks are left as they are."""
+    tool = shutil.which("ncu")
+    if tool is None:
+        print("gpu_report: ncu is not on the PATH; the Nsight Compute profile is skipped")
+        return
+    for shape in NCU_SHAPES:
+        report = os.path.join(out_dir, f"ncu_{shape}")
+        status = run_step(f"Nsight Compute, {shape}",
+                          [tool, "--clock-control", "none", "--set", "full", "--kernel-name", NCU_KERNELS,
+                           "--export", report, "--force-overwrite", sys.executable, os.path.abspath(__file__),
+                           "--step", "profile", "--shape", shape], timeout_s=240)
+        if status != 0 or not os.path.exists(report + ".ncu-rep"):
+            print(f"gpu_report: Nsight Compute did not profile {shape} here (exit status {status})")
+            continue
+        imported = [tool, "--import", report + ".ncu-rep", "--page", "details"]
+        with open(report + ".txt", "w") as text:
+            subprocess.run(imported, stdout=text, stderr=subprocess.STDOUT)
+        print_ncu_summary(subprocess.run(imported + ["--csv"], capture_output=True, text=True).stdout)
+        os.remove(report + ".ncu-rep")  # the text says it all; the device machine returns few files
+
+
+def run_internal_step(args):
+    """The steps that use the GPU in a process of their own (so a crash or a hang there stops only
+    that step)."""
+    import torch
+
+    if args.step == "table":
+        write_timing_table(os.path.join(args.out, "timings.txt"))
+    elif args.step == "breakdown":
+        kernel_breakdown()
+    elif args.step == "profile":
+        name, batch = NCU_SHAPES[args.shape]
+        fused_forward_backward(batch, SHAPES[name])()
+        torch.cuda.synchronize()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-build", action="store_true", help="use the extension as already built")
+    parser.add_argument("--out", help="where the timing table and the Nsight Compute reports go (default: a new "
+                                      "temporary folder)")
+    parser.add_argument("--step", choices=("table", "breakdown", "profile"), help=argparse.SUPPRESS)
+    parser.add_argument("--shape", choices=tuple(NCU_SHAPES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
 
     if not torch.cuda.is_available():
         sys.exit("gpu_report: no CUDA device is visible")
+    if args.step:
+        return run_internal_step(args)
+    out_dir = args.out or tempfile.mkdtemp(prefix="gpu_report.")
+    os.makedirs(out_dir, exist_ok=True)
     if not args.no_build:
         build()
-    tests_failed = run_cuda_tests()
-    tests_failed |= run_sanitizers()
+    this_script = [sys.executable, os.path.abspath(__file__), "--out", out_dir]
+    tests_passed = run_cuda_tests()
+    run_step("timings", this_script + ["--step", "table"], timeout_s=300)
+    run_step("kernel breakdown", this_script + ["--step", "breakdown"], timeout_s=120)
+    profile_with_ncu(out_dir)
+    sanitizers_clean = run_sanitizers()
     run_model_benchmarks()
-    kernel_breakdown()
-    rows = measure()
-    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, float32, T={T} J={J} N={N} P={P}")
-    print(f"{'shape':8} {'pass':8} {'fused ms':>9} {'unfused ms':>11} {'x':>5} {'reference ms':>13} {'x':>6} {'GB/s':>7}")
-    for shape, kind, times, gbps in rows:
-        fused, unfused, reference = times["fused"], times["unfused"], times.get("reference")
-        ref_cells = f"{reference:13.2f} {reference / fused:6.1f}" if reference else f"{'-':>13} {'-':>6}"
-        print(f"{shape:8} {kind:8} {fused:9.3f} {unfused:11.3f} {unfused / fused:5.2f} {ref_cells} {gbps:7.0f}")
-    print("GB/s: the floor's bytes (read and written once) over the fused time; H100 HBM3 is about 3000.")
-    sys.exit(1 if tests_failed else 0)
+    table_path = os.path.join(out_dir, "timings.txt")
+    print(f"\nCUDA tests {'passed' if tests_passed else 'FAILED'}; compute-sanitizer "
+          f"{'found nothing' if sanitizers_clean else 'found ERRORS'}; logs and reports in {out_dir}")
+    if os.path.exists(table_path):
+        print(open(table_path).read(), end="")
+    sys.exit(0 if tests_passed and sanitizers_clean else 1)
 
 
 if __name__ == "__main__":
