@@ -92,9 +92,16 @@ def state_entry_loops(sass):
             holding = [(first, last) for first, last in loops if first <= barrier <= last]
             if holding:
                 innermost.add(min(holding, key=lambda loop: loop[1] - loop[0]))
-        # A loop around other barrier loops (a chunk loop) is not a loop over state entries.
+        # A loop around other barrier loops (a chunk loop) is not a loop over state entries, and one is
+        # always inside the loop over chunks, which holds more barriers (the compiler also lays out
+        # cold code after that loop, with back edges that look like loops around its last barrier).
+        def barriers_in(first, last):
+            return sum(1 for i, opcode in enumerate(opcodes[first:last + 1]) if opcode == "BAR")
+
         for first, last in sorted(innermost):
             if any(first < f and l <= last or first <= f and l < last for f, l in innermost):
+                continue
+            if not any(f <= first and last <= l and barriers_in(f, l) > barriers_in(first, last) for f, l in loops):
                 continue
             counts = {}
             for opcode in opcodes[first:last + 1]:

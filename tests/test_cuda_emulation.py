@@ -54,7 +54,8 @@ def assert_close_scaled(actual, expected, dtype):
 
 # (batch, D, L, P, N): lanes past D in a block's 32 channels (D = 3, 5, 33, 40), L inside one 64-step
 # chunk, past it and not a multiple of it, several chunks with a partial last one (L = 300), N from 1
-# to 40 (N = 1 over several chunks: no barrier of the state-entry loop between two chunks), P up to 8;
+# to 40 (N = 1 over several chunks: no barrier of the state-entry loop between two chunks; N = 20
+# and 40: B and C staged in several groups of entries, 16 at a time, 8 in float64), P up to 8;
 # and paths cut into spans (the emulation reports 4 multiprocessors, so a shape with
 # fewer (batch, path, 32 channels) blocks is cut): two spans of 16 chunks (L = 2048), four spans of
 # 3, 3, 3 and 2 chunks (L = 700).
@@ -72,7 +73,7 @@ def test_emulated_cuda_kernels_match_cpu_kernels(emulated, shape, dtype):
     assert_close_scaled(actual, expected, dtype)
 
 
-@pytest.mark.parametrize("shape", [(2, 33, 70, 2, 3), (1, 4, 200, 2, 1), (1, 2, 700, 1, 5)],
+@pytest.mark.parametrize("shape", [(2, 33, 70, 2, 3), (1, 4, 200, 2, 1), (1, 2, 700, 1, 5), (1, 5, 130, 2, 20)],
                          ids=lambda s: "b{}_d{}_l{}_p{}_n{}".format(*s))
 def test_emulated_cuda_kernels_match_cpu_kernels_with_threads_reversed(emulated, shape):
     # Between barriers the emulation runs a block's threads in turn: in reverse, a read left unordered

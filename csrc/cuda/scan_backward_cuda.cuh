@@ -2,8 +2,8 @@
 //
 // The same split as the forward (scan_forward_cuda.cuh, scan_cuda_common.cuh): a block takes 32
 // channels of one (batch, path) and walks a span of the path's chunks, here last to first, its warps
-// sharing each chunk, kStepsPerThread consecutive steps a thread. Per chunk and state entry, with each
-// step's exp taken once:
+// sharing each chunk, kStepsPerThread consecutive steps a thread, B and C staged per chunk in shared
+// memory. Per chunk and state entry, with each step's exp taken once:
 // - the states: each thread composes its steps' state maps, and the maps of the warps before its own
 //   carry the chunk's start state, which the forward saved (chunk_states), to its first step;
 // - the adjoint q (the gradient reaching the state before a step from everything after it) runs
@@ -63,7 +63,8 @@ struct WarpStepSums {
     __syncwarp();
     const int step = threadIdx.x % kStepsPerThread, quarter = threadIdx.x / kStepsPerThread;
     T total = 0;
-    for (int lane = quarter * 8; lane < quarter * 8 + 8; ++lane) total += tile[step][lane];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) total += tile[step][quarter * 8 + i];  // unrolled: a fixed trip count
     total += __shfl_down_sync(0xffffffffu, total, 8);   // quarters 0 + 1 and 2 + 3
     total += __shfl_down_sync(0xffffffffu, total, 16);  // (0 + 1) + (2 + 3)
     __syncwarp();  // the tile is free for the next values
@@ -85,6 +86,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const SpanTask task = span_task(p, first_span);
   const int64_t span = task.span, b = task.b, path = task.path, d = task.d;
   const int64_t L = p.seqlen, N = p.d_state, n_spans = num_spans(p, chunks_per_span);
+  const int n_states = static_cast<int>(N);  // at most kMaxStateDim (checked on the host)
   const int lane = task.lane, warp = task.warp;
   const bool active = task.active, summary = span_maps != nullptr;
   const PathChannel<input_t> c(p, b, path, d);
@@ -95,6 +97,8 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   Map* span_map_row = summary ? span_maps + (row * n_spans + span) * N : nullptr;
   __shared__ Map state_maps[2][kSegmentWarps][kWarp], adjoint_maps[2][kSegmentWarps][kWarp];  // used in turn
   __shared__ weight_t tiles[kSegmentWarps][kStepsPerThread][kWarp + 1];
+  using Projections = ChunkProjections<weight_t>;
+  __shared__ Projections projections;
   const WarpStepSums<weight_t> channel_sums{tiles[warp]};
   int buffer = 0;
   if (summary && warp == 0 && active) {  // only warp 0 reads them
@@ -131,75 +135,93 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       dy[k] = valid && active ? output_grad_at<input_t>(p, b, d, position[k]) : weight_t(0);
       d_dt[k] = d_dt_v[k] = 0;
     }
-#pragma unroll 1
-    for (int64_t n = 0; n < N; ++n) {
-      const weight_t a = c.A_row[n], rate = decay_rate(a);
-      const input_t* B_row = c.B_path + n * L;
-      const input_t* C_row = c.C_path + n * L;
-      // The steps' state maps, and their adjoint maps composed last step first.
-      Map steps[kStepsPerThread];
-      Map own = Map::identity(), own_adjoint = Map::identity();
+    // The position whose dB and dC partials lane i < kStepsPerThread writes: its warp's step i.
+    const bool writes_sums = lane < kStepsPerThread && first + lane < end;
+    uint32_t sum_position = 0;
 #pragma unroll
-      for (int k = 0; k < kStepsPerThread; ++k) {
-        steps[k] = Map{step_decay_from_rate(dt[k], rate), dt[k] * v[k] * static_cast<weight_t>(B_row[position[k]])};
-        own = own.then(steps[k]);
-      }
-#pragma unroll
-      for (int k = kStepsPerThread - 1; k >= 0; --k) {
-        const weight_t dy_C = dy[k] * static_cast<weight_t>(C_row[position[k]]);
-        own_adjoint = own_adjoint.then(Map{steps[k].decay, steps[k].decay * dy_C});
-      }
-      // Read before the barrier, after which warp 0 writes the next chunk's. Buffers are written again
-      // two barriers later, when every thread has read them. Lanes past D keep a zero adjoint, so that
-      // they add nothing to the warp's dB and dC sums; in pass 1 only warp 0, which keeps the span's
-      // map, needs it.
-      const weight_t q_end = !active ? weight_t(0)
-                             : !summary ? adjoint_row[n]
-                             : warp == 0 ? span_map_row[n].drive
-                                         : weight_t(0);
-      state_maps[buffer][warp][lane] = own;
-      adjoint_maps[buffer][warp][lane] = own_adjoint;
-      __syncthreads();
-      const Map after = maps_after_warp(adjoint_maps[buffer], warp, lane);
-      const Map before = maps_before_warp(state_maps[buffer], warp, lane);
-      const Map chunk_adjoint = after.then(own_adjoint);
-      buffer ^= 1;
-      if (warp == 0 && active) {
-        if (summary) {
-          span_map_row[n] = Map{span_map_row[n].decay * chunk_adjoint.decay, chunk_adjoint.apply(q_end)};
-        } else {
-          adjoint_row[n] = chunk_adjoint.apply(q_end);
-        }
-      }
-      if (summary) continue;
-
-      // The states: h[k] before step k, h[k + 1] after it.
-      weight_t h[kStepsPerThread + 1];
-      h[0] = before.apply(static_cast<const weight_t*>(p.chunk_states)[(row * p.n_chunks + chunk) * N + n]);
-#pragma unroll
-      for (int k = 0; k < kStepsPerThread; ++k) h[k + 1] = steps[k].apply(h[k]);
-      weight_t q = after.apply(q_end), dA = 0;
-#pragma unroll
-      for (int k = kStepsPerThread - 1; k >= 0; --k) {
-        weight_t dB = 0;
-        const weight_t dh = dy[k] * static_cast<weight_t>(C_row[position[k]]) + q;
-        q = state_update_backward<weight_t>(dh, h[k], steps[k].decay, dt[k], a, dt[k] * v[k],
-                                            static_cast<weight_t>(B_row[position[k]]), d_dt[k], dA, d_dt_v[k], dB);
-        channel_sums.stage(k, dB);
-      }
-      const weight_t dB_sum = channel_sums.sum();
-#pragma unroll
-      for (int k = 0; k < kStepsPerThread; ++k) channel_sums.stage(k, dy[k] * h[k + 1]);
-      const weight_t dC_sum = channel_sums.sum();
-      const int64_t step = first + lane % kStepsPerThread;
-      if (lane < kStepsPerThread && step < end) {
-        const int64_t l = c.position(step);
-        dB_partial[l * N + n] = dB_sum;
-        dC_partial[l * N + n] = dC_sum;
-      }
-      if (active) dA_row[n] += dA;
+    for (int k = 0; k < kStepsPerThread; ++k) {
+      if (lane == k) sum_position = position[k];
     }
-    __syncthreads();  // warp 0's adjoint is read next chunk (no barrier between where N = 1)
+    for (int group = 0; group < n_states; group += Projections::kStates) {
+      if (group > 0) __syncthreads();  // every thread is done with the last group's projections
+      projections.stage(c, chunk, group);
+      __syncthreads();
+      const int group_end = group + Projections::kStates < n_states ? group + Projections::kStates : n_states;
+      weight_t a_next = c.A_row[group];
+#pragma unroll 1
+      for (int n = group; n < group_end; ++n) {
+        // Loads issued well before their use, their latency hidden behind the steps' maps: A one state
+        // entry ahead; the chunk's start state and this thread's dA so far before the barrier.
+        const weight_t a = a_next, rate = decay_rate(a);
+        if (n + 1 < group_end) a_next = c.A_row[n + 1];
+        const weight_t h_chunk_start =
+            summary ? weight_t(0) : static_cast<const weight_t*>(p.chunk_states)[(row * p.n_chunks + chunk) * N + n];
+        const weight_t dA_so_far = !summary && active ? dA_row[n] : weight_t(0);
+        // The adjoint entering the chunk, read before the barrier after which warp 0 writes the next
+        // chunk's. Lanes past D keep a zero adjoint, so that they add nothing to the warp's dB and dC
+        // sums; in pass 1 only warp 0, which keeps the span's map, needs it.
+        const weight_t q_end = !active ? weight_t(0)
+                               : !summary ? adjoint_row[n]
+                               : warp == 0 ? span_map_row[n].drive
+                                           : weight_t(0);
+        const weight_t* B_steps = projections.B[n - group] + warp * kStepsPerThread;
+        const weight_t* C_steps = projections.C[n - group] + warp * kStepsPerThread;
+        // The steps' state maps, and their adjoint maps composed last step first.
+        Map steps[kStepsPerThread];
+        Map own = Map::identity(), own_adjoint = Map::identity();
+#pragma unroll
+        for (int k = 0; k < kStepsPerThread; ++k) {
+          steps[k] = Map{step_decay_from_rate(dt[k], rate), dt[k] * v[k] * B_steps[k]};
+          own = own.then(steps[k]);
+        }
+#pragma unroll
+        for (int k = kStepsPerThread - 1; k >= 0; --k) {
+          const weight_t dy_C = dy[k] * C_steps[k];
+          own_adjoint = own_adjoint.then(Map{steps[k].decay, steps[k].decay * dy_C});
+        }
+        // Buffers are written again two barriers later, when every thread has read them.
+        state_maps[buffer][warp][lane] = own;
+        adjoint_maps[buffer][warp][lane] = own_adjoint;
+        __syncthreads();
+        const Map after = maps_after_warp(adjoint_maps[buffer], warp, lane);
+        const Map before = maps_before_warp(state_maps[buffer], warp, lane);
+        const Map chunk_adjoint = after.then(own_adjoint);
+        buffer ^= 1;
+        if (warp == 0 && active) {
+          if (summary) {
+            span_map_row[n] = Map{span_map_row[n].decay * chunk_adjoint.decay, chunk_adjoint.apply(q_end)};
+          } else {
+            adjoint_row[n] = chunk_adjoint.apply(q_end);
+          }
+        }
+        if (summary) continue;
+
+        // The states: h[k] before step k, h[k + 1] after it.
+        weight_t h[kStepsPerThread + 1];
+        h[0] = before.apply(h_chunk_start);
+#pragma unroll
+        for (int k = 0; k < kStepsPerThread; ++k) h[k + 1] = steps[k].apply(h[k]);
+        weight_t q = after.apply(q_end), dA = 0;
+#pragma unroll
+        for (int k = kStepsPerThread - 1; k >= 0; --k) {
+          weight_t dB = 0;
+          const weight_t dh = dy[k] * C_steps[k] + q;
+          q = state_update_backward<weight_t>(dh, h[k], steps[k].decay, dt[k], a, dt[k] * v[k],
+                                              B_steps[k], d_dt[k], dA, d_dt_v[k], dB);
+          channel_sums.stage(k, dB);
+        }
+        const weight_t dB_sum = channel_sums.sum();
+#pragma unroll
+        for (int k = 0; k < kStepsPerThread; ++k) channel_sums.stage(k, dy[k] * h[k + 1]);
+        const weight_t dC_sum = channel_sums.sum();
+        if (writes_sums) {
+          dB_partial[sum_position * N + n] = dB_sum;
+          dC_partial[sum_position * N + n] = dC_sum;
+        }
+        if (active) dA_row[n] = dA_so_far + dA;
+      }
+    }
+    __syncthreads();  // every thread is done with the chunk's projections before the next chunk's are staged
     if (summary || !active) continue;
     auto* ddelta_row = static_cast<input_t*>(p.ddelta) + row * L;
 #pragma unroll

@@ -141,6 +141,36 @@ C10_HOST_DEVICE inline int64_t num_spans(const MultiPathScanParams& p, int64_t c
   return (p.n_chunks + chunks_per_span - 1) / chunks_per_span;
 }
 
+// B and C of a chunk's steps for a group of state entries, staged in shared memory by the whole block:
+// the steps' loads of B and C then read one broadcast row of shared memory each, instead of a gathered
+// global load with its own address arithmetic per (step, entry). 8 KB whatever the weight type.
+template <typename weight_t>
+struct ChunkProjections {
+  static constexpr int kStates = 16 * sizeof(float) / sizeof(weight_t);  // entries per group
+  alignas(16) weight_t B[kStates][kScanChunk];
+  alignas(16) weight_t C[kStates][kScanChunk];
+
+  // Every thread of the block calls it (then a barrier before any reads): the block's threads take
+  // the chunk's steps in order, so a path visiting consecutive positions loads them coalesced. Steps
+  // past the path's end and entries past N are zeros.
+  template <typename input_t>
+  __device__ void stage(const PathChannel<input_t>& c, int64_t chunk, int64_t first_state) {
+    constexpr int kThreads = kWarp * kSegmentWarps;
+    static_assert(kThreads % kScanChunk == 0, "a block's threads cover whole chunks");
+    const int thread = static_cast<int>(threadIdx.y) * kWarp + static_cast<int>(threadIdx.x);
+    const int step = thread % kScanChunk;
+    const int64_t s = chunk_begin(chunk) + step;
+    const bool valid = s < c.L;
+    const int64_t l = valid ? c.position(s) : 0;
+    for (int n = thread / kScanChunk; n < kStates; n += kThreads / kScanChunk) {
+      const bool loaded = valid && first_state + n < c.N;
+      const int64_t offset = (first_state + n) * c.L + l;
+      B[n][step] = loaded ? static_cast<weight_t>(c.B_path[offset]) : weight_t(0);
+      C[n][step] = loaded ? static_cast<weight_t>(c.C_path[offset]) : weight_t(0);
+    }
+  }
+};
+
 // The maps a block's warps staged for this lane (one per warp, in step order), composed over the warps
 // before `warp` (forward: the steps before the warp's own) or after it (the adjoint, which runs last
 // step first). Unrolled and predicated: a loop of run-time length compiles to several unrolled copies.

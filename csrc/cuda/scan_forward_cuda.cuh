@@ -6,8 +6,10 @@
 // entry, each thread composes its steps into one state map (StateMap: h -> decay h + drive), the
 // warps' maps meet in shared memory, and each thread composes the maps of the warps before its own
 // with the chunk's start state: the state before its first step. Each step's exp is taken once and
-// kept for re-applying the steps, so a path costs one exp per state update, as a sequential scan does;
-// the lanes' channels share every load of B and C.
+// kept for re-applying the steps, so a path costs one exp per state update, as a sequential scan does.
+// The lanes' channels share B and C, which the block stages per chunk in shared memory
+// (ChunkProjections): in the loop over state entries a thread reads its steps' values as two
+// broadcast rows, with no per-step address arithmetic.
 //
 // A block per (batch, path, 32 channels) fills a GPU at training shapes. Where those blocks are fewer
 // than the device's multiprocessors, the path is also cut into spans of whole chunks that blocks walk
@@ -45,11 +47,14 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   using Map = StateMap<weight_t>;
   const SpanTask task = span_task(p, 0);
   const int64_t span = task.span, L = p.seqlen, N = p.d_state, n_spans = num_spans(p, chunks_per_span);
+  const int n_states = static_cast<int>(N);  // at most kMaxStateDim (checked on the host)
   const int lane = task.lane, warp = task.warp;
   const bool active = task.active, summary = span_maps != nullptr;
   const PathChannel<input_t> c(p, task.b, task.path, task.d);
   const int64_t row = (task.b * p.n_paths + task.path) * p.dim + task.d;
+  using Projections = ChunkProjections<weight_t>;
   __shared__ Map warp_maps[2][kSegmentWarps][kWarp];  // two buffers, used in turn (see below)
+  __shared__ Projections projections;
   int buffer = 0;
   // Per state entry and lane: the state before the chunk, and in pass 1 the decay of the span so far.
   // The last warp, whose steps end the chunk, keeps them; in shared memory rather than registers, which
@@ -79,41 +84,49 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       dt_v[k] = dt[k] * v;
       y[k] = c.skip * v;
     }
-#pragma unroll 1
-    for (int64_t n = 0; n < N; ++n) {
-      const weight_t rate = decay_rate(c.A_row[n]);
-      const input_t* B_row = c.B_path + n * L;
-      const input_t* C_row = c.C_path + n * L;
-      Map steps[kStepsPerThread];
-      Map own = Map::identity();
-#pragma unroll
-      for (int k = 0; k < kStepsPerThread; ++k) {
-        steps[k] = Map{step_decay_from_rate(dt[k], rate), dt_v[k] * static_cast<weight_t>(B_row[position[k]])};
-        own = own.then(steps[k]);
-      }
-      // Read before the barrier, after which the last warp writes the next chunk's.
-      const weight_t h_start = chunk_start_state[n][lane];
-      // A buffer is written again two barriers later, when every thread has read it.
-      warp_maps[buffer][warp][lane] = own;
+    for (int group = 0; group < n_states; group += Projections::kStates) {
+      if (group > 0) __syncthreads();  // every thread is done with the last group's projections
+      projections.stage(c, chunk, group);
       __syncthreads();
-      const Map before = maps_before_warp(warp_maps[buffer], warp, lane);
-      buffer ^= 1;
-      if (last_warp) {
-        const Map chunk_map = before.then(own);
-        chunk_start_state[n][lane] = chunk_map.apply(h_start);
-        if (summary) span_decay[n][lane] *= chunk_map.decay;
-        if (!summary && active) static_cast<weight_t*>(p.chunk_states)[(row * p.n_chunks + chunk) * N + n] = h_start;
-      }
-      if (!summary) {
-        weight_t h = before.apply(h_start);
+      const int group_end = group + Projections::kStates < n_states ? group + Projections::kStates : n_states;
+      weight_t a_next = c.A_row[group];
+#pragma unroll 1
+      for (int n = group; n < group_end; ++n) {
+        const weight_t rate = decay_rate(a_next);
+        if (n + 1 < group_end) a_next = c.A_row[n + 1];  // a state entry ahead: its latency hidden
+        const weight_t* B_steps = projections.B[n - group] + warp * kStepsPerThread;
+        const weight_t* C_steps = projections.C[n - group] + warp * kStepsPerThread;
+        Map steps[kStepsPerThread];
+        Map own = Map::identity();
 #pragma unroll
         for (int k = 0; k < kStepsPerThread; ++k) {
-          h = steps[k].apply(h);
-          y[k] += static_cast<weight_t>(C_row[position[k]]) * h;
+          steps[k] = Map{step_decay_from_rate(dt[k], rate), dt_v[k] * B_steps[k]};
+          own = own.then(steps[k]);
+        }
+        // Read before the barrier, after which the last warp writes the next chunk's.
+        const weight_t h_start = chunk_start_state[n][lane];
+        // A buffer is written again two barriers later, when every thread has read it.
+        warp_maps[buffer][warp][lane] = own;
+        __syncthreads();
+        const Map before = maps_before_warp(warp_maps[buffer], warp, lane);
+        buffer ^= 1;
+        if (last_warp) {
+          const Map chunk_map = before.then(own);
+          chunk_start_state[n][lane] = chunk_map.apply(h_start);
+          if (summary) span_decay[n][lane] *= chunk_map.decay;
+          if (!summary && active) static_cast<weight_t*>(p.chunk_states)[(row * p.n_chunks + chunk) * N + n] = h_start;
+        }
+        if (!summary) {
+          weight_t h = before.apply(h_start);
+#pragma unroll
+          for (int k = 0; k < kStepsPerThread; ++k) {
+            h = steps[k].apply(h);
+            y[k] += C_steps[k] * h;
+          }
         }
       }
     }
-    __syncthreads();  // the last warp's chunk_start_state is read next chunk (no barrier between where N = 1)
+    __syncthreads();  // every thread is done with the chunk's projections before the next chunk's are staged
     if (!summary && active) {
 #pragma unroll
       for (int k = 0; k < kStepsPerThread; ++k) {
