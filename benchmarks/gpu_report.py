@@ -10,11 +10,13 @@ extension for the visible GPU's architecture with FORCE_CUDA=1, (2) runs tests/t
 the fused kernels, the unfused pipeline (copies + one single-path scan per direction + merge, on our own
 kernels) and the reference at PoseMamba-S/-L block shapes, batch 1, 4 and 16, forward and
 forward+backward, with CUDA events (median of 20), and prints that table (written to DIR/timings.txt
-too), (4) prints each kernel's time in one fused forward+backward at batch 16 (the profiler), (5)
-profiles the scan's kernels with Nsight Compute where `ncu` can read the counters (full report in
-DIR/ncu_*.txt, a summary line per kernel here), (6) runs a few CUDA tests under compute-sanitizer's
-memcheck and racecheck, (7) runs the model's CUDA benchmarks, and prints the table again last. Every
-step after the build runs with a time limit; one that fails or runs out is reported and the next runs.
+too), (4) times the fused op at the small batches for several POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM
+settings (DIR/span_sweep.txt), (5) prints each kernel's time in one fused forward+backward at batch 16
+(the profiler), (6) profiles the scan's kernels with Nsight Compute where `ncu` can read the counters
+(full report in DIR/ncu_*.txt, a summary line per kernel here), (7) runs a few CUDA tests under
+compute-sanitizer's memcheck and racecheck, (8) runs the model's CUDA benchmarks, and prints the sweep
+and the table again last. Every step after the build runs with a time limit; one that fails or runs
+out is reported and the next runs.
 """
 import argparse
 import csv
@@ -181,6 +183,48 @@ def write_timing_table(table_path):
              "4300 (measured there), H100 HBM3 at about 3000. Batch 1 fits the 50-60 MB L2: timed in cache.")
 
 
+SPAN_SETTINGS = ("0", "1", "2", "4")  # POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM: 0 never cuts paths into spans
+SPAN_SHAPES = (("S", 1), ("S", 4), ("L", 1), ("L", 4))  # where blocks of whole paths do not fill the GPU
+
+
+def write_span_sweep_rows(sweep_path):
+    """The fused op's times at the small batches under this process's span setting, a row per shape,
+    appended to sweep_path."""
+    import torch
+
+    from posemamba.ops import multi_path_selective_scan
+
+    setting = os.environ.get("POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM", "1")
+    with open(sweep_path, "a") as sweep:
+        for name, batch in SPAN_SHAPES:
+            inputs, leaves, grad_out = pose_block_inputs(batch, SHAPES[name])
+
+            def forward():
+                with torch.no_grad():
+                    multi_path_selective_scan(**inputs)
+
+            both = fused_forward_backward(batch, SHAPES[name])
+            row = f"{setting:>9} {f'{name} b{batch}':8} {median_ms(forward):9.3f} {median_ms(both):12.3f}"
+            print(row, flush=True)
+            sweep.write(row + "\n")
+
+
+def span_sweep(out_dir):
+    """The fused op at the small batches for each span setting: which target fills the GPU best (the
+    default, 1 block per multiprocessor, is a guess until this runs)."""
+    sweep_path = os.path.join(out_dir, "span_sweep.txt")
+    with open(sweep_path, "w") as sweep:
+        sweep.write(f"{'blocks/SM':>9} {'shape':8} {'fwd ms':>9} {'fwd+bwd ms':>12}\n")
+    print(open(sweep_path).read(), end="", flush=True)
+    for setting in SPAN_SETTINGS:
+        env = dict(os.environ, POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM=setting)
+        command = [sys.executable, os.path.abspath(__file__), "--out", out_dir, "--step", "sweep"]
+        try:
+            subprocess.run(command, env=env, timeout=120)
+        except subprocess.TimeoutExpired:
+            print(f"gpu_report: the span sweep at {setting} blocks per multiprocessor ran past 120 s")
+
+
 def fused_forward_backward(batch, dim):
     """One fused forward+backward of a PoseMamba block's scan: the work the profilers look at."""
     import torch
@@ -267,6 +311,8 @@ def run_internal_step(args):
 
     if args.step == "table":
         write_timing_table(os.path.join(args.out, "timings.txt"))
+    elif args.step == "sweep":
+        write_span_sweep_rows(os.path.join(args.out, "span_sweep.txt"))
     elif args.step == "breakdown":
         kernel_breakdown()
     elif args.step == "profile":
@@ -280,7 +326,7 @@ def main():
     parser.add_argument("--no-build", action="store_true", help="use the extension as already built")
     parser.add_argument("--out", help="where the timing table and the Nsight Compute reports go (default: a new "
                                       "temporary folder)")
-    parser.add_argument("--step", choices=("table", "breakdown", "profile"), help=argparse.SUPPRESS)
+    parser.add_argument("--step", choices=("table", "sweep", "breakdown", "profile"), help=argparse.SUPPRESS)
     parser.add_argument("--shape", choices=tuple(NCU_SHAPES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
@@ -296,6 +342,8 @@ def main():
     this_script = [sys.executable, os.path.abspath(__file__), "--out", out_dir]
     tests_passed = run_cuda_tests()
     run_step("timings", this_script + ["--step", "table"], timeout_s=300)
+    print("\n== gpu_report: span sweep", flush=True)
+    span_sweep(out_dir)
     run_step("kernel breakdown", this_script + ["--step", "breakdown"], timeout_s=120)
     profile_with_ncu(out_dir)
     sanitizers_clean = run_sanitizers()
@@ -303,8 +351,9 @@ def main():
     table_path = os.path.join(out_dir, "timings.txt")
     print(f"\nCUDA tests {'passed' if tests_passed else 'FAILED'}; compute-sanitizer "
           f"{'found nothing' if sanitizers_clean else 'found ERRORS'}; logs and reports in {out_dir}")
-    if os.path.exists(table_path):
-        print(open(table_path).read(), end="")
+    for path in (os.path.join(out_dir, "span_sweep.txt"), table_path):
+        if os.path.exists(path):
+            print(open(path).read(), end="")
     sys.exit(0 if tests_passed and sanitizers_clean else 1)
 
 

@@ -3,6 +3,8 @@ CPU kernels and the reference. This checks the CUDA kernels' indexing, work spli
 partial sums and launches on any machine; tests/test_cuda.py checks them on a GPU."""
 import hashlib
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -23,8 +25,7 @@ TOLERANCE = {torch.float64: (1e-10, 1e-11), torch.float32: (1e-4, 2e-5), torch.f
              torch.bfloat16: (2e-2, 1e-2)}
 
 
-@pytest.fixture(scope="module")
-def emulated():
+def load_emulation():
     """The emulation module, built once per version of the sources (its name carries their hash)."""
     from torch.utils.cpp_extension import load
 
@@ -34,6 +35,11 @@ def emulated():
                 sources=[os.path.join(CSRC, "emulation", "scan_cuda_emulated.cpp"),
                          os.path.join(CSRC, "multi_path_scan_host.cpp")],
                 extra_include_paths=[CSRC], extra_cflags=["-O2"], verbose=False)
+
+
+@pytest.fixture(scope="module")
+def emulated():
+    return load_emulation()
 
 
 def forward_and_backward(ops, inputs, grad_out, delta_softplus=True):
@@ -159,3 +165,45 @@ def test_emulation_reports_deadlocks_and_device_asserts(emulated):
         emulated.simt_selftest("deadlock")
     with pytest.raises(RuntimeError, match="device assert failed: threadIdx.x != 7"):
         emulated.simt_selftest("assert")
+
+
+# In a process of its own (the kernels read the variable once per process), with the emulation that the
+# fixture built: whole paths (0), the default split (two spans here) and six spans, each against the CPU
+# kernels; the splits round differently, which shows that the setting took effect. A bad value is a
+# named error.
+SPAN_SETTING_CHECK = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+import test_cuda_emulation as t
+inputs, grad_out = torch.load({inputs!r})
+actual = t.forward_and_backward(t.load_emulation(), inputs, grad_out)
+t.assert_close_scaled(actual, t.forward_and_backward(torch.ops.posemamba, inputs, grad_out), torch.float32)
+torch.save(actual, {output!r})
+"""
+
+
+def run_with_span_setting(setting, folder):
+    """Runs the check with one value of the variable on inputs saved in folder/inputs.pt; the emulated
+    kernels' results go to folder/setting_SETTING.pt."""
+    env = dict(os.environ, POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM=setting)
+    check = SPAN_SETTING_CHECK.format(tests=os.path.dirname(os.path.abspath(__file__)),
+                                      inputs=str(folder / "inputs.pt"), output=str(folder / f"setting_{setting}.pt"))
+    return subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_emulated_cuda_kernels_follow_the_span_setting(emulated, tmp_path):
+    torch.save((random_scan_inputs(1, 3, 2048, 2, 3, torch.float32), torch.randn(1, 3, 2048)), tmp_path / "inputs.pt")
+    results = {}
+    for setting in ("0", "", "3"):
+        result = run_with_span_setting(setting, tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        results[setting] = torch.load(tmp_path / f"setting_{setting}.pt")
+    for a, b in (("0", ""), ("", "3")):
+        assert any(not torch.equal(x, y) for x, y in zip(results[a], results[b], strict=True))
+
+
+def test_emulated_cuda_kernels_name_a_bad_span_setting(emulated, tmp_path):
+    torch.save((random_scan_inputs(1, 3, 70, 2, 3, torch.float32), torch.randn(1, 3, 70)), tmp_path / "inputs.pt")
+    result = run_with_span_setting("two", tmp_path)
+    assert result.returncode != 0
+    assert "POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM must be a whole number from 0 to 64, got 'two'" in result.stderr

@@ -8,6 +8,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <limits>
 
 #include "../multi_path_scan.h"
@@ -128,12 +129,29 @@ static_assert(kSegmentWarps * kStepsPerThread == kScanChunk, "a block's warps sh
 // Blocks resident per multiprocessor that registers must allow: at most 128 registers a thread.
 constexpr int kSpanBlocksPerMultiprocessor = 2;
 
+// The blocks per multiprocessor that cutting paths into spans aims for: 1 (a starting point until
+// measured on a GPU), or POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM (0: never cut), read once per process, for
+// benchmarks/gpu_report.py's sweep over it.
+inline int64_t span_blocks_per_multiprocessor() {
+  static const int64_t blocks = [] {
+    const char* text = std::getenv("POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM");
+    if (text == nullptr || *text == '\0') return int64_t{1};
+    char* end = nullptr;
+    const long value = std::strtol(text, &end, 10);
+    TORCH_CHECK(*end == '\0' && value >= 0 && value <= 64,
+                "POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM must be a whole number from 0 to 64, got '", text, "'");
+    return static_cast<int64_t>(value);
+  }();
+  return blocks;
+}
+
 // Chunks per span: all of them where the blocks of whole paths fill the device's multiprocessors
-// (one block each: a starting point until measured on a GPU), else as few as fill them.
+// (span_blocks_per_multiprocessor() each), else as few as fill them.
 inline int64_t chunks_per_span(const MultiPathScanParams& p) {
   const int64_t path_blocks = p.batch * p.n_paths * num_channel_blocks(p);
-  const int64_t wanted_spans = (simt::multiprocessor_count() + path_blocks - 1) / path_blocks;
-  const int64_t spans = std::min(p.n_chunks, wanted_spans);
+  const int64_t wanted_blocks = simt::multiprocessor_count() * span_blocks_per_multiprocessor();
+  const int64_t wanted_spans = (wanted_blocks + path_blocks - 1) / path_blocks;
+  const int64_t spans = std::max<int64_t>(1, std::min(p.n_chunks, wanted_spans));
   return (p.n_chunks + spans - 1) / spans;
 }
 
