@@ -61,7 +61,7 @@ def assert_close_scaled(actual, expected, dtype):
 # (batch, D, L, P, N): lanes past D in a block's 32 channels (D = 3, 5, 33, 40), L inside one 64-step
 # chunk, past it and not a multiple of it, several chunks with a partial last one (L = 300), N from 1
 # to 40 (N = 1 over several chunks: no barrier of the state-entry loop between two chunks; N = 20
-# and 40: B and C staged in several groups of entries, 16 at a time, 8 in float64), P up to 8;
+# and 40: B and C staged in several groups of entries, 16 at a time, 4 in float64), P up to 8;
 # and paths cut into spans (the emulation reports 4 multiprocessors, so a shape with
 # fewer (batch, path, 32 channels) blocks is cut): two spans of 16 chunks (L = 2048), four spans of
 # 3, 3, 3 and 2 chunks (L = 700).
@@ -136,6 +136,13 @@ def test_emulated_cuda_kernel_asserts_on_a_bad_path_index(emulated):
     inputs = random_scan_inputs(1, 2, 8, 1, 2, torch.float32)
     inputs["paths"][0, 3] = 8
     with pytest.raises(RuntimeError, match="device assert failed: l >= 0 && l < L"):
+        emulated.multi_path_scan_fwd(*[inputs[name] for name in FORWARD_ARGS], True)
+
+
+def test_emulated_cuda_kernel_asserts_on_a_bad_mix_index(emulated):
+    inputs = random_scan_inputs(1, 2, 8, 1, 2, torch.float32)
+    inputs["mix"][0, 5] = 8
+    with pytest.raises(RuntimeError, match="device assert failed: in_range"):
         emulated.multi_path_scan_fwd(*[inputs[name] for name in FORWARD_ARGS], True)
 
 

@@ -119,33 +119,36 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const int64_t first_chunk = span * chunks_per_span;
   const int64_t end_chunk = first_chunk + chunks_per_span < p.n_chunks ? first_chunk + chunks_per_span : p.n_chunks;
   for (int64_t chunk = end_chunk - 1; chunk >= first_chunk; --chunk) {
-    // This thread's steps. Past the path's end a step has dt = v = dy = 0 at position 0: the identity
-    // map, forwards and backwards, computed like the others (no branches in the loops below), with no
-    // gradient and nothing stored.
+    // The chunk's positions and the first group's B and C, staged by the whole block.
+    projections.stage(c, chunk, 0);
+    __syncthreads();
+    // This thread's steps. Past the path's end a step has dt = v = dy = 0 (loaded at position 0, then
+    // set): the identity map, forwards and backwards, computed like the others (no branches in the
+    // loops below), with no gradient and nothing stored.
     const int64_t first = chunk_begin(chunk) + warp * kStepsPerThread, end = chunk_end(chunk, L);
-    uint32_t position[kStepsPerThread];  // L < 2^31 (path_channel_grid)
+    const uint32_t* position = projections.position + warp * kStepsPerThread;
     weight_t v[kStepsPerThread], dt[kStepsPerThread], dy[kStepsPerThread];
     weight_t d_dt[kStepsPerThread], d_dt_v[kStepsPerThread];
+    c.load_steps(position, v, dt);
+#pragma unroll
+    for (int k = 0; k < kStepsPerThread; ++k) dy[k] = output_grad_at<input_t>(p, b, d, position[k]);
 #pragma unroll
     for (int k = 0; k < kStepsPerThread; ++k) {
       const bool valid = first + k < end;
-      position[k] = valid ? c.position(first + k) : 0;
-      v[k] = valid ? c.input_at(position[k]) : weight_t(0);
-      dt[k] = valid ? c.step_at(position[k]) : weight_t(0);
-      dy[k] = valid && active ? output_grad_at<input_t>(p, b, d, position[k]) : weight_t(0);
+      v[k] = valid ? v[k] : weight_t(0);
+      dt[k] = valid ? dt[k] : weight_t(0);
+      dy[k] = valid && active ? dy[k] : weight_t(0);
       d_dt[k] = d_dt_v[k] = 0;
     }
     // The position whose dB and dC partials lane i < kStepsPerThread writes: its warp's step i.
     const bool writes_sums = lane < kStepsPerThread && first + lane < end;
-    uint32_t sum_position = 0;
-#pragma unroll
-    for (int k = 0; k < kStepsPerThread; ++k) {
-      if (lane == k) sum_position = position[k];
-    }
+    const uint32_t sum_position = position[lane % kStepsPerThread];
     for (int group = 0; group < n_states; group += Projections::kStates) {
-      if (group > 0) __syncthreads();  // every thread is done with the last group's projections
-      projections.stage(c, chunk, group);
-      __syncthreads();
+      if (group > 0) {
+        __syncthreads();  // every thread is done with the last group's projections
+        projections.stage(c, chunk, group);
+        __syncthreads();
+      }
       const int group_end = group + Projections::kStates < n_states ? group + Projections::kStates : n_states;
       weight_t a_next = c.A_row[group];
 #pragma unroll 1
@@ -221,21 +224,22 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
         if (active) dA_row[n] = dA_so_far + dA;
       }
     }
-    __syncthreads();  // every thread is done with the chunk's projections before the next chunk's are staged
-    if (summary || !active) continue;
-    auto* ddelta_row = static_cast<input_t*>(p.ddelta) + row * L;
+    if (!summary && active) {
+      auto* ddelta_row = static_cast<input_t*>(p.ddelta) + row * L;
 #pragma unroll
-    for (int k = 0; k < kStepsPerThread; ++k) {
-      if (first + k >= end) continue;
-      const int64_t l = position[k];
-      const weight_t d_step =
-          (d_dt[k] + d_dt_v[k] * v[k]) *
-          step_size_grad<weight_t>(static_cast<weight_t>(c.delta_row[l]), c.bias, p.delta_softplus);
-      ddelta_row[l] = static_cast<input_t>(d_step);
-      dv_paths[row * L + l] = d_dt_v[k] * dt[k] + dy[k] * c.skip;
-      dD += dy[k] * v[k];
-      ddelta_bias += d_step;
+      for (int k = 0; k < kStepsPerThread; ++k) {
+        if (first + k >= end) continue;
+        const uint32_t l = position[k];
+        const weight_t d_step =
+            (d_dt[k] + d_dt_v[k] * v[k]) *
+            step_size_grad<weight_t>(static_cast<weight_t>(c.delta_row[l]), c.bias, p.delta_softplus);
+        ddelta_row[l] = static_cast<input_t>(d_step);
+        dv_paths[row * L + l] = d_dt_v[k] * dt[k] + dy[k] * c.skip;
+        dD += dy[k] * v[k];
+        ddelta_bias += d_step;
+      }
     }
+    __syncthreads();  // every thread is done with the chunk's staged values before the next chunk's
   }
   if (!summary && active) {
     static_cast<weight_t*>(p.dD_partial)[partial_row] = dD;

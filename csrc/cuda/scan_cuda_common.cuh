@@ -73,18 +73,36 @@ struct PathChannel {
     return l;
   }
 
-  // The scan input at position l: u, plus u at the mixed-in position where mix names one.
-  __device__ weight_t input_at(int64_t l) const {
-    weight_t v = static_cast<weight_t>(u_row[l]);
-    if (mix_row && mix_row[l] >= 0) {
-      POSEMAMBA_DEVICE_ASSERT(mix_row[l] < L);
-      v += static_cast<weight_t>(u_row[mix_row[l]]);
+  // The scan inputs v (u, plus u at the mixed-in position where mix names one) and the step sizes dt
+  // at a thread's K positions. No branch on the data separates the loads, so that they are all in
+  // flight together: a step with nothing mixed in reads u at its own position again, and the mixed
+  // positions are checked once, after the loads (an out-of-range one reads u at its own position).
+  template <int K>
+  __device__ void load_steps(const uint32_t* position, weight_t (&v)[K], weight_t (&dt)[K]) const {
+    uint32_t l[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) l[k] = position[k];
+    weight_t delta[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      v[k] = static_cast<weight_t>(u_row[l[k]]);
+      delta[k] = static_cast<weight_t>(delta_row[l[k]]);
     }
-    return v;
-  }
-
-  __device__ weight_t step_at(int64_t l) const {
-    return step_size<weight_t>(static_cast<weight_t>(delta_row[l]), bias, delta_softplus);
+    if (mix_row) {
+      int64_t mixed[K];
+#pragma unroll
+      for (int k = 0; k < K; ++k) mixed[k] = mix_row[l[k]];
+      bool in_range = true;
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        in_range &= mixed[k] < L;
+        const weight_t u_mixed = static_cast<weight_t>(u_row[mixed[k] >= 0 && mixed[k] < L ? mixed[k] : l[k]]);
+        v[k] += mixed[k] >= 0 ? u_mixed : weight_t(0);
+      }
+      POSEMAMBA_DEVICE_ASSERT(in_range);
+    }
+#pragma unroll
+    for (int k = 0; k < K; ++k) dt[k] = step_size<weight_t>(delta[k], bias, delta_softplus);
   }
 
   int64_t L, N;
@@ -159,14 +177,17 @@ C10_HOST_DEVICE inline int64_t num_spans(const MultiPathScanParams& p, int64_t c
   return (p.n_chunks + chunks_per_span - 1) / chunks_per_span;
 }
 
-// B and C of a chunk's steps for a group of state entries, staged in shared memory by the whole block:
-// the steps' loads of B and C then read one broadcast row of shared memory each, instead of a gathered
-// global load with its own address arithmetic per (step, entry). 8 KB whatever the weight type.
+// A chunk's positions, and B and C of its steps for a group of state entries, staged in shared memory
+// by the whole block: the steps' loads of B and C then read one broadcast row of shared memory each,
+// instead of a gathered global load with its own address arithmetic per (step, entry), and each
+// position is read from the path (and checked) once per block. 8 KB for float; 4 KB for double (the
+// tests' and gradcheck's type), whose forward kernel has only that left of 48 KB of static shared memory.
 template <typename weight_t>
 struct ChunkProjections {
-  static constexpr int kStates = 16 * sizeof(float) / sizeof(weight_t);  // entries per group
+  static constexpr int kStates = sizeof(weight_t) == sizeof(float) ? 16 : 4;  // state entries per group
   alignas(16) weight_t B[kStates][kScanChunk];
   alignas(16) weight_t C[kStates][kScanChunk];
+  alignas(16) uint32_t position[kScanChunk];  // L < 2^31 (path_channel_grid); 0 past the path's end
 
   // Every thread of the block calls it (then a barrier before any reads): the block's threads take
   // the chunk's steps in order, so a path visiting consecutive positions loads them coalesced. Steps
@@ -180,6 +201,7 @@ struct ChunkProjections {
     const int64_t s = chunk_begin(chunk) + step;
     const bool valid = s < c.L;
     const int64_t l = valid ? c.position(s) : 0;
+    if (thread < kScanChunk) position[step] = static_cast<uint32_t>(l);
     for (int n = thread / kScanChunk; n < kStates; n += kThreads / kScanChunk) {
       const bool loaded = valid && first_state + n < c.N;
       const int64_t offset = (first_state + n) * c.L + l;

@@ -70,24 +70,29 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   __syncthreads();
   const int64_t last_chunk = (span + 1) * chunks_per_span < p.n_chunks ? (span + 1) * chunks_per_span : p.n_chunks;
   for (int64_t chunk = span * chunks_per_span; chunk < last_chunk; ++chunk) {
-    // This thread's steps. Past the path's end a step has dt = 0 and v = 0 at position 0: the identity
-    // map, computed like the others (no branches in the loop below); its output is not stored.
+    // The chunk's positions and the first group's B and C, staged by the whole block.
+    projections.stage(c, chunk, 0);
+    __syncthreads();
+    // This thread's steps. Past the path's end a step has dt = 0 and v = 0 (loaded at position 0, then
+    // set): the identity map, computed like the others (no branches in the loops below); its output
+    // is not stored.
     const int64_t first = chunk_begin(chunk) + warp * kStepsPerThread, end = chunk_end(chunk, L);
-    uint32_t position[kStepsPerThread];  // L < 2^31 (path_channel_grid)
-    weight_t dt[kStepsPerThread], dt_v[kStepsPerThread], y[kStepsPerThread];
+    const uint32_t* position = projections.position + warp * kStepsPerThread;
+    weight_t v[kStepsPerThread], dt[kStepsPerThread], dt_v[kStepsPerThread], y[kStepsPerThread];
+    c.load_steps(position, v, dt);
 #pragma unroll
     for (int k = 0; k < kStepsPerThread; ++k) {
       const bool valid = first + k < end;
-      position[k] = valid ? c.position(first + k) : 0;
-      const weight_t v = valid ? c.input_at(position[k]) : weight_t(0);
-      dt[k] = valid ? c.step_at(position[k]) : weight_t(0);
-      dt_v[k] = dt[k] * v;
-      y[k] = c.skip * v;
+      dt_v[k] = valid ? dt[k] * v[k] : weight_t(0);
+      dt[k] = valid ? dt[k] : weight_t(0);
+      y[k] = c.skip * v[k];
     }
     for (int group = 0; group < n_states; group += Projections::kStates) {
-      if (group > 0) __syncthreads();  // every thread is done with the last group's projections
-      projections.stage(c, chunk, group);
-      __syncthreads();
+      if (group > 0) {
+        __syncthreads();  // every thread is done with the last group's projections
+        projections.stage(c, chunk, group);
+        __syncthreads();
+      }
       const int group_end = group + Projections::kStates < n_states ? group + Projections::kStates : n_states;
       weight_t a_next = c.A_row[group];
 #pragma unroll 1
@@ -126,13 +131,13 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
         }
       }
     }
-    __syncthreads();  // every thread is done with the chunk's projections before the next chunk's are staged
     if (!summary && active) {
 #pragma unroll
       for (int k = 0; k < kStepsPerThread; ++k) {
         if (first + k < end) y_paths[row * L + position[k]] = y[k];
       }
     }
+    __syncthreads();  // every thread is done with the chunk's staged values before the next chunk's
   }
   if (summary && last_warp && active) {
     for (int n = 0; n < N; ++n) {
