@@ -144,12 +144,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
     const bool writes_sums = lane < kStepsPerThread && first + lane < end;
     const uint32_t sum_position = position[lane % kStepsPerThread];
     for (int group = 0; group < n_states; group += Projections::kStates) {
-      if (group > 0) {
-        __syncthreads();  // every thread is done with the last group's projections
-        projections.stage(c, chunk, group);
-        __syncthreads();
-      }
-      const int group_end = group + Projections::kStates < n_states ? group + Projections::kStates : n_states;
+      const int group_end = projections.enter_group(c, chunk, group, n_states);
       weight_t a_next = c.A_row[group];
 #pragma unroll 1
       for (int n = group; n < group_end; ++n) {

@@ -209,6 +209,19 @@ struct ChunkProjections {
       C[n][step] = loaded ? static_cast<weight_t>(c.C_path[offset]) : weight_t(0);
     }
   }
+
+  // The start of the group of state entries from first_state, which every thread of the block calls:
+  // the first group is staged with the chunk; a later one once every thread is done with the last.
+  // Returns the group's end.
+  template <typename input_t>
+  __device__ int enter_group(const PathChannel<input_t>& c, int64_t chunk, int first_state, int n_states) {
+    if (first_state > 0) {
+      __syncthreads();
+      stage(c, chunk, first_state);
+      __syncthreads();
+    }
+    return first_state + kStates < n_states ? first_state + kStates : n_states;
+  }
 };
 
 // The maps a block's warps staged for this lane (one per warp, in step order), composed over the warps
