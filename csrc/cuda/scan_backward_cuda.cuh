@@ -181,25 +181,24 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
         state_maps[buffer][warp][lane] = own;
         adjoint_maps[buffer][warp][lane] = own_adjoint;
         __syncthreads();
-        const Map after = maps_after_warp(adjoint_maps[buffer], warp, lane);
-        const Map before = maps_before_warp(state_maps[buffer], warp, lane);
-        const Map chunk_adjoint = after.then(own_adjoint);
+        const auto& warps_state_maps = state_maps[buffer];
+        const auto& warps_adjoint_maps = adjoint_maps[buffer];
         buffer ^= 1;
-        if (warp == 0 && active) {
-          if (summary) {
+        if (summary) {
+          if (warp == 0 && active) {  // pass 1: the span's adjoint map so far
+            const Map chunk_adjoint = maps_after_warp(warps_adjoint_maps, warp, lane).then(own_adjoint);
             span_map_row[n] = Map{span_map_row[n].decay * chunk_adjoint.decay, chunk_adjoint.apply(q_end)};
-          } else {
-            adjoint_row[n] = chunk_adjoint.apply(q_end);
           }
+          continue;
         }
-        if (summary) continue;
-
+        // The adjoint after this thread's last step, and the state before its first.
+        weight_t q = carry_after_warp(warps_adjoint_maps, warp, lane, q_end), dA = 0;
+        if (warp == 0 && active) adjoint_row[n] = own_adjoint.apply(q);  // entering the chunk before
         // The states: h[k] before step k, h[k + 1] after it.
         weight_t h[kStepsPerThread + 1];
-        h[0] = before.apply(h_chunk_start);
+        h[0] = carry_before_warp(warps_state_maps, warp, lane, h_chunk_start);
 #pragma unroll
         for (int k = 0; k < kStepsPerThread; ++k) h[k + 1] = steps[k].apply(h[k]);
-        weight_t q = after.apply(q_end), dA = 0;
 #pragma unroll
         for (int k = kStepsPerThread - 1; k >= 0; --k) {
           weight_t dB = 0;

@@ -108,21 +108,26 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
         // A buffer is written again two barriers later, when every thread has read it.
         warp_maps[buffer][warp][lane] = own;
         __syncthreads();
-        const Map before = maps_before_warp(warp_maps[buffer], warp, lane);
+        const auto& maps = warp_maps[buffer];
         buffer ^= 1;
-        if (last_warp) {
-          const Map chunk_map = before.then(own);
-          chunk_start_state[n][lane] = chunk_map.apply(h_start);
-          if (summary) span_decay[n][lane] *= chunk_map.decay;
-          if (!summary && active) static_cast<weight_t*>(p.chunk_states)[(row * p.n_chunks + chunk) * N + n] = h_start;
-        }
-        if (!summary) {
-          weight_t h = before.apply(h_start);
-#pragma unroll
-          for (int k = 0; k < kStepsPerThread; ++k) {
-            h = steps[k].apply(h);
-            y[k] += C_steps[k] * h;
+        if (summary) {
+          if (last_warp) {  // pass 1: the span's map so far, as its decay and the state from zero
+            const Map chunk_map = maps_before_warp(maps, warp, lane).then(own);
+            chunk_start_state[n][lane] = chunk_map.apply(h_start);
+            span_decay[n][lane] *= chunk_map.decay;
           }
+          continue;
+        }
+        // The state before this thread's first step, then through its steps.
+        weight_t h = carry_before_warp(maps, warp, lane, h_start);
+#pragma unroll
+        for (int k = 0; k < kStepsPerThread; ++k) {
+          h = steps[k].apply(h);
+          y[k] += C_steps[k] * h;
+        }
+        if (last_warp) {  // the state after the chunk, and the one before it saved for the backward
+          chunk_start_state[n][lane] = h;
+          if (active) static_cast<weight_t*>(p.chunk_states)[(row * p.n_chunks + chunk) * N + n] = h_start;
         }
       }
     }
