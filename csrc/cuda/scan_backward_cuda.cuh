@@ -146,13 +146,11 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
     const weight_t* chunk_start_states = static_cast<const weight_t*>(p.chunk_states) + (row * p.n_chunks + chunk) * N;
     for (int group = 0; group < n_states; group += Projections::kStates) {
       const int group_end = projections.enter_group(c, chunk, group, n_states);
-      weight_t a_next = c.A_row[group];
 #pragma unroll 1
       for (int n = group; n < group_end; ++n) {
-        // Loads issued well before their use, their latency hidden behind the steps' maps: A one state
-        // entry ahead; the chunk's start state and this thread's dA so far before the barrier.
-        const weight_t a = a_next, rate = decay_rate(a);
-        if (n + 1 < group_end) a_next = c.A_row[n + 1];
+        const weight_t a = projections.A[n - group][lane], rate = decay_rate(a);
+        // Loads issued well before their use, their latency hidden behind the steps' maps: the chunk's
+        // start state and this thread's dA so far, before the barrier.
         const weight_t h_chunk_start = summary ? weight_t(0) : chunk_start_states[n];
         const weight_t dA_so_far = !summary && active ? dA_row[n] : weight_t(0);
         // The adjoint entering the chunk, read before the barrier after which warp 0 writes the next

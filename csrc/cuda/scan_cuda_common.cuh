@@ -177,10 +177,10 @@ C10_HOST_DEVICE inline int64_t num_spans(const MultiPathScanParams& p, int64_t c
   return (p.n_chunks + chunks_per_span - 1) / chunks_per_span;
 }
 
-// A chunk's positions, and B and C of its steps for a group of state entries, staged in shared memory
-// by the whole block: the steps' loads of B and C then read one broadcast row of shared memory each,
-// instead of a gathered global load with its own address arithmetic per (step, entry), and each
-// position is read from the path (and checked) once per block. 8 KB for float; 4 KB for double (the
+// A chunk's positions, and B and C of its steps (and A of the lanes' channels) for a group of state
+// entries, staged in shared memory by the whole block: the steps' loads of B and C then read one
+// broadcast row of shared memory each, instead of a gathered global load with its own address
+// arithmetic per (step, entry), and each position is read from the path (and checked) once per block. 8 KB for float; 4 KB for double (the
 // tests' and gradcheck's type), whose forward kernel has only that left of 48 KB of static shared memory.
 template <typename weight_t>
 struct ChunkProjections {
@@ -188,6 +188,7 @@ struct ChunkProjections {
   alignas(16) weight_t B[kStates][kScanChunk];
   alignas(16) weight_t C[kStates][kScanChunk];
   alignas(16) uint32_t position[kScanChunk];  // L < 2^31 (path_channel_grid); 0 past the path's end
+  weight_t A[kStates][kWarp];                  // A of the lanes' channels, for the group's entries
 
   // Every thread of the block calls it (then a barrier before any reads): the block's threads take
   // the chunk's steps in order, so a path visiting consecutive positions loads them coalesced. Steps
@@ -202,6 +203,9 @@ struct ChunkProjections {
     const bool valid = s < c.L;
     const int64_t l = valid ? c.position(s) : 0;
     if (thread < kScanChunk) position[step] = static_cast<uint32_t>(l);
+    for (int n = static_cast<int>(threadIdx.y); n < kStates; n += kSegmentWarps) {
+      A[n][threadIdx.x] = first_state + n < c.N ? c.A_row[first_state + n] : weight_t(0);
+    }
     for (int n = thread / kScanChunk; n < kStates; n += kThreads / kScanChunk) {
       const bool loaded = valid && first_state + n < c.N;
       const int64_t offset = (first_state + n) * c.L + l;

@@ -89,11 +89,9 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
     }
     for (int group = 0; group < n_states; group += Projections::kStates) {
       const int group_end = projections.enter_group(c, chunk, group, n_states);
-      weight_t a_next = c.A_row[group];
 #pragma unroll 1
       for (int n = group; n < group_end; ++n) {
-        const weight_t rate = decay_rate(a_next);
-        if (n + 1 < group_end) a_next = c.A_row[n + 1];  // a state entry ahead: its latency hidden
+        const weight_t rate = decay_rate(projections.A[n - group][lane]);
         const weight_t* B_steps = projections.B[n - group] + warp * kStepsPerThread;
         const weight_t* C_steps = projections.C[n - group] + warp * kStepsPerThread;
         Map steps[kStepsPerThread];
