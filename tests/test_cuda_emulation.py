@@ -167,6 +167,12 @@ def test_emulated_barriers_order_shared_memory(emulated):
     assert torch.equal(out, expected)
 
 
+def test_emulated_device_assert_stops_the_launch(emulated):
+    # Threads 0 to 6 run (in thread order) before thread 7 fails its assert; no thread runs after it.
+    out = emulated.simt_selftest("assert_stops_the_launch")[0]
+    assert torch.equal(out[:7], torch.arange(7)) and torch.equal(out[7:], torch.zeros(57, dtype=torch.long))
+
+
 def test_emulation_reports_deadlocks_and_device_asserts(emulated):
     with pytest.raises(RuntimeError, match="deadlock: in block \\(0, 0, 0\\)"):
         emulated.simt_selftest("deadlock")

@@ -6,7 +6,7 @@
 // runs until it reaches a barrier (__syncthreads, or the two halves of a warp shuffle) and the next
 // one runs; a barrier releases its fibers once every thread it counts has arrived. A thread that
 // returns from the kernel drops out of the barriers, as exited threads do on a GPU. Runs are
-// deterministic, a failed device assert ends the launch with an exception naming it, and threads
+// deterministic, a failed device assert ends the launch at once with an exception naming it, and threads
 // that wait at different barriers are reported as a deadlock the moment no fiber can go on: never
 // a hang. __shared__ variables are function statics, exact because blocks never overlap in time.
 //
@@ -218,11 +218,13 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block_dim, size_t /*share
       thread.context.uc_link = &scheduler;
       makecontext(&thread.context, fiber_main, 0);
     }
-    // Round-robin over the threads that can run, until all are done or none can go on.
-    for (bool all_done = false; !all_done;) {
+    // Round-robin over the threads that can run, until all are done, none can go on, or one failed a
+    // device assert: that stops the launch at once, as on a GPU, where the other threads do not run on
+    // (past a check that failed, they could read what its thread never wrote).
+    for (bool all_done = false; !all_done && launch_state.first_error.empty();) {
       bool progressed = false;
       all_done = true;
-      for (long long i = 0; i < n_threads; ++i) {
+      for (long long i = 0; i < n_threads && launch_state.first_error.empty(); ++i) {
         Thread& thread = threads[schedule_reversed ? n_threads - 1 - i : i];
         if (thread.done) continue;
         all_done = false;

@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/zeros.h>
 
+#include <stdexcept>
 #include <string>
 
 #include "../cuda/simt.cuh"
@@ -63,6 +64,11 @@ inline at::Tensor run(const std::string& name) {
     simt::launch(deadlock_kernel, 1, 32, 0, data);
   } else if (name == "assert") {
     simt::launch(assert_kernel, 1, kThreads, 0, data);
+  } else if (name == "assert_stops_the_launch") {  // what the threads wrote before the failed assert
+    try {
+      simt::launch(assert_kernel, 1, kThreads, 0, data);
+    } catch (const std::runtime_error&) {
+    }
   } else {
     TORCH_CHECK(false, "no self-test named ", name);
   }
