@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const int64_t length_block = span * kSegmentWarps + warp;
   const int64_t partial_row = ((b * p.n_length_blocks + length_block) * p.n_paths + path) * p.dim + d;
   weight_t* dA_row = static_cast<weight_t*>(p.dA_partial) + partial_row * N;
-  if (!summary && active) {
+  if (active) {  // in pass 1 too, which reads (and ignores) the row: never uninitialised memory
     for (int64_t n = 0; n < N; ++n) dA_row[n] = 0;
   }
   weight_t dD = 0, ddelta_bias = 0;
@@ -150,9 +150,9 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       for (int n = group; n < group_end; ++n) {
         const weight_t a = projections.A[n - group][lane], rate = decay_rate(a);
         // Loads issued well before their use, their latency hidden behind the steps' maps: the chunk's
-        // start state and this thread's dA so far, before the barrier.
-        const weight_t h_chunk_start = summary ? weight_t(0) : chunk_start_states[n];
-        const weight_t dA_so_far = !summary && active ? dA_row[n] : weight_t(0);
+        // start state and this thread's dA so far, before the barrier. Read in both passes and by lanes
+        // past D too (valid rows, the values unused there): no predicates in the loop.
+        const weight_t h_chunk_start = chunk_start_states[n], dA_so_far = dA_row[n];
         // The adjoint entering the chunk, read before the barrier after which warp 0 writes the next
         // chunk's. Lanes past D keep a zero adjoint, so that they add nothing to the warp's dB and dC
         // sums; in pass 1 only warp 0, which keeps the span's map, needs it.
