@@ -73,9 +73,10 @@ struct WarpStepSums {
 };
 
 // Passes 1 and 3 (see above), by pointers: with span_maps, pass 1 (spans from first_span on: the
-// span's adjoint map from a zero inflow, (batch, P, D, spans, N)); else pass 3 (gradients), with
-// adjoint (batch, P, D, spans, N) holding the adjoint entering each span from its right (zeros for the
-// last), which each block then updates in place chunk by chunk.
+// span's adjoint map from a zero inflow, (batch, P, D, spans, N)); else pass 3 (gradients). adjoint
+// (batch, P, D, spans, N) holds the adjoint entering each span from its right (zeros for the last),
+// which pass 3 updates in place chunk by chunk; pass 1 reads it too (zeros then, and unused), so that
+// the loop's loads need no predicates.
 template <typename input_t>
 __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiprocessor)
     scan_span_backward_kernel(MultiPathScanBwdParams p, int64_t chunks_per_span, int64_t first_span,
@@ -92,8 +93,8 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const PathChannel<input_t> c(p, b, path, d);
   const int64_t row = (b * p.n_paths + path) * p.dim + d;
   // Per state entry: the adjoint entering the chunk from its right, which warp 0 (whose steps begin the
-  // chunk) updates; in pass 1 with the decay of the span so far, as the span's map.
-  weight_t* adjoint_row = summary ? nullptr : adjoint + (row * n_spans + span) * N;
+  // chunk) updates in pass 3; in pass 1 the span's map so far (its drive is that adjoint).
+  weight_t* adjoint_row = adjoint + (row * n_spans + span) * N;
   Map* span_map_row = summary ? span_maps + (row * n_spans + span) * N : nullptr;
   __shared__ Map state_maps[2][kSegmentWarps][kWarp], adjoint_maps[2][kSegmentWarps][kWarp];  // used in turn
   __shared__ weight_t tiles[kSegmentWarps][kStepsPerThread][kWarp + 1];
@@ -153,13 +154,10 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
         // start state and this thread's dA so far, before the barrier. Read in both passes and by lanes
         // past D too (valid rows, the values unused there): no predicates in the loop.
         const weight_t h_chunk_start = chunk_start_states[n], dA_so_far = dA_row[n];
-        // The adjoint entering the chunk, read before the barrier after which warp 0 writes the next
-        // chunk's. Lanes past D keep a zero adjoint, so that they add nothing to the warp's dB and dC
-        // sums; in pass 1 only warp 0, which keeps the span's map, needs it.
-        const weight_t q_end = !active ? weight_t(0)
-                               : !summary ? adjoint_row[n]
-                               : warp == 0 ? span_map_row[n].drive
-                                           : weight_t(0);
+        // The adjoint entering the chunk (pass 3), read before the barrier after which warp 0 writes the
+        // next chunk's. Lanes past D keep a zero adjoint, so that they add nothing to the warp's dB and
+        // dC sums.
+        const weight_t q_end = active ? adjoint_row[n] : weight_t(0);
         const weight_t* B_steps = projections.B[n - group] + warp * kStepsPerThread;
         const weight_t* C_steps = projections.C[n - group] + warp * kStepsPerThread;
         // The steps' state maps, and their adjoint maps composed last step first.
@@ -185,7 +183,8 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
         if (summary) {
           if (warp == 0 && active) {  // pass 1: the span's adjoint map so far
             const Map chunk_adjoint = maps_after_warp(warps_adjoint_maps, warp, lane).then(own_adjoint);
-            span_map_row[n] = Map{span_map_row[n].decay * chunk_adjoint.decay, chunk_adjoint.apply(q_end)};
+            const Map span_so_far = span_map_row[n];
+            span_map_row[n] = Map{span_so_far.decay * chunk_adjoint.decay, chunk_adjoint.apply(span_so_far.drive)};
           }
           continue;
         }
@@ -304,7 +303,7 @@ void run_scan_backward_as(ScanBackward& g) {
       const at::Tensor span_maps = at::empty({p.batch, p.n_paths, p.dim, n_spans, p.d_state, 2}, weights);
       auto* maps = reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>());
       simt::launch(scan_span_backward_kernel<scalar_t>, path_channel_grid(p, n_spans - 1), block, 0, p, span_chunks,
-                   /*first_span=*/int64_t{1}, nullptr, maps, nullptr);
+                   /*first_span=*/int64_t{1}, adjoint_data, maps, nullptr);
       carry_across_spans<weight_t>(p, n_spans, maps, adjoint_data, /*forward=*/false);
     }
     simt::launch(scan_span_backward_kernel<scalar_t>, path_channel_grid(p, n_spans), block, 0, p, span_chunks,
