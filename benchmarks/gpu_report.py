@@ -3,7 +3,9 @@
     python benchmarks/gpu_report.py --out DIR   # build, test, time, profile; logs and reports into DIR
     python benchmarks/gpu_report.py --no-build  # the extension is already built
 
-On the lent device machine: `PYTHONUNBUFFERED=1 python benchmarks/gpu_report.py --out $OUT`.
+On the lent device machine, whose commands get 10 minutes each (all steps take longer), in two calls:
+    PYTHONUNBUFFERED=1 python benchmarks/gpu_report.py --out $OUT --only tests,timings,sweep,breakdown,ncu
+    PYTHONUNBUFFERED=1 python benchmarks/gpu_report.py --out $OUT --no-build --only sanitizers,model
 
 In the order of what matters most, so that a run cut short still says the most: it (1) builds the
 extension for the visible GPU's architecture with FORCE_CUDA=1, (2) runs tests/test_cuda.py, (3) times
@@ -321,14 +323,24 @@ def run_internal_step(args):
         torch.cuda.synchronize()
 
 
+# The steps after the build, in the order they run (--only picks some).
+STEPS = ("tests", "timings", "sweep", "breakdown", "ncu", "sanitizers", "model")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-build", action="store_true", help="use the extension as already built")
     parser.add_argument("--out", help="where the timing table and the Nsight Compute reports go (default: a new "
                                       "temporary folder)")
+    parser.add_argument("--only", help="comma-separated steps to run, of " + ", ".join(STEPS) + " (default: all; "
+                                       "a device command has 10 minutes, so a first run may split them in two)")
     parser.add_argument("--step", choices=("table", "sweep", "breakdown", "profile"), help=argparse.SUPPRESS)
     parser.add_argument("--shape", choices=tuple(NCU_SHAPES), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    steps = STEPS if args.only is None else tuple(step.strip() for step in args.only.split(","))
+    unknown = [step for step in steps if step not in STEPS]
+    if unknown:
+        parser.error(f"--only: no step named {', '.join(unknown)}; the steps are {', '.join(STEPS)}")
     import torch
 
     if not torch.cuda.is_available():
@@ -340,21 +352,27 @@ def main():
     if not args.no_build:
         build()
     this_script = [sys.executable, os.path.abspath(__file__), "--out", out_dir]
-    tests_passed = run_cuda_tests()
-    run_step("timings", this_script + ["--step", "table"], timeout_s=300)
-    print("\n== gpu_report: span sweep", flush=True)
-    span_sweep(out_dir)
-    run_step("kernel breakdown", this_script + ["--step", "breakdown"], timeout_s=120)
-    profile_with_ncu(out_dir)
-    sanitizers_clean = run_sanitizers()
-    run_model_benchmarks()
-    table_path = os.path.join(out_dir, "timings.txt")
-    print(f"\nCUDA tests {'passed' if tests_passed else 'FAILED'}; compute-sanitizer "
-          f"{'found nothing' if sanitizers_clean else 'found ERRORS'}; logs and reports in {out_dir}")
-    for path in (os.path.join(out_dir, "span_sweep.txt"), table_path):
+    tests_passed = run_cuda_tests() if "tests" in steps else None
+    if "timings" in steps:
+        run_step("timings", this_script + ["--step", "table"], timeout_s=300)
+    if "sweep" in steps:
+        print("\n== gpu_report: span sweep", flush=True)
+        span_sweep(out_dir)
+    if "breakdown" in steps:
+        run_step("kernel breakdown", this_script + ["--step", "breakdown"], timeout_s=120)
+    if "ncu" in steps:
+        profile_with_ncu(out_dir)
+    sanitizers_clean = run_sanitizers() if "sanitizers" in steps else None
+    if "model" in steps:
+        run_model_benchmarks()
+    verdicts = {None: "not run", True: "passed", False: "FAILED"}
+    print(f"\nCUDA tests {verdicts[tests_passed]}; compute-sanitizer "
+          f"{ {None: 'not run', True: 'found nothing', False: 'found ERRORS'}[sanitizers_clean] }; "
+          f"logs and reports in {out_dir}")
+    for path in (os.path.join(out_dir, "span_sweep.txt"), os.path.join(out_dir, "timings.txt")):
         if os.path.exists(path):
             print(open(path).read(), end="")
-    sys.exit(0 if tests_passed and sanitizers_clean else 1)
+    sys.exit(1 if tests_passed is False or sanitizers_clean is False else 0)
 
 
 if __name__ == "__main__":
