@@ -180,8 +180,9 @@ C10_HOST_DEVICE inline int64_t num_spans(const MultiPathScanParams& p, int64_t c
 // A chunk's positions, and B and C of its steps (and A of the lanes' channels) for a group of state
 // entries, staged in shared memory by the whole block: the steps' loads of B and C then read one
 // broadcast row of shared memory each, instead of a gathered global load with its own address
-// arithmetic per (step, entry), and each position is read from the path (and checked) once per block. 8 KB for float; 4 KB for double (the
-// tests' and gradcheck's type), whose forward kernel has only that left of 48 KB of static shared memory.
+// arithmetic per (step, entry), and each position is read from the path (and checked) once per
+// block. B and C take 8 KB in float; 4 KB in double (the tests' and gradcheck's type), whose forward
+// kernel has little more left of the 48 KB of static shared memory.
 template <typename weight_t>
 struct ChunkProjections {
   static constexpr int kStates = sizeof(weight_t) == sizeof(float) ? 16 : 4;  // state entries per group

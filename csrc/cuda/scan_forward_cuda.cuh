@@ -4,12 +4,12 @@
 // 64-step chunks, one chunk after another; its kSegmentWarps warps share each chunk, kStepsPerThread
 // consecutive steps each, and the block holds each channel's state at the chunk's start. Per state
 // entry, each thread composes its steps into one state map (StateMap: h -> decay h + drive), the
-// warps' maps meet in shared memory, and each thread composes the maps of the warps before its own
-// with the chunk's start state: the state before its first step. Each step's exp is taken once and
+// warps' maps meet in shared memory, and each thread carries the chunk's start state through the maps
+// of the warps before its own: the state before its first step. Each step's exp is taken once and
 // kept for re-applying the steps, so a path costs one exp per state update, as a sequential scan does.
-// The lanes' channels share B and C, which the block stages per chunk in shared memory
-// (ChunkProjections): in the loop over state entries a thread reads its steps' values as two
-// broadcast rows, with no per-step address arithmetic.
+// The lanes' channels share B and C, which the block stages per chunk in shared memory with the
+// chunk's positions and the lanes' A (ChunkProjections): in the loop over state entries a thread reads
+// its steps' values as broadcast rows, with no per-step address arithmetic.
 //
 // A block per (batch, path, 32 channels) fills a GPU at training shapes. Where those blocks are fewer
 // than the device's multiprocessors, the path is also cut into spans of whole chunks that blocks walk
