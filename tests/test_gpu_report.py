@@ -1,0 +1,76 @@
+"""benchmarks/gpu_report.py's parts that run without a GPU: a GPU session has minutes, not hours, to
+find a slip in the script, so its parsing, step selection and table formatting are checked here."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+sys.path.append(BENCHMARKS)  # after the tests' own folder: benchmarks/ has a conftest.py too
+
+import gpu_report  # noqa: E402
+
+NCU_CSV_HEADER = ('"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size",'
+                  '"Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"\n')
+
+
+def ncu_row(kernel_id, kernel, metric, unit, value):
+    return (f'"{kernel_id}","1","python","host","{kernel}","1","7","(32, 8, 1)","(8, 4, 16)","0","9.0",'
+            f'"GPU Speed Of Light Throughput","{metric}","{unit}","{value}"\n')
+
+
+def test_ncu_summary_has_a_line_per_kernel_in_microseconds(capsys):
+    scan = "void posemamba::cuda::scan_span_kernel<float>(posemamba::MultiPathScanParams, long, const float *)"
+    merge = "void posemamba::cuda::merge_paths_kernel<c10::Half>(posemamba::MultiPathScanParams, const float *)"
+    details = (NCU_CSV_HEADER + ncu_row(0, scan, "Duration", "msecond", "1.25")
+               + ncu_row(0, scan, "Compute (SM) Throughput", "%", "71.2")
+               + ncu_row(1, merge, "Duration", "nsecond", "85,100"))
+    gpu_report.print_ncu_summary(details)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["kernel", "us", "SM"]
+    assert lines[1].split()[:3] == ["scan_span_kernel", "1250.0", "71.2"]
+    assert lines[2].split()[:3] == ["merge_paths_kernel", "85.1", "-"]
+
+
+def test_only_names_an_unknown_step():
+    result = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "gpu_report.py"), "--only", "tests,speed"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "--only: no step named speed; the steps are tests, timings, sweep" in result.stderr
+
+
+def test_timing_table_rows(monkeypatch, tmp_path):
+    # The table's code on CPU tensors at a short length, with wall-clock times in place of CUDA events.
+    from posemamba.ops import pose_mix, pose_paths
+    from posemamba.testing import random_scan_inputs
+
+    T, J = 3, gpu_report.J
+
+    def cpu_inputs(batch, dim):
+        inputs = random_scan_inputs(batch, dim, T * J, gpu_report.P, gpu_report.N, torch.float32)
+        inputs["paths"], inputs["mix"] = pose_paths(T, J), pose_mix(T, J, torch.arange(J))
+        leaves = [inputs[k].requires_grad_(True) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+        return inputs, leaves, torch.randn(batch, dim, T * J)
+
+    monkeypatch.setattr(gpu_report, "pose_block_inputs", cpu_inputs)
+    monkeypatch.setattr(gpu_report, "median_ms", lambda fn, repeats=20: (fn(), 2.0)[1])
+    monkeypatch.setattr(gpu_report, "SHAPES", {"S": 8})
+    monkeypatch.setattr(gpu_report, "BATCHES", (1, 16))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "no GPU")
+    gpu_report.write_timing_table(tmp_path / "timings.txt")
+    rows = (tmp_path / "timings.txt").read_text().splitlines()
+    assert [row.split()[:3] for row in rows[2:6]] == [["S", "b1", "fwd"], ["S", "b1", "fwd+bwd"],
+                                                      ["S", "b16", "fwd"], ["S", "b16", "fwd+bwd"]]
+    assert rows[2].split()[3:8] == ["2.000", "2.000", "1.00", "2.00", "1.0"]
+    assert rows[4].split()[6:8] == ["-", "-"]  # no reference above batch 4
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("void posemamba::cuda::scan_span_backward_kernel<float>(posemamba::MultiPathScanBwdParams, long)",
+     "scan_span_backward_kernel"),
+    ("void posemamba::cuda::sum_partials_kernel<double>(const double *, long, long, long, double *)",
+     "sum_partials_kernel")])
+def test_kernel_short_name(name, expected):
+    assert gpu_report.kernel_short_name(name) == expected
