@@ -112,6 +112,20 @@ def pose_block_inputs(batch, dim):
     return inputs, leaves, torch.randn(batch, dim, T * J, device="cuda")
 
 
+def scan_steps(fn, inputs, leaves, grad_out):
+    """A scan implementation's forward (without autograd) and forward+backward on one set of inputs."""
+    import torch
+
+    def forward():
+        with torch.no_grad():
+            fn(**inputs)
+
+    def forward_backward():
+        torch.autograd.grad(fn(**inputs), leaves, grad_out)
+
+    return forward, forward_backward
+
+
 def median_ms(fn, repeats=20):
     import torch
 
@@ -168,13 +182,7 @@ def write_timing_table(table_path):
                         if impl == "reference" and batch > 4:
                             continue
 
-                        def step(fn=fn):
-                            if backward:
-                                torch.autograd.grad(fn(**inputs), leaves, grad_out)
-                            else:
-                                with torch.no_grad():
-                                    fn(**inputs)
-
+                        step = scan_steps(fn, inputs, leaves, grad_out)[1 if backward else 0]
                         times[impl] = median_ms(step, repeats=5 if impl == "reference" else 20)
                     fused, unfused, reference = times["fused"], times["unfused"], times.get("reference")
                     gbps = floor_bytes(batch, dim, backward) / (fused * 1e-3) / 1e9
@@ -192,20 +200,12 @@ SPAN_SHAPES = (("S", 1), ("S", 4), ("L", 1), ("L", 4))  # where blocks of whole 
 def write_span_sweep_rows(sweep_path):
     """The fused op's times at the small batches under this process's span setting, a row per shape,
     appended to sweep_path."""
-    import torch
-
     from posemamba.ops import multi_path_selective_scan
 
     setting = os.environ.get("POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM", "1")
     with open(sweep_path, "a") as sweep:
         for name, batch in SPAN_SHAPES:
-            inputs, leaves, grad_out = pose_block_inputs(batch, SHAPES[name])
-
-            def forward():
-                with torch.no_grad():
-                    multi_path_selective_scan(**inputs)
-
-            both = fused_forward_backward(batch, SHAPES[name])
+            forward, both = scan_steps(multi_path_selective_scan, *pose_block_inputs(batch, SHAPES[name]))
             row = f"{setting:>9} {f'{name} b{batch}':8} {median_ms(forward):9.3f} {median_ms(both):12.3f}"
             print(row, flush=True)
             sweep.write(row + "\n")
@@ -229,12 +229,9 @@ def span_sweep(out_dir):
 
 def fused_forward_backward(batch, dim):
     """One fused forward+backward of a PoseMamba block's scan: the work the profilers look at."""
-    import torch
-
     from posemamba.ops import multi_path_selective_scan
 
-    inputs, leaves, grad_out = pose_block_inputs(batch, dim)
-    return lambda: torch.autograd.grad(multi_path_selective_scan(**inputs), leaves, grad_out)
+    return scan_steps(multi_path_selective_scan, *pose_block_inputs(batch, dim))[1]
 
 
 def kernel_breakdown():
