@@ -10,6 +10,8 @@ def pytest_terminal_summary(terminalreporter, config):
     benchmarks = getattr(session, "benchmarks", None) or []
     groups = {}
     for bench in benchmarks:
+        if not bench.stats.data:  # a benchmark that failed has no timings
+            continue
         groups.setdefault(bench.group, {})[bench.name] = bench.stats.median
     if not groups:
         return

@@ -64,6 +64,7 @@ class BiSTSSM(nn.Module):
         n_paths = 4
         self.d_state, self.d_inner, self.dt_rank, self.backend = d_state, d_inner, dt_rank, backend
         self.register_buffer("limb_order", torch.as_tensor(limb_order, dtype=torch.int64), persistent=False)
+        self._path_index_cache = {}
 
         self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
         self.conv2d = nn.Conv2d(d_inner, d_inner, kernel_size=3, padding=1, groups=d_inner, bias=True)
@@ -91,13 +92,20 @@ class BiSTSSM(nn.Module):
         self.A_logs.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).repeat(n_paths * d_inner, 1))
         self.Ds.fill_(1.0)
 
+    def _path_indices(self, T: int, J: int, device: torch.device):
+        """The op's `paths` and `mix` for a T x J clip, built on the host once per (T, J, device) rather
+        than copied to the device every forward."""
+        key = (T, J, device)
+        if key not in self._path_index_cache:
+            self._path_index_cache[key] = (pose_paths(T, J).to(device), pose_mix(T, J, self.limb_order).to(device))
+        return self._path_index_cache[key]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, T, J, _ = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))     # (batch, d_inner, T, J)
         u = x.flatten(2)                                    # (batch, d_inner, L), l = t*J + j
-        paths = pose_paths(T, J).to(x.device)
-        mix = pose_mix(T, J, self.limb_order).to(x.device)
+        paths, mix = self._path_indices(T, J, x.device)
 
         # The projections of the spatial-first paths (0, 2) see the global-local input, as in the
         # official code; the op reads that same mixed input through `mix`.

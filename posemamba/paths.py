@@ -49,7 +49,7 @@ def pose_mix(T: int, J: int, joint_order: Union[torch.Tensor, Sequence[int]]) ->
     and 3) read u alone (-1).
     """
     _check_grid(T, J)
-    joint_order = torch.as_tensor(joint_order, dtype=torch.int64)
+    joint_order = torch.as_tensor(joint_order, dtype=torch.int64).cpu()  # built on the host, like pose_paths
     if joint_order.shape != (J,):
         raise ValueError(f"joint_order must hold J={J} joint indices, got shape {tuple(joint_order.shape)}")
     if joint_order.numel() and (int(joint_order.min()) < 0 or int(joint_order.max()) >= J):

@@ -74,3 +74,22 @@ def test_timing_table_rows(monkeypatch, tmp_path):
      "sum_partials_kernel")])
 def test_kernel_short_name(name, expected):
     assert gpu_report.kernel_short_name(name) == expected
+
+
+def test_benchmark_summary_leaves_out_failed_benchmarks():
+    """A benchmark that raised (no timings) must not stop the summary of the others."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("benchmarks_conftest", os.path.join(BENCHMARKS, "conftest.py"))
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+
+    def bench(name, data):
+        return SimpleNamespace(group="g", name=name, stats=SimpleNamespace(data=data, median=0.002 if data else None))
+
+    lines = []
+    reporter = SimpleNamespace(section=lambda *args: None, write_line=lines.append)
+    session = SimpleNamespace(benchmarks=[bench("test[S-fused]", [0.002]), bench("test[S-unfused]", [])])
+    conftest.pytest_terminal_summary(reporter, SimpleNamespace(_benchmarksession=session))
+    assert lines == ["g: fused 2.0 ms (1.0x)"]

@@ -6,6 +6,7 @@ import torch
 
 import posemamba
 from posemamba.model import H36M_LIMB_ORDER, PRESETS, PoseMamba, posemamba as build
+from posemamba.ops import pose_mix, pose_paths
 
 
 def tiny(**overrides):
@@ -118,6 +119,14 @@ def test_tiny_model_overfits_one_clip():
 def test_limb_order_is_h36m():
     assert len(H36M_LIMB_ORDER) == 17 and max(H36M_LIMB_ORDER) == 16
     assert torch.equal(tiny().STEblocks[0].op.limb_order, torch.tensor(H36M_LIMB_ORDER))
+
+
+def test_path_indices_are_built_once_per_clip_shape():
+    op = tiny().STEblocks[0].op
+    paths, mix = op._path_indices(5, 17, torch.device("cpu"))
+    assert op._path_indices(5, 17, torch.device("cpu"))[0] is paths
+    assert torch.equal(mix, pose_mix(5, 17, H36M_LIMB_ORDER)) and torch.equal(paths, pose_paths(5, 17))
+    assert op._path_indices(6, 17, torch.device("cpu"))[0].shape == (4, 6 * 17)
 
 
 def official_cross_scan_ssm(op, x):

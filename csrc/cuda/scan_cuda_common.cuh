@@ -147,13 +147,14 @@ static_assert(kSegmentWarps * kStepsPerThread == kScanChunk, "a block's warps sh
 // Blocks resident per multiprocessor that registers must allow: at most 128 registers a thread.
 constexpr int kSpanBlocksPerMultiprocessor = 2;
 
-// The blocks per multiprocessor that cutting paths into spans aims for: 1 (a starting point until
-// measured on a GPU), or POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM (0: never cut), read once per process, for
+// The blocks per multiprocessor that cutting paths into spans aims for: 2 (the best of 0, 1, 2 and 4
+// for the batch-1 and -4 forward on an H200, and within 10% of the best forward+backward), or
+// POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM (0: never cut), read once per process, for
 // benchmarks/gpu_report.py's sweep over it.
 inline int64_t span_blocks_per_multiprocessor() {
   static const int64_t blocks = [] {
     const char* text = std::getenv("POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM");
-    if (text == nullptr || *text == '\0') return int64_t{1};
+    if (text == nullptr || *text == '\0') return int64_t{2};
     char* end = nullptr;
     const long value = std::strtol(text, &end, 10);
     TORCH_CHECK(*end == '\0' && value >= 0 && value <= 64,
