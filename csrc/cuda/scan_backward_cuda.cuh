@@ -37,12 +37,10 @@
 namespace posemamba {
 namespace cuda {
 
-// dy = dout * silu(z) at position l: the gradient of the ungated sum of the paths.
+// dy = dout * silu(z) at flat index i of (batch, D, L): the gradient of the ungated sum of the paths.
 template <typename input_t>
-__device__ __forceinline__ at::opmath_type<input_t> output_grad_at(const MultiPathScanBwdParams& p, int64_t b,
-                                                                    int64_t d, int64_t l) {
+__device__ __forceinline__ at::opmath_type<input_t> output_grad_at(const MultiPathScanBwdParams& p, int64_t i) {
   using weight_t = at::opmath_type<input_t>;
-  const int64_t i = (b * p.dim + d) * p.seqlen + l;
   const weight_t g = static_cast<weight_t>(static_cast<const input_t*>(p.grad_out)[i]);
   return p.z ? g * silu(static_cast<weight_t>(static_cast<const input_t*>(p.z)[i])) : g;
 }
@@ -90,13 +88,16 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const int n_states = static_cast<int>(N);  // at most kMaxStateDim (checked on the host)
   const int lane = task.lane, warp = task.warp;
   const bool active = task.active, summary = span_maps != nullptr;
-  const PathChannel<input_t> c(p, b, path, d);
+  const PathChannel<input_t> c(p, b, path, d, task.first_channel);
   const int64_t row = (b * p.n_paths + path) * p.dim + d;
+  const int64_t first_row = row - d + task.first_channel;  // the block's first channel's
+  const int64_t first_output = b * p.dim * L + task.first_channel * L;  // its row of dout and z
   // Per state entry: the adjoint entering the chunk from its right, which warp 0 (whose steps begin the
   // chunk) updates in pass 3; in pass 1 the span's map so far (its drive is that adjoint).
   weight_t* adjoint_row = adjoint + (row * n_spans + span) * N;
   Map* span_map_row = summary ? span_maps + (row * n_spans + span) * N : nullptr;
   __shared__ Map state_maps[2][kSegmentWarps][kWarp], adjoint_maps[2][kSegmentWarps][kWarp];  // used in turn
+  // Each warp's tile: its steps' loads and stores (StepTile), and its dB and dC sums over channels.
   __shared__ weight_t tiles[kSegmentWarps][kStepsPerThread][kWarp + 1];
   using Projections = ChunkProjections<weight_t>;
   __shared__ Projections projections;
@@ -130,9 +131,8 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
     const uint32_t* position = projections.position + warp * kStepsPerThread;
     weight_t v[kStepsPerThread], dt[kStepsPerThread], dy[kStepsPerThread];
     weight_t d_dt[kStepsPerThread], d_dt_v[kStepsPerThread];
-    c.load_steps(position, v, dt);
-#pragma unroll
-    for (int k = 0; k < kStepsPerThread; ++k) dy[k] = output_grad_at<input_t>(p, b, d, position[k]);
+    c.load_steps(position, tiles[warp], v, dt);
+    c.gather_steps(position, tiles[warp], dy, [&](int64_t i) { return output_grad_at<input_t>(p, first_output + i); });
 #pragma unroll
     for (int k = 0; k < kStepsPerThread; ++k) {
       const bool valid = first + k < end;
@@ -215,20 +215,21 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
         if (active) dA_row[n] = dA_so_far + dA;
       }
     }
-    if (!summary && active) {
-      auto* ddelta_row = static_cast<input_t*>(p.ddelta) + row * L;
+    if (!summary) {
+      // delta again (its registers were the loop's), for the step size's derivative.
+      weight_t delta[kStepsPerThread], d_step[kStepsPerThread], dv[kStepsPerThread];
+      c.gather_steps(position, tiles[warp], delta, [&](int64_t i) { return static_cast<weight_t>(c.delta_block[i]); });
 #pragma unroll
       for (int k = 0; k < kStepsPerThread; ++k) {
-        if (first + k >= end) continue;
-        const uint32_t l = position[k];
-        const weight_t d_step =
-            (d_dt[k] + d_dt_v[k] * v[k]) *
-            step_size_grad<weight_t>(static_cast<weight_t>(c.delta_row[l]), c.bias, p.delta_softplus);
-        ddelta_row[l] = static_cast<input_t>(d_step);
-        dv_paths[row * L + l] = d_dt_v[k] * dt[k] + dy[k] * c.skip;
-        dD += dy[k] * v[k];
-        ddelta_bias += d_step;
+        d_step[k] = (d_dt[k] + d_dt_v[k] * v[k]) * step_size_grad<weight_t>(delta[k], c.bias, p.delta_softplus);
+        dv[k] = d_dt_v[k] * dt[k] + dy[k] * c.skip;
+        if (first + k < end && active) {
+          dD += dy[k] * v[k];
+          ddelta_bias += d_step[k];
+        }
       }
+      c.store_steps(position, end - first, tiles[warp], d_step, static_cast<input_t*>(p.ddelta) + first_row * L);
+      c.store_steps(position, end - first, tiles[warp], dv, dv_paths + first_row * L);
     }
     __syncthreads();  // every thread is done with the chunk's staged values before the next chunk's
   }

@@ -45,18 +45,45 @@ void sum_partials(const T* partial, int64_t n_outer, int64_t n_partials, int64_t
                count, out);
 }
 
-// One (batch, path, channel): the rows and constants a thread scanning that channel along that path
-// reads.
+// The scan kernels' split (forward and backward): a block takes 32 channels (its lanes) of one
+// (batch, path) and walks a span of the path's 64-step chunks, its kSegmentWarps warps sharing each
+// chunk, kStepsPerThread consecutive steps each.
+constexpr int kSegmentWarps = 8;
+constexpr int kStepsPerThread = 8;
+static_assert(kSegmentWarps * kStepsPerThread == kScanChunk, "a block's warps share one chunk");
+static_assert(kStepsPerThread == 8 && kWarp == 32, "the step tiles' lane split assumes 8 steps and 32 lanes");
+
+// A warp's steps move between global memory and its lanes (lane = channel, value k = step k) through
+// a padded tile of shared memory, tile[step][channel]: lane i of the global side takes step i % 8 of
+// channels (i / 8) * 8 + r in round r, so that one load or store instruction covers 8 consecutive steps
+// of 4 channels (a path along consecutive positions: one or two sectors per channel, where lanes as
+// channels touch a sector per lane). Both sides are free of bank conflicts: a round's addresses are
+// 33 step + 8 (i / 8) + r, a lane's 33 k + lane.
+template <typename T>
+using StepTile = T (*)[kWarp + 1];
+
+__device__ __forceinline__ int tile_step(int lane) {
+  return lane % kStepsPerThread;
+}
+
+__device__ __forceinline__ int tile_channel(int lane, int round) {
+  return lane / kStepsPerThread * kStepsPerThread + round;
+}
+
+// One (batch, path) and the block's 32 channels: the rows and constants the block's threads read.
+// Per lane: its channel's constants. Per block: the rows of the channels from first_channel, which
+// the tile's global side reads (channels past D read channel D - 1's row: valid memory, unused).
 template <typename input_t>
 struct PathChannel {
   using weight_t = at::opmath_type<input_t>;
 
-  __device__ PathChannel(const MultiPathScanParams& p, int64_t b, int64_t path, int64_t d)
+  __device__ PathChannel(const MultiPathScanParams& p, int64_t b, int64_t path, int64_t d, int64_t first_channel)
       : L(p.seqlen), N(p.d_state), delta_softplus(p.delta_softplus) {
     const int64_t batch_path = b * p.n_paths + path;
     const int64_t path_channel = path * p.dim + d;
-    u_row = static_cast<const input_t*>(p.u) + (b * p.dim + d) * L;
-    delta_row = static_cast<const input_t*>(p.delta) + (batch_path * p.dim + d) * L;
+    last_block_channel = static_cast<int>(p.dim - 1 - first_channel);
+    u_block = static_cast<const input_t*>(p.u) + (b * p.dim + first_channel) * L;
+    delta_block = static_cast<const input_t*>(p.delta) + (batch_path * p.dim + first_channel) * L;
     B_path = static_cast<const input_t*>(p.B) + batch_path * N * L;
     C_path = static_cast<const input_t*>(p.C) + batch_path * N * L;
     order = p.paths + path * L;
@@ -73,41 +100,90 @@ struct PathChannel {
     return l;
   }
 
+  // Where the block's channel `channel` starts in a (..., D, L) row block.
+  __device__ int64_t channel_row(int channel) const {
+    return static_cast<int64_t>(channel < last_block_channel ? channel : last_block_channel) * L;
+  }
+
   // The scan inputs v (u, plus u at the mixed-in position where mix names one) and the step sizes dt
-  // at a thread's K positions. No branch on the data separates the loads, so that they are all in
-  // flight together: a step with nothing mixed in reads u at its own position again, and the mixed
-  // positions are checked once, after the loads (an out-of-range one reads u at its own position).
-  template <int K>
-  __device__ void load_steps(const uint32_t* position, weight_t (&v)[K], weight_t (&dt)[K]) const {
-    uint32_t l[K];
+  // at the warp's kStepsPerThread steps (at `position`), for this lane's channel, loaded through the
+  // warp's tile. No branch on the data separates the loads, so that they are all in flight together:
+  // a step with nothing mixed in reads u at its own position again, and its mixed position is checked
+  // after the loads (an out-of-range one reads u at its own position).
+  __device__ void load_steps(const uint32_t* position, StepTile<weight_t> tile, weight_t (&v)[kStepsPerThread],
+                             weight_t (&dt)[kStepsPerThread]) const {
+    const int lane = static_cast<int>(threadIdx.x), step = tile_step(lane);
+    const uint32_t l = position[step];
+    const int64_t mixed = mix_row ? mix_row[l] : -1;
+    const uint32_t source = mixed >= 0 && mixed < L ? static_cast<uint32_t>(mixed) : l;
+    weight_t u_own[kStepsPerThread], u_mixed[kStepsPerThread], delta[kStepsPerThread];
 #pragma unroll
-    for (int k = 0; k < K; ++k) l[k] = position[k];
-    weight_t delta[K];
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      v[k] = static_cast<weight_t>(u_row[l[k]]);
-      delta[k] = static_cast<weight_t>(delta_row[l[k]]);
+    for (int r = 0; r < kStepsPerThread; ++r) {
+      const int64_t row = channel_row(tile_channel(lane, r));
+      u_own[r] = static_cast<weight_t>(u_block[row + l]);
+      u_mixed[r] = static_cast<weight_t>(u_block[row + source]);
+      delta[r] = static_cast<weight_t>(delta_block[row + l]);
     }
-    if (mix_row) {
-      int64_t mixed[K];
+    POSEMAMBA_DEVICE_ASSERT(mixed < L);
 #pragma unroll
-      for (int k = 0; k < K; ++k) mixed[k] = mix_row[l[k]];
-      bool in_range = true;
+    for (int r = 0; r < kStepsPerThread; ++r) {
+      tile[step][tile_channel(lane, r)] = mixed >= 0 ? u_own[r] + u_mixed[r] : u_own[r];
+    }
+    __syncwarp();
 #pragma unroll
-      for (int k = 0; k < K; ++k) {
-        in_range &= mixed[k] < L;
-        const weight_t u_mixed = static_cast<weight_t>(u_row[mixed[k] >= 0 && mixed[k] < L ? mixed[k] : l[k]]);
-        v[k] += mixed[k] >= 0 ? u_mixed : weight_t(0);
+    for (int k = 0; k < kStepsPerThread; ++k) v[k] = tile[k][lane];
+    __syncwarp();
+#pragma unroll
+    for (int r = 0; r < kStepsPerThread; ++r) tile[step][tile_channel(lane, r)] = delta[r];
+    __syncwarp();
+#pragma unroll
+    for (int k = 0; k < kStepsPerThread; ++k) dt[k] = step_size<weight_t>(tile[k][lane], bias, delta_softplus);
+    __syncwarp();  // the tile is free again
+  }
+
+  // value[k] = value_at(channel row + position[k]) for this lane's channel and the warp's steps, read
+  // by the tile's global side (value_at loads from a (..., D, L) row block from first_channel), all
+  // rounds' loads in flight together.
+  template <typename ValueAt>
+  __device__ void gather_steps(const uint32_t* position, StepTile<weight_t> tile, weight_t (&value)[kStepsPerThread],
+                               ValueAt value_at) const {
+    const int lane = static_cast<int>(threadIdx.x), step = tile_step(lane);
+    const uint32_t l = position[step];
+    weight_t loaded[kStepsPerThread];
+#pragma unroll
+    for (int r = 0; r < kStepsPerThread; ++r) loaded[r] = value_at(channel_row(tile_channel(lane, r)) + l);
+#pragma unroll
+    for (int r = 0; r < kStepsPerThread; ++r) tile[step][tile_channel(lane, r)] = loaded[r];
+    __syncwarp();
+#pragma unroll
+    for (int k = 0; k < kStepsPerThread; ++k) value[k] = tile[k][lane];
+    __syncwarp();
+  }
+
+  // out_block[channel row + position[k]] = value[k] of each lane with a channel below D, for the
+  // warp's first n_valid steps, through the warp's tile.
+  template <typename out_t>
+  __device__ void store_steps(const uint32_t* position, int64_t n_valid, StepTile<weight_t> tile,
+                              const weight_t (&value)[kStepsPerThread], out_t* out_block) const {
+    const int lane = static_cast<int>(threadIdx.x), step = tile_step(lane);
+#pragma unroll
+    for (int k = 0; k < kStepsPerThread; ++k) tile[k][lane] = value[k];
+    __syncwarp();
+    if (step < n_valid) {
+      const uint32_t l = position[step];
+#pragma unroll
+      for (int r = 0; r < kStepsPerThread; ++r) {
+        const int channel = tile_channel(lane, r);
+        if (channel <= last_block_channel) out_block[channel * L + l] = static_cast<out_t>(tile[step][channel]);
       }
-      POSEMAMBA_DEVICE_ASSERT(in_range);
     }
-#pragma unroll
-    for (int k = 0; k < K; ++k) dt[k] = step_size<weight_t>(delta[k], bias, delta_softplus);
+    __syncwarp();
   }
 
   int64_t L, N;
   bool delta_softplus;
-  const input_t *u_row, *delta_row, *B_path, *C_path;
+  int last_block_channel;  // D - 1 - first_channel: the last channel of the block below D
+  const input_t *u_block, *delta_block, *B_path, *C_path;
   const int64_t *order, *mix_row;
   const weight_t* A_row;
   weight_t bias, skip;
@@ -138,12 +214,6 @@ __device__ __forceinline__ int64_t chunk_end(int64_t chunk, int64_t seqlen) {
   return chunk * kScanChunk + kScanChunk < seqlen ? chunk * kScanChunk + kScanChunk : seqlen;
 }
 
-// The scan kernels' split (forward and backward): a block takes 32 channels (its lanes) of one
-// (batch, path) and walks a span of the path's 64-step chunks, its kSegmentWarps warps sharing each
-// chunk, kStepsPerThread consecutive steps each.
-constexpr int kSegmentWarps = 8;
-constexpr int kStepsPerThread = 8;
-static_assert(kSegmentWarps * kStepsPerThread == kScanChunk, "a block's warps share one chunk");
 // Blocks resident per multiprocessor that registers must allow: at most 128 registers a thread.
 constexpr int kSpanBlocksPerMultiprocessor = 2;
 
@@ -230,20 +300,9 @@ struct ChunkProjections {
   }
 };
 
-// The maps a block's warps staged for this lane (one per warp, in step order), composed over the warps
-// before `warp` (forward: the steps before the warp's own) or after it (the adjoint, which runs last
-// step first). Unrolled and predicated: a loop of run-time length compiles to several unrolled copies.
-template <typename weight_t>
-__device__ __forceinline__ StateMap<weight_t> maps_before_warp(const StateMap<weight_t> (&maps)[kSegmentWarps][kWarp],
-                                                               int warp, int lane) {
-  StateMap<weight_t> before = StateMap<weight_t>::identity();
-#pragma unroll
-  for (int w = 0; w < kSegmentWarps - 1; ++w) {
-    if (w < warp) before = before.then(maps[w][lane]);
-  }
-  return before;
-}
-
+// The adjoint maps a block's warps staged for this lane (one per warp, in step order), composed over
+// the warps after `warp` (the adjoint runs last step first). Unrolled and predicated: a loop of
+// run-time length compiles to several unrolled copies.
 template <typename weight_t>
 __device__ __forceinline__ StateMap<weight_t> maps_after_warp(const StateMap<weight_t> (&maps)[kSegmentWarps][kWarp],
                                                               int warp, int lane) {
@@ -280,7 +339,7 @@ __device__ __forceinline__ weight_t carry_after_warp(const StateMap<weight_t> (&
 // A span block's (batch, path, channel), span and warp; lanes past D follow channel D - 1 through
 // the barriers (`active` false) and write nothing.
 struct SpanTask {
-  int64_t b, path, d, span;
+  int64_t b, path, d, first_channel, span;
   int lane, warp;
   bool active;
 };
@@ -288,9 +347,11 @@ struct SpanTask {
 // first_span: the span of the grid's first blocks (passes that leave out the first span start at 1).
 __device__ __forceinline__ SpanTask span_task(const MultiPathScanParams& p, int64_t first_span) {
   const int64_t channel_blocks = num_channel_blocks(p);
-  const int64_t lane_channel = static_cast<int64_t>(blockIdx.x) % channel_blocks * kWarp + threadIdx.x;
+  const int64_t first_channel = static_cast<int64_t>(blockIdx.x) % channel_blocks * kWarp;
+  const int64_t lane_channel = first_channel + threadIdx.x;
   const bool active = lane_channel < p.dim;
   return {static_cast<int64_t>(blockIdx.z), static_cast<int64_t>(blockIdx.y), active ? lane_channel : p.dim - 1,
+          first_channel,
           first_span + static_cast<int64_t>(blockIdx.x) / channel_blocks, static_cast<int>(threadIdx.x),
           static_cast<int>(threadIdx.y), active};
 }

@@ -50,21 +50,25 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const int n_states = static_cast<int>(N);  // at most kMaxStateDim (checked on the host)
   const int lane = task.lane, warp = task.warp;
   const bool active = task.active, summary = span_maps != nullptr;
-  const PathChannel<input_t> c(p, task.b, task.path, task.d);
+  const PathChannel<input_t> c(p, task.b, task.path, task.d, task.first_channel);
   const int64_t row = (task.b * p.n_paths + task.path) * p.dim + task.d;
+  const int64_t first_row = row - task.d + task.first_channel;  // the block's first channel's
   using Projections = ChunkProjections<weight_t>;
   __shared__ Map warp_maps[2][kSegmentWarps][kWarp];  // two buffers, used in turn (see below)
   __shared__ Projections projections;
   int buffer = 0;
-  // Per state entry and lane: the state before the chunk, and in pass 1 the decay of the span so far.
-  // The last warp, whose steps end the chunk, keeps them; in shared memory rather than registers, which
-  // the steps need.
-  __shared__ weight_t chunk_start_state[kMaxStateDim][kWarp], span_decay[kMaxStateDim][kWarp];
+  // Per state entry and lane: the state before the chunk, which the last warp (whose steps end the
+  // chunk) keeps; in shared memory rather than registers, which the steps need.
+  __shared__ weight_t chunk_start_state[kMaxStateDim][kWarp];
+  // Each warp's tile for its steps' loads and stores (StepTile), and in pass 1 each thread's sum of its
+  // steps' dt: the span's decay for entry n is the product of its steps' exp(dt a_n) = exp(a_n sum dt),
+  // one number per lane instead of one per entry.
+  __shared__ weight_t step_tiles[kSegmentWarps][kStepsPerThread][kWarp + 1], warp_dt_sums[kSegmentWarps][kWarp];
+  weight_t span_dt = 0;  // the last warp's, in pass 1
   const bool last_warp = warp == kSegmentWarps - 1;
   if (last_warp) {
     for (int n = 0; n < N; ++n) {
       chunk_start_state[n][lane] = span_start ? span_start[(row * n_spans + span) * N + n] : weight_t(0);
-      span_decay[n][lane] = 1;
     }
   }
   __syncthreads();
@@ -79,14 +83,18 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
     const int64_t first = chunk_begin(chunk) + warp * kStepsPerThread, end = chunk_end(chunk, L);
     const uint32_t* position = projections.position + warp * kStepsPerThread;
     weight_t v[kStepsPerThread], dt[kStepsPerThread], dt_v[kStepsPerThread], y[kStepsPerThread];
-    c.load_steps(position, v, dt);
+    c.load_steps(position, step_tiles[warp], v, dt);
+    weight_t dt_sum = 0;
 #pragma unroll
     for (int k = 0; k < kStepsPerThread; ++k) {
       const bool valid = first + k < end;
       dt_v[k] = valid ? dt[k] * v[k] : weight_t(0);
       dt[k] = valid ? dt[k] : weight_t(0);
       y[k] = c.skip * v[k];
+      dt_sum += dt[k];
     }
+    // Read by the last warp after the first barrier below; written again after the chunk's last.
+    if (summary) warp_dt_sums[warp][lane] = dt_sum;
     for (int group = 0; group < n_states; group += Projections::kStates) {
       const int group_end = projections.enter_group(c, chunk, group, n_states);
 #pragma unroll 1
@@ -109,10 +117,12 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
         const auto& maps = warp_maps[buffer];
         buffer ^= 1;
         if (summary) {
-          if (last_warp) {  // pass 1: the span's map so far, as its decay and the state from zero
-            const Map chunk_map = maps_before_warp(maps, warp, lane).then(own);
-            chunk_start_state[n][lane] = chunk_map.apply(h_start);
-            span_decay[n][lane] *= chunk_map.decay;
+          if (last_warp) {  // pass 1: the span's state from zero so far, and its steps' dt sum
+            chunk_start_state[n][lane] = own.apply(carry_before_warp(maps, warp, lane, h_start));
+            if (n == 0) {
+#pragma unroll
+              for (int w = 0; w < kSegmentWarps; ++w) span_dt += warp_dt_sums[w][lane];
+            }
           }
           continue;
         }
@@ -129,17 +139,13 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
         }
       }
     }
-    if (!summary && active) {
-#pragma unroll
-      for (int k = 0; k < kStepsPerThread; ++k) {
-        if (first + k < end) y_paths[row * L + position[k]] = y[k];
-      }
-    }
+    if (!summary) c.store_steps(position, end - first, step_tiles[warp], y, y_paths + first_row * L);
     __syncthreads();  // every thread is done with the chunk's staged values before the next chunk's
   }
   if (summary && last_warp && active) {
     for (int n = 0; n < N; ++n) {
-      span_maps[(row * n_spans + span) * N + n] = Map{span_decay[n][lane], chunk_start_state[n][lane]};
+      const weight_t span_decay = step_decay_from_rate(span_dt, decay_rate(c.A_row[n]));
+      span_maps[(row * n_spans + span) * N + n] = Map{span_decay, chunk_start_state[n][lane]};
     }
   }
 }
