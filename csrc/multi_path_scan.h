@@ -29,7 +29,7 @@ namespace posemamba {
 constexpr int64_t kMaxPaths = 8;
 constexpr int64_t kMaxStateDim = 64;
 // Steps between saved states: the backward recomputes each chunk from its saved start state, so
-// memory is (batch, P, D, L / kScanChunk, N) instead of every step's (batch, P, D, L, N).
+// memory is (batch, P, L / kScanChunk, N, D) instead of every step's (batch, P, L, N, D).
 constexpr int64_t kScanChunk = 64;
 
 inline int64_t num_scan_chunks(int64_t seqlen) {
@@ -62,7 +62,7 @@ struct MultiPathScanParams {
   // Written by the forward, read by the backward.
   void* out = nullptr;           // (batch, D, L)
   void* out_ungated = nullptr;   // (batch, D, L) y before the z gate; null when z is null
-  void* chunk_states = nullptr;  // (batch, P, D, n_chunks, N) state before each chunk's first step
+  void* chunk_states = nullptr;  // (batch, P, n_chunks, N, D) state before each chunk's first step
 };
 
 // The backward's extra pointers: the incoming gradient, the gradients it writes (same layouts and
@@ -84,7 +84,7 @@ struct MultiPathScanBwdParams : MultiPathScanParams {
   void* dz = nullptr;
   void* dB_partial = nullptr;      // (batch, n_channel_blocks, P, L, N) weight_t
   void* dC_partial = nullptr;      // (batch, n_channel_blocks, P, L, N) weight_t
-  void* dA_partial = nullptr;      // (batch, n_length_blocks, P, D, N) weight_t
+  void* dA_partial = nullptr;      // (batch, n_length_blocks, P, N, D) weight_t
   void* dD_partial = nullptr;      // (batch, n_length_blocks, P, D) weight_t
   void* ddelta_bias_partial = nullptr;  // (batch, n_length_blocks, P, D) weight_t
 };

@@ -112,7 +112,7 @@ ScanForward prepare_scan_forward(
   f.out = at::empty({p.batch, p.dim, p.seqlen}, u.options());
   f.out_ungated = at::empty(z.has_value() ? at::IntArrayRef{p.batch, p.dim, p.seqlen} : at::IntArrayRef{0},
                             u.options());
-  f.chunk_states = at::empty({p.batch, p.n_paths, p.dim, p.n_chunks, p.d_state}, A.options());
+  f.chunk_states = at::empty({p.batch, p.n_paths, p.n_chunks, p.d_state, p.dim}, A.options());
   p.out = f.out.mutable_data_ptr();
   p.out_ungated = z.has_value() ? f.out_ungated.mutable_data_ptr() : nullptr;
   p.chunk_states = f.chunk_states.mutable_data_ptr();
@@ -130,7 +130,7 @@ ScanBackward prepare_scan_backward(
   g.inputs = prepare_scan_inputs(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, p);
   check_shape(grad_out, "grad_out", {p.batch, p.dim, p.seqlen});
   check_like(grad_out, "grad_out", u, u.scalar_type());
-  check_shape(chunk_states, "chunk_states", {p.batch, p.n_paths, p.dim, p.n_chunks, p.d_state});
+  check_shape(chunk_states, "chunk_states", {p.batch, p.n_paths, p.n_chunks, p.d_state, p.dim});
   check_like(chunk_states, "chunk_states", u, A.scalar_type());
   if (z.has_value()) {
     check_shape(out_ungated, "out_ungated", {p.batch, p.dim, p.seqlen});
@@ -150,7 +150,7 @@ ScanBackward prepare_scan_backward(
   g.dC_partial = at::empty({p.batch, p.n_channel_blocks, p.n_paths, p.seqlen, p.d_state}, weights);
   g.dB_by_position = at::empty({p.batch, p.n_paths, p.seqlen, p.d_state}, weights);
   g.dC_by_position = at::empty_like(g.dB_by_position);
-  g.dA = at::empty_like(g.inputs.A);
+  g.dA_by_state = at::empty({p.n_paths, p.d_state, p.dim}, weights);
   g.dD = at::empty({p.n_paths, p.dim}, weights);
   g.ddelta_bias = at::empty_like(g.dD);
 
@@ -169,7 +169,7 @@ void allocate_length_partials(ScanBackward& g, int64_t n_length_blocks) {
   MultiPathScanBwdParams& p = g.params;
   const auto weights = g.inputs.A.options();
   p.n_length_blocks = n_length_blocks;
-  g.dA_partial = at::empty({p.batch, n_length_blocks, p.n_paths, p.dim, p.d_state}, weights);
+  g.dA_partial = at::empty({p.batch, n_length_blocks, p.n_paths, p.d_state, p.dim}, weights);
   g.dD_partial = at::empty({p.batch, n_length_blocks, p.n_paths, p.dim}, weights);
   g.ddelta_bias_partial = at::empty({p.batch, n_length_blocks, p.n_paths, p.dim}, weights);
   p.dA_partial = g.dA_partial.mutable_data_ptr();
@@ -183,7 +183,7 @@ ScanGradients finish_scan_backward(const ScanBackward& g) {
   // Absent inputs get distinct empty gradients: outputs of an op must not alias each other.
   return {g.du,
           g.ddelta,
-          g.dA,
+          g.dA_by_state.transpose(-1, -2).reshape(g.inputs.A.sizes()).contiguous(),
           g.dB_by_position.transpose(-1, -2).to(input_dtype).contiguous(),
           g.dC_by_position.transpose(-1, -2).to(input_dtype).contiguous(),
           g.inputs.D.defined() ? g.dD : at::empty({0}, weights),

@@ -28,8 +28,9 @@ struct ScanBackward {
   ScanInputs inputs;
   at::Tensor grad_out, out_ungated, chunk_states;
   at::Tensor du, ddelta, dz, dB_partial, dC_partial, dA_partial, dD_partial, ddelta_bias_partial;
-  // The sums of the partials: dB and dC by position, (batch, P, L, N), then dA, dD, ddelta_bias.
-  at::Tensor dB_by_position, dC_by_position, dA, dD, ddelta_bias;
+  // The sums of the partials: dB and dC by position, (batch, P, L, N), dA by state entry, (P, N, D),
+  // then dD and ddelta_bias.
+  at::Tensor dB_by_position, dC_by_position, dA_by_state, dD, ddelta_bias;
   MultiPathScanBwdParams params;
 };
 
@@ -45,7 +46,8 @@ void reduce_backward_partials(ScanBackward& g, SumPartials&& sum) {
   sum(g.dC_partial.const_data_ptr<weight_t>(), p.batch, p.n_channel_blocks, path_block,
       g.dC_by_position.mutable_data_ptr<weight_t>());
   const int64_t n_partials = p.batch * p.n_length_blocks;
-  sum(g.dA_partial.const_data_ptr<weight_t>(), 1, n_partials, g.dA.numel(), g.dA.mutable_data_ptr<weight_t>());
+  sum(g.dA_partial.const_data_ptr<weight_t>(), 1, n_partials, g.dA_by_state.numel(),
+      g.dA_by_state.mutable_data_ptr<weight_t>());
   sum(g.dD_partial.const_data_ptr<weight_t>(), 1, n_partials, g.dD.numel(), g.dD.mutable_data_ptr<weight_t>());
   sum(g.ddelta_bias_partial.const_data_ptr<weight_t>(), 1, n_partials, g.ddelta_bias.numel(),
       g.ddelta_bias.mutable_data_ptr<weight_t>());

@@ -170,7 +170,7 @@ if HAS_EXTENSION:
         n_chunks = (seqlen + SCAN_CHUNK - 1) // SCAN_CHUNK
         out = u.new_empty(u.shape)
         out_ungated = u.new_empty(u.shape if z is not None else (0,))
-        chunk_states = u.new_empty((batch, n_paths, dim, n_chunks, d_state), dtype=A.dtype)
+        chunk_states = u.new_empty((batch, n_paths, n_chunks, d_state, dim), dtype=A.dtype)
         return out, out_ungated, chunk_states
 
     @torch.library.register_fake("posemamba::multi_path_scan_bwd")

@@ -265,10 +265,9 @@ void multi_path_scan_bwd_task(const MultiPathScanBwdParams& p, const at::opmath_
     gather_channel_block(static_cast<const input_t*>(p.delta) + batch_path * p.dim * L, d_begin, width, L, dt);
     run_step_sizes_and_grads(dt, dt_grad, bias_block, L, p.delta_softplus);
     std::fill(saved, saved + p.n_chunks * N * W, weight_t(0));
-    for (int64_t w = 0; w < width; ++w) {
-      const weight_t* channel_states = static_cast<const weight_t*>(p.chunk_states) +
-                                       (batch_path * p.dim + d_begin + w) * p.n_chunks * N;
-      for (int64_t i = 0; i < p.n_chunks * N; ++i) saved[i * W + w] = channel_states[i];
+    const weight_t* path_states = static_cast<const weight_t*>(p.chunk_states) + batch_path * p.n_chunks * N * p.dim;
+    for (int64_t i = 0; i < p.n_chunks * N; ++i) {  // (chunk, state entry) rows of channels
+      std::copy(path_states + i * p.dim + d_begin, path_states + i * p.dim + d_begin + width, saved + i * W);
     }
     std::fill(dA_block, dA_block + N * W, weight_t(0));
     std::fill(dD_block, dD_block + W, weight_t(0));
@@ -283,9 +282,10 @@ void multi_path_scan_bwd_task(const MultiPathScanBwdParams& p, const at::opmath_
     run_path_block_backward(backward);
 
     scatter_channel_block(ddelta, d_begin, width, L, static_cast<input_t*>(p.ddelta) + batch_path * p.dim * L);
+    weight_t* dA_path = static_cast<weight_t*>(p.dA_partial) + batch_path * N * p.dim;  // (N, D)
+    for (int64_t n = 0; n < N; ++n) std::copy(dA_block + n * W, dA_block + n * W + width, dA_path + n * p.dim + d_begin);
     for (int64_t w = 0; w < width; ++w) {
       const int64_t channel = batch_path * p.dim + d_begin + w;
-      for (int64_t n = 0; n < N; ++n) static_cast<weight_t*>(p.dA_partial)[channel * N + n] = dA_block[n * W + w];
       static_cast<weight_t*>(p.dD_partial)[channel] = dD_block[w];
       static_cast<weight_t*>(p.ddelta_bias_partial)[channel] = ddelta_bias_block[w];
     }

@@ -173,12 +173,10 @@ void multi_path_scan_fwd_kernel(const MultiPathScanParams& p, const at::Tensor& 
             p.paths + path * L, L, N, y, saved};
         run_path_block_scan(scan);
 
-        weight_t* states_out = static_cast<weight_t*>(p.chunk_states);
-        for (int64_t w = 0; w < width; ++w) {
-          weight_t* channel_states = states_out + (batch_path * p.dim + d_begin + w) * p.n_chunks * N;
-          for (int64_t c = 0; c < p.n_chunks; ++c) {
-            for (int64_t n = 0; n < N; ++n) channel_states[c * N + n] = saved[(c * N + n) * W + w];
-          }
+        // (chunk, state entry) rows of channels, as saved: the block's channels of each row.
+        weight_t* path_states = static_cast<weight_t*>(p.chunk_states) + batch_path * p.n_chunks * N * p.dim;
+        for (int64_t i = 0; i < p.n_chunks * N; ++i) {
+          std::copy(saved + i * W, saved + i * W + width, path_states + i * p.dim + d_begin);
         }
       }
 

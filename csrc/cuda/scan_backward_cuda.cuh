@@ -71,8 +71,8 @@ struct WarpStepSums {
 };
 
 // Passes 1 and 3 (see above), by pointers: with span_maps, pass 1 (spans from first_span on: the
-// span's adjoint map from a zero inflow, (batch, P, D, spans, N)); else pass 3 (gradients). adjoint
-// (batch, P, D, spans, N) holds the adjoint entering each span from its right (zeros for the last),
+// span's adjoint map from a zero inflow, (batch, P, spans, N, D)); else pass 3 (gradients). adjoint
+// (batch, P, spans, N, D) holds the adjoint entering each span from its right (zeros for the last),
 // which pass 3 updates in place chunk by chunk; pass 1 reads it too (zeros then, and unused), so that
 // the loop's loads need no predicates.
 template <typename input_t>
@@ -94,8 +94,9 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const int64_t first_output = b * p.dim * L + task.first_channel * L;  // its row of dout and z
   // Per state entry: the adjoint entering the chunk from its right, which warp 0 (whose steps begin the
   // chunk) updates in pass 3; in pass 1 the span's map so far (its drive is that adjoint).
-  weight_t* adjoint_row = adjoint + (row * n_spans + span) * N;
-  Map* span_map_row = summary ? span_maps + (row * n_spans + span) * N : nullptr;
+  // Entry n of this lane's at [n * D] (span_entries).
+  weight_t* adjoint_row = adjoint + span_entries(p, n_spans, b, path, span) + d;
+  Map* span_map_row = summary ? span_maps + span_entries(p, n_spans, b, path, span) + d : nullptr;
   __shared__ Map state_maps[2][kSegmentWarps][kWarp], adjoint_maps[2][kSegmentWarps][kWarp];  // used in turn
   // Each warp's tile: its steps' loads and stores (StepTile), and its dB and dC sums over channels.
   __shared__ weight_t tiles[kSegmentWarps][kStepsPerThread][kWarp + 1];
@@ -104,14 +105,15 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const WarpStepSums<weight_t> channel_sums{tiles[warp]};
   int buffer = 0;
   if (summary && warp == 0 && active) {  // only warp 0 reads them
-    for (int64_t n = 0; n < N; ++n) span_map_row[n] = Map::identity();
+    for (int64_t n = 0; n < N; ++n) span_map_row[n * p.dim] = Map::identity();
   }
   // This thread's dA partial, (batch, span and warp, P, D, N), and its dD and ddelta_bias sums.
   const int64_t length_block = span * kSegmentWarps + warp;
   const int64_t partial_row = ((b * p.n_length_blocks + length_block) * p.n_paths + path) * p.dim + d;
-  weight_t* dA_row = static_cast<weight_t*>(p.dA_partial) + partial_row * N;
+  // Entry n at [n * D]: (batch, span and warp, P, N, D), a warp's lanes contiguous.
+  weight_t* dA_row = static_cast<weight_t*>(p.dA_partial) + (partial_row - d) * N + d;
   if (active) {  // in pass 1 too, which reads (and ignores) the row: never uninitialised memory
-    for (int64_t n = 0; n < N; ++n) dA_row[n] = 0;
+    for (int64_t n = 0; n < N; ++n) dA_row[n * p.dim] = 0;
   }
   weight_t dD = 0, ddelta_bias = 0;
   const int64_t partial = ((b * p.n_channel_blocks + d / kWarp) * p.n_paths + path) * L * N;
@@ -144,7 +146,8 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
     // The position whose dB and dC partials lane i < kStepsPerThread writes: its warp's step i.
     const bool writes_sums = lane < kStepsPerThread && first + lane < end;
     const uint32_t sum_position = position[lane % kStepsPerThread];
-    const weight_t* chunk_start_states = static_cast<const weight_t*>(p.chunk_states) + (row * p.n_chunks + chunk) * N;
+    const weight_t* chunk_start_states =
+        static_cast<const weight_t*>(p.chunk_states) + ((b * p.n_paths + path) * p.n_chunks + chunk) * N * p.dim + d;
     for (int group = 0; group < n_states; group += Projections::kStates) {
       const int group_end = projections.enter_group(c, chunk, group, n_states);
 #pragma unroll 1
@@ -153,11 +156,11 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
         // Loads issued well before their use, their latency hidden behind the steps' maps: the chunk's
         // start state and this thread's dA so far, before the barrier. Read in both passes and by lanes
         // past D too (valid rows, the values unused there): no predicates in the loop.
-        const weight_t h_chunk_start = chunk_start_states[n], dA_so_far = dA_row[n];
+        const weight_t h_chunk_start = chunk_start_states[n * p.dim], dA_so_far = dA_row[n * p.dim];
         // The adjoint entering the chunk (pass 3), read before the barrier after which warp 0 writes the
         // next chunk's. Lanes past D keep a zero adjoint, so that they add nothing to the warp's dB and
         // dC sums.
-        const weight_t q_end = active ? adjoint_row[n] : weight_t(0);
+        const weight_t q_end = active ? adjoint_row[n * p.dim] : weight_t(0);
         const weight_t* B_steps = projections.B[n - group] + warp * kStepsPerThread;
         const weight_t* C_steps = projections.C[n - group] + warp * kStepsPerThread;
         // The steps' state maps, and their adjoint maps composed last step first.
@@ -183,14 +186,14 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
         if (summary) {
           if (warp == 0 && active) {  // pass 1: the span's adjoint map so far
             const Map chunk_adjoint = maps_after_warp(warps_adjoint_maps, warp, lane).then(own_adjoint);
-            const Map span_so_far = span_map_row[n];
-            span_map_row[n] = Map{span_so_far.decay * chunk_adjoint.decay, chunk_adjoint.apply(span_so_far.drive)};
+            const Map span_so_far = span_map_row[n * p.dim];
+            span_map_row[n * p.dim] = Map{span_so_far.decay * chunk_adjoint.decay, chunk_adjoint.apply(span_so_far.drive)};
           }
           continue;
         }
         // The adjoint after this thread's last step, and the state before its first.
         weight_t q = carry_after_warp(warps_adjoint_maps, warp, lane, q_end), dA = 0;
-        if (warp == 0 && active) adjoint_row[n] = own_adjoint.apply(q);  // entering the chunk before
+        if (warp == 0 && active) adjoint_row[n * p.dim] = own_adjoint.apply(q);  // entering the chunk before
         // The states: h[k] before step k, h[k + 1] after it.
         weight_t h[kStepsPerThread + 1];
         h[0] = carry_before_warp(warps_state_maps, warp, lane, h_chunk_start);
@@ -212,7 +215,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
           dB_partial[sum_position * N + n] = dB_sum;
           dC_partial[sum_position * N + n] = dC_sum;
         }
-        if (active) dA_row[n] = dA_so_far + dA;
+        if (active) dA_row[n * p.dim] = dA_so_far + dA;
       }
     }
     if (!summary) {
@@ -296,12 +299,12 @@ void run_scan_backward_as(ScanBackward& g) {
     const auto weights = g.inputs.A.options();
     const at::Tensor dv_paths = at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, weights);
     // The adjoint entering each span from its right: zero for the last, from the carry pass for the others.
-    const at::Tensor adjoint = at::zeros({p.batch, p.n_paths, p.dim, n_spans, p.d_state}, weights);
+    const at::Tensor adjoint = at::zeros({p.batch, p.n_paths, n_spans, p.d_state, p.dim}, weights);
     auto* adjoint_data = adjoint.mutable_data_ptr<weight_t>();
     const MixSources mix = g.inputs.mix.defined() ? invert_mix(g.inputs.mix, p.seqlen) : MixSources{};
     const dim3 block(kWarp, kSegmentWarps);
     if (n_spans > 1) {
-      const at::Tensor span_maps = at::empty({p.batch, p.n_paths, p.dim, n_spans, p.d_state, 2}, weights);
+      const at::Tensor span_maps = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim, 2}, weights);
       auto* maps = reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>());
       simt::launch(scan_span_backward_kernel<scalar_t>, path_channel_grid(p, n_spans - 1), block, 0, p, span_chunks,
                    /*first_span=*/int64_t{1}, adjoint_data, maps, nullptr);

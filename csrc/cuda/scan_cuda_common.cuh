@@ -356,7 +356,15 @@ __device__ __forceinline__ SpanTask span_task(const MultiPathScanParams& p, int6
           static_cast<int>(threadIdx.y), active};
 }
 
-// The carry pass between spans, one thread per (batch, path, channel, state entry): into[.., s, n] =
+// Where span `span` of (batch b, path) starts in the per-span states and maps, (batch, P, spans, N, D):
+// channel-minor, so that a warp's lanes read and write 32 contiguous entries (state entry n of channel
+// d at + n * D + d).
+C10_HOST_DEVICE inline int64_t span_entries(const MultiPathScanParams& p, int64_t n_spans, int64_t b, int64_t path,
+                                            int64_t span) {
+  return ((b * p.n_paths + path) * n_spans + span) * p.d_state * p.dim;
+}
+
+// The carry pass between spans, one thread per (batch, path, state entry, channel): into[.., s, n, d] =
 // what flows into span s from the spans before it in the walk's order (forward: first to last, the
 // state before the span; backward: last to first, the adjoint entering the span from its right),
 // composing the spans' maps (each span's from-zero pass) in that order; zero into the first.
@@ -365,11 +373,11 @@ __global__ void carry_across_spans_kernel(MultiPathScanParams p, int64_t n_spans
                                           weight_t* into, bool forward) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= p.batch * p.n_paths * p.dim * p.d_state) return;
-  const int64_t row = i / p.d_state, n = i % p.d_state;
+  const int64_t entry = i % (p.d_state * p.dim), batch_path = i / (p.d_state * p.dim);
   weight_t carried = 0;
   for (int64_t k = 0; k < n_spans; ++k) {
     const int64_t span = forward ? k : n_spans - 1 - k;
-    const int64_t slot = (row * n_spans + span) * p.d_state + n;
+    const int64_t slot = span_entries(p, n_spans, batch_path / p.n_paths, batch_path % p.n_paths, span) + entry;
     into[slot] = carried;
     if (k + 1 < n_spans) carried = span_maps[slot].apply(carried);
   }

@@ -37,7 +37,7 @@ namespace posemamba {
 namespace cuda {
 
 // Passes 1 and 3 (see above), by pointers: with span_maps, pass 1 (from a zero state; the span's
-// composed maps out, (batch, P, D, spans, N)); else pass 3 (from span_start's states, or zero where it
+// composed maps out, (batch, P, spans, N, D)); else pass 3 (from span_start's states, or zero where it
 // is null; outputs into y_paths and chunk_states).
 template <typename input_t>
 __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiprocessor)
@@ -51,8 +51,11 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const int lane = task.lane, warp = task.warp;
   const bool active = task.active, summary = span_maps != nullptr;
   const PathChannel<input_t> c(p, task.b, task.path, task.d, task.first_channel);
-  const int64_t row = (task.b * p.n_paths + task.path) * p.dim + task.d;
-  const int64_t first_row = row - task.d + task.first_channel;  // the block's first channel's
+  const int64_t first_row = (task.b * p.n_paths + task.path) * p.dim + task.first_channel;  // the block's first channel's
+  const int64_t span_entry = span_entries(p, n_spans, task.b, task.path, span) + task.d;  // this lane's
+  // This lane's chunk states, (chunk, N) rows of channels: a warp's 32 lanes store 128 contiguous bytes.
+  weight_t* chunk_states =
+      static_cast<weight_t*>(p.chunk_states) + (task.b * p.n_paths + task.path) * p.n_chunks * N * p.dim + task.d;
   using Projections = ChunkProjections<weight_t>;
   __shared__ Map warp_maps[2][kSegmentWarps][kWarp];  // two buffers, used in turn (see below)
   __shared__ Projections projections;
@@ -68,7 +71,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const bool last_warp = warp == kSegmentWarps - 1;
   if (last_warp) {
     for (int n = 0; n < N; ++n) {
-      chunk_start_state[n][lane] = span_start ? span_start[(row * n_spans + span) * N + n] : weight_t(0);
+      chunk_start_state[n][lane] = span_start ? span_start[span_entry + n * p.dim] : weight_t(0);
     }
   }
   __syncthreads();
@@ -135,7 +138,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
         }
         if (last_warp) {  // the state after the chunk, and the one before it saved for the backward
           chunk_start_state[n][lane] = h;
-          if (active) static_cast<weight_t*>(p.chunk_states)[(row * p.n_chunks + chunk) * N + n] = h_start;
+          if (active) chunk_states[(chunk * N + n) * p.dim] = h_start;
         }
       }
     }
@@ -145,7 +148,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   if (summary && last_warp && active) {
     for (int n = 0; n < N; ++n) {
       const weight_t span_decay = step_decay_from_rate(span_dt, decay_rate(c.A_row[n]));
-      span_maps[(row * n_spans + span) * N + n] = Map{span_decay, chunk_start_state[n][lane]};
+      span_maps[span_entry + n * p.dim] = Map{span_decay, chunk_start_state[n][lane]};
     }
   }
 }
@@ -179,8 +182,8 @@ void run_scan_forward_as(ScanForward& f) {
   // Passes 1 and 2 only where the path is cut into spans: (span maps, as decay and drive; span starts).
   at::Tensor span_maps, span_start;
   if (n_spans > 1) {
-    span_maps = at::empty({p.batch, p.n_paths, p.dim, n_spans, p.d_state, 2}, weights);
-    span_start = at::empty({p.batch, p.n_paths, p.dim, n_spans, p.d_state}, weights);
+    span_maps = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim, 2}, weights);
+    span_start = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim}, weights);
   }
   auto* maps = n_spans > 1 ? reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>()) : nullptr;
   auto* starts = n_spans > 1 ? span_start.mutable_data_ptr<weight_t>() : nullptr;
