@@ -154,9 +154,10 @@ def floor_bytes(batch, dim, backward):
     return forward + 4 * (5 * batch * dim * L + 2 * batch * P * dim * L + 4 * batch * P * N * L)
 
 
-def write_timing_table(table_path):
+def write_timing_table(table_path, with_reference=True):
     """Times every implementation at every shape, printing and writing each row as soon as it is
-    measured (so a step stopped at its time limit leaves the rows it has)."""
+    measured (so a step stopped at its time limit leaves the rows it has). The reference (its
+    forward+backward seconds at each batch-1 and -4 shape) can be left out of a quick re-measurement."""
     import torch
 
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -164,8 +165,9 @@ def write_timing_table(table_path):
     from posemamba.ops import multi_path_selective_scan
     from posemamba.reference import multi_path_selective_scan_ref
 
-    implementations = {"fused": multi_path_selective_scan, "unfused": unfused_multi_path_scan,
-                       "reference": multi_path_selective_scan_ref}
+    implementations = {"fused": multi_path_selective_scan, "unfused": unfused_multi_path_scan}
+    if with_reference:
+        implementations["reference"] = multi_path_selective_scan_ref
     with open(table_path, "w") as table:
         def emit(line):
             print(line, flush=True)
@@ -281,7 +283,7 @@ def print_ncu_summary(details_csv):
         print(f"{row['kernel']:30}" + "".join(f"{row.get(name, '-'):>9}" for name in NCU_SUMMARY))
 
 
-def profile_with_ncu(out_dir):
+def profile_with_ncu(out_dir, shapes):
     """Nsight Compute's full set of sections for each of the scan's kernels in one fused forward+backward
     (PoseMamba-L at batch 16: whole paths per block; -S at batch 1: paths cut into spans): the report as
     text in out_dir/ncu_SHAPE.txt, and a summary line per kernel. The clocks are left as they are."""
@@ -289,7 +291,7 @@ def profile_with_ncu(out_dir):
     if tool is None:
         print("gpu_report: ncu is not on the PATH; the Nsight Compute profile is skipped")
         return
-    for shape in NCU_SHAPES:
+    for shape in shapes:
         report = os.path.join(out_dir, f"ncu_{shape}")
         status = run_step(f"Nsight Compute, {shape}",
                           [tool, "--clock-control", "none", "--set", "full", "--kernel-name", NCU_KERNELS,
@@ -311,7 +313,7 @@ def run_internal_step(args):
     import torch
 
     if args.step == "table":
-        write_timing_table(os.path.join(args.out, "timings.txt"))
+        write_timing_table(os.path.join(args.out, "timings.txt"), with_reference=not args.no_reference)
     elif args.step == "sweep":
         write_span_sweep_rows(os.path.join(args.out, "span_sweep.txt"))
     elif args.step == "breakdown":
@@ -333,6 +335,11 @@ def main():
                                       "temporary folder)")
     parser.add_argument("--only", help="comma-separated steps to run, of " + ", ".join(STEPS) + " (default: all; "
                                        "a device command has 10 minutes, so a first run may split them in two)")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="leave the pure-PyTorch reference out of the timing table (about a minute less)")
+    parser.add_argument("--ncu-shapes", default=",".join(NCU_SHAPES),
+                        help="comma-separated shapes Nsight Compute profiles, of " + ", ".join(NCU_SHAPES) +
+                             " (default: all)")
     parser.add_argument("--step", choices=("table", "sweep", "breakdown", "profile"), help=argparse.SUPPRESS)
     parser.add_argument("--shape", choices=tuple(NCU_SHAPES), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -340,6 +347,10 @@ def main():
     unknown = [step for step in steps if step not in STEPS]
     if unknown:
         parser.error(f"--only: no step named {', '.join(unknown)}; the steps are {', '.join(STEPS)}")
+    ncu_shapes = tuple(shape.strip() for shape in args.ncu_shapes.split(","))
+    unknown = [shape for shape in ncu_shapes if shape not in NCU_SHAPES]
+    if unknown:
+        parser.error(f"--ncu-shapes: no shape named {', '.join(unknown)}; the shapes are {', '.join(NCU_SHAPES)}")
     import torch
 
     if not torch.cuda.is_available():
@@ -354,14 +365,15 @@ def main():
     this_script = [sys.executable, os.path.abspath(__file__), "--out", out_dir]
     tests_passed = run_cuda_tests() if "tests" in steps else None
     if "timings" in steps:
-        run_step("timings", this_script + ["--step", "table"], timeout_s=300)
+        run_step("timings", this_script + ["--step", "table"] + (["--no-reference"] if args.no_reference else []),
+                 timeout_s=300)
     if "sweep" in steps:
         print("\n== gpu_report: span sweep", flush=True)
         span_sweep(out_dir)
     if "breakdown" in steps:
         run_step("kernel breakdown", this_script + ["--step", "breakdown"], timeout_s=120)
     if "ncu" in steps:
-        profile_with_ncu(out_dir)
+        profile_with_ncu(out_dir, ncu_shapes)
     sanitizers_clean = run_sanitizers() if "sanitizers" in steps else None
     if "model" in steps:
         run_model_benchmarks()

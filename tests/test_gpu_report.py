@@ -41,6 +41,13 @@ def test_only_names_an_unknown_step():
     assert "--only: no step named speed; the steps are tests, timings, sweep" in result.stderr
 
 
+def test_ncu_shapes_names_an_unknown_shape():
+    result = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "gpu_report.py"), "--ncu-shapes", "L16,XL"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "--ncu-shapes: no shape named XL; the shapes are L16, S1" in result.stderr
+
+
 def test_timing_table_rows(monkeypatch, tmp_path):
     # The table's code on CPU tensors at a short length, with wall-clock times in place of CUDA events.
     from posemamba.ops import pose_mix, pose_paths
@@ -65,6 +72,8 @@ def test_timing_table_rows(monkeypatch, tmp_path):
                                                       ["S", "b16", "fwd"], ["S", "b16", "fwd+bwd"]]
     assert rows[2].split()[3:8] == ["2.000", "2.000", "1.00", "2.00", "1.0"]
     assert rows[4].split()[6:8] == ["-", "-"]  # no reference above batch 4
+    gpu_report.write_timing_table(tmp_path / "quick.txt", with_reference=False)
+    assert (tmp_path / "quick.txt").read_text().splitlines()[2].split()[3:8] == ["2.000", "2.000", "1.00", "-", "-"]
 
 
 @pytest.mark.parametrize("name, expected", [
