@@ -286,7 +286,8 @@ def print_ncu_summary(details_csv):
 def profile_with_ncu(out_dir, shapes):
     """Nsight Compute's full set of sections for each of the scan's kernels in one fused forward+backward
     (PoseMamba-L at batch 16: whole paths per block; -S at batch 1: paths cut into spans): the report as
-    text in out_dir/ncu_SHAPE.txt, and a summary line per kernel. The clocks are left as they are."""
+    text in out_dir/ncu_SHAPE.txt, every metric in out_dir/ncu_SHAPE_raw.csv, and a summary line per kernel.
+    The clocks are left as they are."""
     tool = shutil.which("ncu")
     if tool is None:
         print("gpu_report: ncu is not on the PATH; the Nsight Compute profile is skipped")
@@ -304,7 +305,11 @@ def profile_with_ncu(out_dir, shapes):
         with open(report + ".txt", "w") as text:
             subprocess.run(imported, stdout=text, stderr=subprocess.STDOUT)
         print_ncu_summary(subprocess.run(imported + ["--csv"], capture_output=True, text=True).stdout)
-        os.remove(report + ".ncu-rep")  # the text says it all; the device machine returns few files
+        # Every collected metric (the stall reasons' shares among them, which the text leaves out).
+        with open(report + "_raw.csv", "w") as raw:
+            subprocess.run([tool, "--import", report + ".ncu-rep", "--page", "raw", "--csv"], stdout=raw,
+                           stderr=subprocess.STDOUT)
+        os.remove(report + ".ncu-rep")  # the text and the metrics say it all; the device returns few files
 
 
 def run_internal_step(args):
