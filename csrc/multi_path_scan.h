@@ -82,8 +82,9 @@ struct MultiPathScanBwdParams : MultiPathScanParams {
   void* du = nullptr;
   void* ddelta = nullptr;
   void* dz = nullptr;
-  void* dB_partial = nullptr;      // (batch, n_channel_blocks, P, L, N) weight_t
-  void* dC_partial = nullptr;      // (batch, n_channel_blocks, P, L, N) weight_t
+  // (batch, n_channel_blocks, P, L, N) weight_t on CPUs, (batch, n_channel_blocks, P, N, L) on GPUs
+  void* dB_partial = nullptr;
+  void* dC_partial = nullptr;
   void* dA_partial = nullptr;      // (batch, n_length_blocks, P, N, D) weight_t
   void* dD_partial = nullptr;      // (batch, n_length_blocks, P, D) weight_t
   void* ddelta_bias_partial = nullptr;  // (batch, n_length_blocks, P, D) weight_t

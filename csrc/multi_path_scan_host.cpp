@@ -124,7 +124,7 @@ ScanBackward prepare_scan_backward(
     const at::Tensor& B, const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
-    bool delta_softplus, int64_t channel_block) {
+    bool delta_softplus, int64_t channel_block, bool positions_minor) {
   ScanBackward g;
   MultiPathScanBwdParams& p = g.params;
   g.inputs = prepare_scan_inputs(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, p);
@@ -146,10 +146,12 @@ ScanBackward prepare_scan_backward(
   g.du = at::empty_like(g.inputs.u);
   g.ddelta = at::empty_like(g.inputs.delta);
   g.dz = z.has_value() ? at::empty_like(g.inputs.z) : at::empty({0}, u.options());
-  g.dB_partial = at::empty({p.batch, p.n_channel_blocks, p.n_paths, p.seqlen, p.d_state}, weights);
-  g.dC_partial = at::empty({p.batch, p.n_channel_blocks, p.n_paths, p.seqlen, p.d_state}, weights);
-  g.dB_by_position = at::empty({p.batch, p.n_paths, p.seqlen, p.d_state}, weights);
-  g.dC_by_position = at::empty_like(g.dB_by_position);
+  g.positions_minor = positions_minor;
+  const int64_t minor = positions_minor ? p.seqlen : p.d_state, major = positions_minor ? p.d_state : p.seqlen;
+  g.dB_partial = at::empty({p.batch, p.n_channel_blocks, p.n_paths, major, minor}, weights);
+  g.dC_partial = at::empty_like(g.dB_partial);
+  g.dB_sum = at::empty({p.batch, p.n_paths, major, minor}, weights);
+  g.dC_sum = at::empty_like(g.dB_sum);
   g.dA_by_state = at::empty({p.n_paths, p.d_state, p.dim}, weights);
   g.dD = at::empty({p.n_paths, p.dim}, weights);
   g.ddelta_bias = at::empty_like(g.dD);
@@ -184,8 +186,8 @@ ScanGradients finish_scan_backward(const ScanBackward& g) {
   return {g.du,
           g.ddelta,
           g.dA_by_state.transpose(-1, -2).reshape(g.inputs.A.sizes()).contiguous(),
-          g.dB_by_position.transpose(-1, -2).to(input_dtype).contiguous(),
-          g.dC_by_position.transpose(-1, -2).to(input_dtype).contiguous(),
+          (g.positions_minor ? g.dB_sum : g.dB_sum.transpose(-1, -2)).to(input_dtype).contiguous(),
+          (g.positions_minor ? g.dC_sum : g.dC_sum.transpose(-1, -2)).to(input_dtype).contiguous(),
           g.inputs.D.defined() ? g.dD : at::empty({0}, weights),
           g.dz,
           g.inputs.delta_bias.defined() ? g.ddelta_bias : at::empty({0}, weights)};

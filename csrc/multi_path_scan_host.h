@@ -28,9 +28,10 @@ struct ScanBackward {
   ScanInputs inputs;
   at::Tensor grad_out, out_ungated, chunk_states;
   at::Tensor du, ddelta, dz, dB_partial, dC_partial, dA_partial, dD_partial, ddelta_bias_partial;
-  // The sums of the partials: dB and dC by position, (batch, P, L, N), dA by state entry, (P, N, D),
-  // then dD and ddelta_bias.
-  at::Tensor dB_by_position, dC_by_position, dA_by_state, dD, ddelta_bias;
+  // The sums of the partials: dB and dC in the partials' layout (PartialsLayout), dA by state entry,
+  // (P, N, D), then dD and ddelta_bias.
+  at::Tensor dB_sum, dC_sum, dA_by_state, dD, ddelta_bias;
+  bool positions_minor = false;  // dB_sum and dC_sum are (batch, P, N, L), else (batch, P, L, N)
   MultiPathScanBwdParams params;
 };
 
@@ -42,9 +43,9 @@ void reduce_backward_partials(ScanBackward& g, SumPartials&& sum) {
   const MultiPathScanBwdParams& p = g.params;
   const int64_t path_block = p.n_paths * p.seqlen * p.d_state;
   sum(g.dB_partial.const_data_ptr<weight_t>(), p.batch, p.n_channel_blocks, path_block,
-      g.dB_by_position.mutable_data_ptr<weight_t>());
+      g.dB_sum.mutable_data_ptr<weight_t>());
   sum(g.dC_partial.const_data_ptr<weight_t>(), p.batch, p.n_channel_blocks, path_block,
-      g.dC_by_position.mutable_data_ptr<weight_t>());
+      g.dC_sum.mutable_data_ptr<weight_t>());
   const int64_t n_partials = p.batch * p.n_length_blocks;
   sum(g.dA_partial.const_data_ptr<weight_t>(), 1, n_partials, g.dA_by_state.numel(),
       g.dA_by_state.mutable_data_ptr<weight_t>());
@@ -65,14 +66,16 @@ ScanForward prepare_scan_forward(
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, bool delta_softplus);
 
-// channel_block: the channels summed into one dB/dC partial. The dA, dD and ddelta_bias partials
-// come from allocate_length_partials, once the device has chosen n_length_blocks.
+// channel_block: the channels summed into one dB/dC partial; the partials are laid out (batch,
+// channel blocks, P, N, L) where positions_minor (a GPU's threads write consecutive positions), else
+// (batch, channel blocks, P, L, N) (a CPU task writes a position's N entries). The dA, dD and
+// ddelta_bias partials come from allocate_length_partials, once the device has chosen n_length_blocks.
 ScanBackward prepare_scan_backward(
     const at::Tensor& grad_out, const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
     const at::Tensor& B, const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
-    bool delta_softplus, int64_t channel_block);
+    bool delta_softplus, int64_t channel_block, bool positions_minor);
 
 // The dA, dD and ddelta_bias partials: n_length_blocks per batch element (MultiPathScanBwdParams).
 void allocate_length_partials(ScanBackward& g, int64_t n_length_blocks);

@@ -212,8 +212,8 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
         for (int k = 0; k < kStepsPerThread; ++k) channel_sums.stage(k, dy[k] * h[k + 1]);
         const weight_t dC_sum = channel_sums.sum();
         if (writes_sums) {
-          dB_partial[sum_position * N + n] = dB_sum;
-          dC_partial[sum_position * N + n] = dC_sum;
+          dB_partial[n * L + sum_position] = dB_sum;  // (N, L): a path along consecutive positions
+          dC_partial[n * L + sum_position] = dC_sum;  // stores a warp's 8 steps in one or two sectors
         }
         if (active) dA_row[n * p.dim] = dA_so_far + dA;
       }
