@@ -13,12 +13,13 @@
 // Where the path is cut into spans (as in the forward, where blocks of whole paths would not fill the
 // GPU), a first pass composes each span's adjoint map from a zero inflow and carry_across_spans turns
 // those into the adjoint entering each span: a second exp per state update there.
-// Per-element gradients go to rows the block owns: ddelta, and the gradient of each step's scan input
-// (v = u[l] + u[mix[l]]) per path, which a last kernel gathers into du in a fixed order (paths, then the
-// steps that mixed each position in, through an inverse index of mix). dB and dC sum over a warp's
-// channels in a fixed order through shared memory into per-(32 channels) partials; dA, dD and ddelta_bias
-// into per-(span, warp) partials. Fixed-order passes then add the partials: no float atomics, bitwise
-// reproducible.
+// Inputs and per-element gradients move through each warp's tile (StepTile), so that global accesses
+// run along positions. Per-element gradients go to rows the block owns: ddelta, and the gradient of
+// each step's scan input (v = u[l] + u[mix[l]]) per path, which a last kernel gathers into du in a
+// fixed order (paths, then the steps that mixed each position in, through an inverse index of mix).
+// dB and dC sum over a warp's channels in a fixed order through shared memory into per-(32 channels)
+// partials, (.., N, L); dA, dD and ddelta_bias into per-(span, warp) partials. Fixed-order passes then
+// add the partials: no float atomics, bitwise reproducible.
 //
 // Included by the .cu of the same name (nvcc: the instantiations for every input dtype) and by the
 // host emulation build that tests these kernels without a GPU (../emulation/).

@@ -9,12 +9,15 @@
 // kept for re-applying the steps, so a path costs one exp per state update, as a sequential scan does.
 // The lanes' channels share B and C, which the block stages per chunk in shared memory with the
 // chunk's positions and the lanes' A (ChunkProjections): in the loop over state entries a thread reads
-// its steps' values as broadcast rows, with no per-step address arithmetic.
+// its steps' values as broadcast rows, with no per-step address arithmetic. A warp loads its steps'
+// inputs and stores their outputs through a tile in shared memory (StepTile), so that its global
+// accesses run along positions rather than across the lanes' channels.
 //
 // A block per (batch, path, 32 channels) fills a GPU at training shapes. Where those blocks are fewer
 // than the device's multiprocessors, the path is also cut into spans of whole chunks that blocks walk
 // in parallel, in three passes:
-//   1. each span but the last from a zero state: its steps composed into one state map per entry;
+//   1. each span but the last from a zero state: its state from zero per entry, and its steps' dt sum
+//      per channel (the span's decay for entry n is exp(a_n sum dt));
 //   2. carry_across_spans: one thread per (batch, path, channel, state entry) composes those maps in
 //      path order into each span's start state;
 //   3. each span from its start state, writing the path's outputs.
