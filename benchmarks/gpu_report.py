@@ -3,16 +3,16 @@
     python benchmarks/gpu_report.py --out DIR   # build, test, time, profile; logs and reports into DIR
     python benchmarks/gpu_report.py --no-build  # the extension is already built
 
-On the lent device machine, whose commands get 10 minutes each (all steps take longer), in two calls:
-    PYTHONUNBUFFERED=1 python benchmarks/gpu_report.py --out $OUT --only tests,timings,sweep,breakdown,ncu
-    PYTHONUNBUFFERED=1 python benchmarks/gpu_report.py --out $OUT --no-build --only sanitizers,model
+On the lent device machine, whose commands get 10 minutes each, one call measures what matters (about 4
+minutes on an H200, the build included; the reference's minutes left out, its times do not change):
+    PYTHONUNBUFFERED=1 python benchmarks/gpu_report.py --out $OUT --no-reference --ncu-shapes L16
 
 In the order of what matters most, so that a run cut short still says the most: it (1) builds the
 extension for the visible GPU's architecture with FORCE_CUDA=1, (2) runs tests/test_cuda.py, (3) times
 the fused kernels, the unfused pipeline (copies + one single-path scan per direction + merge, on our own
 kernels) and the reference at PoseMamba-S/-L block shapes, batch 1, 4 and 16, forward and
 forward+backward, with CUDA events (median of 20), and prints that table (written to DIR/timings.txt
-too), (4) times the fused op at the small batches for several POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM
+too), (4) times the fused op at the small batches and batch 16 for several POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM
 settings (DIR/span_sweep.txt), (5) prints each kernel's time in one fused forward+backward at batch 16
 (the profiler), (6) profiles the scan's kernels with Nsight Compute where `ncu` can read the counters
 (full report in DIR/ncu_*.txt, a summary line per kernel here), (7) runs a few CUDA tests under
@@ -197,13 +197,16 @@ def write_timing_table(table_path, with_reference=True):
              "4300 (measured there), H100 HBM3 at about 3000. Batch 1 fits the 50-60 MB L2: timed in cache.")
 
 
-SPAN_SETTINGS = ("0", "1", "2", "4")  # POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM: 0 never cuts paths into spans
-SPAN_SHAPES = (("S", 1), ("S", 4), ("L", 1), ("L", 4))  # where blocks of whole paths do not fill the GPU
+# POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM: 0 never cuts paths into spans; 16 and 64 cut them at batch 16 too.
+SPAN_SETTINGS = ("0", "1", "2", "4", "16", "64")
+# Where blocks of whole paths do not fill the GPU, and the training shape, whose joint-major paths lose
+# their sectors from L2 before they use them all (spans walked together might share them).
+SPAN_SHAPES = (("S", 1), ("S", 4), ("L", 1), ("L", 4), ("L", 16))
 
 
 def write_span_sweep_rows(sweep_path):
-    """The fused op's times at the small batches under this process's span setting, a row per shape,
-    appended to sweep_path."""
+    """The fused op's times at SPAN_SHAPES under this process's span setting, a row per shape, appended
+    to sweep_path."""
     from posemamba.ops import multi_path_selective_scan
 
     setting = os.environ.get("POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM", "2")
@@ -216,8 +219,9 @@ def write_span_sweep_rows(sweep_path):
 
 
 def span_sweep(out_dir):
-    """The fused op at the small batches for each span setting: which target fills the GPU best (the
-    default is 2 blocks per multiprocessor, the best of this sweep on an H200)."""
+    """The fused op at SPAN_SHAPES for each span setting: which target fills the GPU best at small
+    batches (the default is 2 blocks per multiprocessor, the best at batch 1 on an H200), and whether
+    spans help the training shape too."""
     sweep_path = os.path.join(out_dir, "span_sweep.txt")
     with open(sweep_path, "w") as sweep:
         sweep.write(f"{'blocks/SM':>9} {'shape':8} {'fwd ms':>9} {'fwd+bwd ms':>12}\n")
