@@ -132,6 +132,18 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
     // loops below), with no gradient and nothing stored.
     const int64_t first = chunk_begin(chunk) + warp * kStepsPerThread, end = chunk_end(chunk, L);
     const uint32_t* position = projections.position + warp * kStepsPerThread;
+    // Per state entry, three values from global memory: the chunk's start state (saved by the forward),
+    // this thread's dA so far and the adjoint entering the chunk (pass 3; written by warp 0 in the
+    // chunk after this one). Each is loaded one entry ahead, so that its latency (L2, as other warps
+    // and chunks wrote them) hides behind a whole entry's work; entry 0's before this chunk's loads.
+    // Read in both passes and by lanes past D too (valid rows, the values unused there): no predicates
+    // in the loop. Lanes past D keep a zero adjoint, so that they add nothing to the warp's dB and dC
+    // sums.
+    const weight_t* chunk_start_states =
+        static_cast<const weight_t*>(p.chunk_states) + ((b * p.n_paths + path) * p.n_chunks + chunk) * N * p.dim + d;
+    weight_t next_h_chunk_start = chunk_start_states[0], next_dA_so_far = dA_row[0];
+    weight_t next_q_end = active ? adjoint_row[0] : weight_t(0);
+    int64_t ahead = 0;  // where the next entry's values are: its index times D
     weight_t v[kStepsPerThread], dt[kStepsPerThread], dy[kStepsPerThread];
     weight_t d_dt[kStepsPerThread], d_dt_v[kStepsPerThread];
     c.load_steps(position, tiles[warp], v, dt);
@@ -147,21 +159,18 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
     // The position whose dB and dC partials lane i < kStepsPerThread writes: its warp's step i.
     const bool writes_sums = lane < kStepsPerThread && first + lane < end;
     const uint32_t sum_position = position[lane % kStepsPerThread];
-    const weight_t* chunk_start_states =
-        static_cast<const weight_t*>(p.chunk_states) + ((b * p.n_paths + path) * p.n_chunks + chunk) * N * p.dim + d;
     for (int group = 0; group < n_states; group += Projections::kStates) {
       const int group_end = projections.enter_group(c, chunk, group, n_states);
 #pragma unroll 1
       for (int n = group; n < group_end; ++n) {
         const weight_t a = projections.A[n - group][lane], rate = decay_rate(a);
-        // Loads issued well before their use, their latency hidden behind the steps' maps: the chunk's
-        // start state and this thread's dA so far, before the barrier. Read in both passes and by lanes
-        // past D too (valid rows, the values unused there): no predicates in the loop.
-        const weight_t h_chunk_start = chunk_start_states[n * p.dim], dA_so_far = dA_row[n * p.dim];
-        // The adjoint entering the chunk (pass 3), read before the barrier after which warp 0 writes the
-        // next chunk's. Lanes past D keep a zero adjoint, so that they add nothing to the warp's dB and
-        // dC sums.
-        const weight_t q_end = active ? adjoint_row[n * p.dim] : weight_t(0);
+        const weight_t h_chunk_start = next_h_chunk_start, dA_so_far = next_dA_so_far, q_end = next_q_end;
+        // The next entry's (this one's again at the last, unused), read before the barrier of that
+        // entry, after which warp 0 writes its adjoint for the next chunk.
+        if (n + 1 < n_states) ahead += p.dim;
+        next_h_chunk_start = chunk_start_states[ahead];
+        next_dA_so_far = dA_row[ahead];
+        next_q_end = active ? adjoint_row[ahead] : weight_t(0);
         const weight_t* B_steps = projections.B[n - group] + warp * kStepsPerThread;
         const weight_t* C_steps = projections.C[n - group] + warp * kStepsPerThread;
         // The steps' state maps, and their adjoint maps composed last step first.
