@@ -1,5 +1,6 @@
 """Argument checks for the scan ops: each error names the argument and what was expected."""
-from typing import Optional, Sequence
+import weakref
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -34,6 +35,22 @@ def check_paths_values(paths: torch.Tensor, name: str = "paths") -> None:
     if not torch.equal(paths.sort(dim=-1).values, expected):
         bad_row = int((paths.sort(dim=-1).values != expected).any(dim=-1).nonzero()[0])
         raise ValueError(f"{name}[{bad_row}] must be a permutation of range(L={seqlen})")
+
+
+# id(tensor) -> (a weak reference to it, its version when its values were checked): index tensors are
+# reused call after call (a model's paths and mix), and checking their values takes a sort and host
+# syncs, which on a GPU would stall every call. An in-place change bumps the version: checked again.
+_checked_values = {}
+
+
+def check_values_once(t: torch.Tensor, check: Callable[[], None]) -> None:
+    """Runs check() unless it passed for this very tensor, unchanged since."""
+    key = id(t)
+    entry = _checked_values.get(key)
+    if entry is not None and entry[0]() is t and entry[1] == t._version:
+        return
+    check()
+    _checked_values[key] = (weakref.ref(t, lambda _, key=key: _checked_values.pop(key, None)), t._version)
 
 
 def check_mix_values(mix: torch.Tensor, seqlen: int) -> None:
@@ -87,9 +104,9 @@ def check_multi_path_scan_args(
     if mix is not None:
         _check_tensor(mix, "mix", (n_paths, seqlen), "(P, L)", torch.int64, device)
 
-    # Value checks need real data: under torch.compile the inputs are symbolic, and the compiled
-    # kernels still bound-check every index they load on the host.
-    if not torch.compiler.is_compiling():
-        check_paths_values(paths)
+    # Value checks need real data: under torch.compile the inputs are symbolic and meta tensors have
+    # none; the kernels still bound-check every index they load.
+    if not torch.compiler.is_compiling() and device.type != "meta":
+        check_values_once(paths, lambda: check_paths_values(paths))
         if mix is not None:
-            check_mix_values(mix, seqlen)
+            check_values_once(mix, lambda: check_mix_values(mix, seqlen))

@@ -63,7 +63,8 @@ class BiSTSSM(nn.Module):
         dt_rank = math.ceil(dim / 16)
         n_paths = 4
         self.d_state, self.d_inner, self.dt_rank, self.backend = d_state, d_inner, dt_rank, backend
-        self.register_buffer("limb_order", torch.as_tensor(limb_order, dtype=torch.int64), persistent=False)
+        # Configuration, not state: it stays on the host (where pose_mix builds the mix) when the module moves.
+        self.limb_order = torch.as_tensor(limb_order, dtype=torch.int64)
         self._path_index_cache = {}
 
         self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)

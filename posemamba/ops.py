@@ -2,6 +2,7 @@
 
     from posemamba.ops import multi_path_selective_scan, pose_paths, bidirectional_paths
 """
+import functools
 import warnings
 from typing import Optional
 
@@ -126,7 +127,7 @@ def selective_scan(
     delta, B, C, z = as_input(delta), as_input(B), as_input(C), as_input(z)
     A, D, delta_bias = as_weight(A), as_weight(D), as_weight(delta_bias)
 
-    in_order = torch.arange(seqlen, device=u.device).unsqueeze(0)
+    in_order = _in_order(seqlen, u.device)
     group_dim = dim // groups
     outputs = []
     for g in range(groups):
@@ -139,6 +140,13 @@ def selective_scan(
             delta_bias=None if delta_bias is None else delta_bias[channels].unsqueeze(0),
             delta_softplus=delta_softplus))
     return outputs[0] if groups == 1 else torch.cat(outputs, dim=1)
+
+
+@functools.lru_cache(maxsize=16)
+def _in_order(seqlen: int, device: torch.device) -> torch.Tensor:
+    """The one path of selective_scan, (1, L): one tensor per length and device, so that its values are
+    checked once (_checks.check_values_once), not at every call."""
+    return torch.arange(seqlen, device=device).unsqueeze(0)
 
 
 _WARNED_DEVICE_TYPES = set()

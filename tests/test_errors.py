@@ -64,3 +64,19 @@ def test_compiled_op_bounds_checks_indices_when_called_directly():
         torch.ops.posemamba.multi_path_scan_fwd(
             inputs["u"], inputs["delta"], inputs["A"], inputs["C"][:, :, :3], inputs["C"], inputs["paths"],
             None, None, None, None, True)
+
+
+def test_index_values_are_checked_once_per_tensor_and_again_after_a_change(monkeypatch):
+    import posemamba._checks as checks
+
+    calls = []
+    check = checks.check_paths_values
+    monkeypatch.setattr(checks, "check_paths_values", lambda paths: (calls.append(1), check(paths)))
+    inputs = good_inputs()
+    multi_path_selective_scan(**inputs)
+    multi_path_selective_scan(**inputs)
+    assert len(calls) == 1  # a GPU would sync on every call's sort otherwise
+    inputs["paths"][1, :2] = 0  # no longer a permutation: checked again, and named
+    with pytest.raises(ValueError, match=r"paths\[1\] must be a permutation"):
+        multi_path_selective_scan(**inputs)
+    assert len(calls) == 2

@@ -1,5 +1,6 @@
 """The PoseMamba model: shapes, presets, official parameter names, backends, training signal."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -119,6 +120,18 @@ def test_tiny_model_overfits_one_clip():
 def test_limb_order_is_h36m():
     assert len(H36M_LIMB_ORDER) == 17 and max(H36M_LIMB_ORDER) == 16
     assert torch.equal(tiny().STEblocks[0].op.limb_order, torch.tensor(H36M_LIMB_ORDER))
+
+
+def test_model_runs_on_the_meta_device():
+    # Shapes only, no data: every tensor the model builds must follow its input's device, which no CPU
+    # run shows (a CUDA forward once mixed a host tensor with a device one).
+    model = tiny().to("meta")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the reference runs on meta tensors (no kernels)
+        out = model(torch.randn(2, 5, 17, 2, device="meta"))
+    assert out.shape == (2, 5, 17, 3) and out.device.type == "meta"
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.device.type == "meta" for p in model.parameters() if p.requires_grad)
 
 
 def test_path_indices_are_built_once_per_clip_shape():
