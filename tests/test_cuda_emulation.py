@@ -142,7 +142,7 @@ def test_emulated_cuda_kernel_asserts_on_a_bad_path_index(emulated):
 def test_emulated_cuda_kernel_asserts_on_a_bad_mix_index(emulated):
     inputs = random_scan_inputs(1, 2, 8, 1, 2, torch.float32)
     inputs["mix"][0, 5] = 8
-    with pytest.raises(RuntimeError, match="device assert failed: mixed < L"):
+    with pytest.raises(RuntimeError, match="device assert failed: mixed < c.L"):
         emulated.multi_path_scan_fwd(*[inputs[name] for name in FORWARD_ARGS], True)
 
 

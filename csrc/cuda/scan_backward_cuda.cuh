@@ -146,7 +146,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
     int64_t ahead = 0;  // where the next entry's values are: its index times D
     weight_t v[kStepsPerThread], dt[kStepsPerThread], dy[kStepsPerThread];
     weight_t d_dt[kStepsPerThread], d_dt_v[kStepsPerThread];
-    c.load_steps(position, tiles[warp], v, dt);
+    c.load_steps(position, projections.mixed_position + warp * kStepsPerThread, tiles[warp], v, dt);
     c.gather_steps(position, tiles[warp], dy, [&](int64_t i) { return output_grad_at<input_t>(p, first_output + i); });
 #pragma unroll
     for (int k = 0; k < kStepsPerThread; ++k) {

@@ -62,6 +62,9 @@ static_assert(kStepsPerThread == 8 && kWarp == 32, "the step tiles' lane split a
 template <typename T>
 using StepTile = T (*)[kWarp + 1];
 
+// A step's mixed-in position when mix names none.
+constexpr uint32_t kNoMixedPosition = 0xffffffffu;  // never a position: L < 2^31 (path_channel_grid)
+
 __device__ __forceinline__ int tile_step(int lane) {
   return lane % kStepsPerThread;
 }
@@ -106,16 +109,15 @@ struct PathChannel {
   }
 
   // The scan inputs v (u, plus u at the mixed-in position where mix names one) and the step sizes dt
-  // at the warp's kStepsPerThread steps (at `position`), for this lane's channel, loaded through the
-  // warp's tile. No branch on the data separates the loads, so that they are all in flight together:
-  // a step with nothing mixed in reads u at its own position again, and its mixed position is checked
-  // after the loads (an out-of-range one reads u at its own position).
-  __device__ void load_steps(const uint32_t* position, StepTile<weight_t> tile, weight_t (&v)[kStepsPerThread],
-                             weight_t (&dt)[kStepsPerThread]) const {
+  // at the warp's kStepsPerThread steps (at `position`, mixing in `mixed_position`), for this lane's
+  // channel, loaded through the warp's tile. No branch on the data separates the loads, so that they
+  // are all in flight together: a step with nothing mixed in reads u at its own position again.
+  __device__ void load_steps(const uint32_t* position, const uint32_t* mixed_position, StepTile<weight_t> tile,
+                             weight_t (&v)[kStepsPerThread], weight_t (&dt)[kStepsPerThread]) const {
     const int lane = static_cast<int>(threadIdx.x), step = tile_step(lane);
-    const uint32_t l = position[step];
-    const int64_t mixed = mix_row ? mix_row[l] : -1;
-    const uint32_t source = mixed >= 0 && mixed < L ? static_cast<uint32_t>(mixed) : l;
+    const uint32_t l = position[step], mixed = mixed_position[step];
+    const bool has_mixed = mixed != kNoMixedPosition;
+    const uint32_t source = has_mixed ? mixed : l;
     weight_t u_own[kStepsPerThread], u_mixed[kStepsPerThread], delta[kStepsPerThread];
 #pragma unroll
     for (int r = 0; r < kStepsPerThread; ++r) {
@@ -124,10 +126,9 @@ struct PathChannel {
       u_mixed[r] = static_cast<weight_t>(u_block[row + source]);
       delta[r] = static_cast<weight_t>(delta_block[row + l]);
     }
-    POSEMAMBA_DEVICE_ASSERT(mixed < L);
 #pragma unroll
     for (int r = 0; r < kStepsPerThread; ++r) {
-      tile[step][tile_channel(lane, r)] = mixed >= 0 ? u_own[r] + u_mixed[r] : u_own[r];
+      tile[step][tile_channel(lane, r)] = has_mixed ? u_own[r] + u_mixed[r] : u_own[r];
     }
     __syncwarp();
 #pragma unroll
@@ -260,11 +261,14 @@ struct ChunkProjections {
   alignas(16) weight_t B[kStates][kScanChunk];
   alignas(16) weight_t C[kStates][kScanChunk];
   alignas(16) uint32_t position[kScanChunk];  // L < 2^31 (path_channel_grid); 0 past the path's end
+  uint32_t mixed_position[kScanChunk];         // mix at the step's position, or kNoMixedPosition
   weight_t A[kStates][kWarp];                  // A of the lanes' channels, for the group's entries
 
   // Every thread of the block calls it (then a barrier before any reads): the block's threads take
   // the chunk's steps in order, so a path visiting consecutive positions loads them coalesced. Steps
-  // past the path's end and entries past N are zeros.
+  // past the path's end and entries past N are zeros. With the first group, the steps' mixed-in
+  // positions too (checked here, once per block): the warps' loads of u then wait on no global load
+  // of their own before them.
   template <typename input_t>
   __device__ void stage(const PathChannel<input_t>& c, int64_t chunk, int64_t first_state) {
     constexpr int kThreads = kWarp * kSegmentWarps;
@@ -283,6 +287,11 @@ struct ChunkProjections {
       const int64_t offset = (first_state + n) * c.L + l;
       B[n][step] = loaded ? static_cast<weight_t>(c.B_path[offset]) : weight_t(0);
       C[n][step] = loaded ? static_cast<weight_t>(c.C_path[offset]) : weight_t(0);
+    }
+    if (first_state == 0 && thread < kScanChunk) {
+      const int64_t mixed = c.mix_row ? c.mix_row[l] : -1;
+      POSEMAMBA_DEVICE_ASSERT(mixed < c.L);
+      mixed_position[step] = mixed >= 0 && mixed < c.L ? static_cast<uint32_t>(mixed) : kNoMixedPosition;
     }
   }
 

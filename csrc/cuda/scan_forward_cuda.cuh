@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
     const int64_t first = chunk_begin(chunk) + warp * kStepsPerThread, end = chunk_end(chunk, L);
     const uint32_t* position = projections.position + warp * kStepsPerThread;
     weight_t v[kStepsPerThread], dt[kStepsPerThread], dt_v[kStepsPerThread], y[kStepsPerThread];
-    c.load_steps(position, step_tiles[warp], v, dt);
+    c.load_steps(position, projections.mixed_position + warp * kStepsPerThread, step_tiles[warp], v, dt);
     weight_t dt_sum = 0;
 #pragma unroll
     for (int k = 0; k < kStepsPerThread; ++k) {
