@@ -69,8 +69,9 @@ def multi_path_selective_scan(
     Returns:
         out: (batch, D, L) in u's dtype; y, times silu(z) when z is given.
 
-    The values of paths and mix are checked on every eager call (a host synchronisation for CUDA
-    tensors; skipped under torch.compile, where the kernels still bound-check every index).
+    The values of paths and mix are checked the first time each tensor is passed and after an
+    in-place change (a sort and host synchronisations for CUDA tensors; skipped under torch.compile
+    and for meta tensors, where the kernels still bound-check every index): build them once.
     """
     check_multi_path_scan_args(u, delta, A, B, C, paths, D, z, delta_bias, mix)
     if not _kernel_available(u.device):
