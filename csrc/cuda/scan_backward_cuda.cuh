@@ -15,8 +15,9 @@
 // those into the adjoint entering each span: a second exp per state update there.
 // Inputs and per-element gradients move through each warp's tile (StepTile), so that global accesses
 // run along positions. Per-element gradients go to rows the block owns: ddelta, and the gradient of
-// each step's scan input (v = u[l] + u[mix[l]]) per path, which a last kernel gathers into du in a
-// fixed order (paths, then the steps that mixed each position in, through an inverse index of mix).
+// each step's scan input (v = u[l] + u[mix[l]]) per path, in path order, which a last kernel gathers
+// into du in a fixed order (paths, then the steps that mixed each position in, through an inverse
+// index of mix, and the paths' inverse).
 // dB and dC sum over a warp's channels in a fixed order through shared memory into per-(32 channels)
 // partials, (.., N, L); dA, dD and ddelta_bias into per-(span, warp) partials. Fixed-order passes then
 // add the partials: no float atomics, bitwise reproducible.
@@ -241,8 +242,10 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
           ddelta_bias += d_step[k];
         }
       }
-      c.store_steps(position, end - first, tiles[warp], d_step, static_cast<input_t*>(p.ddelta) + first_row * L);
-      c.store_steps(position, end - first, tiles[warp], dv, dv_paths + first_row * L);
+      c.store_steps([&](int step) { return position[step]; }, end - first, tiles[warp], d_step,
+                    static_cast<input_t*>(p.ddelta) + first_row * L);
+      // dv in path order (contiguous stores), for merge_input_grads.
+      c.store_steps([](int step) { return step; }, end - first, tiles[warp], dv, dv_paths + first_row * L + first);
     }
     __syncthreads();  // every thread is done with the chunk's staged values before the next chunk's
   }
@@ -253,10 +256,12 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
 }
 
 // du[b, d, l] = the paths' dv at l (in path order), then the dv of every step that mixed position l
-// into its input (in mix_sources order); dz = dout * y * silu'(z).
+// into its input (in mix_sources order); dz = dout * y * silu'(z). dv_paths rows are in path order:
+// position l of path p is at step inverse[p, l].
 template <typename input_t>
 __global__ void merge_input_grads_kernel(MultiPathScanBwdParams p, const at::opmath_type<input_t>* dv_paths,
-                                         const int64_t* mix_sources, const int64_t* mix_offsets) {
+                                         const int32_t* inverse, const int64_t* mix_sources,
+                                         const int64_t* mix_offsets) {
   using weight_t = at::opmath_type<input_t>;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t L = p.seqlen, per_batch = p.dim * L;
@@ -264,11 +269,11 @@ __global__ void merge_input_grads_kernel(MultiPathScanBwdParams p, const at::opm
   const int64_t b = i / per_batch, rest = i % per_batch, d = rest / L, l = rest % L;
   const weight_t* dv_batch = dv_paths + b * p.n_paths * per_batch;
   weight_t du = 0;
-  for (int64_t path = 0; path < p.n_paths; ++path) du += dv_batch[path * per_batch + rest];
+  for (int64_t path = 0; path < p.n_paths; ++path) du += dv_batch[path * per_batch + d * L + inverse[path * L + l]];
   if (mix_sources) {
     for (int64_t k = mix_offsets[l]; k < mix_offsets[l + 1]; ++k) {
-      const int64_t path = mix_sources[k] / L, step_position = mix_sources[k] % L;
-      du += dv_batch[(path * p.dim + d) * L + step_position];
+      const int64_t path = mix_sources[k] / L, mixing = mix_sources[k] % L;  // a position mixing l in
+      du += dv_batch[(path * p.dim + d) * L + inverse[path * L + mixing]];
     }
   }
   static_cast<input_t*>(p.du)[i] = static_cast<input_t>(du);
@@ -312,6 +317,7 @@ void run_scan_backward_as(ScanBackward& g) {
     const at::Tensor adjoint = at::zeros({p.batch, p.n_paths, n_spans, p.d_state, p.dim}, weights);
     auto* adjoint_data = adjoint.mutable_data_ptr<weight_t>();
     const MixSources mix = g.inputs.mix.defined() ? invert_mix(g.inputs.mix, p.seqlen) : MixSources{};
+    const at::Tensor inverse = invert_paths(p, g.inputs.paths);
     const dim3 block(kWarp, kSegmentWarps);
     if (n_spans > 1) {
       const at::Tensor span_maps = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim, 2}, weights);
@@ -323,7 +329,7 @@ void run_scan_backward_as(ScanBackward& g) {
     simt::launch(scan_span_backward_kernel<scalar_t>, path_channel_grid(p, n_spans), block, 0, p, span_chunks,
                  /*first_span=*/int64_t{0}, adjoint_data, nullptr, dv_paths.mutable_data_ptr<weight_t>());
     simt::launch(merge_input_grads_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen),
-                 kElementwiseThreads, 0, p, dv_paths.const_data_ptr<weight_t>(),
+                 kElementwiseThreads, 0, p, dv_paths.const_data_ptr<weight_t>(), inverse.const_data_ptr<int32_t>(),
                  mix.sources.defined() ? mix.sources.const_data_ptr<int64_t>() : nullptr,
                  mix.offsets.defined() ? mix.offsets.const_data_ptr<int64_t>() : nullptr);
   }

@@ -5,6 +5,8 @@
 #pragma once
 
 #include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -161,17 +163,18 @@ struct PathChannel {
     __syncwarp();
   }
 
-  // out_block[channel row + position[k]] = value[k] of each lane with a channel below D, for the
-  // warp's first n_valid steps, through the warp's tile.
-  template <typename out_t>
-  __device__ void store_steps(const uint32_t* position, int64_t n_valid, StepTile<weight_t> tile,
+  // out_block[channel row + index_of(k)] = value[k] of each lane with a channel below D, for the
+  // warp's first n_valid steps, through the warp's tile; index_of(k) is step k's position (a row in
+  // natural order) or its step (a workspace row in path order, whose stores are always contiguous).
+  template <typename out_t, typename IndexOf>
+  __device__ void store_steps(IndexOf index_of, int64_t n_valid, StepTile<weight_t> tile,
                               const weight_t (&value)[kStepsPerThread], out_t* out_block) const {
     const int lane = static_cast<int>(threadIdx.x), step = tile_step(lane);
 #pragma unroll
     for (int k = 0; k < kStepsPerThread; ++k) tile[k][lane] = value[k];
     __syncwarp();
     if (step < n_valid) {
-      const uint32_t l = position[step];
+      const int64_t l = index_of(step);
 #pragma unroll
       for (int r = 0; r < kStepsPerThread; ++r) {
         const int channel = tile_channel(lane, r);
@@ -343,6 +346,24 @@ __device__ __forceinline__ weight_t carry_after_warp(const StateMap<weight_t> (&
     if (w > warp) h = maps[w][lane].apply(h);
   }
   return h;
+}
+
+// inverse[p, paths[p, s]] = s: the step at which path p visits each position, for the kernels that
+// read per-path workspaces kept in path order back in natural order. (Static: a plain kernel in a
+// header that more than one .cu includes.)
+static __global__ void invert_paths_kernel(const int64_t* paths, int64_t n_paths, int64_t seqlen, int32_t* inverse) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n_paths * seqlen) return;
+  const int64_t l = paths[i];
+  POSEMAMBA_DEVICE_ASSERT(l >= 0 && l < seqlen);
+  inverse[i - i % seqlen + l] = static_cast<int32_t>(i % seqlen);
+}
+
+inline at::Tensor invert_paths(const MultiPathScanParams& p, const at::Tensor& paths) {
+  at::Tensor inverse = at::empty({p.n_paths, p.seqlen}, paths.options().dtype(at::kInt));
+  simt::launch(invert_paths_kernel, elementwise_blocks(p.n_paths * p.seqlen), kElementwiseThreads, 0, p.paths,
+               p.n_paths, p.seqlen, inverse.mutable_data_ptr<int32_t>());
+  return inverse;
 }
 
 // A span block's (batch, path, channel), span and warp; lanes past D follow channel D - 1 through

@@ -23,8 +23,10 @@
 //   3. each span from its start state, writing the path's outputs.
 // Pass 1 costs a second exp per state update, for up to n_chunks times the parallelism. Pass 3 saves
 // every chunk's start state: the chunk_states the backward restarts from. Each path's outputs go to
-// its own row of a (batch, P, D, L) float workspace, and a last kernel sums the paths in index order
-// and applies the gate: no atomics, results bitwise reproducible. Per-step math: ../multi_path_scan.h.
+// its own row of a (batch, P, D, L) float workspace in path order (whole sectors, where a joint-major
+// path's positions would take a sector a value), and a last kernel gathers them back to natural
+// order (through the paths' inverse), sums the paths in index order and applies the gate: no
+// atomics, results bitwise reproducible. Per-step math: ../multi_path_scan.h.
 //
 // Included by the .cu of the same name (nvcc: the instantiations for every input dtype) and by the
 // host emulation build that tests these kernels without a GPU (../emulation/).
@@ -145,7 +147,9 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
         }
       }
     }
-    if (!summary) c.store_steps(position, end - first, step_tiles[warp], y, y_paths + first_row * L);
+    if (!summary) {  // in path order: contiguous stores, whatever the path's positions
+      c.store_steps([](int step) { return step; }, end - first, step_tiles[warp], y, y_paths + first_row * L + first);
+    }
     __syncthreads();  // every thread is done with the chunk's staged values before the next chunk's
   }
   if (summary && last_warp && active) {
@@ -156,16 +160,21 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   }
 }
 
-// out[b, d, l] = (sum over paths of y_paths[b, p, d, l]) * silu(z[b, d, l]), paths in index order.
+// out[b, d, l] = (sum over paths of y_paths[b, p, d, inverse[p, l]]) * silu(z[b, d, l]), paths in index
+// order (y_paths in path order).
 template <typename input_t>
-__global__ void merge_paths_kernel(MultiPathScanParams p, const at::opmath_type<input_t>* y_paths) {
+__global__ void merge_paths_kernel(MultiPathScanParams p, const at::opmath_type<input_t>* y_paths,
+                                   const int32_t* inverse) {
   using weight_t = at::opmath_type<input_t>;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t per_batch = p.dim * p.seqlen;
   if (i >= p.batch * per_batch) return;
   const int64_t b = i / per_batch, rest = i % per_batch;
   weight_t y = 0;
-  for (int64_t path = 0; path < p.n_paths; ++path) y += y_paths[(b * p.n_paths + path) * per_batch + rest];
+  const int64_t row_start = rest - rest % p.seqlen, l = rest % p.seqlen;
+  for (int64_t path = 0; path < p.n_paths; ++path) {
+    y += y_paths[(b * p.n_paths + path) * per_batch + row_start + inverse[path * p.seqlen + l]];
+  }
   if (p.z) {
     static_cast<input_t*>(p.out_ungated)[i] = static_cast<input_t>(y);
     y = gate_output<weight_t>(y, static_cast<weight_t>(static_cast<const input_t*>(p.z)[i]));
@@ -198,8 +207,9 @@ void run_scan_forward_as(ScanForward& f) {
   }
   simt::launch(scan_span_kernel<scalar_t>, path_channel_grid(p, n_spans), block, 0, p, span_chunks,
                static_cast<const weight_t*>(starts), nullptr, y_paths.mutable_data_ptr<weight_t>());
+  const at::Tensor inverse = invert_paths(p, f.inputs.paths);
   simt::launch(merge_paths_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen), kElementwiseThreads, 0, p,
-               y_paths.const_data_ptr<weight_t>());
+               y_paths.const_data_ptr<weight_t>(), inverse.const_data_ptr<int32_t>());
 }
 
 }  // namespace cuda
