@@ -283,7 +283,9 @@ void multi_path_scan_bwd_task(const MultiPathScanBwdParams& p, const at::opmath_
 
     scatter_channel_block(ddelta, d_begin, width, L, static_cast<input_t*>(p.ddelta) + batch_path * p.dim * L);
     weight_t* dA_path = static_cast<weight_t*>(p.dA_partial) + batch_path * N * p.dim;  // (N, D)
-    for (int64_t n = 0; n < N; ++n) std::copy(dA_block + n * W, dA_block + n * W + width, dA_path + n * p.dim + d_begin);
+    for (int64_t n = 0; n < N; ++n) {
+      std::copy(dA_block + n * W, dA_block + n * W + width, dA_path + n * p.dim + d_begin);
+    }
     for (int64_t w = 0; w < width; ++w) {
       const int64_t channel = batch_path * p.dim + d_begin + w;
       static_cast<weight_t*>(p.dD_partial)[channel] = dD_block[w];

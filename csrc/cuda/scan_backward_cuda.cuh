@@ -198,7 +198,8 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
           if (warp == 0 && active) {  // pass 1: the span's adjoint map so far
             const Map chunk_adjoint = maps_after_warp(warps_adjoint_maps, warp, lane).then(own_adjoint);
             const Map span_so_far = span_map_row[n * p.dim];
-            span_map_row[n * p.dim] = Map{span_so_far.decay * chunk_adjoint.decay, chunk_adjoint.apply(span_so_far.drive)};
+            span_map_row[n * p.dim] =
+                Map{span_so_far.decay * chunk_adjoint.decay, chunk_adjoint.apply(span_so_far.drive)};
           }
           continue;
         }

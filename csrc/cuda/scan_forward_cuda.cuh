@@ -56,7 +56,8 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const int lane = task.lane, warp = task.warp;
   const bool active = task.active, summary = span_maps != nullptr;
   const PathChannel<input_t> c(p, task.b, task.path, task.d, task.first_channel);
-  const int64_t first_row = (task.b * p.n_paths + task.path) * p.dim + task.first_channel;  // the block's first channel's
+  // The block's first channel's row of the (batch, P, D, L) workspace.
+  const int64_t first_row = (task.b * p.n_paths + task.path) * p.dim + task.first_channel;
   const int64_t span_entry = span_entries(p, n_spans, task.b, task.path, span) + task.d;  // this lane's
   // This lane's chunk states, (chunk, N) rows of channels: a warp's 32 lanes store 128 contiguous bytes.
   weight_t* chunk_states =
