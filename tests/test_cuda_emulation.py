@@ -139,6 +139,15 @@ def test_emulated_cuda_kernel_asserts_on_a_bad_path_index(emulated):
         emulated.multi_path_scan_fwd(*[inputs[name] for name in FORWARD_ARGS], True)
 
 
+def test_emulated_cuda_kernels_assert_on_paths_that_are_not_permutations(emulated):
+    # In range, so the scan runs, but position 3 is visited twice and position 4 never: the merge of
+    # the paths' outputs finds no step for it.
+    inputs = random_scan_inputs(1, 2, 8, 1, 2, torch.float32)
+    inputs["paths"][0, inputs["paths"][0] == 4] = 3
+    with pytest.raises(RuntimeError, match="device assert failed: visiting_step >= 0"):
+        emulated.multi_path_scan_fwd(*[inputs[name] for name in FORWARD_ARGS], True)
+
+
 def test_emulated_cuda_kernel_asserts_on_a_bad_mix_index(emulated):
     inputs = random_scan_inputs(1, 2, 8, 1, 2, torch.float32)
     inputs["mix"][0, 5] = 8

@@ -270,11 +270,13 @@ __global__ void merge_input_grads_kernel(MultiPathScanBwdParams p, const at::opm
   const int64_t b = i / per_batch, rest = i % per_batch, d = rest / L, l = rest % L;
   const weight_t* dv_batch = dv_paths + b * p.n_paths * per_batch;
   weight_t du = 0;
-  for (int64_t path = 0; path < p.n_paths; ++path) du += dv_batch[path * per_batch + d * L + inverse[path * L + l]];
+  for (int64_t path = 0; path < p.n_paths; ++path) {
+    du += dv_batch[path * per_batch + d * L + path_step(inverse, path, L, l)];
+  }
   if (mix_sources) {
     for (int64_t k = mix_offsets[l]; k < mix_offsets[l + 1]; ++k) {
       const int64_t path = mix_sources[k] / L, mixing = mix_sources[k] % L;  // a position mixing l in
-      du += dv_batch[(path * p.dim + d) * L + inverse[path * L + mixing]];
+      du += dv_batch[(path * p.dim + d) * L + path_step(inverse, path, L, mixing)];
     }
   }
   static_cast<input_t*>(p.du)[i] = static_cast<input_t>(du);

@@ -359,11 +359,21 @@ static __global__ void invert_paths_kernel(const int64_t* paths, int64_t n_paths
   inverse[i - i % seqlen + l] = static_cast<int32_t>(i % seqlen);
 }
 
+// -1 where no step visits a position: only where a row of paths is not a permutation (a direct call
+// of the op; the Python entry point checks), which path_step then stops at.
 inline at::Tensor invert_paths(const MultiPathScanParams& p, const at::Tensor& paths) {
   at::Tensor inverse = at::empty({p.n_paths, p.seqlen}, paths.options().dtype(at::kInt));
+  inverse.fill_(-1);
   simt::launch(invert_paths_kernel, elementwise_blocks(p.n_paths * p.seqlen), kElementwiseThreads, 0, p.paths,
                p.n_paths, p.seqlen, inverse.mutable_data_ptr<int32_t>());
   return inverse;
+}
+
+// The step at which path `path` visits position l, from invert_paths' inverse.
+__device__ __forceinline__ int64_t path_step(const int32_t* inverse, int64_t path, int64_t seqlen, int64_t l) {
+  const int32_t visiting_step = inverse[path * seqlen + l];
+  POSEMAMBA_DEVICE_ASSERT(visiting_step >= 0);
+  return visiting_step;
 }
 
 // A span block's (batch, path, channel), span and warp; lanes past D follow channel D - 1 through

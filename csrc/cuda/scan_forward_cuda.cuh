@@ -174,7 +174,7 @@ __global__ void merge_paths_kernel(MultiPathScanParams p, const at::opmath_type<
   weight_t y = 0;
   const int64_t row_start = rest - rest % p.seqlen, l = rest % p.seqlen;
   for (int64_t path = 0; path < p.n_paths; ++path) {
-    y += y_paths[(b * p.n_paths + path) * per_batch + row_start + inverse[path * p.seqlen + l]];
+    y += y_paths[(b * p.n_paths + path) * per_batch + row_start + path_step(inverse, path, p.seqlen, l)];
   }
   if (p.z) {
     static_cast<input_t*>(p.out_ungated)[i] = static_cast<input_t>(y);
