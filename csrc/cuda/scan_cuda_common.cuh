@@ -75,6 +75,20 @@ __device__ __forceinline__ int tile_channel(int lane, int round) {
   return lane / kStepsPerThread * kStepsPerThread + round;
 }
 
+// The global side's values (round r: channel tile_channel(lane, r) at step tile_step(lane)) to the
+// lanes' (value k: this lane's channel at step k), through the warp's tile; the tile is free after.
+template <typename T>
+__device__ __forceinline__ void rounds_to_lanes(StepTile<T> tile, const T (&rounds)[kStepsPerThread],
+                                                T (&lanes)[kStepsPerThread]) {
+  const int lane = static_cast<int>(threadIdx.x), step = tile_step(lane);
+#pragma unroll
+  for (int r = 0; r < kStepsPerThread; ++r) tile[step][tile_channel(lane, r)] = rounds[r];
+  __syncwarp();
+#pragma unroll
+  for (int k = 0; k < kStepsPerThread; ++k) lanes[k] = tile[k][lane];
+  __syncwarp();
+}
+
 // One (batch, path) and the block's 32 channels: the rows and constants the block's threads read.
 // Per lane: its channel's constants. Per block: the rows of the channels from first_channel, which
 // the tile's global side reads (channels past D read channel D - 1's row: valid memory, unused).
@@ -129,19 +143,11 @@ struct PathChannel {
       delta[r] = static_cast<weight_t>(delta_block[row + l]);
     }
 #pragma unroll
-    for (int r = 0; r < kStepsPerThread; ++r) {
-      tile[step][tile_channel(lane, r)] = has_mixed ? u_own[r] + u_mixed[r] : u_own[r];
-    }
-    __syncwarp();
+    for (int r = 0; r < kStepsPerThread; ++r) u_own[r] = has_mixed ? u_own[r] + u_mixed[r] : u_own[r];
+    rounds_to_lanes(tile, u_own, v);
+    rounds_to_lanes(tile, delta, dt);
 #pragma unroll
-    for (int k = 0; k < kStepsPerThread; ++k) v[k] = tile[k][lane];
-    __syncwarp();
-#pragma unroll
-    for (int r = 0; r < kStepsPerThread; ++r) tile[step][tile_channel(lane, r)] = delta[r];
-    __syncwarp();
-#pragma unroll
-    for (int k = 0; k < kStepsPerThread; ++k) dt[k] = step_size<weight_t>(tile[k][lane], bias, delta_softplus);
-    __syncwarp();  // the tile is free again
+    for (int k = 0; k < kStepsPerThread; ++k) dt[k] = step_size<weight_t>(dt[k], bias, delta_softplus);
   }
 
   // value[k] = value_at(channel row + position[k]) for this lane's channel and the warp's steps, read
@@ -150,17 +156,12 @@ struct PathChannel {
   template <typename ValueAt>
   __device__ void gather_steps(const uint32_t* position, StepTile<weight_t> tile, weight_t (&value)[kStepsPerThread],
                                ValueAt value_at) const {
-    const int lane = static_cast<int>(threadIdx.x), step = tile_step(lane);
-    const uint32_t l = position[step];
+    const int lane = static_cast<int>(threadIdx.x);
+    const uint32_t l = position[tile_step(lane)];
     weight_t loaded[kStepsPerThread];
 #pragma unroll
     for (int r = 0; r < kStepsPerThread; ++r) loaded[r] = value_at(channel_row(tile_channel(lane, r)) + l);
-#pragma unroll
-    for (int r = 0; r < kStepsPerThread; ++r) tile[step][tile_channel(lane, r)] = loaded[r];
-    __syncwarp();
-#pragma unroll
-    for (int k = 0; k < kStepsPerThread; ++k) value[k] = tile[k][lane];
-    __syncwarp();
+    rounds_to_lanes(tile, loaded, value);
   }
 
   // out_block[channel row + index_of(k)] = value[k] of each lane with a channel below D, for the
