@@ -13,7 +13,7 @@ the fused kernels, the unfused pipeline (copies + one single-path scan per direc
 kernels) and the reference at PoseMamba-S/-L block shapes, batch 1, 4 and 16, forward and
 forward+backward, with CUDA events (median of 20), and prints that table (written to DIR/timings.txt
 too), (4) times the fused op at the small batches and batch 16 for several POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM
-settings (DIR/span_sweep.txt), (5) prints each kernel's time in one fused forward+backward at batch 16
+settings, and at batch 16 with every path frame-major too (DIR/span_sweep.txt), (5) prints each kernel's time in one fused forward+backward at batch 16
 (the profiler), (6) profiles the scan's kernels with Nsight Compute where `ncu` can read the counters
 (full report in DIR/ncu_*.txt, a summary line per kernel here), (7) runs a few CUDA tests under
 compute-sanitizer's memcheck and racecheck, (8) runs the model's CUDA benchmarks, and prints the sweep
@@ -100,16 +100,21 @@ def run_model_benchmarks():
                                          os.path.join(ROOT, "benchmarks", "test_model_benchmarks.py")], timeout_s=240)
 
 
-def pose_block_inputs(batch, dim):
+def pose_block_inputs(batch, dim, joint_major=True):
     """A PoseMamba block's fused-scan inputs on the GPU (the T x J grid's four paths, the global-local
-    mix), the differentiable ones as leaves, and an upstream gradient."""
+    mix), the differentiable ones as leaves, and an upstream gradient. Without joint_major, the two
+    joint-major paths are replaced by frame-major ones (the same work, every path along consecutive
+    positions): what the joint-major paths' scattered accesses cost."""
     import torch
 
     from posemamba.ops import pose_mix, pose_paths
     from posemamba.testing import random_scan_inputs
 
     inputs = random_scan_inputs(batch, dim, T * J, P, N, torch.float32, device="cuda")
-    inputs["paths"], inputs["mix"] = pose_paths(T, J).cuda(), pose_mix(T, J, torch.arange(J)).cuda()
+    paths = pose_paths(T, J)
+    if not joint_major:
+        paths[1::2] = paths[0::2]
+    inputs["paths"], inputs["mix"] = paths.cuda(), pose_mix(T, J, torch.arange(J)).cuda()
     leaves = [inputs[k].requires_grad_(True) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
     return inputs, leaves, torch.randn(batch, dim, T * J, device="cuda")
 
@@ -199,9 +204,10 @@ def write_timing_table(table_path, with_reference=True):
 
 # POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM: 0 never cuts paths into spans; 16 and 64 cut them at batch 16 too.
 SPAN_SETTINGS = ("0", "1", "2", "4", "16", "64")
-# Where blocks of whole paths do not fill the GPU, and the training shape, whose joint-major paths lose
-# their sectors from L2 before they use them all (spans walked together might share them).
-SPAN_SHAPES = (("S", 1), ("S", 4), ("L", 1), ("L", 4), ("L", 16))
+# (shape, batch, joint-major paths): where blocks of whole paths do not fill the GPU, and the training
+# shape, whose joint-major paths lose their sectors from L2 before they use them all (spans walked
+# together might share them), also with every path frame-major: what the joint-major accesses cost.
+SPAN_SHAPES = (("S", 1, True), ("S", 4, True), ("L", 1, True), ("L", 4, True), ("L", 16, True), ("L", 16, False))
 
 
 def write_span_sweep_rows(sweep_path):
@@ -211,9 +217,11 @@ def write_span_sweep_rows(sweep_path):
 
     setting = os.environ.get("POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM", "2")
     with open(sweep_path, "a") as sweep:
-        for name, batch in SPAN_SHAPES:
-            forward, both = scan_steps(multi_path_selective_scan, *pose_block_inputs(batch, SHAPES[name]))
-            row = f"{setting:>9} {f'{name} b{batch}':8} {median_ms(forward):9.3f} {median_ms(both):12.3f}"
+        for name, batch, joint_major in SPAN_SHAPES:
+            inputs = pose_block_inputs(batch, SHAPES[name], joint_major)
+            forward, both = scan_steps(multi_path_selective_scan, *inputs)
+            shape = f"{name} b{batch}" + ("" if joint_major else " frame-major")
+            row = f"{setting:>9} {shape:17} {median_ms(forward):9.3f} {median_ms(both):12.3f}"
             print(row, flush=True)
             sweep.write(row + "\n")
 
@@ -224,7 +232,7 @@ def span_sweep(out_dir):
     spans help the training shape too."""
     sweep_path = os.path.join(out_dir, "span_sweep.txt")
     with open(sweep_path, "w") as sweep:
-        sweep.write(f"{'blocks/SM':>9} {'shape':8} {'fwd ms':>9} {'fwd+bwd ms':>12}\n")
+        sweep.write(f"{'blocks/SM':>9} {'shape':17} {'fwd ms':>9} {'fwd+bwd ms':>12}\n")
     print(open(sweep_path).read(), end="", flush=True)
     for setting in SPAN_SETTINGS:
         env = dict(os.environ, POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM=setting)

@@ -82,7 +82,8 @@ struct MultiPathScanBwdParams : MultiPathScanParams {
   void* du = nullptr;
   void* ddelta = nullptr;
   void* dz = nullptr;
-  // (batch, n_channel_blocks, P, L, N) weight_t on CPUs, (batch, n_channel_blocks, P, N, L) on GPUs
+  // (batch, n_channel_blocks, P, L, N) weight_t on CPUs; (batch, n_channel_blocks, P, N, L) on GPUs,
+  // each path's steps in path order
   void* dB_partial = nullptr;
   void* dC_partial = nullptr;
   void* dA_partial = nullptr;      // (batch, n_length_blocks, P, N, D) weight_t

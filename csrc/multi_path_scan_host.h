@@ -37,15 +37,17 @@ struct ScanBackward {
 
 // Adds each partial over its channel blocks or its batch and length blocks, in index order, into the
 // ScanBackward's sums.
-// sum(partial, n_outer, n_partials, count, out) is the device's fixed-order reduction.
-template <typename weight_t, typename SumPartials>
-void reduce_backward_partials(ScanBackward& g, SumPartials&& sum) {
+// sum(partial, n_outer, n_partials, count, out) is the device's fixed-order reduction:
+// out[o, i] = sum over k of partial[o, k, i]. The dB and dC partials go through sum_channel_blocks,
+// called the same way, which may also reorder their positions (a GPU's are in path order).
+template <typename weight_t, typename SumChannelBlocks, typename SumPartials>
+void reduce_backward_partials(ScanBackward& g, SumChannelBlocks&& sum_channel_blocks, SumPartials&& sum) {
   const MultiPathScanBwdParams& p = g.params;
   const int64_t path_block = p.n_paths * p.seqlen * p.d_state;
-  sum(g.dB_partial.const_data_ptr<weight_t>(), p.batch, p.n_channel_blocks, path_block,
-      g.dB_sum.mutable_data_ptr<weight_t>());
-  sum(g.dC_partial.const_data_ptr<weight_t>(), p.batch, p.n_channel_blocks, path_block,
-      g.dC_sum.mutable_data_ptr<weight_t>());
+  sum_channel_blocks(g.dB_partial.const_data_ptr<weight_t>(), p.batch, p.n_channel_blocks, path_block,
+                     g.dB_sum.mutable_data_ptr<weight_t>());
+  sum_channel_blocks(g.dC_partial.const_data_ptr<weight_t>(), p.batch, p.n_channel_blocks, path_block,
+                     g.dC_sum.mutable_data_ptr<weight_t>());
   const int64_t n_partials = p.batch * p.n_length_blocks;
   sum(g.dA_partial.const_data_ptr<weight_t>(), 1, n_partials, g.dA_by_state.numel(),
       g.dA_by_state.mutable_data_ptr<weight_t>());
@@ -67,8 +69,9 @@ ScanForward prepare_scan_forward(
     const std::optional<at::Tensor>& mix, bool delta_softplus);
 
 // channel_block: the channels summed into one dB/dC partial; the partials are laid out (batch,
-// channel blocks, P, N, L) where positions_minor (a GPU's threads write consecutive positions), else
-// (batch, channel blocks, P, L, N) (a CPU task writes a position's N entries). The dA, dD and
+// channel blocks, P, N, L) where positions_minor (a GPU's, whose threads write a path's consecutive
+// steps, in path order), else (batch, channel blocks, P, L, N) (a CPU task writes a position's N
+// entries). The dA, dD and
 // ddelta_bias partials come from allocate_length_partials, once the device has chosen n_length_blocks.
 ScanBackward prepare_scan_backward(
     const at::Tensor& grad_out, const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,

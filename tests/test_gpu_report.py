@@ -76,6 +76,36 @@ def test_timing_table_rows(monkeypatch, tmp_path):
     assert (tmp_path / "quick.txt").read_text().splitlines()[2].split()[3:8] == ["2.000", "2.000", "1.00", "-", "-"]
 
 
+def test_span_sweep_rows(monkeypatch, tmp_path):
+    # The sweep's rows on CPU tensors: one per shape, the frame-major variant's paths along positions.
+    from posemamba.ops import pose_mix, pose_paths
+    from posemamba.testing import random_scan_inputs
+
+    T, J = 2, gpu_report.J
+    seen_paths = []
+
+    def cpu_inputs(batch, dim, joint_major=True):
+        inputs = random_scan_inputs(batch, dim, T * J, gpu_report.P, gpu_report.N, torch.float32)
+        paths = pose_paths(T, J)
+        if not joint_major:
+            paths[1::2] = paths[0::2]
+        seen_paths.append(paths)
+        inputs["paths"], inputs["mix"] = paths, pose_mix(T, J, torch.arange(J))
+        return inputs, [inputs["u"].requires_grad_(True)], torch.randn(batch, dim, T * J)
+
+    monkeypatch.setattr(gpu_report, "pose_block_inputs", cpu_inputs)
+    monkeypatch.setattr(gpu_report, "median_ms", lambda fn, repeats=20: (fn(), 2.0)[1])
+    monkeypatch.setattr(gpu_report, "SHAPES", {"S": 8, "L": 8})
+    monkeypatch.setenv("POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM", "16")
+    gpu_report.write_span_sweep_rows(tmp_path / "sweep.txt")
+    rows = [row.split() for row in (tmp_path / "sweep.txt").read_text().splitlines()]
+    assert rows[-2] == ["16", "L", "b16", "2.000", "2.000"]
+    assert rows[-1] == ["16", "L", "b16", "frame-major", "2.000", "2.000"]
+    assert len(rows) == len(gpu_report.SPAN_SHAPES)
+    frame_major = seen_paths[-1]
+    assert torch.equal(frame_major[1], torch.arange(T * J)) and torch.equal(frame_major[3], torch.arange(T * J).flip(0))
+
+
 @pytest.mark.parametrize("name, expected", [
     ("void posemamba::cuda::scan_span_backward_kernel<float>(posemamba::MultiPathScanBwdParams, long)",
      "scan_span_backward_kernel"),

@@ -344,7 +344,7 @@ ScanGradients multi_path_scan_bwd_cpu(
                                            task % p.n_channel_blocks, scratch);
       }
     });
-    reduce_backward_partials<weight_t>(g, sum_partials_in_order<weight_t>);
+    reduce_backward_partials<weight_t>(g, sum_partials_in_order<weight_t>, sum_partials_in_order<weight_t>);
   });
   return finish_scan_backward(g);
 }

@@ -14,13 +14,16 @@
 // GPU), a first pass composes each span's adjoint map from a zero inflow and carry_across_spans turns
 // those into the adjoint entering each span: a second exp per state update there.
 // Inputs and per-element gradients move through each warp's tile (StepTile), so that global accesses
-// run along positions. Per-element gradients go to rows the block owns: ddelta, and the gradient of
-// each step's scan input (v = u[l] + u[mix[l]]) per path, in path order, which a last kernel gathers
-// into du in a fixed order (paths, then the steps that mixed each position in, through an inverse
-// index of mix, and the paths' inverse).
+// run along positions. Per-element gradients go to rows the block owns, in path order (whole-sector
+// stores, where a joint-major path's positions would take a sector a value): ddelta, and the gradient
+// of each step's scan input (v = u[l] + u[mix[l]]) per path. A last kernel puts ddelta in natural
+// order and gathers du in a fixed order (paths, then the steps that mixed each position in, through
+// an inverse index of mix), both through the paths' inverse.
 // dB and dC sum over a warp's channels in a fixed order through shared memory into per-(32 channels)
-// partials, (.., N, L); dA, dD and ddelta_bias into per-(span, warp) partials. Fixed-order passes then
-// add the partials: no float atomics, bitwise reproducible.
+// partials, (.., N, L) with each path's steps in path order (whole-sector stores on any path), which
+// the pass that adds them reads back through the paths' inverse; dA, dD and ddelta_bias into
+// per-(span, warp) partials. Fixed-order passes then add the partials: no float atomics, bitwise
+// reproducible.
 //
 // Included by the .cu of the same name (nvcc: the instantiations for every input dtype) and by the
 // host emulation build that tests these kernels without a GPU (../emulation/).
@@ -81,7 +84,7 @@ template <typename input_t>
 __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiprocessor)
     scan_span_backward_kernel(MultiPathScanBwdParams p, int64_t chunks_per_span, int64_t first_span,
                               at::opmath_type<input_t>* adjoint, StateMap<at::opmath_type<input_t>>* span_maps,
-                              at::opmath_type<input_t>* dv_paths) {
+                              at::opmath_type<input_t>* dv_paths, input_t* ddelta_paths) {
   using weight_t = at::opmath_type<input_t>;
   using Map = StateMap<weight_t>;
   const SpanTask task = span_task(p, first_span);
@@ -157,9 +160,8 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       dy[k] = valid && active ? dy[k] : weight_t(0);
       d_dt[k] = d_dt_v[k] = 0;
     }
-    // The position whose dB and dC partials lane i < kStepsPerThread writes: its warp's step i.
+    // Lane i < kStepsPerThread writes the dB and dC partials of its warp's step i.
     const bool writes_sums = lane < kStepsPerThread && first + lane < end;
-    const uint32_t sum_position = position[lane % kStepsPerThread];
     for (int group = 0; group < n_states; group += Projections::kStates) {
       const int group_end = projections.enter_group(c, chunk, group, n_states);
 #pragma unroll 1
@@ -223,9 +225,9 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
 #pragma unroll
         for (int k = 0; k < kStepsPerThread; ++k) channel_sums.stage(k, dy[k] * h[k + 1]);
         const weight_t dC_sum = channel_sums.sum();
-        if (writes_sums) {
-          dB_partial[n * L + sum_position] = dB_sum;  // (N, L): a path along consecutive positions
-          dC_partial[n * L + sum_position] = dC_sum;  // stores a warp's 8 steps in one or two sectors
+        if (writes_sums) {  // (N, steps in path order): a warp's 8 steps are one sector, whatever the path
+          dB_partial[n * L + first + lane] = dB_sum;
+          dC_partial[n * L + first + lane] = dC_sum;
         }
         if (active) dA_row[n * p.dim] = dA_so_far + dA;
       }
@@ -243,10 +245,10 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
           ddelta_bias += d_step[k];
         }
       }
-      c.store_steps([&](int step) { return position[step]; }, end - first, tiles[warp], d_step,
-                    static_cast<input_t*>(p.ddelta) + first_row * L);
-      // dv in path order (contiguous stores), for merge_input_grads.
-      c.store_steps([](int step) { return step; }, end - first, tiles[warp], dv, dv_paths + first_row * L + first);
+      // In path order (contiguous stores), for merge_input_grads.
+      const auto step_of = [](int step) { return step; };
+      c.store_steps(step_of, end - first, tiles[warp], d_step, ddelta_paths + first_row * L + first);
+      c.store_steps(step_of, end - first, tiles[warp], dv, dv_paths + first_row * L + first);
     }
     __syncthreads();  // every thread is done with the chunk's staged values before the next chunk's
   }
@@ -256,27 +258,29 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   }
 }
 
-// du[b, d, l] = the paths' dv at l (in path order), then the dv of every step that mixed position l
-// into its input (in mix_sources order); dz = dout * y * silu'(z). dv_paths rows are in path order:
-// position l of path p is at step inverse[p, l].
+// du[b, d, l] = the paths' dv at l, then the dv of every step that mixed position l into its input
+// (in mix_sources order); ddelta[b, path, d, l] = ddelta_paths at l; dz = dout * y * silu'(z).
+// dv_paths and ddelta_paths rows are in path order: position l of path p is at step inverse[p, l].
 template <typename input_t>
 __global__ void merge_input_grads_kernel(MultiPathScanBwdParams p, const at::opmath_type<input_t>* dv_paths,
-                                         const int32_t* inverse, const int64_t* mix_sources,
-                                         const int64_t* mix_offsets) {
+                                         const input_t* ddelta_paths, const int32_t* inverse,
+                                         const int64_t* mix_sources, const int64_t* mix_offsets) {
   using weight_t = at::opmath_type<input_t>;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t L = p.seqlen, per_batch = p.dim * L;
   if (i >= p.batch * per_batch) return;
   const int64_t b = i / per_batch, rest = i % per_batch, d = rest / L, l = rest % L;
-  const weight_t* dv_batch = dv_paths + b * p.n_paths * per_batch;
   weight_t du = 0;
   for (int64_t path = 0; path < p.n_paths; ++path) {
-    du += dv_batch[path * per_batch + d * L + path_step(inverse, path, L, l)];
+    const int64_t row = (b * p.n_paths + path) * per_batch + d * L;  // of (batch, P, D, L)
+    const int64_t step = path_step(inverse, path, L, l);
+    du += dv_paths[row + step];
+    static_cast<input_t*>(p.ddelta)[row + l] = ddelta_paths[row + step];
   }
   if (mix_sources) {
     for (int64_t k = mix_offsets[l]; k < mix_offsets[l + 1]; ++k) {
       const int64_t path = mix_sources[k] / L, mixing = mix_sources[k] % L;  // a position mixing l in
-      du += dv_batch[(path * p.dim + d) * L + path_step(inverse, path, L, mixing)];
+      du += dv_paths[((b * p.n_paths + path) * p.dim + d) * L + path_step(inverse, path, L, mixing)];
     }
   }
   static_cast<input_t*>(p.du)[i] = static_cast<input_t>(du);
@@ -302,6 +306,33 @@ inline MixSources invert_mix(const at::Tensor& mix, int64_t seqlen) {
   return {sources, at::searchsorted(sorted, at::arange(seqlen + 1, flat.options()))};
 }
 
+// dB or dC: out[b, path, n, l] = the sum over channel blocks k of partial[b, k, path, n, inverse[path, l]],
+// k in index order (the partials, (batch, channel blocks, P, N, L), hold each path's steps in path
+// order). A block's threads take consecutive positions, whose steps on a joint-major path form runs
+// of consecutive steps, one per joint: their reads share sectors within the block.
+template <typename T>
+__global__ void sum_path_order_partials_kernel(MultiPathScanParams p, const T* partial, int64_t n_channel_blocks,
+                                               const int32_t* inverse, T* out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t per_path = p.d_state * p.seqlen, per_batch = p.n_paths * per_path;
+  if (i >= p.batch * per_batch) return;
+  const int64_t b = i / per_batch, rest = i % per_batch, l = rest % p.seqlen;
+  const T* column = partial + b * n_channel_blocks * per_batch + rest - l +
+                    path_step(inverse, rest / per_path, p.seqlen, l);
+  T total = 0;
+  for (int64_t k = 0; k < n_channel_blocks; ++k) total += column[k * per_batch];
+  out[i] = total;
+}
+
+template <typename T>
+void sum_path_order_partials(const MultiPathScanParams& p, const T* partial, int64_t n_channel_blocks,
+                             const at::Tensor& inverse, T* out) {
+  const int64_t total = p.batch * p.n_paths * p.d_state * p.seqlen;
+  if (total == 0) return;
+  simt::launch(sum_path_order_partials_kernel<T>, elementwise_blocks(total), kElementwiseThreads, 0, p, partial,
+               n_channel_blocks, inverse.const_data_ptr<int32_t>(), out);
+}
+
 // run_scan_backward_as (scan_cuda.h): the backward's launches for input dtype scalar_t.
 template <typename scalar_t>
 void run_scan_backward_as(ScanBackward& g) {
@@ -313,30 +344,39 @@ void run_scan_backward_as(ScanBackward& g) {
   const int64_t span_chunks = empty ? 1 : chunks_per_span(p);
   const int64_t n_spans = empty ? 0 : num_spans(p, span_chunks);
   allocate_length_partials(g, n_spans * kSegmentWarps);
+  // For the workspaces and partials kept in path order (dv, dB, dC); dB and dC are summed even with
+  // no channels (into zeros).
+  const at::Tensor inverse = p.seqlen > 0 ? invert_paths(p, g.inputs.paths) : at::Tensor();
   if (!empty) {
     const auto weights = g.inputs.A.options();
     const at::Tensor dv_paths = at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, weights);
+    const at::Tensor ddelta_paths = at::empty(g.ddelta.sizes(), g.ddelta.options());
     // The adjoint entering each span from its right: zero for the last, from the carry pass for the others.
     const at::Tensor adjoint = at::zeros({p.batch, p.n_paths, n_spans, p.d_state, p.dim}, weights);
     auto* adjoint_data = adjoint.mutable_data_ptr<weight_t>();
     const MixSources mix = g.inputs.mix.defined() ? invert_mix(g.inputs.mix, p.seqlen) : MixSources{};
-    const at::Tensor inverse = invert_paths(p, g.inputs.paths);
     const dim3 block(kWarp, kSegmentWarps);
     if (n_spans > 1) {
       const at::Tensor span_maps = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim, 2}, weights);
       auto* maps = reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>());
       simt::launch(scan_span_backward_kernel<scalar_t>, path_channel_grid(p, n_spans - 1), block, 0, p, span_chunks,
-                   /*first_span=*/int64_t{1}, adjoint_data, maps, nullptr);
+                   /*first_span=*/int64_t{1}, adjoint_data, maps, nullptr, nullptr);
       carry_across_spans<weight_t>(p, n_spans, maps, adjoint_data, /*forward=*/false);
     }
     simt::launch(scan_span_backward_kernel<scalar_t>, path_channel_grid(p, n_spans), block, 0, p, span_chunks,
-                 /*first_span=*/int64_t{0}, adjoint_data, nullptr, dv_paths.mutable_data_ptr<weight_t>());
+                 /*first_span=*/int64_t{0}, adjoint_data, nullptr, dv_paths.mutable_data_ptr<weight_t>(),
+                 ddelta_paths.mutable_data_ptr<scalar_t>());
     simt::launch(merge_input_grads_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen),
-                 kElementwiseThreads, 0, p, dv_paths.const_data_ptr<weight_t>(), inverse.const_data_ptr<int32_t>(),
+                 kElementwiseThreads, 0, p, dv_paths.const_data_ptr<weight_t>(),
+                 ddelta_paths.const_data_ptr<scalar_t>(), inverse.const_data_ptr<int32_t>(),
                  mix.sources.defined() ? mix.sources.const_data_ptr<int64_t>() : nullptr,
                  mix.offsets.defined() ? mix.offsets.const_data_ptr<int64_t>() : nullptr);
   }
-  reduce_backward_partials<weight_t>(g, sum_partials<weight_t>);
+  const auto sum_channel_blocks = [&](const weight_t* partial, int64_t, int64_t n_channel_blocks, int64_t,
+                                      weight_t* out) {
+    sum_path_order_partials<weight_t>(p, partial, n_channel_blocks, inverse, out);
+  };
+  reduce_backward_partials<weight_t>(g, sum_channel_blocks, sum_partials<weight_t>);
 }
 
 }  // namespace cuda
