@@ -226,8 +226,8 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
         for (int k = 0; k < kStepsPerThread; ++k) channel_sums.stage(k, dy[k] * h[k + 1]);
         const weight_t dC_sum = channel_sums.sum();
         if (writes_sums) {  // (N, steps in path order): a warp's 8 steps are one sector, whatever the path
-          dB_partial[n * L + first + lane] = dB_sum;
-          dC_partial[n * L + first + lane] = dC_sum;
+          simt::store_streaming(dB_partial + n * L + first + lane, dB_sum);
+          simt::store_streaming(dC_partial + n * L + first + lane, dC_sum);
         }
         if (active) dA_row[n * p.dim] = dA_so_far + dA;
       }
@@ -245,10 +245,9 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
           ddelta_bias += d_step[k];
         }
       }
-      // In path order (contiguous stores), for merge_input_grads.
-      const auto step_of = [](int step) { return step; };
-      c.store_steps(step_of, end - first, tiles[warp], d_step, ddelta_paths + first_row * L + first);
-      c.store_steps(step_of, end - first, tiles[warp], dv, dv_paths + first_row * L + first);
+      // In path order, for merge_input_grads.
+      c.store_steps(end - first, tiles[warp], d_step, ddelta_paths + first_row * L + first);
+      c.store_steps(end - first, tiles[warp], dv, dv_paths + first_row * L + first);
     }
     __syncthreads();  // every thread is done with the chunk's staged values before the next chunk's
   }

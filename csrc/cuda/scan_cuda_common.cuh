@@ -164,22 +164,24 @@ struct PathChannel {
     rounds_to_lanes(tile, loaded, value);
   }
 
-  // out_block[channel row + index_of(k)] = value[k] of each lane with a channel below D, for the
-  // warp's first n_valid steps, through the warp's tile; index_of(k) is step k's position (a row in
-  // natural order) or its step (a workspace row in path order, whose stores are always contiguous).
-  template <typename out_t, typename IndexOf>
-  __device__ void store_steps(IndexOf index_of, int64_t n_valid, StepTile<weight_t> tile,
-                              const weight_t (&value)[kStepsPerThread], out_t* out_block) const {
+  // out_steps[channel row + k] = value[k] of each lane with a channel below D, for the warp's first
+  // n_valid steps, through the warp's tile: out_steps is where the warp's first step goes in the
+  // block's first row of a (..., D, L) workspace kept in path order, so that a store instruction
+  // covers whole sectors on any path. Streaming stores: a later kernel reads the workspace.
+  template <typename out_t>
+  __device__ void store_steps(int64_t n_valid, StepTile<weight_t> tile, const weight_t (&value)[kStepsPerThread],
+                              out_t* out_steps) const {
     const int lane = static_cast<int>(threadIdx.x), step = tile_step(lane);
 #pragma unroll
     for (int k = 0; k < kStepsPerThread; ++k) tile[k][lane] = value[k];
     __syncwarp();
     if (step < n_valid) {
-      const int64_t l = index_of(step);
 #pragma unroll
       for (int r = 0; r < kStepsPerThread; ++r) {
         const int channel = tile_channel(lane, r);
-        if (channel <= last_block_channel) out_block[channel * L + l] = static_cast<out_t>(tile[step][channel]);
+        if (channel <= last_block_channel) {
+          simt::store_streaming(out_steps + channel * L + step, static_cast<out_t>(tile[step][channel]));
+        }
       }
     }
     __syncwarp();

@@ -144,12 +144,12 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
         }
         if (last_warp) {  // the state after the chunk, and the one before it saved for the backward
           chunk_start_state[n][lane] = h;
-          if (active) chunk_states[(chunk * N + n) * p.dim] = h_start;
+          if (active) simt::store_streaming(chunk_states + (chunk * N + n) * p.dim, h_start);  // the backward's
         }
       }
     }
     if (!summary) {  // in path order: contiguous stores, whatever the path's positions
-      c.store_steps([](int step) { return step; }, end - first, step_tiles[warp], y, y_paths + first_row * L + first);
+      c.store_steps(end - first, step_tiles[warp], y, y_paths + first_row * L + first);
     }
     __syncthreads();  // every thread is done with the chunk's staged values before the next chunk's
   }

@@ -1,5 +1,5 @@
 // The pieces of the CUDA programming model the kernels use: thread and block indices, barriers,
-// warp shuffles, device asserts, the device's multiprocessor count and kernel launches.
+// warp shuffles, device asserts, streaming stores, the device's multiprocessor count and kernel launches.
 //
 // Under nvcc they are CUDA's own. Compiled by a host C++ compiler they come from
 // ../emulation/simt_emulation.h, which runs each thread block on host threads: that is how the CUDA
@@ -12,6 +12,8 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <cstring>
+#include <type_traits>
 #include <utility>
 
 #define POSEMAMBA_DEVICE_ASSERT(cond) CUDA_KERNEL_ASSERT(cond)
@@ -25,6 +27,21 @@ inline int multiprocessor_count() {
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
   return count;
+}
+
+// *address = value, marked for eviction first (st.global.cs): for what a kernel writes once and a later
+// kernel reads once (workspaces, partials, saved states), so that it does not push out of L2 the
+// sectors the writing kernel reads again.
+template <typename T>
+__device__ __forceinline__ void store_streaming(T* address, T value) {
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    __stcs(address, value);
+  } else {
+    static_assert(sizeof(T) == sizeof(unsigned short), "store_streaming takes float, double and 16-bit types");
+    unsigned short bits;
+    std::memcpy(&bits, &value, sizeof(bits));
+    __stcs(reinterpret_cast<unsigned short*>(address), bits);
+  }
 }
 
 // kernel<<<grid, block, shared_bytes, current stream>>>(args...), then the launch checked.

@@ -146,6 +146,12 @@ T shuffle(T value, int source_lane) {
   return result;
 }
 
+// The eviction hint has no meaning on the host.
+template <typename T>
+inline void store_streaming(T* address, T value) {
+  *address = value;
+}
+
 // A small count, so that the tests' small shapes take the kernels' paths for filling a GPU
 // (the forward's split of a path into spans) as well as the paths for large shapes.
 inline int multiprocessor_count() {
