@@ -12,8 +12,9 @@ extension for the visible GPU's architecture with FORCE_CUDA=1, (2) runs tests/t
 the fused kernels, the unfused pipeline (copies + one single-path scan per direction + merge, on our own
 kernels) and the reference at PoseMamba-S/-L block shapes, batch 1, 4 and 16, forward and
 forward+backward, with CUDA events (median of 20), and prints that table (written to DIR/timings.txt
-too), (4) times the fused op at the small batches and batch 16 for several POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM
-settings, and at batch 16 with every path frame-major too (DIR/span_sweep.txt), (5) prints each kernel's time in one fused forward+backward at batch 16
+too), (4) times the fused op at the small batches and batch 16 under each forward work split (the chunked split for
+several POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM settings, and the warp split), and at batch 16 with every
+path frame-major too (DIR/span_sweep.txt), (5) prints each kernel's time in one fused forward+backward at batch 16
 (the profiler), (6) profiles the scan's kernels with Nsight Compute where `ncu` can read the counters
 (full report in DIR/ncu_*.txt, a summary line per kernel here), (7) runs a few CUDA tests under
 compute-sanitizer's memcheck and racecheck, (8) runs the model's CUDA benchmarks, and prints the sweep
@@ -77,7 +78,7 @@ def run_sanitizers():
         print("gpu_report: compute-sanitizer is not on the PATH; memcheck and racecheck are skipped")
         return True
     tests = [sys.executable, "-m", "pytest", "-q", "-x", os.path.join(ROOT, "tests", "test_cuda.py"),
-             "-k", "options or whole_path or empty"]
+             "-k", "options or whole_path or empty or warp_span"]
     clean = True
     for check in ("memcheck", "racecheck"):
         status = run_step(f"compute-sanitizer {check}", [tool, "--tool", check, "--error-exitcode", "1", *tests],
@@ -202,45 +203,50 @@ def write_timing_table(table_path, with_reference=True):
              "4300 (measured there), H100 HBM3 at about 3000. Batch 1 fits the 50-60 MB L2: timed in cache.")
 
 
-# POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM: 0 never cuts paths into spans; 16 and 64 cut them at batch 16 too.
-SPAN_SETTINGS = ("0", "1", "2", "4", "16", "64")
+# The forward's work splits, each in a process of its own (the kernels read their settings once):
+# the chunked split with POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM at 0 (never cutting paths into spans), 1, 2
+# (the default), 4, and 16 and 64, which cut them at batch 16 too; then the warp split
+# (csrc/cuda/scan_warp_spans_cuda.cuh), which PoseMamba's paths select with their span length (T) by
+# default, with the default span target for the backward. The backward is the chunked split's in all.
+SPLIT_SETTINGS = tuple((f"chunks {blocks}", {"POSEMAMBA_CUDA_WARP_SPANS": "0",
+                                             "POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM": blocks})
+                       for blocks in ("0", "1", "2", "4", "16", "64")) + (("warps", {"POSEMAMBA_CUDA_WARP_SPANS": "1"}),)
 # (shape, batch, joint-major paths): where blocks of whole paths do not fill the GPU, and the training
 # shape, whose joint-major paths lose their sectors from L2 before they use them all (spans walked
 # together might share them), also with every path frame-major: what the joint-major accesses cost.
 SPAN_SHAPES = (("S", 1, True), ("S", 4, True), ("L", 1, True), ("L", 4, True), ("L", 16, True), ("L", 16, False))
 
 
-def write_span_sweep_rows(sweep_path):
-    """The fused op's times at SPAN_SHAPES under this process's span setting, a row per shape, appended
-    to sweep_path."""
+def write_span_sweep_rows(sweep_path, label):
+    """The fused op's times at SPAN_SHAPES under this process's split setting (label names it), a row
+    per shape, appended to sweep_path."""
     from posemamba.ops import multi_path_selective_scan
 
-    setting = os.environ.get("POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM", "2")
     with open(sweep_path, "a") as sweep:
         for name, batch, joint_major in SPAN_SHAPES:
             inputs = pose_block_inputs(batch, SHAPES[name], joint_major)
             forward, both = scan_steps(multi_path_selective_scan, *inputs)
             shape = f"{name} b{batch}" + ("" if joint_major else " frame-major")
-            row = f"{setting:>9} {shape:17} {median_ms(forward):9.3f} {median_ms(both):12.3f}"
+            row = f"{label:>9} {shape:17} {median_ms(forward):9.3f} {median_ms(both):12.3f}"
             print(row, flush=True)
             sweep.write(row + "\n")
 
 
 def span_sweep(out_dir):
-    """The fused op at SPAN_SHAPES for each span setting: which target fills the GPU best at small
-    batches (the default is 2 blocks per multiprocessor, the best at batch 1 on an H200), and whether
-    spans help the training shape too."""
+    """The fused op at SPAN_SHAPES under each of SPLIT_SETTINGS: which span target fills the GPU best
+    at small batches (the default is 2 blocks per multiprocessor, the best at batch 1 on an H200),
+    whether spans help the training shape too, and the warp split against the chunked one."""
     sweep_path = os.path.join(out_dir, "span_sweep.txt")
     with open(sweep_path, "w") as sweep:
-        sweep.write(f"{'blocks/SM':>9} {'shape':17} {'fwd ms':>9} {'fwd+bwd ms':>12}\n")
+        sweep.write(f"{'split':>9} {'shape':17} {'fwd ms':>9} {'fwd+bwd ms':>12}\n")
     print(open(sweep_path).read(), end="", flush=True)
-    for setting in SPAN_SETTINGS:
-        env = dict(os.environ, POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM=setting)
-        command = [sys.executable, os.path.abspath(__file__), "--out", out_dir, "--step", "sweep"]
+    for label, settings in SPLIT_SETTINGS:
+        env = dict(os.environ, **settings)
+        command = [sys.executable, os.path.abspath(__file__), "--out", out_dir, "--step", "sweep", "--label", label]
         try:
             subprocess.run(command, env=env, timeout=120)
         except subprocess.TimeoutExpired:
-            print(f"gpu_report: the span sweep at {setting} blocks per multiprocessor ran past 120 s")
+            print(f"gpu_report: the span sweep's '{label}' setting ran past 120 s")
 
 
 def fused_forward_backward(batch, dim):
@@ -332,7 +338,7 @@ def run_internal_step(args):
     if args.step == "table":
         write_timing_table(os.path.join(args.out, "timings.txt"), with_reference=not args.no_reference)
     elif args.step == "sweep":
-        write_span_sweep_rows(os.path.join(args.out, "span_sweep.txt"))
+        write_span_sweep_rows(os.path.join(args.out, "span_sweep.txt"), args.label)
     elif args.step == "breakdown":
         kernel_breakdown()
     elif args.step == "profile":
@@ -359,6 +365,7 @@ def main():
                              " (default: all)")
     parser.add_argument("--step", choices=("table", "sweep", "breakdown", "profile"), help=argparse.SUPPRESS)
     parser.add_argument("--shape", choices=tuple(NCU_SHAPES), help=argparse.SUPPRESS)
+    parser.add_argument("--label", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     steps = STEPS if args.only is None else tuple(step.strip() for step in args.only.split(","))
     unknown = [step for step in steps if step not in STEPS]

@@ -105,10 +105,12 @@ ScanForward prepare_scan_forward(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
     const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
-    const std::optional<at::Tensor>& mix, bool delta_softplus) {
+    const std::optional<at::Tensor>& mix, bool delta_softplus, int64_t span_length) {
+  TORCH_CHECK(span_length >= 0, "span_length must be 0 (no hint) or a number of steps, got ", span_length);
   ScanForward f;
   MultiPathScanParams& p = f.params;
   f.inputs = prepare_scan_inputs(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, p);
+  p.span_length = span_length;
   f.out = at::empty({p.batch, p.dim, p.seqlen}, u.options());
   f.out_ungated = at::empty(z.has_value() ? at::IntArrayRef{p.batch, p.dim, p.seqlen} : at::IntArrayRef{0},
                             u.options());

@@ -11,10 +11,12 @@ extern "C" PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(posemamba, m) {
   // out: the gated sum of all paths; out_ungated: that sum before the z gate (empty without z), kept
-  // for the backward; chunk_states: each path's state before every kScanChunk-th step.
+  // for the backward; chunk_states: each path's state before every kScanChunk-th step. span_length: a
+  // hint for the GPU's work split (paths cut into spans of that many steps; 0: none), never changing
+  // the result beyond rounding.
   m.def(
       "multi_path_scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor paths, "
-      "Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? mix, bool delta_softplus) "
+      "Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? mix, bool delta_softplus, int span_length=0) "
       "-> (Tensor out, Tensor out_ungated, Tensor chunk_states)");
   // Gradients of every input; dD, dz and ddelta_bias are empty where D, z or delta_bias is None.
   m.def(

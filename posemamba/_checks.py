@@ -1,6 +1,6 @@
 """Argument checks for the scan ops: each error names the argument and what was expected."""
 import weakref
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -37,20 +37,33 @@ def check_paths_values(paths: torch.Tensor, name: str = "paths") -> None:
         raise ValueError(f"{name}[{bad_row}] must be a permutation of range(L={seqlen})")
 
 
-# id(tensor) -> (a weak reference to it, its version when its values were checked): index tensors are
-# reused call after call (a model's paths and mix), and checking their values takes a sort and host
-# syncs, which on a GPU would stall every call. An in-place change bumps the version: checked again.
-_checked_values = {}
+class PerTensorCache:
+    """What a function computed from a tensor's values, kept while that very tensor lives unchanged.
+
+    Index tensors are reused call after call (a model's paths and mix), and reading their values takes
+    host syncs, which on a GPU would stall every call. Entries are keyed by id(tensor) with a weak
+    reference (dropped with the tensor) and its version (an in-place change bumps it: computed again).
+    """
+
+    def __init__(self):
+        self._entries = {}
+
+    def get(self, t: torch.Tensor, compute: Callable[[], Any]) -> Any:
+        key = id(t)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0]() is t and entry[1] == t._version:
+            return entry[2]
+        value = compute()
+        self._entries[key] = (weakref.ref(t, lambda _, key=key: self._entries.pop(key, None)), t._version, value)
+        return value
+
+
+_checked_values = PerTensorCache()
 
 
 def check_values_once(t: torch.Tensor, check: Callable[[], None]) -> None:
     """Runs check() unless it passed for this very tensor, unchanged since."""
-    key = id(t)
-    entry = _checked_values.get(key)
-    if entry is not None and entry[0]() is t and entry[1] == t._version:
-        return
-    check()
-    _checked_values[key] = (weakref.ref(t, lambda _, key=key: _checked_values.pop(key, None)), t._version)
+    _checked_values.get(t, check)
 
 
 def check_mix_values(mix: torch.Tensor, seqlen: int) -> None:

@@ -8,9 +8,9 @@ from typing import Optional
 
 import torch
 
-from ._checks import check_multi_path_scan_args
+from ._checks import PerTensorCache, check_multi_path_scan_args
 from ._extension import HAS_EXTENSION
-from .paths import bidirectional_paths, pose_mix, pose_paths
+from .paths import bidirectional_paths, pose_mix, pose_paths, span_length_hint
 from .reference import multi_path_selective_scan_ref
 
 __all__ = [
@@ -71,15 +71,28 @@ def multi_path_selective_scan(
 
     The values of paths and mix are checked the first time each tensor is passed and after an
     in-place change (a sort and host synchronisations for CUDA tensors; skipped under torch.compile
-    and for meta tensors, where the kernels still bound-check every index): build them once.
+    and for meta tensors, where the kernels still bound-check every index): build them once. For
+    CUDA tensors the paths' span length (paths.span_length_hint), a hint for the GPU's work split,
+    is found then too.
     """
     check_multi_path_scan_args(u, delta, A, B, C, paths, D, z, delta_bias, mix)
     if not _kernel_available(u.device):
         _warn_reference_once(u.device)
         return multi_path_selective_scan_ref(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus)
     out, _, _ = torch.ops.posemamba.multi_path_scan_fwd(
-        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus)
+        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, _span_length(paths))
     return out
+
+
+_span_lengths = PerTensorCache()
+
+
+def _span_length(paths: torch.Tensor) -> int:
+    """The CUDA forward's work-split hint (paths.span_length_hint), found once per paths tensor; 0 on
+    other devices (whose kernels take no hint) and under torch.compile (no values to read)."""
+    if paths.device.type != "cuda" or torch.compiler.is_compiling():
+        return 0
+    return _span_lengths.get(paths, lambda: span_length_hint(paths))
 
 
 def selective_scan(
@@ -170,7 +183,7 @@ def _kernel_available(device: torch.device) -> bool:
 
 if HAS_EXTENSION:
     @torch.library.register_fake("posemamba::multi_path_scan_fwd")
-    def _multi_path_scan_fwd_fake(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus):
+    def _multi_path_scan_fwd_fake(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_length=0):
         batch, dim, seqlen = u.shape
         n_paths, _, d_state = A.shape
         torch._check(delta.shape == (batch, n_paths, dim, seqlen), lambda: "delta must be (batch, P, D, L)")
@@ -194,7 +207,7 @@ if HAS_EXTENSION:
                 like_or_absent(delta_bias, A))
 
     def _multi_path_scan_setup_context(ctx, inputs, output):
-        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus = inputs
+        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, _span_length_hint = inputs
         _, out_ungated, chunk_states = output
         ctx.save_for_backward(u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states)
         ctx.delta_softplus = delta_softplus
@@ -209,7 +222,7 @@ if HAS_EXTENSION:
                 dD if D is not None else None,
                 dz if z is not None else None,
                 ddelta_bias if delta_bias is not None else None,
-                None, None)
+                None, None, None)
 
     torch.library.register_autograd(
         "posemamba::multi_path_scan_fwd", _multi_path_scan_backward,

@@ -9,7 +9,7 @@ import torch
 
 from ._checks import check_paths_values
 
-__all__ = ["bidirectional_paths", "pose_paths", "pose_mix"]
+__all__ = ["bidirectional_paths", "pose_paths", "pose_mix", "span_length_hint"]
 
 
 def bidirectional_paths(order: Union[torch.Tensor, Sequence[int]]) -> torch.Tensor:
@@ -58,3 +58,23 @@ def pose_mix(T: int, J: int, joint_order: Union[torch.Tensor, Sequence[int]]) ->
     local = (frame_start + joint_order.unsqueeze(0)).reshape(-1)
     unmixed = torch.full_like(local, -1)
     return torch.stack([local, unmixed, local, unmixed])
+
+
+def span_length_hint(paths: torch.Tensor) -> int:
+    """The span length for the CUDA forward's warp split (csrc/cuda/scan_warp_spans_cuda.cuh), or 0.
+
+    A row has span length S when its step s + S visits a position next to step s's, for every s
+    (|paths[p, s + S] - paths[p, s]| = 1): warps walking consecutive spans of S steps then read
+    neighbouring positions at the same time. PoseMamba's joint-major paths have S = T; a path along
+    consecutive positions has S = 1, which needs no spans. Returns the largest S >= 2 of the rows
+    that have one (each row's smallest), 0 if none does. Reads the values on the host.
+    """
+    rows = paths.detach().to("cpu")
+    hint = 0
+    for row in rows:
+        # Only the steps visiting a neighbour of the first step's position can be S: at most two.
+        for span in (row - row[0]).abs().eq(1).nonzero().flatten().tolist():
+            if (row[span:] - row[:-span]).abs().eq(1).all():
+                hint = max(hint, span) if span >= 2 else hint
+                break
+    return hint

@@ -73,6 +73,27 @@ def test_cuda_pose_shapes_match_cpu_kernels_and_are_deterministic(T):
     assert_close_scaled(first, cpu, torch.float32)
 
 
+FORWARD_ARGS = ("u", "delta", "A", "B", "C", "paths", "D", "z", "delta_bias", "mix")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape, span_length", [((2, 33, 70, 2, 3), 8), ((1, 5, 200, 3, 4), 69),
+                                                ((1, 40, 300, 2, 20), 64), ((2, 64, 459, 4, 64), 27)],
+                         ids=lambda case: str(case))
+def test_cuda_warp_span_forward_matches_cpu_kernels(shape, span_length, dtype):
+    # The forward's warp split, which a span_length hint selects (posemamba.ops gives PoseMamba's
+    # paths theirs; tests/test_cuda_emulation.py covers the cases in more detail).
+    inputs = random_scan_inputs(*shape, dtype)
+    args = [inputs[name] for name in FORWARD_ARGS]
+    gpu_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+    cpu = torch.ops.posemamba.multi_path_scan_fwd(*args, True)
+    gpu = torch.ops.posemamba.multi_path_scan_fwd(*gpu_args, True, span_length)
+    again = torch.ops.posemamba.multi_path_scan_fwd(*gpu_args, True, span_length)
+    for a, b in zip(gpu, again):
+        assert torch.equal(a, b)
+    assert_close_scaled(gpu, cpu, dtype)
+
+
 def test_cuda_whole_path_blocks_match_cpu_kernels():
     # Enough (batch, path, 32 channels) blocks to fill the GPU, so each block walks its whole path (the
     # training shapes' regime; smaller shapes cut the paths into spans).
@@ -107,5 +128,6 @@ def test_cuda_gradcheck():
 
 def test_cuda_opcheck():
     inputs = to_cuda(random_scan_inputs(2, 3, 70, 2, 4, torch.float32))
-    args = tuple(inputs[k] for k in ("u", "delta", "A", "B", "C", "paths", "D", "z", "delta_bias", "mix")) + (True,)
+    args = tuple(inputs[k] for k in FORWARD_ARGS) + (True,)
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_fwd.default, args)
+    torch.library.opcheck(torch.ops.posemamba.multi_path_scan_fwd.default, args + (16,))  # the warp split

@@ -11,6 +11,7 @@ import torch
 
 from conftest import random_scan_inputs, requires_extension
 from posemamba.ops import pose_mix, pose_paths
+from posemamba.paths import span_length_hint
 from posemamba.reference import multi_path_selective_scan_ref
 
 CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
@@ -42,10 +43,10 @@ def emulated():
     return load_emulation()
 
 
-def forward_and_backward(ops, inputs, grad_out, delta_softplus=True):
+def forward_and_backward(ops, inputs, grad_out, delta_softplus=True, span_length=0):
     """(out, chunk_states) and the gradients of every present input, through ops' fwd and bwd."""
     args = [inputs[name] for name in FORWARD_ARGS]
-    out, out_ungated, chunk_states = ops.multi_path_scan_fwd(*args, delta_softplus)
+    out, out_ungated, chunk_states = ops.multi_path_scan_fwd(*args, delta_softplus, span_length)
     grads = ops.multi_path_scan_bwd(grad_out, *args, out_ungated, chunk_states, delta_softplus)
     present = [grad for name, grad in zip(GRADIENTS, grads) if inputs[name] is not None]
     return [out, chunk_states] + present
@@ -122,6 +123,49 @@ def test_emulated_cuda_kernels_on_pose_paths_are_deterministic(emulated, T):
     assert_close_scaled(first, forward_and_backward(torch.ops.posemamba, inputs, grad_out), torch.float32)
 
 
+# The forward's warp split (csrc/cuda/scan_warp_spans_cuda.cuh), taken where span_length cuts the paths
+# into spans of at least 8 steps: spans of one tile, of several with a partial last one (13, 69: the
+# last span 1 step), of a chunk and past it (chunk starts inside spans, where the warp saves the
+# states); lanes past D; N = 20 and 40 (groups of 16 entries walked in turn, outputs added); P = 8.
+WARP_SPAN_CASES = [((2, 33, 70, 2, 3), 8), ((2, 33, 70, 2, 3), 13), ((1, 5, 200, 3, 4), 69),
+                   ((1, 40, 300, 2, 20), 64), ((1, 3, 150, 8, 40), 100), ((2, 4, 130, 1, 1), 9)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape, span_length", WARP_SPAN_CASES, ids=lambda case: str(case))
+def test_emulated_warp_span_forward_matches_cpu_kernels(emulated, shape, span_length, dtype):
+    inputs = random_scan_inputs(*shape, dtype)
+    grad_out = torch.randn(shape[0], shape[1], shape[2], dtype=torch.float64).to(dtype)
+    actual = forward_and_backward(emulated, inputs, grad_out, span_length=span_length)
+    assert_close_scaled(actual, forward_and_backward(torch.ops.posemamba, inputs, grad_out), dtype)
+
+
+def test_emulated_warp_span_forward_on_pose_paths_with_threads_reversed(emulated):
+    # PoseMamba's paths with their own hint (T = 20 frames a span), the mix included, and the warps'
+    # lanes taking turns in reverse: a missing __syncwarp shows.
+    T, J = 20, 5
+    inputs = random_scan_inputs(2, 35, T * J, 4, 16, torch.float32)
+    inputs["paths"], inputs["mix"] = pose_paths(T, J), pose_mix(T, J, torch.randint(0, J, (J,)))
+    grad_out = torch.randn(2, 35, T * J)
+    emulated.set_schedule_reversed(True)
+    try:
+        actual = forward_and_backward(emulated, inputs, grad_out, span_length=span_length_hint(inputs["paths"]))
+    finally:
+        emulated.set_schedule_reversed(False)
+    assert_close_scaled(actual, forward_and_backward(torch.ops.posemamba, inputs, grad_out), torch.float32)
+
+
+@pytest.mark.parametrize("span_length", [0, 7, 70, 1000])
+def test_emulated_forward_takes_the_chunked_split_for_other_span_lengths(emulated, span_length):
+    # Spans shorter than a tile, or a single span, are no use to the warp split: the chunked split
+    # runs, bitwise as without a hint.
+    inputs = random_scan_inputs(1, 33, 70, 2, 3, torch.float32)
+    args = [inputs[name] for name in FORWARD_ARGS]
+    hinted = emulated.multi_path_scan_fwd(*args, True, span_length)
+    for a, b in zip(hinted, emulated.multi_path_scan_fwd(*args, True, 0), strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("shape", [(2, 3, 0, 2, 4), (0, 3, 5, 2, 4)], ids=["empty_length", "empty_batch"])
 def test_emulated_cuda_kernels_on_empty_inputs(emulated, shape):
     inputs = random_scan_inputs(*shape, torch.float32)
@@ -136,7 +180,7 @@ def test_emulated_cuda_kernel_asserts_on_a_bad_path_index(emulated):
     inputs = random_scan_inputs(1, 2, 8, 1, 2, torch.float32)
     inputs["paths"][0, 3] = 8
     with pytest.raises(RuntimeError, match="device assert failed: l >= 0 && l < L"):
-        emulated.multi_path_scan_fwd(*[inputs[name] for name in FORWARD_ARGS], True)
+        emulated.multi_path_scan_fwd(*[inputs[name] for name in FORWARD_ARGS], True, 0)
 
 
 def test_emulated_cuda_kernels_assert_on_paths_that_are_not_permutations(emulated):
@@ -145,14 +189,14 @@ def test_emulated_cuda_kernels_assert_on_paths_that_are_not_permutations(emulate
     inputs = random_scan_inputs(1, 2, 8, 1, 2, torch.float32)
     inputs["paths"][0, inputs["paths"][0] == 4] = 3
     with pytest.raises(RuntimeError, match="device assert failed: visiting_step >= 0"):
-        emulated.multi_path_scan_fwd(*[inputs[name] for name in FORWARD_ARGS], True)
+        emulated.multi_path_scan_fwd(*[inputs[name] for name in FORWARD_ARGS], True, 0)
 
 
 def test_emulated_cuda_kernel_asserts_on_a_bad_mix_index(emulated):
     inputs = random_scan_inputs(1, 2, 8, 1, 2, torch.float32)
     inputs["mix"][0, 5] = 8
-    with pytest.raises(RuntimeError, match="device assert failed: mixed < c.L"):
-        emulated.multi_path_scan_fwd(*[inputs[name] for name in FORWARD_ARGS], True)
+    with pytest.raises(RuntimeError, match="device assert failed: mixed < L"):
+        emulated.multi_path_scan_fwd(*[inputs[name] for name in FORWARD_ARGS], True, 0)
 
 
 def test_emulated_warp_shuffles_follow_cuda(emulated):

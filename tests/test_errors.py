@@ -64,6 +64,10 @@ def test_compiled_op_bounds_checks_indices_when_called_directly():
         torch.ops.posemamba.multi_path_scan_fwd(
             inputs["u"], inputs["delta"], inputs["A"], inputs["C"][:, :, :3], inputs["C"], inputs["paths"],
             None, None, None, None, True)
+    with pytest.raises(RuntimeError, match="span_length must be 0 \\(no hint\\) or a number of steps, got -3"):
+        torch.ops.posemamba.multi_path_scan_fwd(
+            inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], inputs["paths"],
+            None, None, None, None, True, -3)
 
 
 def test_index_values_are_checked_once_per_tensor_and_again_after_a_change(monkeypatch):

@@ -96,11 +96,10 @@ def test_span_sweep_rows(monkeypatch, tmp_path):
     monkeypatch.setattr(gpu_report, "pose_block_inputs", cpu_inputs)
     monkeypatch.setattr(gpu_report, "median_ms", lambda fn, repeats=20: (fn(), 2.0)[1])
     monkeypatch.setattr(gpu_report, "SHAPES", {"S": 8, "L": 8})
-    monkeypatch.setenv("POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM", "16")
-    gpu_report.write_span_sweep_rows(tmp_path / "sweep.txt")
+    gpu_report.write_span_sweep_rows(tmp_path / "sweep.txt", "warps")
     rows = [row.split() for row in (tmp_path / "sweep.txt").read_text().splitlines()]
-    assert rows[-2] == ["16", "L", "b16", "2.000", "2.000"]
-    assert rows[-1] == ["16", "L", "b16", "frame-major", "2.000", "2.000"]
+    assert rows[-2] == ["warps", "L", "b16", "2.000", "2.000"]
+    assert rows[-1] == ["warps", "L", "b16", "frame-major", "2.000", "2.000"]
     assert len(rows) == len(gpu_report.SPAN_SHAPES)
     frame_major = seen_paths[-1]
     assert torch.equal(frame_major[1], torch.arange(T * J)) and torch.equal(frame_major[3], torch.arange(T * J).flip(0))
@@ -132,3 +131,10 @@ def test_benchmark_summary_leaves_out_failed_benchmarks():
     session = SimpleNamespace(benchmarks=[bench("test[S-fused]", [0.002]), bench("test[S-unfused]", [])])
     conftest.pytest_terminal_summary(reporter, SimpleNamespace(_benchmarksession=session))
     assert lines == ["g: fused 2.0 ms (1.0x)"]
+
+
+def test_split_settings_name_each_forward_split():
+    labels = [label for label, _ in gpu_report.SPLIT_SETTINGS]
+    assert labels == ["chunks 0", "chunks 1", "chunks 2", "chunks 4", "chunks 16", "chunks 64", "warps"]
+    for label, settings in gpu_report.SPLIT_SETTINGS:
+        assert settings["POSEMAMBA_CUDA_WARP_SPANS"] == ("1" if label == "warps" else "0")

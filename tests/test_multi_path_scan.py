@@ -113,11 +113,12 @@ def test_forward_is_deterministic():
     assert torch.equal(first, multi_path_selective_scan(**inputs))
 
 
-@pytest.mark.parametrize("with_z", [False, True])
-def test_opcheck_forward(with_z):
+@pytest.mark.parametrize("with_z, span_length", [(False, ()), (True, ()), (True, (10,))])
+def test_opcheck_forward(with_z, span_length):
+    # span_length: the GPU work split's hint, an optional trailing argument that CPUs take and ignore.
     inputs = random_scan_inputs(2, 3, 70, 2, 4, torch.float32, with_z=with_z)
     args = (inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], inputs["paths"],
-            inputs["D"], inputs["z"], inputs["delta_bias"], inputs["mix"], True)
+            inputs["D"], inputs["z"], inputs["delta_bias"], inputs["mix"], True) + span_length
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_fwd.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 

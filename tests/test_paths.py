@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from posemamba.ops import bidirectional_paths, pose_mix, pose_paths
+from posemamba.paths import span_length_hint
 
 
 def assert_rows_are_permutations(paths):
@@ -54,3 +55,17 @@ def test_helpers_reject_bad_orders():
         pose_mix(2, 3, [0, 1, 3])
     with pytest.raises(ValueError, match="T and J must be >= 1"):
         pose_paths(0, 17)
+
+
+@pytest.mark.parametrize("T,J", [(243, 17), (27, 17), (4, 3)])
+def test_span_length_hint_of_pose_paths_is_the_frame_count(T, J):
+    # Joint-major paths: step s + T visits the next joint of step s's frame.
+    assert span_length_hint(pose_paths(T, J)) == T
+
+
+def test_span_length_hint_without_a_period():
+    assert span_length_hint(bidirectional_paths(torch.arange(50))) == 0  # consecutive positions: no spans
+    assert span_length_hint(pose_paths(1, 17)) == 0  # one frame: every path along consecutive positions
+    assert span_length_hint(torch.tensor([[0, 2, 1, 3, 4, 5]])) == 0  # span 2 fits 0 -> 1, not 2 -> 4 ... 1 -> 4
+    assert span_length_hint(torch.tensor([[0, 2, 4, 1, 3]])) == 3  # |paths[s + 3] - paths[s]| = 1 for all s
+    assert span_length_hint(torch.tensor([[0]])) == 0

@@ -246,8 +246,8 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
         }
       }
       // In path order, for merge_input_grads.
-      c.store_steps(end - first, tiles[warp], d_step, ddelta_paths + first_row * L + first);
-      c.store_steps(end - first, tiles[warp], dv, dv_paths + first_row * L + first);
+      c.store_steps(0, end - first, tiles[warp], d_step, ddelta_paths + first_row * L + first);
+      c.store_steps(0, end - first, tiles[warp], dv, dv_paths + first_row * L + first);
     }
     __syncthreads();  // every thread is done with the chunk's staged values before the next chunk's
   }

@@ -119,6 +119,13 @@ struct PathChannel {
     return l;
   }
 
+  // The position mix names for position l (checked), or kNoMixedPosition.
+  __device__ uint32_t mixed_position(int64_t l) const {
+    const int64_t mixed = mix_row ? mix_row[l] : -1;
+    POSEMAMBA_DEVICE_ASSERT(mixed < L);
+    return mixed >= 0 && mixed < L ? static_cast<uint32_t>(mixed) : kNoMixedPosition;
+  }
+
   // Where the block's channel `channel` starts in a (..., D, L) row block.
   __device__ int64_t channel_row(int channel) const {
     return static_cast<int64_t>(channel < last_block_channel ? channel : last_block_channel) * L;
@@ -130,8 +137,15 @@ struct PathChannel {
   // are all in flight together: a step with nothing mixed in reads u at its own position again.
   __device__ void load_steps(const uint32_t* position, const uint32_t* mixed_position, StepTile<weight_t> tile,
                              weight_t (&v)[kStepsPerThread], weight_t (&dt)[kStepsPerThread]) const {
-    const int lane = static_cast<int>(threadIdx.x), step = tile_step(lane);
-    const uint32_t l = position[step], mixed = mixed_position[step];
+    const int step = tile_step(static_cast<int>(threadIdx.x));
+    load_steps_at(position[step], mixed_position[step], tile, v, dt);
+  }
+
+  // The same, given the position l and mixed-in position of the lane's own step on the tile's global
+  // side (step tile_step(lane)).
+  __device__ void load_steps_at(uint32_t l, uint32_t mixed, StepTile<weight_t> tile, weight_t (&v)[kStepsPerThread],
+                                weight_t (&dt)[kStepsPerThread]) const {
+    const int lane = static_cast<int>(threadIdx.x);
     const bool has_mixed = mixed != kNoMixedPosition;
     const uint32_t source = has_mixed ? mixed : l;
     weight_t u_own[kStepsPerThread], u_mixed[kStepsPerThread], delta[kStepsPerThread];
@@ -164,23 +178,27 @@ struct PathChannel {
     rounds_to_lanes(tile, loaded, value);
   }
 
-  // out_steps[channel row + k] = value[k] of each lane with a channel below D, for the warp's first
-  // n_valid steps, through the warp's tile: out_steps is where the warp's first step goes in the
-  // block's first row of a (..., D, L) workspace kept in path order, so that a store instruction
-  // covers whole sectors on any path. Streaming stores: a later kernel reads the workspace.
+  // out_steps[channel row + k] = value[k] (added to what is there, with accumulate) of each lane with a
+  // channel below D, for the warp's steps k in [from, to), through the warp's tile: out_steps is where
+  // the warp's first step goes in the block's first row of a (..., D, L) workspace kept in path order,
+  // so that a store instruction covers whole sectors on any path. Streaming stores: a later kernel
+  // reads the workspace. (A value is stored and added to by the same thread.)
   template <typename out_t>
-  __device__ void store_steps(int64_t n_valid, StepTile<weight_t> tile, const weight_t (&value)[kStepsPerThread],
-                              out_t* out_steps) const {
+  __device__ void store_steps(int64_t from, int64_t to, StepTile<weight_t> tile,
+                              const weight_t (&value)[kStepsPerThread], out_t* out_steps,
+                              bool accumulate = false) const {
     const int lane = static_cast<int>(threadIdx.x), step = tile_step(lane);
 #pragma unroll
     for (int k = 0; k < kStepsPerThread; ++k) tile[k][lane] = value[k];
     __syncwarp();
-    if (step < n_valid) {
+    if (step >= from && step < to) {
 #pragma unroll
       for (int r = 0; r < kStepsPerThread; ++r) {
         const int channel = tile_channel(lane, r);
         if (channel <= last_block_channel) {
-          simt::store_streaming(out_steps + channel * L + step, static_cast<out_t>(tile[step][channel]));
+          out_t* out = out_steps + channel * L + step;
+          const weight_t before = accumulate ? static_cast<weight_t>(*out) : weight_t(0);
+          simt::store_streaming(out, static_cast<out_t>(before + tile[step][channel]));
         }
       }
     }
@@ -294,11 +312,7 @@ struct ChunkProjections {
       B[n][step] = loaded ? static_cast<weight_t>(c.B_path[offset]) : weight_t(0);
       C[n][step] = loaded ? static_cast<weight_t>(c.C_path[offset]) : weight_t(0);
     }
-    if (first_state == 0 && thread < kScanChunk) {
-      const int64_t mixed = c.mix_row ? c.mix_row[l] : -1;
-      POSEMAMBA_DEVICE_ASSERT(mixed < c.L);
-      mixed_position[step] = mixed >= 0 && mixed < c.L ? static_cast<uint32_t>(mixed) : kNoMixedPosition;
-    }
+    if (first_state == 0 && thread < kScanChunk) mixed_position[step] = c.mixed_position(l);
   }
 
   // The start of the group of state entries from first_state, which every thread of the block calls:

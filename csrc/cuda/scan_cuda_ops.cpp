@@ -23,9 +23,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_path_scan_fwd_cuda(
     const std::optional<at::Tensor>& z,
     const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix,
-    bool delta_softplus) {
+    bool delta_softplus,
+    int64_t span_length) {
   const c10::cuda::CUDAGuard device_guard(u.device());
-  return scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus);
+  return scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_length);
 }
 
 ScanGradients multi_path_scan_bwd_cuda(

@@ -37,6 +37,7 @@
 
 #include "scan_cuda.h"
 #include "scan_cuda_common.cuh"
+#include "scan_warp_spans_cuda.cuh"
 
 namespace posemamba {
 namespace cuda {
@@ -149,7 +150,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       }
     }
     if (!summary) {  // in path order: contiguous stores, whatever the path's positions
-      c.store_steps(end - first, step_tiles[warp], y, y_paths + first_row * L + first);
+      c.store_steps(0, end - first, step_tiles[warp], y, y_paths + first_row * L + first);
     }
     __syncthreads();  // every thread is done with the chunk's staged values before the next chunk's
   }
@@ -191,6 +192,16 @@ void run_scan_forward_as(ScanForward& f) {
   if (p.batch == 0 || p.dim == 0 || p.seqlen == 0) return;
   const auto weights = f.inputs.A.options();
   const at::Tensor y_paths = at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, weights);
+  const auto merge_paths = [&] {
+    const at::Tensor inverse = invert_paths(p, f.inputs.paths);
+    simt::launch(merge_paths_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen), kElementwiseThreads,
+                 0, p, y_paths.const_data_ptr<weight_t>(), inverse.const_data_ptr<int32_t>());
+  };
+  if (const int64_t span_length = warp_span_length(p)) {
+    run_warp_spans_forward<scalar_t>(f, span_length, y_paths.mutable_data_ptr<weight_t>());
+    merge_paths();
+    return;
+  }
   const int64_t span_chunks = chunks_per_span(p), n_spans = num_spans(p, span_chunks);
   // Passes 1 and 2 only where the path is cut into spans: (span maps, as decay and drive; span starts).
   at::Tensor span_maps, span_start;
@@ -208,9 +219,7 @@ void run_scan_forward_as(ScanForward& f) {
   }
   simt::launch(scan_span_kernel<scalar_t>, path_channel_grid(p, n_spans), block, 0, p, span_chunks,
                static_cast<const weight_t*>(starts), nullptr, y_paths.mutable_data_ptr<weight_t>());
-  const at::Tensor inverse = invert_paths(p, f.inputs.paths);
-  simt::launch(merge_paths_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen), kElementwiseThreads, 0, p,
-               y_paths.const_data_ptr<weight_t>(), inverse.const_data_ptr<int32_t>());
+  merge_paths();
 }
 
 }  // namespace cuda

@@ -1,0 +1,225 @@
+// The CUDA forward's second work split, for paths cut into spans of a given length: a warp walks one
+// span of one (batch, path)'s 32 channels alone, 8 steps a tile, each lane holding its channel's state
+// entries in registers (16 at a time). No barriers and no map composition: a state update is an exp,
+// a multiply and two FMAs, as in a sequential scan.
+//
+// A block's 8 warps take consecutive spans of the same (batch, path, 32 channels). That is what the
+// split is for: on a path whose step s + span_length visits a position next to step s's (PoseMamba's
+// joint-major paths with span_length = T frames), the warps read the same sectors at the same time,
+// where a whole-path walk would want each sector's other values 243 steps later, long after L2 has
+// dropped it. The caller gives the span length (posemamba.ops finds it in the paths).
+//
+// The passes are those of the chunked split's spans (scan_forward_cuda.cuh): each span but the last
+// from a zero state (its map out), carry_across_spans, then each span from its start state, writing
+// the path's outputs in path order and the state before every kScanChunk-th step (chunk_states, which
+// the backward restarts from, whichever split wrote them). Each pass walks a span once per group of
+// kWarpStates state entries; beyond the first group, outputs add to the first's.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <limits>
+#include <string>
+
+#include "scan_cuda.h"
+#include "scan_cuda_common.cuh"
+
+namespace posemamba {
+namespace cuda {
+
+// State entries a lane holds in registers: a group, walked in one pass over its span.
+constexpr int kWarpStates = 16;
+
+// One warp's share of shared memory: B and C of its tile's steps for a group of state entries
+// (step-major, so that a lane reads one step's entries as 16-byte rows), and the tile for its loads and
+// stores.
+template <typename weight_t>
+struct WarpSpanTile {
+  alignas(16) weight_t B[kStepsPerThread][kWarpStates];
+  alignas(16) weight_t C[kStepsPerThread][kWarpStates];
+  weight_t steps[kStepsPerThread][kWarp + 1];  // StepTile
+
+  // Every lane of the warp calls it, with the position l of its step tile_step(lane) and whether that
+  // step is in the span: B and C of entries [group, group + kWarpStates), zeros past N or the span.
+  template <typename input_t>
+  __device__ void stage(const PathChannel<input_t>& c, uint32_t l, bool step_in_span, int group) {
+    const int lane = static_cast<int>(threadIdx.x), step = tile_step(lane);
+    constexpr int kEntriesPerRound = kWarp / kStepsPerThread;
+#pragma unroll
+    for (int r = 0; r < kWarpStates / kEntriesPerRound; ++r) {
+      const int n = lane / kStepsPerThread + r * kEntriesPerRound;
+      const bool loaded = step_in_span && group + n < c.N;
+      const int64_t offset = (group + n) * c.L + l;
+      B[step][n] = loaded ? static_cast<weight_t>(c.B_path[offset]) : weight_t(0);
+      C[step][n] = loaded ? static_cast<weight_t>(c.C_path[offset]) : weight_t(0);
+    }
+    __syncwarp();
+  }
+};
+
+// A warp's (batch, path, 32 channels) and span, from the flat warp index of a pass over spans
+// [0, pass_spans): spans fastest, so that a block's warps take consecutive spans.
+struct WarpSpanTask {
+  int64_t b, path, first_channel, span;
+  bool valid;  // false for the last block's warps past the pass's end
+};
+
+__device__ __forceinline__ WarpSpanTask warp_span_task(const MultiPathScanParams& p, int64_t pass_spans) {
+  const int64_t flat = static_cast<int64_t>(blockIdx.x) * kSegmentWarps + threadIdx.y;
+  const int64_t channel_blocks = num_channel_blocks(p);
+  const int64_t span = flat % pass_spans, rest = flat / pass_spans;
+  const int64_t channel_block = rest % channel_blocks, batch_path = rest / channel_blocks;
+  return {batch_path / p.n_paths, batch_path % p.n_paths, channel_block * kWarp, span,
+          batch_path < p.batch * p.n_paths};
+}
+
+// With span_maps, pass 1 over spans [0, pass_spans): each span's map from a zero state out, (batch, P,
+// spans, N, D); else pass 3 over all spans: from span_start (zero for the first span, or everywhere
+// where span_start is null), y_paths (path order) and chunk_states out.
+template <typename input_t>
+__global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiprocessor)
+    scan_warp_spans_kernel(MultiPathScanParams p, int64_t span_length, int64_t n_spans, int64_t pass_spans,
+                           const at::opmath_type<input_t>* span_start, StateMap<at::opmath_type<input_t>>* span_maps,
+                           at::opmath_type<input_t>* y_paths) {
+  using weight_t = at::opmath_type<input_t>;
+  const WarpSpanTask task = warp_span_task(p, pass_spans);
+  if (!task.valid) return;  // a whole warp; the kernel has no block-wide barrier
+  const int lane = static_cast<int>(threadIdx.x), warp = static_cast<int>(threadIdx.y);
+  const int64_t d_lane = task.first_channel + lane;
+  const bool active = d_lane < p.dim;
+  const int64_t d = active ? d_lane : p.dim - 1;  // lanes past D follow channel D - 1 and write nothing
+  const bool summary = span_maps != nullptr;
+  const PathChannel<input_t> c(p, task.b, task.path, d, task.first_channel);
+  const int64_t N = p.d_state, L = p.seqlen;
+  const int64_t begin = task.span * span_length, end = begin + span_length < L ? begin + span_length : L;
+  const int64_t span_entry = span_entries(p, n_spans, task.b, task.path, task.span) + d;  // this lane's
+  weight_t* chunk_states =
+      static_cast<weight_t*>(p.chunk_states) + (task.b * p.n_paths + task.path) * p.n_chunks * N * p.dim + d;
+  weight_t* y_steps = y_paths ? y_paths + ((task.b * p.n_paths + task.path) * p.dim + task.first_channel) * L : nullptr;
+  __shared__ WarpSpanTile<weight_t> tiles[kSegmentWarps];
+  WarpSpanTile<weight_t>& tile = tiles[warp];
+
+  for (int group = 0; group < N; group += kWarpStates) {
+    weight_t h[kWarpStates], rate[kWarpStates];
+#pragma unroll
+    for (int n = 0; n < kWarpStates; ++n) {
+      const bool entry = group + n < N;
+      rate[n] = entry ? decay_rate(c.A_row[group + n]) : weight_t(0);
+      h[n] = entry && span_start ? span_start[span_entry + (group + n) * p.dim] : weight_t(0);
+    }
+    weight_t span_dt = 0;  // pass 1: the span's decay for entry n is exp(a_n sum dt)
+    // Tiles start at multiples of kStepsPerThread, so that a chunk starts only at a tile's first step;
+    // the span's first and last tiles mask the steps outside it (the identity map, nothing stored).
+    const auto in_span = [&](int64_t s) { return s >= begin && s < end; };
+    // The position of this lane's step (tile_step(lane)) in this tile and the next two, and its mixed-in
+    // position in this tile and the next: each loaded a tile before a load needs it, so that a tile's
+    // loads (B, C, u, delta) go out together, waiting on no global load of their own.
+    const auto step_position = [&](int64_t first) -> uint32_t {
+      const int64_t s = first + tile_step(lane);
+      return in_span(s) ? static_cast<uint32_t>(c.position(s)) : 0u;
+    };
+    const int64_t first_tile = begin - begin % kStepsPerThread;
+    uint32_t l = step_position(first_tile), l_next = step_position(first_tile + kStepsPerThread);
+    uint32_t mixed = c.mixed_position(l);
+    for (int64_t first = first_tile; first < end; first += kStepsPerThread) {
+      const uint32_t mixed_next = c.mixed_position(l_next), l_after = step_position(first + 2 * kStepsPerThread);
+      tile.stage(c, l, in_span(first + tile_step(lane)), group);
+      weight_t v[kStepsPerThread], dt[kStepsPerThread], y[kStepsPerThread];
+      c.load_steps_at(l, mixed, tile.steps, v, dt);
+      l = l_next;
+      l_next = l_after;
+      mixed = mixed_next;
+#pragma unroll
+      for (int k = 0; k < kStepsPerThread; ++k) {
+        const bool valid = in_span(first + k);
+        dt[k] = valid ? dt[k] : weight_t(0);
+        v[k] = valid ? v[k] : weight_t(0);
+        y[k] = group == 0 ? c.skip * v[k] : weight_t(0);
+        span_dt += dt[k];
+      }
+      // The state before every kScanChunk-th step, for the backward (warp-uniform: one tile in 8).
+      if (!summary && first % kScanChunk == 0 && first >= begin && active) {
+#pragma unroll
+        for (int n = 0; n < kWarpStates; ++n) {
+          if (group + n < N) simt::store_streaming(chunk_states + (first / kScanChunk * N + group + n) * p.dim, h[n]);
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < kStepsPerThread; ++k) {
+        const weight_t dt_v = dt[k] * v[k];
+#pragma unroll
+        for (int n = 0; n < kWarpStates; ++n) {
+          h[n] = StateMap<weight_t>{step_decay_from_rate(dt[k], rate[n]), dt_v * tile.B[k][n]}.apply(h[n]);
+          y[k] += tile.C[k][n] * h[n];
+        }
+      }
+      if (!summary) {
+        const int64_t from = begin > first ? begin - first : 0, to = end - first;
+        c.store_steps(from, to, tile.steps, y, y_steps + first, /*accumulate=*/group > 0);
+      }
+      __syncwarp();  // the tile is free for the next steps
+    }
+    if (summary && active) {
+#pragma unroll
+      for (int n = 0; n < kWarpStates; ++n) {
+        if (group + n < N) {
+          span_maps[span_entry + (group + n) * p.dim] = {step_decay_from_rate(span_dt, rate[n]), h[n]};
+        }
+      }
+    }
+  }
+}
+
+// Whether warp_spans may take the forward where the caller gives a span length (the default), or
+// POSEMAMBA_CUDA_WARP_SPANS=0 for never: read once per process, for benchmarks/gpu_report.py's
+// comparison of the two splits.
+inline bool warp_spans_allowed() {
+  static const bool allowed = [] {
+    const char* text = std::getenv("POSEMAMBA_CUDA_WARP_SPANS");
+    if (text == nullptr || *text == '\0') return true;
+    const std::string value(text);
+    TORCH_CHECK(value == "0" || value == "1", "POSEMAMBA_CUDA_WARP_SPANS must be 0 or 1, got '", value, "'");
+    return value == "1";
+  }();
+  return allowed;
+}
+
+// The span length the forward's warp split takes, or 0 for the chunked split (scan_forward_cuda.cuh):
+// the caller's hint where it cuts the paths into more than one span of at least a tile.
+inline int64_t warp_span_length(const MultiPathScanParams& p) {
+  const bool usable = p.span_length >= kStepsPerThread && p.span_length < p.seqlen;
+  return usable && warp_spans_allowed() ? p.span_length : 0;
+}
+
+// The span split's launches for input dtype scalar_t: y_paths and the forward's chunk_states filled.
+template <typename scalar_t>
+void run_warp_spans_forward(ScanForward& f, int64_t span_length, at::opmath_type<scalar_t>* y_paths) {
+  using weight_t = at::opmath_type<scalar_t>;
+  const MultiPathScanParams& p = f.params;
+  TORCH_CHECK(p.seqlen <= std::numeric_limits<int32_t>::max(), "u: the CUDA kernels take L below 2^31, got ", p.seqlen);
+  const int64_t n_spans = (p.seqlen + span_length - 1) / span_length;
+  const int64_t path_blocks = p.batch * p.n_paths * num_channel_blocks(p);
+  const auto blocks = [&](int64_t pass_spans) {
+    return static_cast<unsigned>((path_blocks * pass_spans + kSegmentWarps - 1) / kSegmentWarps);
+  };
+  const dim3 block(kWarp, kSegmentWarps);
+  const auto weights = f.inputs.A.options();
+  at::Tensor span_maps, span_start;
+  if (n_spans > 1) {
+    span_maps = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim, 2}, weights);
+    span_start = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim}, weights);
+    auto* maps = reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>());
+    simt::launch(scan_warp_spans_kernel<scalar_t>, blocks(n_spans - 1), block, 0, p, span_length, n_spans,
+                 n_spans - 1, nullptr, maps, nullptr);
+    carry_across_spans<weight_t>(p, n_spans, maps, span_start.mutable_data_ptr<weight_t>(), /*forward=*/true);
+  }
+  simt::launch(scan_warp_spans_kernel<scalar_t>, blocks(n_spans), block, 0, p, span_length, n_spans, n_spans,
+               n_spans > 1 ? span_start.const_data_ptr<weight_t>() : nullptr, nullptr, y_paths);
+}
+
+}  // namespace cuda
+}  // namespace posemamba
