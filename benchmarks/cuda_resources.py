@@ -6,8 +6,8 @@
 Needs nvcc (CUDA_HOME, else /usr/local/cuda), not a GPU: occupancy limits and local-memory traffic
 can be checked on any machine with the toolkit. Compiles csrc/cuda/*.cu as setup.py does (-O3), with
 `-Xptxas -v`, and prints one line per kernel. With --sass (needs cuobjdump) it also counts the machine
-instructions of each scan kernel's loop over state entries: the kernels' cost per state update, short
-of timing them.
+instructions of each scan kernel's loop over state entries (the chunked split) or over a tile's steps
+(the forward's warp split): the kernels' cost per state update, short of timing them.
 """
 import argparse
 import glob
@@ -110,6 +110,32 @@ def state_entry_loops(sass):
     return rows
 
 
+def tile_loops(sass):
+    """Per barrier-free scan kernel (the forward's warp split): the SASS of its loops over a tile's
+    8 steps x 16 state entries (each an innermost loop with at least 128 exps; a copy per pass), as
+    (kernel, template arguments, instruction counts by opcode)."""
+    rows = []
+    for function in re.split(r"\n\s*Function : ", sass)[1:]:
+        kernel, template_args = demangle(function.split()[0])
+        instructions = [(int(address, 16), text) for address, text in SASS_LINE.findall(function)]
+        index = {address: i for i, (address, _) in enumerate(instructions)}
+        opcodes = [SASS_PREDICATE.sub("", text).split()[0].split(".")[0] for _, text in instructions]
+        if "BAR" in opcodes:
+            continue
+        loops = [(index[int(target, 16)], i) for i, (address, text) in enumerate(instructions)
+                 for target in SASS_BRANCH.findall(text)
+                 if int(target, 16) < address and int(target, 16) in index]
+        for first, last in sorted(set(loops)):
+            if any(first <= f and l <= last and (f, l) != (first, last) for f, l in loops):
+                continue  # not innermost
+            counts = {}
+            for opcode in opcodes[first:last + 1]:
+                counts[opcode] = counts.get(opcode, 0) + 1
+            if counts.get("MUFU", 0) >= 128:
+                rows.append((kernel, template_args, counts))
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="90", help="compute capability without the dot (default 90)")
@@ -127,7 +153,7 @@ def main():
         return args.dtype == "all" or template_args.split(",")[0].strip() == DTYPES[args.dtype]
 
     print(f"{'kernel':<34} {'template arguments':<22} {'registers':>9} {'stack B':>8} {'spills B':>9} {'smem B':>7}")
-    loops = []
+    loops, tiles = [], []
     with tempfile.TemporaryDirectory() as scratch:
         for source in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu"))):
             binary = os.path.join(scratch, os.path.basename(source) + ".o")
@@ -141,12 +167,20 @@ def main():
             if cuobjdump:
                 sass = subprocess.run([cuobjdump, "-sass", binary], capture_output=True, text=True, check=True).stdout
                 loops += [loop for loop in state_entry_loops(sass) if wanted(loop[1])]
+                tiles += [loop for loop in tile_loops(sass) if wanted(loop[1])]
     if loops:
         print("\nEach scan kernel's loop over state entries, one iteration = one state entry of a thread's "
               f"steps (static SASS; branches not taken still count):")
         for kernel, template_args, counts in loops:
             top = ", ".join(f"{opcode} {count}" for opcode, count in sorted(counts.items(), key=lambda c: -c[1])[:8])
             print(f"{kernel:<34} {template_args:<22} {sum(counts.values()):>5} instructions: {top}")
+    if tiles:
+        print("\nEach barrier-free scan kernel's loop over a tile, one iteration = a warp's 8 steps x 16 state "
+              "entries, a loop per pass (static SASS; branches not taken still count):")
+        for kernel, template_args, counts in tiles:
+            top = ", ".join(f"{opcode} {count}" for opcode, count in sorted(counts.items(), key=lambda c: -c[1])[:8])
+            total = sum(counts.values())
+            print(f"{kernel:<34} {template_args:<22} {total:>5} instructions ({total / 128:.1f} a state update): {top}")
 
 
 if __name__ == "__main__":

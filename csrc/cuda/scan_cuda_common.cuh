@@ -11,7 +11,6 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <limits>
 
 #include "../multi_path_scan.h"
 #include "scan_cuda.h"
@@ -64,8 +63,17 @@ static_assert(kStepsPerThread == 8 && kWarp == 32, "the step tiles' lane split a
 template <typename T>
 using StepTile = T (*)[kWarp + 1];
 
+// The longest path the kernels take: 2^26 positions, so that a position within a block's 32 rows of
+// channels (and within N <= 64 rows of B or C) is a 32-bit offset, one instruction of address
+// arithmetic where a 64-bit one takes several.
+constexpr int64_t kMaxLength = int64_t{1} << 26;
+
+inline void check_length(int64_t seqlen) {
+  TORCH_CHECK(seqlen <= kMaxLength, "u: the CUDA kernels take L of at most 2^26 = ", kMaxLength, ", got ", seqlen);
+}
+
 // A step's mixed-in position when mix names none.
-constexpr uint32_t kNoMixedPosition = 0xffffffffu;  // never a position: L < 2^31 (path_channel_grid)
+constexpr uint32_t kNoMixedPosition = 0xffffffffu;  // never a position: L <= 2^26 (check_length)
 
 __device__ __forceinline__ int tile_step(int lane) {
   return lane % kStepsPerThread;
@@ -97,7 +105,7 @@ struct PathChannel {
   using weight_t = at::opmath_type<input_t>;
 
   __device__ PathChannel(const MultiPathScanParams& p, int64_t b, int64_t path, int64_t d, int64_t first_channel)
-      : L(p.seqlen), N(p.d_state), delta_softplus(p.delta_softplus) {
+      : L(p.seqlen), N(p.d_state), row_length(static_cast<uint32_t>(p.seqlen)), delta_softplus(p.delta_softplus) {
     const int64_t batch_path = b * p.n_paths + path;
     const int64_t path_channel = path * p.dim + d;
     last_block_channel = static_cast<int>(p.dim - 1 - first_channel);
@@ -126,9 +134,9 @@ struct PathChannel {
     return mixed >= 0 && mixed < L ? static_cast<uint32_t>(mixed) : kNoMixedPosition;
   }
 
-  // Where the block's channel `channel` starts in a (..., D, L) row block.
-  __device__ int64_t channel_row(int channel) const {
-    return static_cast<int64_t>(channel < last_block_channel ? channel : last_block_channel) * L;
+  // Where the block's channel `channel` starts in a (..., D, L) row block (below 32 L: 32 bits).
+  __device__ uint32_t channel_row(int channel) const {
+    return static_cast<uint32_t>(channel < last_block_channel ? channel : last_block_channel) * row_length;
   }
 
   // The scan inputs v (u, plus u at the mixed-in position where mix names one) and the step sizes dt
@@ -151,7 +159,7 @@ struct PathChannel {
     weight_t u_own[kStepsPerThread], u_mixed[kStepsPerThread], delta[kStepsPerThread];
 #pragma unroll
     for (int r = 0; r < kStepsPerThread; ++r) {
-      const int64_t row = channel_row(tile_channel(lane, r));
+      const uint32_t row = channel_row(tile_channel(lane, r));
       u_own[r] = static_cast<weight_t>(u_block[row + l]);
       u_mixed[r] = static_cast<weight_t>(u_block[row + source]);
       delta[r] = static_cast<weight_t>(delta_block[row + l]);
@@ -196,7 +204,7 @@ struct PathChannel {
       for (int r = 0; r < kStepsPerThread; ++r) {
         const int channel = tile_channel(lane, r);
         if (channel <= last_block_channel) {
-          out_t* out = out_steps + channel * L + step;
+          out_t* out = out_steps + static_cast<uint32_t>(channel) * row_length + step;
           const weight_t before = accumulate ? static_cast<weight_t>(*out) : weight_t(0);
           simt::store_streaming(out, static_cast<out_t>(before + tile[step][channel]));
         }
@@ -206,6 +214,7 @@ struct PathChannel {
   }
 
   int64_t L, N;
+  uint32_t row_length;  // L, for 32-bit offsets within a block's rows (check_length)
   bool delta_softplus;
   int last_block_channel;  // D - 1 - first_channel: the last channel of the block below D
   const input_t *u_block, *delta_block, *B_path, *C_path;
@@ -225,7 +234,7 @@ C10_HOST_DEVICE inline int64_t num_channel_blocks(const MultiPathScanParams& p) 
 // int32.
 inline dim3 path_channel_grid(const MultiPathScanParams& p, int64_t x_per_channel_block) {
   TORCH_CHECK(p.batch <= kMaxGridZ, "u: the CUDA kernels take a batch of at most ", kMaxGridZ, ", got ", p.batch);
-  TORCH_CHECK(p.seqlen <= std::numeric_limits<int32_t>::max(), "u: the CUDA kernels take L below 2^31, got ", p.seqlen);
+  check_length(p.seqlen);
   return dim3(static_cast<unsigned>(x_per_channel_block * num_channel_blocks(p)), static_cast<unsigned>(p.n_paths),
               static_cast<unsigned>(p.batch));
 }
@@ -284,7 +293,7 @@ struct ChunkProjections {
   static constexpr int kStates = sizeof(weight_t) == sizeof(float) ? 16 : 4;  // state entries per group
   alignas(16) weight_t B[kStates][kScanChunk];
   alignas(16) weight_t C[kStates][kScanChunk];
-  alignas(16) uint32_t position[kScanChunk];  // L < 2^31 (path_channel_grid); 0 past the path's end
+  alignas(16) uint32_t position[kScanChunk];  // L <= 2^26 (check_length); 0 past the path's end
   uint32_t mixed_position[kScanChunk];         // mix at the step's position, or kNoMixedPosition
   weight_t A[kStates][kWarp];                  // A of the lanes' channels, for the group's entries
 
@@ -308,7 +317,7 @@ struct ChunkProjections {
     }
     for (int n = thread / kScanChunk; n < kStates; n += kThreads / kScanChunk) {
       const bool loaded = valid && first_state + n < c.N;
-      const int64_t offset = (first_state + n) * c.L + l;
+      const uint32_t offset = static_cast<uint32_t>(first_state + n) * c.row_length + static_cast<uint32_t>(l);
       B[n][step] = loaded ? static_cast<weight_t>(c.B_path[offset]) : weight_t(0);
       C[n][step] = loaded ? static_cast<weight_t>(c.C_path[offset]) : weight_t(0);
     }

@@ -22,7 +22,6 @@
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
-#include <limits>
 #include <string>
 
 #include "scan_cuda.h"
@@ -53,7 +52,7 @@ struct WarpSpanTile {
     for (int r = 0; r < kWarpStates / kEntriesPerRound; ++r) {
       const int n = lane / kStepsPerThread + r * kEntriesPerRound;
       const bool loaded = step_in_span && group + n < c.N;
-      const int64_t offset = (group + n) * c.L + l;
+      const uint32_t offset = static_cast<uint32_t>(group + n) * c.row_length + l;
       B[step][n] = loaded ? static_cast<weight_t>(c.B_path[offset]) : weight_t(0);
       C[step][n] = loaded ? static_cast<weight_t>(c.C_path[offset]) : weight_t(0);
     }
@@ -95,7 +94,9 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const bool summary = span_maps != nullptr;
   const PathChannel<input_t> c(p, task.b, task.path, d, task.first_channel);
   const int64_t N = p.d_state, L = p.seqlen;
-  const int64_t begin = task.span * span_length, end = begin + span_length < L ? begin + span_length : L;
+  // Steps as 32-bit numbers: L <= 2^26 (check_length).
+  const int begin = static_cast<int>(task.span * span_length);
+  const int end = static_cast<int>(begin + span_length < L ? begin + span_length : L);
   const int64_t span_entry = span_entries(p, n_spans, task.b, task.path, task.span) + d;  // this lane's
   weight_t* chunk_states =
       static_cast<weight_t*>(p.chunk_states) + (task.b * p.n_paths + task.path) * p.n_chunks * N * p.dim + d;
@@ -114,18 +115,18 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
     weight_t span_dt = 0;  // pass 1: the span's decay for entry n is exp(a_n sum dt)
     // Tiles start at multiples of kStepsPerThread, so that a chunk starts only at a tile's first step;
     // the span's first and last tiles mask the steps outside it (the identity map, nothing stored).
-    const auto in_span = [&](int64_t s) { return s >= begin && s < end; };
+    const auto in_span = [&](int s) { return s >= begin && s < end; };
     // The position of this lane's step (tile_step(lane)) in this tile and the next two, and its mixed-in
     // position in this tile and the next: each loaded a tile before a load needs it, so that a tile's
     // loads (B, C, u, delta) go out together, waiting on no global load of their own.
-    const auto step_position = [&](int64_t first) -> uint32_t {
-      const int64_t s = first + tile_step(lane);
+    const auto step_position = [&](int first) -> uint32_t {
+      const int s = first + tile_step(lane);
       return in_span(s) ? static_cast<uint32_t>(c.position(s)) : 0u;
     };
-    const int64_t first_tile = begin - begin % kStepsPerThread;
+    const int first_tile = begin - begin % kStepsPerThread;
     uint32_t l = step_position(first_tile), l_next = step_position(first_tile + kStepsPerThread);
     uint32_t mixed = c.mixed_position(l);
-    for (int64_t first = first_tile; first < end; first += kStepsPerThread) {
+    for (int first = first_tile; first < end; first += kStepsPerThread) {
       const uint32_t mixed_next = c.mixed_position(l_next), l_after = step_position(first + 2 * kStepsPerThread);
       tile.stage(c, l, in_span(first + tile_step(lane)), group);
       weight_t v[kStepsPerThread], dt[kStepsPerThread], y[kStepsPerThread];
@@ -158,7 +159,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
         }
       }
       if (!summary) {
-        const int64_t from = begin > first ? begin - first : 0, to = end - first;
+        const int from = begin > first ? begin - first : 0, to = end - first;
         c.store_steps(from, to, tile.steps, y, y_steps + first, /*accumulate=*/group > 0);
       }
       __syncwarp();  // the tile is free for the next steps
@@ -200,7 +201,7 @@ template <typename scalar_t>
 void run_warp_spans_forward(ScanForward& f, int64_t span_length, at::opmath_type<scalar_t>* y_paths) {
   using weight_t = at::opmath_type<scalar_t>;
   const MultiPathScanParams& p = f.params;
-  TORCH_CHECK(p.seqlen <= std::numeric_limits<int32_t>::max(), "u: the CUDA kernels take L below 2^31, got ", p.seqlen);
+  check_length(p.seqlen);
   const int64_t n_spans = (p.seqlen + span_length - 1) / span_length;
   const int64_t path_blocks = p.batch * p.n_paths * num_channel_blocks(p);
   const auto blocks = [&](int64_t pass_spans) {
