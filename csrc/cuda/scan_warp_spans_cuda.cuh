@@ -1,7 +1,7 @@
 // The CUDA forward's second work split, for paths cut into spans of a given length: a warp walks one
 // span of one (batch, path)'s 32 channels alone, 8 steps a tile, each lane holding its channel's state
 // entries in registers (16 at a time). No barriers and no map composition: a state update is an exp,
-// a multiply and two FMAs, as in a sequential scan.
+// two multiplies and two FMAs, as in a sequential scan.
 //
 // A block's 8 warps take consecutive spans of the same (batch, path, 32 channels). That is what the
 // split is for: on a path whose step s + span_length visits a position next to step s's (PoseMamba's
@@ -155,7 +155,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
 #pragma unroll
         for (int n = 0; n < kWarpStates; ++n) {
           h[n] = StateMap<weight_t>{step_decay_from_rate(dt[k], rate[n]), dt_v * tile.B[k][n]}.apply(h[n]);
-          y[k] += tile.C[k][n] * h[n];
+          y[k] += tile.C[k][n] * h[n];  // (kept in pass 1 too: a branch on the pass here doubles the loop)
         }
       }
       if (!summary) {
