@@ -40,6 +40,7 @@ def multi_path_selective_scan(
     delta_bias: Optional[torch.Tensor] = None,
     mix: Optional[torch.Tensor] = None,
     delta_softplus: bool = True,
+    span_length: Optional[int] = None,
 ) -> torch.Tensor:
     """P selective scans over one sequence in different orders, summed back in natural order.
 
@@ -60,6 +61,10 @@ def multi_path_selective_scan(
         mix: optional (P, L) int64; where mix[p, l] >= 0 path p reads u[l] + u[mix[p, l]] at position
             l instead of u[l] (-1: u[l] alone).
         delta_softplus: apply softplus to delta + delta_bias.
+        span_length: a hint for the CUDA forward's work split, never changing the result beyond
+            rounding: cut the paths into spans of this many steps (see paths.span_length_hint; 0: no
+            hint). None finds it in paths, once per tensor, except under torch.compile, which cannot
+            read the values: give it there (T for pose_paths(T, J)).
 
     For each batch b, channel d and path p, with h = 0 and l = paths[p, s] for s = 0..L-1:
         dt = softplus(delta[b,p,d,l] + delta_bias[p,d]);  v = u[b,d,l] (+ u[b,d,mix[p,l]])
@@ -76,11 +81,15 @@ def multi_path_selective_scan(
     is found then too.
     """
     check_multi_path_scan_args(u, delta, A, B, C, paths, D, z, delta_bias, mix)
+    if span_length is not None and (not isinstance(span_length, int) or span_length < 0):
+        raise ValueError(f"span_length must be None, 0 or a number of steps, got {span_length!r}")
     if not _kernel_available(u.device):
         _warn_reference_once(u.device)
         return multi_path_selective_scan_ref(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus)
+    if span_length is None:
+        span_length = _span_length(paths)
     out, _, _ = torch.ops.posemamba.multi_path_scan_fwd(
-        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, _span_length(paths))
+        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_length)
     return out
 
 

@@ -84,3 +84,9 @@ def test_index_values_are_checked_once_per_tensor_and_again_after_a_change(monke
     with pytest.raises(ValueError, match=r"paths\[1\] must be a permutation"):
         multi_path_selective_scan(**inputs)
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("span_length", [-1, 2.5, "243"])
+def test_span_length_hint_must_be_a_step_count(span_length):
+    with pytest.raises(ValueError, match="span_length must be None, 0 or a number of steps"):
+        multi_path_selective_scan(**good_inputs(), span_length=span_length)

@@ -107,6 +107,12 @@ def test_forward_saves_chunk_states():
     torch.testing.assert_close(chunk_states[0, 0, :, :, 0], expected, rtol=1e-12, atol=1e-300)
 
 
+def test_span_length_hint_does_not_change_the_cpu_result():
+    # A hint for GPUs' work split: the CPU kernels take it and compute the same.
+    inputs = random_scan_inputs(2, 6, 100, 4, 16, torch.float32)
+    assert torch.equal(multi_path_selective_scan(**inputs), multi_path_selective_scan(**inputs, span_length=25))
+
+
 def test_forward_is_deterministic():
     inputs = random_scan_inputs(2, 6, 100, 4, 16, torch.float32)
     first = multi_path_selective_scan(**inputs)
