@@ -74,11 +74,9 @@ def find_cuobjdump():
     return next((path for path in candidates if path and os.access(path, os.X_OK)), None)
 
 
-def state_entry_loops(sass):
-    """Per scan kernel: the SASS of its loops over state entries (each the innermost loop around a block
-    barrier; the compiler may keep a copy per pass), as (kernel, template arguments, instruction counts
-    by opcode)."""
-    rows = []
+def sass_functions(sass):
+    """Per kernel in cuobjdump's SASS: (kernel, template arguments, each instruction's opcode, its loops
+    as (first, last) instruction indices, from the backward branches)."""
     for function in re.split(r"\n\s*Function : ", sass)[1:]:
         kernel, template_args = demangle(function.split()[0])
         instructions = [(int(address, 16), text) for address, text in SASS_LINE.findall(function)]
@@ -87,6 +85,22 @@ def state_entry_loops(sass):
         loops = [(index[int(target, 16)], i) for i, (address, text) in enumerate(instructions)
                  for target in SASS_BRANCH.findall(text)
                  if int(target, 16) < address and int(target, 16) in index]
+        yield kernel, template_args, opcodes, loops
+
+
+def opcode_counts(opcodes):
+    counts = {}
+    for opcode in opcodes:
+        counts[opcode] = counts.get(opcode, 0) + 1
+    return counts
+
+
+def state_entry_loops(sass):
+    """Per scan kernel: the SASS of its loops over state entries (each the innermost loop around a block
+    barrier; the compiler may keep a copy per pass), as (kernel, template arguments, instruction counts
+    by opcode)."""
+    rows = []
+    for kernel, template_args, opcodes, loops in sass_functions(sass):
         innermost = set()
         for barrier in (i for i, opcode in enumerate(opcodes) if opcode == "BAR"):
             holding = [(first, last) for first, last in loops if first <= barrier <= last]
@@ -103,10 +117,7 @@ def state_entry_loops(sass):
                 continue
             if not any(f <= first and last <= l and barriers_in(f, l) > barriers_in(first, last) for f, l in loops):
                 continue
-            counts = {}
-            for opcode in opcodes[first:last + 1]:
-                counts[opcode] = counts.get(opcode, 0) + 1
-            rows.append((kernel, template_args, counts))
+            rows.append((kernel, template_args, opcode_counts(opcodes[first:last + 1])))
     return rows
 
 
@@ -115,22 +126,13 @@ def tile_loops(sass):
     8 steps x 16 state entries (each an innermost loop with at least 128 exps; a copy per pass), as
     (kernel, template arguments, instruction counts by opcode)."""
     rows = []
-    for function in re.split(r"\n\s*Function : ", sass)[1:]:
-        kernel, template_args = demangle(function.split()[0])
-        instructions = [(int(address, 16), text) for address, text in SASS_LINE.findall(function)]
-        index = {address: i for i, (address, _) in enumerate(instructions)}
-        opcodes = [SASS_PREDICATE.sub("", text).split()[0].split(".")[0] for _, text in instructions]
+    for kernel, template_args, opcodes, loops in sass_functions(sass):
         if "BAR" in opcodes:
             continue
-        loops = [(index[int(target, 16)], i) for i, (address, text) in enumerate(instructions)
-                 for target in SASS_BRANCH.findall(text)
-                 if int(target, 16) < address and int(target, 16) in index]
         for first, last in sorted(set(loops)):
             if any(first <= f and l <= last and (f, l) != (first, last) for f, l in loops):
                 continue  # not innermost
-            counts = {}
-            for opcode in opcodes[first:last + 1]:
-                counts[opcode] = counts.get(opcode, 0) + 1
+            counts = opcode_counts(opcodes[first:last + 1])
             if counts.get("MUFU", 0) >= 128:
                 rows.append((kernel, template_args, counts))
     return rows
