@@ -124,11 +124,14 @@ def test_emulated_cuda_kernels_on_pose_paths_are_deterministic(emulated, T):
 
 
 # The forward's warp split (csrc/cuda/scan_warp_spans_cuda.cuh), taken where span_length cuts the paths
-# into spans of at least 8 steps: spans of one tile, of several with a partial last one (13, 69: the
-# last span 1 step), of a chunk and past it (chunk starts inside spans, where the warp saves the
-# states); lanes past D; N = 20 and 40 (groups of 16 entries walked in turn, outputs added); P = 8.
-WARP_SPAN_CASES = [((2, 33, 70, 2, 3), 8), ((2, 33, 70, 2, 3), 13), ((1, 5, 200, 3, 4), 69),
-                   ((1, 40, 300, 2, 20), 64), ((1, 3, 150, 8, 40), 100), ((2, 4, 130, 1, 1), 9)]
+# into spans of at least 8 steps, and cut further where its blocks would not fill the emulation's 4
+# "multiprocessors" (69 -> 18, 64 -> 22, 100 -> 25, 9 -> 8 below): spans of one tile, of several with a
+# partial last one (13, kept: the last span 5 steps), of a chunk exactly (64, kept) and past it (chunk
+# starts inside spans, where the warp saves the states); lanes past D; N = 20 and 40 (groups of 16
+# entries walked in turn, outputs added); P = 8.
+WARP_SPAN_CASES = [((2, 33, 70, 2, 3), 8), ((4, 64, 70, 2, 3), 13), ((1, 5, 200, 3, 4), 69),
+                   ((1, 40, 300, 2, 20), 64), ((4, 64, 300, 2, 4), 64), ((1, 3, 150, 8, 40), 100),
+                   ((2, 4, 130, 1, 1), 9)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])

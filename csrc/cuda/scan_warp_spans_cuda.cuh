@@ -21,6 +21,7 @@
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 
@@ -190,10 +191,17 @@ inline bool warp_spans_allowed() {
 }
 
 // The span length the forward's warp split takes, or 0 for the chunked split (scan_forward_cuda.cuh):
-// the caller's hint where it cuts the paths into more than one span of at least a tile.
+// the caller's hint where it cuts the paths into more than one span of at least a tile, cut into
+// equal parts where the blocks would not fill the device's multiprocessors (kSpanBlocksPerMultiprocessor
+// each): small batches, whose inputs fit in L2 anyway, trade the sharing of sectors for parallelism.
 inline int64_t warp_span_length(const MultiPathScanParams& p) {
   const bool usable = p.span_length >= kStepsPerThread && p.span_length < p.seqlen;
-  return usable && warp_spans_allowed() ? p.span_length : 0;
+  if (!usable || !warp_spans_allowed()) return 0;
+  const int64_t warps = p.batch * p.n_paths * num_channel_blocks(p) * ((p.seqlen + p.span_length - 1) / p.span_length);
+  const int64_t blocks = (warps + kSegmentWarps - 1) / kSegmentWarps;
+  const int64_t wanted = simt::multiprocessor_count() * int64_t{kSpanBlocksPerMultiprocessor};
+  const int64_t parts = blocks >= wanted ? 1 : (wanted + blocks - 1) / blocks;
+  return std::max<int64_t>(kStepsPerThread, (p.span_length + parts - 1) / parts);
 }
 
 // The span split's launches for input dtype scalar_t: y_paths and the forward's chunk_states filled.
