@@ -78,7 +78,7 @@ def run_sanitizers():
         print("gpu_report: compute-sanitizer is not on the PATH; memcheck and racecheck are skipped")
         return True
     tests = [sys.executable, "-m", "pytest", "-q", "-x", os.path.join(ROOT, "tests", "test_cuda.py"),
-             "-k", "options or whole_path or empty or warp_span"]
+             "-k", "options or whole_path or empty or (warp_span and float32)"]
     clean = True
     for check in ("memcheck", "racecheck"):
         status = run_step(f"compute-sanitizer {check}", [tool, "--tool", check, "--error-exitcode", "1", *tests],
@@ -204,13 +204,14 @@ def write_timing_table(table_path, with_reference=True):
 
 
 # The forward's work splits, each in a process of its own (the kernels read their settings once):
-# the chunked split with POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM at 0 (never cutting paths into spans), 1, 2
-# (the default), 4, and 16 and 64, which cut them at batch 16 too; then the warp split
-# (csrc/cuda/scan_warp_spans_cuda.cuh), which PoseMamba's paths select with their span length (T) by
-# default, with the default span target for the backward. The backward is the chunked split's in all.
+# the chunked split with POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM at 2 (the default) and 4 (0 and 1 measured
+# worse at every shape, twice), and 16 and 64, which cut paths into spans at batch 16 too; then the
+# warp split (csrc/cuda/scan_warp_spans_cuda.cuh), which PoseMamba's paths select with their span
+# length (T) by default, with the default span target for the backward. The backward is the chunked
+# split's in all.
 SPLIT_SETTINGS = tuple((f"chunks {blocks}", {"POSEMAMBA_CUDA_WARP_SPANS": "0",
                                              "POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM": blocks})
-                       for blocks in ("0", "1", "2", "4", "16", "64")) + (("warps", {"POSEMAMBA_CUDA_WARP_SPANS": "1"}),)
+                       for blocks in ("2", "4", "16", "64")) + (("warps", {"POSEMAMBA_CUDA_WARP_SPANS": "1"}),)
 # (shape, batch, joint-major paths): where blocks of whole paths do not fill the GPU, and the training
 # shape, whose joint-major paths lose their sectors from L2 before they use them all (spans walked
 # together might share them), also with every path frame-major: what the joint-major accesses cost.

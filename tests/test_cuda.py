@@ -76,7 +76,8 @@ def test_cuda_pose_shapes_match_cpu_kernels_and_are_deterministic(T):
 FORWARD_ARGS = ("u", "delta", "A", "B", "C", "paths", "D", "z", "delta_bias", "mix")
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16],
+                         ids=lambda dtype: str(dtype).removeprefix("torch."))
 @pytest.mark.parametrize("shape, span_length", [((2, 33, 70, 2, 3), 8), ((1, 5, 200, 3, 4), 69),
                                                 ((1, 40, 300, 2, 20), 64), ((2, 64, 459, 4, 64), 27)],
                          ids=lambda case: str(case))

@@ -135,6 +135,6 @@ def test_benchmark_summary_leaves_out_failed_benchmarks():
 
 def test_split_settings_name_each_forward_split():
     labels = [label for label, _ in gpu_report.SPLIT_SETTINGS]
-    assert labels == ["chunks 0", "chunks 1", "chunks 2", "chunks 4", "chunks 16", "chunks 64", "warps"]
+    assert labels == ["chunks 2", "chunks 4", "chunks 16", "chunks 64", "warps"]
     for label, settings in gpu_report.SPLIT_SETTINGS:
         assert settings["POSEMAMBA_CUDA_WARP_SPANS"] == ("1" if label == "warps" else "0")
