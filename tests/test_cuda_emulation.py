@@ -245,17 +245,17 @@ import sys, torch
 sys.path.insert(0, {tests!r})
 import test_cuda_emulation as t
 inputs, grad_out = torch.load({inputs!r})
-actual = t.forward_and_backward(t.load_emulation(), inputs, grad_out)
+actual = t.forward_and_backward(t.load_emulation(), inputs, grad_out, span_length={span_length})
 t.assert_close_scaled(actual, t.forward_and_backward(torch.ops.posemamba, inputs, grad_out), torch.float32)
 torch.save(actual, {output!r})
 """
 
 
-def run_with_span_setting(setting, folder):
+def run_with_span_setting(setting, folder, variable="POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM", span_length=0):
     """Runs the check with one value of the variable on inputs saved in folder/inputs.pt; the emulated
     kernels' results go to folder/setting_SETTING.pt."""
-    env = dict(os.environ, POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM=setting)
-    check = SPAN_SETTING_CHECK.format(tests=os.path.dirname(os.path.abspath(__file__)),
+    env = dict(os.environ, **{variable: setting})
+    check = SPAN_SETTING_CHECK.format(tests=os.path.dirname(os.path.abspath(__file__)), span_length=span_length,
                                       inputs=str(folder / "inputs.pt"), output=str(folder / f"setting_{setting}.pt"))
     return subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=600)
 
@@ -276,3 +276,21 @@ def test_emulated_cuda_kernels_name_a_bad_span_setting(emulated, tmp_path):
     result = run_with_span_setting("two", tmp_path)
     assert result.returncode != 0
     assert "POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM must be a whole number from 0 to 64, got 'two'" in result.stderr
+
+
+def test_emulated_forward_follows_the_warp_split_setting(emulated, tmp_path):
+    # With a span length the warp split runs ("" and "1"), unless POSEMAMBA_CUDA_WARP_SPANS=0, which
+    # gives the chunked split's results to the bit; a bad value is a named error.
+    torch.save((random_scan_inputs(2, 40, 130, 2, 3, torch.float32), torch.randn(2, 40, 130)), tmp_path / "inputs.pt")
+    results = {}
+    for setting in ("0", "", "1"):
+        result = run_with_span_setting(setting, tmp_path, "POSEMAMBA_CUDA_WARP_SPANS", span_length=26)
+        assert result.returncode == 0, result.stderr[-3000:]
+        results[setting] = torch.load(tmp_path / f"setting_{setting}.pt")
+    unhinted = forward_and_backward(emulated, *torch.load(tmp_path / "inputs.pt"))
+    assert all(torch.equal(x, y) for x, y in zip(results["0"], unhinted, strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(results[""], results["1"], strict=True))
+    assert any(not torch.equal(x, y) for x, y in zip(results["0"], results["1"], strict=True))
+    result = run_with_span_setting("yes", tmp_path, "POSEMAMBA_CUDA_WARP_SPANS", span_length=26)
+    assert result.returncode != 0
+    assert "POSEMAMBA_CUDA_WARP_SPANS must be 0 or 1, got 'yes'" in result.stderr
