@@ -123,7 +123,7 @@ def state_entry_loops(sass):
 
 def tile_loops(sass):
     """Per barrier-free scan kernel (the forward's warp split): the SASS of its loops over a tile's
-    8 steps x 16 state entries (each an innermost loop with at least 128 exps; a copy per pass), as
+    8 steps x 16 state entries (each an innermost loop with at least 128 exps; one or more per pass), as
     (kernel, template arguments, instruction counts by opcode)."""
     rows = []
     for kernel, template_args, opcodes, loops in sass_functions(sass):
@@ -178,7 +178,7 @@ def main():
             print(f"{kernel:<34} {template_args:<22} {sum(counts.values()):>5} instructions: {top}")
     if tiles:
         print("\nEach barrier-free scan kernel's loop over a tile, one iteration = a warp's 8 steps x 16 state "
-              "entries, a loop per pass (static SASS; branches not taken still count):")
+              "entries, one or more loops per pass (static SASS; branches not taken still count):")
         for kernel, template_args, counts in tiles:
             top = ", ".join(f"{opcode} {count}" for opcode, count in sorted(counts.items(), key=lambda c: -c[1])[:8])
             total = sum(counts.values())

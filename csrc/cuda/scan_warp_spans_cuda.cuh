@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #include "scan_cuda.h"
 #include "scan_cuda_common.cuh"
@@ -92,7 +93,6 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const int64_t d_lane = task.first_channel + lane;
   const bool active = d_lane < p.dim;
   const int64_t d = active ? d_lane : p.dim - 1;  // lanes past D follow channel D - 1 and write nothing
-  const bool summary = span_maps != nullptr;
   const PathChannel<input_t> c(p, task.b, task.path, d, task.first_channel);
   const int64_t N = p.d_state, L = p.seqlen;
   // Steps as 32-bit numbers: L <= 2^26 (check_length).
@@ -105,74 +105,83 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   __shared__ WarpSpanTile<weight_t> tiles[kSegmentWarps];
   WarpSpanTile<weight_t>& tile = tiles[warp];
 
-  for (int group = 0; group < N; group += kWarpStates) {
-    weight_t h[kWarpStates], rate[kWarpStates];
-#pragma unroll
-    for (int n = 0; n < kWarpStates; ++n) {
-      const bool entry = group + n < N;
-      rate[n] = entry ? decay_rate(c.A_row[group + n]) : weight_t(0);
-      h[n] = entry && span_start ? span_start[span_entry + (group + n) * p.dim] : weight_t(0);
-    }
-    weight_t span_dt = 0;  // pass 1: the span's decay for entry n is exp(a_n sum dt)
-    // Tiles start at multiples of kStepsPerThread, so that a chunk starts only at a tile's first step;
-    // the span's first and last tiles mask the steps outside it (the identity map, nothing stored).
-    const auto in_span = [&](int s) { return s >= begin && s < end; };
-    // The position of this lane's step (tile_step(lane)) in this tile and the next two, and its mixed-in
-    // position in this tile and the next: each loaded a tile before a load needs it, so that a tile's
-    // loads (B, C, u, delta) go out together, waiting on no global load of their own.
-    const auto step_position = [&](int first) -> uint32_t {
-      const int s = first + tile_step(lane);
-      return in_span(s) ? static_cast<uint32_t>(c.position(s)) : 0u;
-    };
-    const int first_tile = begin - begin % kStepsPerThread;
-    uint32_t l = step_position(first_tile), l_next = step_position(first_tile + kStepsPerThread);
-    uint32_t mixed = c.mixed_position(l);
-    for (int first = first_tile; first < end; first += kStepsPerThread) {
-      const uint32_t mixed_next = c.mixed_position(l_next), l_after = step_position(first + 2 * kStepsPerThread);
-      tile.stage(c, l, in_span(first + tile_step(lane)), group);
-      weight_t v[kStepsPerThread], dt[kStepsPerThread], y[kStepsPerThread];
-      c.load_steps_at(l, mixed, tile.steps, v, dt);
-      l = l_next;
-      l_next = l_after;
-      mixed = mixed_next;
-#pragma unroll
-      for (int k = 0; k < kStepsPerThread; ++k) {
-        const bool valid = in_span(first + k);
-        dt[k] = valid ? dt[k] : weight_t(0);
-        v[k] = valid ? v[k] : weight_t(0);
-        y[k] = group == 0 ? c.skip * v[k] : weight_t(0);
-        span_dt += dt[k];
-      }
-      // The state before every kScanChunk-th step, for the backward (warp-uniform: one tile in 8).
-      if (!summary && first % kScanChunk == 0 && first >= begin && active) {
-#pragma unroll
-        for (int n = 0; n < kWarpStates; ++n) {
-          if (group + n < N) simt::store_streaming(chunk_states + (first / kScanChunk * N + group + n) * p.dim, h[n]);
-        }
-      }
-#pragma unroll
-      for (int k = 0; k < kStepsPerThread; ++k) {
-        const weight_t dt_v = dt[k] * v[k];
-#pragma unroll
-        for (int n = 0; n < kWarpStates; ++n) {
-          h[n] = StateMap<weight_t>{step_decay_from_rate(dt[k], rate[n]), dt_v * tile.B[k][n]}.apply(h[n]);
-          y[k] += tile.C[k][n] * h[n];  // (kept in pass 1 too: a branch on the pass here doubles the loop)
-        }
-      }
-      if (!summary) {
-        const int from = begin > first ? begin - first : 0, to = end - first;
-        c.store_steps(from, to, tile.steps, y, y_steps + first, /*accumulate=*/group > 0);
-      }
-      __syncwarp();  // the tile is free for the next steps
-    }
-    if (summary && active) {
+  // One walk per pass, the pass a compile-time constant: pass 1 computes no outputs.
+  const auto walk = [&](auto pass_1) {
+    constexpr bool summary = decltype(pass_1)::value;
+    for (int group = 0; group < N; group += kWarpStates) {
+      weight_t h[kWarpStates], rate[kWarpStates];
 #pragma unroll
       for (int n = 0; n < kWarpStates; ++n) {
-        if (group + n < N) {
-          span_maps[span_entry + (group + n) * p.dim] = {step_decay_from_rate(span_dt, rate[n]), h[n]};
+        const bool entry = group + n < N;
+        rate[n] = entry ? decay_rate(c.A_row[group + n]) : weight_t(0);
+        h[n] = entry && span_start ? span_start[span_entry + (group + n) * p.dim] : weight_t(0);
+      }
+      weight_t span_dt = 0;  // pass 1: the span's decay for entry n is exp(a_n sum dt)
+      // Tiles start at multiples of kStepsPerThread, so that a chunk starts only at a tile's first step;
+      // the span's first and last tiles mask the steps outside it (the identity map, nothing stored).
+      const auto in_span = [&](int s) { return s >= begin && s < end; };
+      // The position of this lane's step (tile_step(lane)) in this tile and the next two, and its mixed-in
+      // position in this tile and the next: each loaded a tile before a load needs it, so that a tile's
+      // loads (B, C, u, delta) go out together, waiting on no global load of their own.
+      const auto step_position = [&](int first) -> uint32_t {
+        const int s = first + tile_step(lane);
+        return in_span(s) ? static_cast<uint32_t>(c.position(s)) : 0u;
+      };
+      const int first_tile = begin - begin % kStepsPerThread;
+      uint32_t l = step_position(first_tile), l_next = step_position(first_tile + kStepsPerThread);
+      uint32_t mixed = c.mixed_position(l);
+      for (int first = first_tile; first < end; first += kStepsPerThread) {
+        const uint32_t mixed_next = c.mixed_position(l_next), l_after = step_position(first + 2 * kStepsPerThread);
+        tile.stage(c, l, in_span(first + tile_step(lane)), group);
+        weight_t v[kStepsPerThread], dt[kStepsPerThread], y[kStepsPerThread];
+        c.load_steps_at(l, mixed, tile.steps, v, dt);
+        l = l_next;
+        l_next = l_after;
+        mixed = mixed_next;
+#pragma unroll
+        for (int k = 0; k < kStepsPerThread; ++k) {
+          const bool valid = in_span(first + k);
+          dt[k] = valid ? dt[k] : weight_t(0);
+          v[k] = valid ? v[k] : weight_t(0);
+          if constexpr (!summary) y[k] = group == 0 ? c.skip * v[k] : weight_t(0);
+          span_dt += dt[k];
+        }
+        // The state before every kScanChunk-th step, for the backward (warp-uniform: one tile in 8).
+        if (!summary && first % kScanChunk == 0 && first >= begin && active) {
+#pragma unroll
+          for (int n = 0; n < kWarpStates; ++n) {
+            if (group + n < N) simt::store_streaming(chunk_states + (first / kScanChunk * N + group + n) * p.dim, h[n]);
+          }
+        }
+#pragma unroll
+        for (int k = 0; k < kStepsPerThread; ++k) {
+          const weight_t dt_v = dt[k] * v[k];
+#pragma unroll
+          for (int n = 0; n < kWarpStates; ++n) {
+            h[n] = StateMap<weight_t>{step_decay_from_rate(dt[k], rate[n]), dt_v * tile.B[k][n]}.apply(h[n]);
+            if constexpr (!summary) y[k] += tile.C[k][n] * h[n];
+          }
+        }
+        if constexpr (!summary) {
+          const int from = begin > first ? begin - first : 0, to = end - first;
+          c.store_steps(from, to, tile.steps, y, y_steps + first, /*accumulate=*/group > 0);
+        }
+        __syncwarp();  // the tile is free for the next steps
+      }
+      if (summary && active) {
+#pragma unroll
+        for (int n = 0; n < kWarpStates; ++n) {
+          if (group + n < N) {
+            span_maps[span_entry + (group + n) * p.dim] = {step_decay_from_rate(span_dt, rate[n]), h[n]};
+          }
         }
       }
     }
+  };
+  if (span_maps) {
+    walk(std::true_type{});
+  } else {
+    walk(std::false_type{});
   }
 }
 
