@@ -36,6 +36,8 @@
 #include <ATen/ops/sort.h>
 #include <ATen/ops/zeros.h>
 
+#include <type_traits>
+
 #include "scan_cuda.h"
 #include "scan_cuda_common.cuh"
 
@@ -78,8 +80,9 @@ struct WarpStepSums {
 // Passes 1 and 3 (see above), by pointers: with span_maps, pass 1 (spans from first_span on: the
 // span's adjoint map from a zero inflow, (batch, P, spans, N, D)); else pass 3 (gradients). adjoint
 // (batch, P, spans, N, D) holds the adjoint entering each span from its right (zeros for the last),
-// which pass 3 updates in place chunk by chunk; pass 1 reads it too (zeros then, and unused), so that
-// the loop's loads need no predicates.
+// which pass 3 updates in place chunk by chunk. The walk over chunks takes its pass as a compile-time
+// constant, so that each pass's loop holds only its own work (pass 1 neither recomputes states nor
+// reads the per-entry values).
 template <typename input_t>
 __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiprocessor)
     scan_span_backward_kernel(MultiPathScanBwdParams p, int64_t chunks_per_span, int64_t first_span,
@@ -92,7 +95,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const int64_t L = p.seqlen, N = p.d_state, n_spans = num_spans(p, chunks_per_span);
   const int n_states = static_cast<int>(N);  // at most kMaxStateDim (checked on the host)
   const int lane = task.lane, warp = task.warp;
-  const bool active = task.active, summary = span_maps != nullptr;
+  const bool active = task.active, pass_1 = span_maps != nullptr;
   const PathChannel<input_t> c(p, b, path, d, task.first_channel);
   const int64_t row = (b * p.n_paths + path) * p.dim + d;
   const int64_t first_row = row - d + task.first_channel;  // the block's first channel's
@@ -101,7 +104,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   // chunk) updates in pass 3; in pass 1 the span's map so far (its drive is that adjoint).
   // Entry n of this lane's at [n * D] (span_entries).
   weight_t* adjoint_row = adjoint + span_entries(p, n_spans, b, path, span) + d;
-  Map* span_map_row = summary ? span_maps + span_entries(p, n_spans, b, path, span) + d : nullptr;
+  Map* span_map_row = pass_1 ? span_maps + span_entries(p, n_spans, b, path, span) + d : nullptr;
   __shared__ Map state_maps[2][kSegmentWarps][kWarp], adjoint_maps[2][kSegmentWarps][kWarp];  // used in turn
   // Each warp's tile: its steps' loads and stores (StepTile), and its dB and dC sums over channels.
   __shared__ weight_t tiles[kSegmentWarps][kStepsPerThread][kWarp + 1];
@@ -109,7 +112,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   __shared__ Projections projections;
   const WarpStepSums<weight_t> channel_sums{tiles[warp]};
   int buffer = 0;
-  if (summary && warp == 0 && active) {  // only warp 0 reads them
+  if (pass_1 && warp == 0 && active) {  // only warp 0 reads them
     for (int64_t n = 0; n < N; ++n) span_map_row[n * p.dim] = Map::identity();
   }
   // This thread's dA partial, (batch, span and warp, P, D, N), and its dD and ddelta_bias sums.
@@ -117,7 +120,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const int64_t partial_row = ((b * p.n_length_blocks + length_block) * p.n_paths + path) * p.dim + d;
   // Entry n at [n * D]: (batch, span and warp, P, N, D), a warp's lanes contiguous.
   weight_t* dA_row = static_cast<weight_t*>(p.dA_partial) + (partial_row - d) * N + d;
-  if (active) {  // in pass 1 too, which reads (and ignores) the row: never uninitialised memory
+  if (!pass_1 && active) {
     for (int64_t n = 0; n < N; ++n) dA_row[n * p.dim] = 0;
   }
   weight_t dD = 0, ddelta_bias = 0;
@@ -125,135 +128,146 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   auto* dB_partial = static_cast<weight_t*>(p.dB_partial) + partial;
   auto* dC_partial = static_cast<weight_t*>(p.dC_partial) + partial;
 
-  const int64_t first_chunk = span * chunks_per_span;
-  const int64_t end_chunk = first_chunk + chunks_per_span < p.n_chunks ? first_chunk + chunks_per_span : p.n_chunks;
-  for (int64_t chunk = end_chunk - 1; chunk >= first_chunk; --chunk) {
-    // The chunk's positions and the first group's B and C, staged by the whole block.
-    projections.stage(c, chunk, 0);
-    __syncthreads();
-    // This thread's steps. Past the path's end a step has dt = v = dy = 0 (loaded at position 0, then
-    // set): the identity map, forwards and backwards, computed like the others (no branches in the
-    // loops below), with no gradient and nothing stored.
-    const int64_t first = chunk_begin(chunk) + warp * kStepsPerThread, end = chunk_end(chunk, L);
-    const uint32_t* position = projections.position + warp * kStepsPerThread;
-    // Per state entry, three values from global memory: the chunk's start state (saved by the forward),
-    // this thread's dA so far and the adjoint entering the chunk (pass 3; written by warp 0 in the
-    // chunk after this one). Each is loaded one entry ahead, so that its latency (L2, as other warps
-    // and chunks wrote them) hides behind a whole entry's work; entry 0's before this chunk's loads.
-    // Read in both passes and by lanes past D too (valid rows, the values unused there): no predicates
-    // in the loop. Lanes past D keep a zero adjoint, so that they add nothing to the warp's dB and dC
-    // sums.
-    const weight_t* chunk_start_states =
-        static_cast<const weight_t*>(p.chunk_states) + ((b * p.n_paths + path) * p.n_chunks + chunk) * N * p.dim + d;
-    weight_t next_h_chunk_start = chunk_start_states[0], next_dA_so_far = dA_row[0];
-    weight_t next_q_end = active ? adjoint_row[0] : weight_t(0);
-    int64_t ahead = 0;  // where the next entry's values are: its index times D
-    weight_t v[kStepsPerThread], dt[kStepsPerThread], dy[kStepsPerThread];
-    weight_t d_dt[kStepsPerThread], d_dt_v[kStepsPerThread];
-    c.load_steps(position, projections.mixed_position + warp * kStepsPerThread, tiles[warp], v, dt);
-    c.gather_steps(position, tiles[warp], dy, [&](int64_t i) { return output_grad_at<input_t>(p, first_output + i); });
-#pragma unroll
-    for (int k = 0; k < kStepsPerThread; ++k) {
-      const bool valid = first + k < end;
-      v[k] = valid ? v[k] : weight_t(0);
-      dt[k] = valid ? dt[k] : weight_t(0);
-      dy[k] = valid && active ? dy[k] : weight_t(0);
-      d_dt[k] = d_dt_v[k] = 0;
-    }
-    // Lane i < kStepsPerThread writes the dB and dC partials of its warp's step i.
-    const bool writes_sums = lane < kStepsPerThread && first + lane < end;
-    for (int group = 0; group < n_states; group += Projections::kStates) {
-      const int group_end = projections.enter_group(c, chunk, group, n_states);
-#pragma unroll 1
-      for (int n = group; n < group_end; ++n) {
-        const weight_t a = projections.A[n - group][lane], rate = decay_rate(a);
-        const weight_t h_chunk_start = next_h_chunk_start, dA_so_far = next_dA_so_far, q_end = next_q_end;
-        // The next entry's (this one's again at the last, unused), read before the barrier of that
-        // entry, after which warp 0 writes its adjoint for the next chunk.
-        if (n + 1 < n_states) ahead += p.dim;
-        next_h_chunk_start = chunk_start_states[ahead];
-        next_dA_so_far = dA_row[ahead];
-        next_q_end = active ? adjoint_row[ahead] : weight_t(0);
-        const weight_t* B_steps = projections.B[n - group] + warp * kStepsPerThread;
-        const weight_t* C_steps = projections.C[n - group] + warp * kStepsPerThread;
-        // The steps' state maps, and their adjoint maps composed last step first.
-        Map steps[kStepsPerThread];
-        Map own = Map::identity(), own_adjoint = Map::identity();
-#pragma unroll
-        for (int k = 0; k < kStepsPerThread; ++k) {
-          steps[k] = Map{step_decay_from_rate(dt[k], rate), dt[k] * v[k] * B_steps[k]};
-          own = own.then(steps[k]);
-        }
-#pragma unroll
-        for (int k = kStepsPerThread - 1; k >= 0; --k) {
-          const weight_t dy_C = dy[k] * C_steps[k];
-          own_adjoint = own_adjoint.then(Map{steps[k].decay, steps[k].decay * dy_C});
-        }
-        // Buffers are written again two barriers later, when every thread has read them.
-        state_maps[buffer][warp][lane] = own;
-        adjoint_maps[buffer][warp][lane] = own_adjoint;
-        __syncthreads();
-        const auto& warps_state_maps = state_maps[buffer];
-        const auto& warps_adjoint_maps = adjoint_maps[buffer];
-        buffer ^= 1;
-        if (summary) {
-          if (warp == 0 && active) {  // pass 1: the span's adjoint map so far
-            const Map chunk_adjoint = maps_after_warp(warps_adjoint_maps, warp, lane).then(own_adjoint);
-            const Map span_so_far = span_map_row[n * p.dim];
-            span_map_row[n * p.dim] =
-                Map{span_so_far.decay * chunk_adjoint.decay, chunk_adjoint.apply(span_so_far.drive)};
-          }
-          continue;
-        }
-        // The adjoint after this thread's last step, and the state before its first.
-        weight_t q = carry_after_warp(warps_adjoint_maps, warp, lane, q_end), dA = 0;
-        if (warp == 0 && active) adjoint_row[n * p.dim] = own_adjoint.apply(q);  // entering the chunk before
-        // The states: h[k] before step k, h[k + 1] after it.
-        weight_t h[kStepsPerThread + 1];
-        h[0] = carry_before_warp(warps_state_maps, warp, lane, h_chunk_start);
-#pragma unroll
-        for (int k = 0; k < kStepsPerThread; ++k) h[k + 1] = steps[k].apply(h[k]);
-#pragma unroll
-        for (int k = kStepsPerThread - 1; k >= 0; --k) {
-          weight_t dB = 0;
-          const weight_t dh = dy[k] * C_steps[k] + q;
-          q = state_update_backward<weight_t>(dh, h[k], steps[k].decay, dt[k], a, dt[k] * v[k],
-                                              B_steps[k], d_dt[k], dA, d_dt_v[k], dB);
-          channel_sums.stage(k, dB);
-        }
-        const weight_t dB_sum = channel_sums.sum();
-#pragma unroll
-        for (int k = 0; k < kStepsPerThread; ++k) channel_sums.stage(k, dy[k] * h[k + 1]);
-        const weight_t dC_sum = channel_sums.sum();
-        if (writes_sums) {  // (N, steps in path order): a warp's 8 steps are one sector, whatever the path
-          simt::store_streaming(dB_partial + n * L + first + lane, dB_sum);
-          simt::store_streaming(dC_partial + n * L + first + lane, dC_sum);
-        }
-        if (active) dA_row[n * p.dim] = dA_so_far + dA;
-      }
-    }
-    if (!summary) {
-      // delta again (its registers were the loop's), for the step size's derivative.
-      weight_t delta[kStepsPerThread], d_step[kStepsPerThread], dv[kStepsPerThread];
-      c.gather_steps(position, tiles[warp], delta, [&](int64_t i) { return static_cast<weight_t>(c.delta_block[i]); });
+  // One walk per pass, the pass a compile-time constant: each pass's loop holds only its own work.
+  const auto walk = [&](auto pass) {
+    constexpr bool summary = decltype(pass)::value;
+    const int64_t first_chunk = span * chunks_per_span;
+    const int64_t end_chunk = first_chunk + chunks_per_span < p.n_chunks ? first_chunk + chunks_per_span : p.n_chunks;
+    for (int64_t chunk = end_chunk - 1; chunk >= first_chunk; --chunk) {
+      // The chunk's positions and the first group's B and C, staged by the whole block.
+      projections.stage(c, chunk, 0);
+      __syncthreads();
+      // This thread's steps. Past the path's end a step has dt = v = dy = 0 (loaded at position 0, then
+      // set): the identity map, forwards and backwards, computed like the others (no branches in the
+      // loops below), with no gradient and nothing stored.
+      const int64_t first = chunk_begin(chunk) + warp * kStepsPerThread, end = chunk_end(chunk, L);
+      const uint32_t* position = projections.position + warp * kStepsPerThread;
+      // Per state entry, three values from global memory (pass 3; pass 1 leaves them unused, and the
+      // compiler drops their loads): the chunk's start state (saved by the forward), this thread's dA
+      // so far and the adjoint entering the chunk (written by warp 0 in the chunk after this one). Each
+      // is loaded one entry ahead, so that its latency (L2, as other warps and chunks wrote them) hides
+      // behind a whole entry's work; entry 0's before this chunk's loads. Read by lanes past D too
+      // (valid rows, the values unused there): no predicates in the loop. Lanes past D keep a zero
+      // adjoint, so that they add nothing to the warp's dB and dC sums.
+      const weight_t* chunk_start_states =
+          static_cast<const weight_t*>(p.chunk_states) + ((b * p.n_paths + path) * p.n_chunks + chunk) * N * p.dim + d;
+      weight_t next_h_chunk_start = chunk_start_states[0], next_dA_so_far = dA_row[0];
+      weight_t next_q_end = active ? adjoint_row[0] : weight_t(0);
+      int64_t ahead = 0;  // where the next entry's values are: its index times D
+      weight_t v[kStepsPerThread], dt[kStepsPerThread], dy[kStepsPerThread];
+      weight_t d_dt[kStepsPerThread], d_dt_v[kStepsPerThread];
+      c.load_steps(position, projections.mixed_position + warp * kStepsPerThread, tiles[warp], v, dt);
+      c.gather_steps(position, tiles[warp], dy,
+                     [&](int64_t i) { return output_grad_at<input_t>(p, first_output + i); });
 #pragma unroll
       for (int k = 0; k < kStepsPerThread; ++k) {
-        d_step[k] = (d_dt[k] + d_dt_v[k] * v[k]) * step_size_grad<weight_t>(delta[k], c.bias, p.delta_softplus);
-        dv[k] = d_dt_v[k] * dt[k] + dy[k] * c.skip;
-        if (first + k < end && active) {
-          dD += dy[k] * v[k];
-          ddelta_bias += d_step[k];
+        const bool valid = first + k < end;
+        v[k] = valid ? v[k] : weight_t(0);
+        dt[k] = valid ? dt[k] : weight_t(0);
+        dy[k] = valid && active ? dy[k] : weight_t(0);
+        d_dt[k] = d_dt_v[k] = 0;
+      }
+      // Lane i < kStepsPerThread writes the dB and dC partials of its warp's step i.
+      const bool writes_sums = lane < kStepsPerThread && first + lane < end;
+      for (int group = 0; group < n_states; group += Projections::kStates) {
+        const int group_end = projections.enter_group(c, chunk, group, n_states);
+#pragma unroll 1
+        for (int n = group; n < group_end; ++n) {
+          const weight_t a = projections.A[n - group][lane], rate = decay_rate(a);
+          const weight_t h_chunk_start = next_h_chunk_start, dA_so_far = next_dA_so_far, q_end = next_q_end;
+          // The next entry's (this one's again at the last, unused), read before the barrier of that
+          // entry, after which warp 0 writes its adjoint for the next chunk.
+          if (n + 1 < n_states) ahead += p.dim;
+          next_h_chunk_start = chunk_start_states[ahead];
+          next_dA_so_far = dA_row[ahead];
+          next_q_end = active ? adjoint_row[ahead] : weight_t(0);
+          const weight_t* B_steps = projections.B[n - group] + warp * kStepsPerThread;
+          const weight_t* C_steps = projections.C[n - group] + warp * kStepsPerThread;
+          // The steps' state maps, and their adjoint maps composed last step first.
+          Map steps[kStepsPerThread];
+          Map own = Map::identity(), own_adjoint = Map::identity();
+#pragma unroll
+          for (int k = 0; k < kStepsPerThread; ++k) {
+            steps[k] = Map{step_decay_from_rate(dt[k], rate), dt[k] * v[k] * B_steps[k]};
+            own = own.then(steps[k]);
+          }
+#pragma unroll
+          for (int k = kStepsPerThread - 1; k >= 0; --k) {
+            const weight_t dy_C = dy[k] * C_steps[k];
+            own_adjoint = own_adjoint.then(Map{steps[k].decay, steps[k].decay * dy_C});
+          }
+          // Buffers are written again two barriers later, when every thread has read them.
+          if constexpr (!summary) state_maps[buffer][warp][lane] = own;  // pass 1 needs no states
+          adjoint_maps[buffer][warp][lane] = own_adjoint;
+          __syncthreads();
+          const auto& warps_state_maps = state_maps[buffer];
+          const auto& warps_adjoint_maps = adjoint_maps[buffer];
+          buffer ^= 1;
+          if constexpr (summary) {
+            if (warp == 0 && active) {  // pass 1: the span's adjoint map so far
+              const Map chunk_adjoint = maps_after_warp(warps_adjoint_maps, warp, lane).then(own_adjoint);
+              const Map span_so_far = span_map_row[n * p.dim];
+              span_map_row[n * p.dim] =
+                  Map{span_so_far.decay * chunk_adjoint.decay, chunk_adjoint.apply(span_so_far.drive)};
+            }
+            continue;
+          }
+          // The adjoint after this thread's last step, and the state before its first.
+          weight_t q = carry_after_warp(warps_adjoint_maps, warp, lane, q_end), dA = 0;
+          if (warp == 0 && active) adjoint_row[n * p.dim] = own_adjoint.apply(q);  // entering the chunk before
+          // The states: h[k] before step k, h[k + 1] after it.
+          weight_t h[kStepsPerThread + 1];
+          h[0] = carry_before_warp(warps_state_maps, warp, lane, h_chunk_start);
+#pragma unroll
+          for (int k = 0; k < kStepsPerThread; ++k) h[k + 1] = steps[k].apply(h[k]);
+#pragma unroll
+          for (int k = kStepsPerThread - 1; k >= 0; --k) {
+            weight_t dB = 0;
+            const weight_t dh = dy[k] * C_steps[k] + q;
+            q = state_update_backward<weight_t>(dh, h[k], steps[k].decay, dt[k], a, dt[k] * v[k],
+                                                B_steps[k], d_dt[k], dA, d_dt_v[k], dB);
+            channel_sums.stage(k, dB);
+          }
+          const weight_t dB_sum = channel_sums.sum();
+#pragma unroll
+          for (int k = 0; k < kStepsPerThread; ++k) channel_sums.stage(k, dy[k] * h[k + 1]);
+          const weight_t dC_sum = channel_sums.sum();
+          if (writes_sums) {  // (N, steps in path order): a warp's 8 steps are one sector, whatever the path
+            simt::store_streaming(dB_partial + n * L + first + lane, dB_sum);
+            simt::store_streaming(dC_partial + n * L + first + lane, dC_sum);
+          }
+          if (active) dA_row[n * p.dim] = dA_so_far + dA;
         }
       }
-      // In path order, for merge_input_grads.
-      c.store_steps(0, end - first, tiles[warp], d_step, ddelta_paths + first_row * L + first);
-      c.store_steps(0, end - first, tiles[warp], dv, dv_paths + first_row * L + first);
+      if constexpr (!summary) {
+        // delta again (its registers were the loop's), for the step size's derivative.
+        weight_t delta[kStepsPerThread], d_step[kStepsPerThread], dv[kStepsPerThread];
+        c.gather_steps(position, tiles[warp], delta,
+                       [&](int64_t i) { return static_cast<weight_t>(c.delta_block[i]); });
+#pragma unroll
+        for (int k = 0; k < kStepsPerThread; ++k) {
+          d_step[k] = (d_dt[k] + d_dt_v[k] * v[k]) * step_size_grad<weight_t>(delta[k], c.bias, p.delta_softplus);
+          dv[k] = d_dt_v[k] * dt[k] + dy[k] * c.skip;
+          if (first + k < end && active) {
+            dD += dy[k] * v[k];
+            ddelta_bias += d_step[k];
+          }
+        }
+        // In path order, for merge_input_grads.
+        c.store_steps(0, end - first, tiles[warp], d_step, ddelta_paths + first_row * L + first);
+        c.store_steps(0, end - first, tiles[warp], dv, dv_paths + first_row * L + first);
+      }
+      __syncthreads();  // every thread is done with the chunk's staged values before the next chunk's
     }
-    __syncthreads();  // every thread is done with the chunk's staged values before the next chunk's
-  }
-  if (!summary && active) {
-    static_cast<weight_t*>(p.dD_partial)[partial_row] = dD;
-    static_cast<weight_t*>(p.ddelta_bias_partial)[partial_row] = ddelta_bias;
+    if (!summary && active) {
+      static_cast<weight_t*>(p.dD_partial)[partial_row] = dD;
+      static_cast<weight_t*>(p.ddelta_bias_partial)[partial_row] = ddelta_bias;
+    }
+  };
+  if (pass_1) {
+    walk(std::true_type{});
+  } else {
+    walk(std::false_type{});
   }
 }
 
