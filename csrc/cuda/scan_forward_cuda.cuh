@@ -35,6 +35,8 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 
+#include <type_traits>
+
 #include "scan_cuda.h"
 #include "scan_cuda_common.cuh"
 #include "scan_warp_spans_cuda.cuh"
@@ -55,7 +57,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const int64_t span = task.span, L = p.seqlen, N = p.d_state, n_spans = num_spans(p, chunks_per_span);
   const int n_states = static_cast<int>(N);  // at most kMaxStateDim (checked on the host)
   const int lane = task.lane, warp = task.warp;
-  const bool active = task.active, summary = span_maps != nullptr;
+  const bool active = task.active, pass_1 = span_maps != nullptr;
   const PathChannel<input_t> c(p, task.b, task.path, task.d, task.first_channel);
   // The block's first channel's row of the (batch, P, D, L) workspace.
   const int64_t first_row = (task.b * p.n_paths + task.path) * p.dim + task.first_channel;
@@ -82,83 +84,92 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
     }
   }
   __syncthreads();
-  const int64_t last_chunk = (span + 1) * chunks_per_span < p.n_chunks ? (span + 1) * chunks_per_span : p.n_chunks;
-  for (int64_t chunk = span * chunks_per_span; chunk < last_chunk; ++chunk) {
-    // The chunk's positions and the first group's B and C, staged by the whole block.
-    projections.stage(c, chunk, 0);
-    __syncthreads();
-    // This thread's steps. Past the path's end a step has dt = 0 and v = 0 (loaded at position 0, then
-    // set): the identity map, computed like the others (no branches in the loops below); its output
-    // is not stored.
-    const int64_t first = chunk_begin(chunk) + warp * kStepsPerThread, end = chunk_end(chunk, L);
-    const uint32_t* position = projections.position + warp * kStepsPerThread;
-    weight_t v[kStepsPerThread], dt[kStepsPerThread], dt_v[kStepsPerThread], y[kStepsPerThread];
-    c.load_steps(position, projections.mixed_position + warp * kStepsPerThread, step_tiles[warp], v, dt);
-    weight_t dt_sum = 0;
+  // One walk per pass, the pass a compile-time constant: each pass's loop holds only its own work.
+  const auto walk = [&](auto pass) {
+    constexpr bool summary = decltype(pass)::value;
+    const int64_t last_chunk = (span + 1) * chunks_per_span < p.n_chunks ? (span + 1) * chunks_per_span : p.n_chunks;
+    for (int64_t chunk = span * chunks_per_span; chunk < last_chunk; ++chunk) {
+      // The chunk's positions and the first group's B and C, staged by the whole block.
+      projections.stage(c, chunk, 0);
+      __syncthreads();
+      // This thread's steps. Past the path's end a step has dt = 0 and v = 0 (loaded at position 0, then
+      // set): the identity map, computed like the others (no branches in the loops below); its output
+      // is not stored.
+      const int64_t first = chunk_begin(chunk) + warp * kStepsPerThread, end = chunk_end(chunk, L);
+      const uint32_t* position = projections.position + warp * kStepsPerThread;
+      weight_t v[kStepsPerThread], dt[kStepsPerThread], dt_v[kStepsPerThread], y[kStepsPerThread];
+      c.load_steps(position, projections.mixed_position + warp * kStepsPerThread, step_tiles[warp], v, dt);
+      weight_t dt_sum = 0;
 #pragma unroll
-    for (int k = 0; k < kStepsPerThread; ++k) {
-      const bool valid = first + k < end;
-      dt_v[k] = valid ? dt[k] * v[k] : weight_t(0);
-      dt[k] = valid ? dt[k] : weight_t(0);
-      y[k] = c.skip * v[k];
-      dt_sum += dt[k];
-    }
-    // Read by the last warp after the first barrier below; written again after the chunk's last.
-    if (summary) warp_dt_sums[warp][lane] = dt_sum;
-    for (int group = 0; group < n_states; group += Projections::kStates) {
-      const int group_end = projections.enter_group(c, chunk, group, n_states);
+      for (int k = 0; k < kStepsPerThread; ++k) {
+        const bool valid = first + k < end;
+        dt_v[k] = valid ? dt[k] * v[k] : weight_t(0);
+        dt[k] = valid ? dt[k] : weight_t(0);
+        y[k] = c.skip * v[k];
+        dt_sum += dt[k];
+      }
+      // Read by the last warp after the first barrier below; written again after the chunk's last.
+      if constexpr (summary) warp_dt_sums[warp][lane] = dt_sum;
+      for (int group = 0; group < n_states; group += Projections::kStates) {
+        const int group_end = projections.enter_group(c, chunk, group, n_states);
 #pragma unroll 1
-      for (int n = group; n < group_end; ++n) {
-        const weight_t rate = decay_rate(projections.A[n - group][lane]);
-        const weight_t* B_steps = projections.B[n - group] + warp * kStepsPerThread;
-        const weight_t* C_steps = projections.C[n - group] + warp * kStepsPerThread;
-        Map steps[kStepsPerThread];
-        Map own = Map::identity();
+        for (int n = group; n < group_end; ++n) {
+          const weight_t rate = decay_rate(projections.A[n - group][lane]);
+          const weight_t* B_steps = projections.B[n - group] + warp * kStepsPerThread;
+          const weight_t* C_steps = projections.C[n - group] + warp * kStepsPerThread;
+          Map steps[kStepsPerThread];
+          Map own = Map::identity();
 #pragma unroll
-        for (int k = 0; k < kStepsPerThread; ++k) {
-          steps[k] = Map{step_decay_from_rate(dt[k], rate), dt_v[k] * B_steps[k]};
-          own = own.then(steps[k]);
-        }
-        // Read before the barrier, after which the last warp writes the next chunk's.
-        const weight_t h_start = chunk_start_state[n][lane];
-        // A buffer is written again two barriers later, when every thread has read it.
-        warp_maps[buffer][warp][lane] = own;
-        __syncthreads();
-        const auto& maps = warp_maps[buffer];
-        buffer ^= 1;
-        if (summary) {
-          if (last_warp) {  // pass 1: the span's state from zero so far, and its steps' dt sum
-            chunk_start_state[n][lane] = own.apply(carry_before_warp(maps, warp, lane, h_start));
-            if (n == 0) {
-#pragma unroll
-              for (int w = 0; w < kSegmentWarps; ++w) span_dt += warp_dt_sums[w][lane];
-            }
+          for (int k = 0; k < kStepsPerThread; ++k) {
+            steps[k] = Map{step_decay_from_rate(dt[k], rate), dt_v[k] * B_steps[k]};
+            own = own.then(steps[k]);
           }
-          continue;
-        }
-        // The state before this thread's first step, then through its steps.
-        weight_t h = carry_before_warp(maps, warp, lane, h_start);
+          // Read before the barrier, after which the last warp writes the next chunk's.
+          const weight_t h_start = chunk_start_state[n][lane];
+          // A buffer is written again two barriers later, when every thread has read it.
+          warp_maps[buffer][warp][lane] = own;
+          __syncthreads();
+          const auto& maps = warp_maps[buffer];
+          buffer ^= 1;
+          if constexpr (summary) {
+            if (last_warp) {  // pass 1: the span's state from zero so far, and its steps' dt sum
+              chunk_start_state[n][lane] = own.apply(carry_before_warp(maps, warp, lane, h_start));
+              if (n == 0) {
 #pragma unroll
-        for (int k = 0; k < kStepsPerThread; ++k) {
-          h = steps[k].apply(h);
-          y[k] += C_steps[k] * h;
-        }
-        if (last_warp) {  // the state after the chunk, and the one before it saved for the backward
-          chunk_start_state[n][lane] = h;
-          if (active) simt::store_streaming(chunk_states + (chunk * N + n) * p.dim, h_start);  // the backward's
+                for (int w = 0; w < kSegmentWarps; ++w) span_dt += warp_dt_sums[w][lane];
+              }
+            }
+            continue;
+          }
+          // The state before this thread's first step, then through its steps.
+          weight_t h = carry_before_warp(maps, warp, lane, h_start);
+#pragma unroll
+          for (int k = 0; k < kStepsPerThread; ++k) {
+            h = steps[k].apply(h);
+            y[k] += C_steps[k] * h;
+          }
+          if (last_warp) {  // the state after the chunk, and the one before it saved for the backward
+            chunk_start_state[n][lane] = h;
+            if (active) simt::store_streaming(chunk_states + (chunk * N + n) * p.dim, h_start);  // the backward's
+          }
         }
       }
+      if constexpr (!summary) {  // in path order: contiguous stores, whatever the path's positions
+        c.store_steps(0, end - first, step_tiles[warp], y, y_paths + first_row * L + first);
+      }
+      __syncthreads();  // every thread is done with the chunk's staged values before the next chunk's
     }
-    if (!summary) {  // in path order: contiguous stores, whatever the path's positions
-      c.store_steps(0, end - first, step_tiles[warp], y, y_paths + first_row * L + first);
+    if (summary && last_warp && active) {
+      for (int n = 0; n < N; ++n) {
+        const weight_t span_decay = step_decay_from_rate(span_dt, decay_rate(c.A_row[n]));
+        span_maps[span_entry + n * p.dim] = Map{span_decay, chunk_start_state[n][lane]};
+      }
     }
-    __syncthreads();  // every thread is done with the chunk's staged values before the next chunk's
-  }
-  if (summary && last_warp && active) {
-    for (int n = 0; n < N; ++n) {
-      const weight_t span_decay = step_decay_from_rate(span_dt, decay_rate(c.A_row[n]));
-      span_maps[span_entry + n * p.dim] = Map{span_decay, chunk_start_state[n][lane]};
-    }
+  };
+  if (pass_1) {
+    walk(std::true_type{});
+  } else {
+    walk(std::false_type{});
   }
 }
 
