@@ -45,8 +45,9 @@ struct WarpSpanTile {
   weight_t steps[kStepsPerThread][kWarp + 1];  // StepTile
 
   // Every lane of the warp calls it, with the position l of its step tile_step(lane) and whether that
-  // step is in the span: B and C of entries [group, group + kWarpStates), zeros past N or the span.
-  template <typename input_t>
+  // step is in the span: B and C (kWithC: pass 1 needs none) of entries [group, group + kWarpStates),
+  // zeros past N or the span.
+  template <bool kWithC, typename input_t>
   __device__ void stage(const PathChannel<input_t>& c, uint32_t l, bool step_in_span, int group) {
     const int lane = static_cast<int>(threadIdx.x), step = tile_step(lane);
     constexpr int kEntriesPerRound = kWarp / kStepsPerThread;
@@ -56,7 +57,7 @@ struct WarpSpanTile {
       const bool loaded = step_in_span && group + n < c.N;
       const uint32_t offset = static_cast<uint32_t>(group + n) * c.row_length + l;
       B[step][n] = loaded ? static_cast<weight_t>(c.B_path[offset]) : weight_t(0);
-      C[step][n] = loaded ? static_cast<weight_t>(c.C_path[offset]) : weight_t(0);
+      if constexpr (kWithC) C[step][n] = loaded ? static_cast<weight_t>(c.C_path[offset]) : weight_t(0);
     }
     __syncwarp();
   }
@@ -132,7 +133,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       uint32_t mixed = c.mixed_position(l);
       for (int first = first_tile; first < end; first += kStepsPerThread) {
         const uint32_t mixed_next = c.mixed_position(l_next), l_after = step_position(first + 2 * kStepsPerThread);
-        tile.stage(c, l, in_span(first + tile_step(lane)), group);
+        tile.template stage<!summary>(c, l, in_span(first + tile_step(lane)), group);
         weight_t v[kStepsPerThread], dt[kStepsPerThread], y[kStepsPerThread];
         c.load_steps_at(l, mixed, tile.steps, v, dt);
         l = l_next;
