@@ -4,7 +4,7 @@
     python benchmarks/gpu_report.py --no-build  # the extension is already built
 
 On the lent device machine, whose commands get 10 minutes each, one call measures what matters (about 4
-minutes on an H200, the build included; the reference's minutes left out, its times do not change):
+to 5 minutes on an H200, the build included; the reference's minutes left out, its times do not change):
     PYTHONUNBUFFERED=1 python benchmarks/gpu_report.py --out $OUT --no-reference --ncu-shapes L16
 
 In the order of what matters most, so that a run cut short still says the most: it (1) builds the
