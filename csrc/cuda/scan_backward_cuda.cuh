@@ -183,19 +183,21 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
           next_q_end = active ? adjoint_row[ahead] : weight_t(0);
           const weight_t* B_steps = projections.B[n - group] + warp * kStepsPerThread;
           const weight_t* C_steps = projections.C[n - group] + warp * kStepsPerThread;
-          // The steps' state maps, and their adjoint maps composed last step first.
+          // The steps' state maps, and their adjoint maps composed last step first: q -> decay (dy C + q)
+          // a step, whose product of decays is the state maps' (the same steps).
           Map steps[kStepsPerThread];
-          Map own = Map::identity(), own_adjoint = Map::identity();
+          Map own = Map::identity();
 #pragma unroll
           for (int k = 0; k < kStepsPerThread; ++k) {
             steps[k] = Map{step_decay_from_rate(dt[k], rate), dt[k] * v[k] * B_steps[k]};
             own = own.then(steps[k]);
           }
+          weight_t adjoint_drive = 0;
 #pragma unroll
           for (int k = kStepsPerThread - 1; k >= 0; --k) {
-            const weight_t dy_C = dy[k] * C_steps[k];
-            own_adjoint = own_adjoint.then(Map{steps[k].decay, steps[k].decay * dy_C});
+            adjoint_drive = steps[k].decay * (dy[k] * C_steps[k] + adjoint_drive);
           }
+          const Map own_adjoint{own.decay, adjoint_drive};
           // Buffers are written again two barriers later, when every thread has read them.
           if constexpr (!summary) state_maps[buffer][warp][lane] = own;  // pass 1 needs no states
           adjoint_maps[buffer][warp][lane] = own_adjoint;
