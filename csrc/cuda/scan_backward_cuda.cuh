@@ -155,7 +155,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       weight_t next_q_end = active ? adjoint_row[0] : weight_t(0);
       int64_t ahead = 0;  // where the next entry's values are: its index times D
       weight_t v[kStepsPerThread], dt[kStepsPerThread], dy[kStepsPerThread];
-      weight_t d_dt[kStepsPerThread], d_dt_v[kStepsPerThread];
+      weight_t d_dt[kStepsPerThread], d_dt_v[kStepsPerThread], dt_v[kStepsPerThread];
       c.load_steps(position, projections.mixed_position + warp * kStepsPerThread, tiles[warp], v, dt);
       c.gather_steps(position, tiles[warp], dy,
                      [&](int64_t i) { return output_grad_at<input_t>(p, first_output + i); });
@@ -165,6 +165,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
         v[k] = valid ? v[k] : weight_t(0);
         dt[k] = valid ? dt[k] : weight_t(0);
         dy[k] = valid && active ? dy[k] : weight_t(0);
+        dt_v[k] = dt[k] * v[k];
         d_dt[k] = d_dt_v[k] = 0;
       }
       // Lane i < kStepsPerThread writes the dB and dC partials of its warp's step i.
@@ -189,7 +190,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
           Map own = Map::identity();
 #pragma unroll
           for (int k = 0; k < kStepsPerThread; ++k) {
-            steps[k] = Map{step_decay_from_rate(dt[k], rate), dt[k] * v[k] * B_steps[k]};
+            steps[k] = Map{step_decay_from_rate(dt[k], rate), dt_v[k] * B_steps[k]};
             own = own.then(steps[k]);
           }
           weight_t adjoint_drive = 0;
@@ -226,7 +227,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
           for (int k = kStepsPerThread - 1; k >= 0; --k) {
             weight_t dB = 0;
             const weight_t dh = dy[k] * C_steps[k] + q;
-            q = state_update_backward<weight_t>(dh, h[k], steps[k].decay, dt[k], a, dt[k] * v[k],
+            q = state_update_backward<weight_t>(dh, h[k], steps[k].decay, dt[k], a, dt_v[k],
                                                 B_steps[k], d_dt[k], dA, d_dt_v[k], dB);
             channel_sums.stage(k, dB);
           }
