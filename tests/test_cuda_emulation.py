@@ -27,11 +27,13 @@ TOLERANCE = {torch.float64: (1e-10, 1e-11), torch.float32: (1e-4, 2e-5), torch.f
 
 
 def load_emulation():
-    """The emulation module, built once per version of the sources (its name carries their hash)."""
+    """The emulation module, built once per version of the sources and of torch (its name carries their
+    hash: torch's extension cache is shared, and a module built against another torch would not load)."""
     from torch.utils.cpp_extension import load
 
     sources = sorted(os.path.join(root, name) for root, _, names in os.walk(CSRC) for name in names)
-    digest = hashlib.sha256(b"".join(open(path, "rb").read() for path in sources)).hexdigest()[:12]
+    contents = b"".join(open(path, "rb").read() for path in sources) + torch.__version__.encode()
+    digest = hashlib.sha256(contents).hexdigest()[:12]
     return load(name=f"posemamba_cuda_emulated_{digest}",
                 sources=[os.path.join(CSRC, "emulation", "scan_cuda_emulated.cpp"),
                          os.path.join(CSRC, "multi_path_scan_host.cpp")],
