@@ -150,7 +150,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       // (valid rows, the values unused there): no predicates in the loop. Lanes past D keep a zero
       // adjoint, so that they add nothing to the warp's dB and dC sums.
       const weight_t* chunk_start_states =
-          static_cast<const weight_t*>(p.chunk_states) + ((b * p.n_paths + path) * p.n_chunks + chunk) * N * p.dim + d;
+          static_cast<const weight_t*>(p.chunk_states) + chunk_states_offset(p, b, path, d) + chunk * N * p.dim;
       weight_t next_h_chunk_start = chunk_start_states[0], next_dA_so_far = dA_row[0];
       weight_t next_q_end = active ? adjoint_row[0] : weight_t(0);
       int64_t ahead = 0;  // where the next entry's values are: its index times D

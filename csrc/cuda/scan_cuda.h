@@ -20,6 +20,15 @@ namespace cuda {
 // of its partials) across the warp.
 constexpr int kWarp = 32;
 
+// The longest path the kernels take: 2^26 positions, so that a position within a block's 32 rows of
+// channels (and within N <= 64 rows of B or C) is a 32-bit offset, one instruction of address
+// arithmetic where a 64-bit one takes several. Checked once per op call, for all the kernels.
+constexpr int64_t kMaxLength = int64_t{1} << 26;
+
+inline void check_length(int64_t seqlen) {
+  TORCH_CHECK(seqlen <= kMaxLength, "u: the CUDA kernels take L of at most 2^26 = ", kMaxLength, ", got ", seqlen);
+}
+
 // Run on prepared inputs of input dtype scalar_t, on the current device and stream, filling the
 // outputs (the backward also the sums of its partials).
 template <typename scalar_t>
@@ -37,6 +46,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_forward(
     const std::optional<at::Tensor>& delta_bias, const std::optional<at::Tensor>& mix, bool delta_softplus,
     int64_t span_length) {
   ScanForward f = prepare_scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_length);
+  check_length(f.params.seqlen);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "multi_path_scan_fwd_cuda",
                                   [&] { run_scan_forward_as<scalar_t>(f); });
   return {f.out, f.out_ungated, f.chunk_states};
@@ -50,6 +60,7 @@ inline ScanGradients scan_backward(
     bool delta_softplus) {
   ScanBackward g = prepare_scan_backward(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated,
                                          chunk_states, delta_softplus, kWarp, /*positions_minor=*/true);
+  check_length(g.params.seqlen);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "multi_path_scan_bwd_cuda",
                                   [&] { run_scan_backward_as<scalar_t>(g); });
   return finish_scan_backward(g);

@@ -63,17 +63,8 @@ static_assert(kStepsPerThread == 8 && kWarp == 32, "the step tiles' lane split a
 template <typename T>
 using StepTile = T (*)[kWarp + 1];
 
-// The longest path the kernels take: 2^26 positions, so that a position within a block's 32 rows of
-// channels (and within N <= 64 rows of B or C) is a 32-bit offset, one instruction of address
-// arithmetic where a 64-bit one takes several.
-constexpr int64_t kMaxLength = int64_t{1} << 26;
-
-inline void check_length(int64_t seqlen) {
-  TORCH_CHECK(seqlen <= kMaxLength, "u: the CUDA kernels take L of at most 2^26 = ", kMaxLength, ", got ", seqlen);
-}
-
 // A step's mixed-in position when mix names none.
-constexpr uint32_t kNoMixedPosition = 0xffffffffu;  // never a position: L <= 2^26 (check_length)
+constexpr uint32_t kNoMixedPosition = 0xffffffffu;  // never a position: L <= 2^26 (check_length, scan_cuda.h)
 
 __device__ __forceinline__ int tile_step(int lane) {
   return lane % kStepsPerThread;
@@ -214,7 +205,7 @@ struct PathChannel {
   }
 
   int64_t L, N;
-  uint32_t row_length;  // L, for 32-bit offsets within a block's rows (check_length)
+  uint32_t row_length;  // L, for 32-bit offsets within a block's rows (check_length, scan_cuda.h)
   bool delta_softplus;
   int last_block_channel;  // D - 1 - first_channel: the last channel of the block below D
   const input_t *u_block, *delta_block, *B_path, *C_path;
@@ -234,7 +225,6 @@ C10_HOST_DEVICE inline int64_t num_channel_blocks(const MultiPathScanParams& p) 
 // int32.
 inline dim3 path_channel_grid(const MultiPathScanParams& p, int64_t x_per_channel_block) {
   TORCH_CHECK(p.batch <= kMaxGridZ, "u: the CUDA kernels take a batch of at most ", kMaxGridZ, ", got ", p.batch);
-  check_length(p.seqlen);
   return dim3(static_cast<unsigned>(x_per_channel_block * num_channel_blocks(p)), static_cast<unsigned>(p.n_paths),
               static_cast<unsigned>(p.batch));
 }
@@ -293,7 +283,7 @@ struct ChunkProjections {
   static constexpr int kStates = sizeof(weight_t) == sizeof(float) ? 16 : 4;  // state entries per group
   alignas(16) weight_t B[kStates][kScanChunk];
   alignas(16) weight_t C[kStates][kScanChunk];
-  alignas(16) uint32_t position[kScanChunk];  // L <= 2^26 (check_length); 0 past the path's end
+  alignas(16) uint32_t position[kScanChunk];  // L <= 2^26 (check_length, scan_cuda.h); 0 past the path's end
   uint32_t mixed_position[kScanChunk];         // mix at the step's position, or kNoMixedPosition
   weight_t A[kStates][kWarp];                  // A of the lanes' channels, for the group's entries
 
@@ -420,6 +410,12 @@ __device__ __forceinline__ SpanTask span_task(const MultiPathScanParams& p, int6
           first_channel,
           first_span + static_cast<int64_t>(blockIdx.x) / channel_blocks, static_cast<int>(threadIdx.x),
           static_cast<int>(threadIdx.y), active};
+}
+
+// Where channel d's saved states of (batch b, path) start in chunk_states, (batch, P, chunks, N, D):
+// chunk c's entry n at + (c * N + n) * D, channel-minor (a warp's 32 lanes, 128 contiguous bytes).
+C10_HOST_DEVICE inline int64_t chunk_states_offset(const MultiPathScanParams& p, int64_t b, int64_t path, int64_t d) {
+  return (b * p.n_paths + path) * p.n_chunks * p.d_state * p.dim + d;
 }
 
 // Where span `span` of (batch b, path) starts in the per-span states and maps, (batch, P, spans, N, D):

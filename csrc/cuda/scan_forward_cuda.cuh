@@ -62,9 +62,8 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   // The block's first channel's row of the (batch, P, D, L) workspace.
   const int64_t first_row = (task.b * p.n_paths + task.path) * p.dim + task.first_channel;
   const int64_t span_entry = span_entries(p, n_spans, task.b, task.path, span) + task.d;  // this lane's
-  // This lane's chunk states, (chunk, N) rows of channels: a warp's 32 lanes store 128 contiguous bytes.
   weight_t* chunk_states =
-      static_cast<weight_t*>(p.chunk_states) + (task.b * p.n_paths + task.path) * p.n_chunks * N * p.dim + task.d;
+      static_cast<weight_t*>(p.chunk_states) + chunk_states_offset(p, task.b, task.path, task.d);  // this lane's
   using Projections = ChunkProjections<weight_t>;
   __shared__ Map warp_maps[2][kSegmentWarps][kWarp];  // two buffers, used in turn (see below)
   __shared__ Projections projections;

@@ -100,8 +100,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const int begin = static_cast<int>(task.span * span_length);
   const int end = static_cast<int>(begin + span_length < L ? begin + span_length : L);
   const int64_t span_entry = span_entries(p, n_spans, task.b, task.path, task.span) + d;  // this lane's
-  weight_t* chunk_states =
-      static_cast<weight_t*>(p.chunk_states) + (task.b * p.n_paths + task.path) * p.n_chunks * N * p.dim + d;
+  weight_t* chunk_states = static_cast<weight_t*>(p.chunk_states) + chunk_states_offset(p, task.b, task.path, d);
   weight_t* y_steps = y_paths ? y_paths + ((task.b * p.n_paths + task.path) * p.dim + task.first_channel) * L : nullptr;
   __shared__ WarpSpanTile<weight_t> tiles[kSegmentWarps];
   WarpSpanTile<weight_t>& tile = tiles[warp];
@@ -219,7 +218,6 @@ template <typename scalar_t>
 void run_warp_spans_forward(ScanForward& f, int64_t span_length, at::opmath_type<scalar_t>* y_paths) {
   using weight_t = at::opmath_type<scalar_t>;
   const MultiPathScanParams& p = f.params;
-  check_length(p.seqlen);
   const int64_t n_spans = (p.seqlen + span_length - 1) / span_length;
   const int64_t path_blocks = p.batch * p.n_paths * num_channel_blocks(p);
   const auto blocks = [&](int64_t pass_spans) {
