@@ -7,7 +7,7 @@ Needs nvcc (CUDA_HOME, else /usr/local/cuda), not a GPU: occupancy limits and lo
 can be checked on any machine with the toolkit. Compiles csrc/cuda/*.cu as setup.py does (-O3), with
 `-Xptxas -v`, and prints one line per kernel. With --sass (needs cuobjdump) it also counts the machine
 instructions of each scan kernel's loop over state entries (the chunked split) or over a tile's steps
-(the forward's warp split): the kernels' cost per state update, short of timing them.
+(the warp splits): the kernels' cost per state update, short of timing them.
 """
 import argparse
 import glob
@@ -122,9 +122,10 @@ def state_entry_loops(sass):
 
 
 def tile_loops(sass):
-    """Per barrier-free scan kernel (the forward's warp split): the SASS of its loops over a tile's
-    8 steps x 16 state entries (each an innermost loop with at least 128 exps; one or more per pass), as
-    (kernel, template arguments, instruction counts by opcode)."""
+    """Per barrier-free scan kernel (the warp splits): the SASS of its loops over a tile's 8 steps x 16
+    state entries (each an innermost loop with at least 128 exps; one or more per pass) or over one
+    entry's 8 steps of a tile (8 to 15 exps: the backward's last pass), as (kernel, template arguments,
+    state updates an iteration, instruction counts by opcode)."""
     rows = []
     for kernel, template_args, opcodes, loops in sass_functions(sass):
         if "BAR" in opcodes:
@@ -133,8 +134,9 @@ def tile_loops(sass):
             if any(first <= f and l <= last and (f, l) != (first, last) for f, l in loops):
                 continue  # not innermost
             counts = opcode_counts(opcodes[first:last + 1])
-            if counts.get("MUFU", 0) >= 128:
-                rows.append((kernel, template_args, counts))
+            exps = counts.get("MUFU", 0)
+            if exps >= 128 or 8 <= exps < 16:
+                rows.append((kernel, template_args, 128 if exps >= 128 else 8, counts))
     return rows
 
 
@@ -177,12 +179,14 @@ def main():
             top = ", ".join(f"{opcode} {count}" for opcode, count in sorted(counts.items(), key=lambda c: -c[1])[:8])
             print(f"{kernel:<34} {template_args:<22} {sum(counts.values()):>5} instructions: {top}")
     if tiles:
-        print("\nEach barrier-free scan kernel's loop over a tile, one iteration = a warp's 8 steps x 16 state "
-              "entries, one or more loops per pass (static SASS; branches not taken still count):")
-        for kernel, template_args, counts in tiles:
+        print("\nEach barrier-free scan kernel's loops over a tile, one iteration = a warp's 8 steps x 16 state "
+              "entries (128 updates) or one entry's 8 steps (8), one or more loops per pass (static SASS; "
+              "branches not taken still count):")
+        for kernel, template_args, updates, counts in tiles:
             top = ", ".join(f"{opcode} {count}" for opcode, count in sorted(counts.items(), key=lambda c: -c[1])[:8])
             total = sum(counts.values())
-            print(f"{kernel:<34} {template_args:<22} {total:>5} instructions ({total / 128:.1f} a state update): {top}")
+            print(f"{kernel:<34} {template_args:<22} {total:>5} instructions ({total / updates:.1f} a state update, "
+                  f"{updates:>3} an iteration): {top}")
 
 
 if __name__ == "__main__":

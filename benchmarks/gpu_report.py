@@ -203,12 +203,11 @@ def write_timing_table(table_path, with_reference=True):
              "4300 (measured there), H100 HBM3 at about 3000. Batch 1 fits the 50-60 MB L2: timed in cache.")
 
 
-# The forward's work splits, each in a process of its own (the kernels read their settings once):
-# the chunked split with POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM at 2 (the default) and 4 (0 and 1 measured
-# worse at every shape, twice), and 16 and 64, which cut paths into spans at batch 16 too; then the
-# warp split (csrc/cuda/scan_warp_spans_cuda.cuh), which PoseMamba's paths select with their span
-# length (T) by default, with the default span target for the backward. The backward is the chunked
-# split's in all.
+# The work splits, each in a process of its own (the kernels read their settings once): the chunked
+# splits with POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM at 2 (the default) and 4 (0 and 1 measured worse at
+# every shape, twice), and 16 and 64, which cut paths into spans at batch 16 too; then the warp splits
+# of the forward and the backward (csrc/cuda/scan_warp_spans_cuda.cuh, scan_warp_spans_backward_cuda.cuh),
+# which PoseMamba's paths select with their span length (T) by default.
 SPLIT_SETTINGS = tuple((f"chunks {blocks}", {"POSEMAMBA_CUDA_WARP_SPANS": "0",
                                              "POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM": blocks})
                        for blocks in ("2", "4", "16", "64")) + (("warps", {"POSEMAMBA_CUDA_WARP_SPANS": "1"}),)

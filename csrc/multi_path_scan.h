@@ -47,7 +47,7 @@ struct MultiPathScanParams {
   int64_t seqlen = 0;   // L
   int64_t n_chunks = 0;
   bool delta_softplus = true;
-  // A hint for the CUDA forward's work split, never for the result: cut the paths into spans of this
+  // A hint for the CUDA kernels' work split, never for the result: cut the paths into spans of this
   // many steps (0: no hint). See csrc/cuda/scan_warp_spans_cuda.cuh.
   int64_t span_length = 0;
 

@@ -126,10 +126,12 @@ ScanBackward prepare_scan_backward(
     const at::Tensor& B, const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
-    bool delta_softplus, int64_t channel_block, bool positions_minor) {
+    bool delta_softplus, int64_t span_length, int64_t channel_block, bool positions_minor) {
+  TORCH_CHECK(span_length >= 0, "span_length must be 0 (no hint) or a number of steps, got ", span_length);
   ScanBackward g;
   MultiPathScanBwdParams& p = g.params;
   g.inputs = prepare_scan_inputs(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, p);
+  p.span_length = span_length;
   check_shape(grad_out, "grad_out", {p.batch, p.dim, p.seqlen});
   check_like(grad_out, "grad_out", u, u.scalar_type());
   check_shape(chunk_states, "chunk_states", {p.batch, p.n_paths, p.n_chunks, p.d_state, p.dim});

@@ -78,7 +78,7 @@ ScanBackward prepare_scan_backward(
     const at::Tensor& B, const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
-    bool delta_softplus, int64_t channel_block, bool positions_minor);
+    bool delta_softplus, int64_t span_length, int64_t channel_block, bool positions_minor);
 
 // The dA, dD and ddelta_bias partials: n_length_blocks per batch element (MultiPathScanBwdParams).
 void allocate_length_partials(ScanBackward& g, int64_t n_length_blocks);

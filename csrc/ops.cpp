@@ -19,10 +19,11 @@ TORCH_LIBRARY(posemamba, m) {
       "Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? mix, bool delta_softplus, int span_length=0) "
       "-> (Tensor out, Tensor out_ungated, Tensor chunk_states)");
   // Gradients of every input; dD, dz and ddelta_bias are empty where D, z or delta_bias is None.
+  // span_length: the forward's hint, for the GPU backward's work split.
   m.def(
       "multi_path_scan_bwd(Tensor grad_out, Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, "
       "Tensor paths, Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? mix, Tensor out_ungated, "
-      "Tensor chunk_states, bool delta_softplus) "
+      "Tensor chunk_states, bool delta_softplus, int span_length=0) "
       "-> (Tensor du, Tensor ddelta, Tensor dA, Tensor dB, Tensor dC, Tensor dD, Tensor dz, Tensor ddelta_bias)");
   // The scan's own exp, log1p or softplus, elementwise, for testing their accuracy.
   m.def("_scan_math(Tensor x, str function) -> Tensor");

@@ -61,7 +61,7 @@ def multi_path_selective_scan(
         mix: optional (P, L) int64; where mix[p, l] >= 0 path p reads u[l] + u[mix[p, l]] at position
             l instead of u[l] (-1: u[l] alone).
         delta_softplus: apply softplus to delta + delta_bias.
-        span_length: a hint for the CUDA forward's work split, never changing the result beyond
+        span_length: a hint for the CUDA kernels' work split, never changing the result beyond
             rounding: cut the paths into spans of this many steps (see paths.span_length_hint; 0: no
             hint). None finds it in paths, once per tensor, except under torch.compile, which cannot
             read the values: give it there (T for pose_paths(T, J)).
@@ -206,7 +206,7 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("posemamba::multi_path_scan_bwd")
     def _multi_path_scan_bwd_fake(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated,
-                                  chunk_states, delta_softplus):
+                                  chunk_states, delta_softplus, span_length=0):
         def like_or_absent(t, reference):
             return reference.new_empty(t.shape) if t is not None else A.new_empty((0,))
 
@@ -216,17 +216,18 @@ if HAS_EXTENSION:
                 like_or_absent(delta_bias, A))
 
     def _multi_path_scan_setup_context(ctx, inputs, output):
-        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, _span_length_hint = inputs
+        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_length = inputs
         _, out_ungated, chunk_states = output
         ctx.save_for_backward(u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states)
         ctx.delta_softplus = delta_softplus
+        ctx.span_length = span_length
         ctx.mark_non_differentiable(out_ungated, chunk_states)
 
     def _multi_path_scan_backward(ctx, grad_out, _grad_out_ungated, _grad_chunk_states):
         u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states = ctx.saved_tensors
         du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = torch.ops.posemamba.multi_path_scan_bwd(
             grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states,
-            ctx.delta_softplus)
+            ctx.delta_softplus, ctx.span_length)
         return (du, ddelta, dA, dB, dC, None,
                 dD if D is not None else None,
                 dz if z is not None else None,

@@ -81,16 +81,23 @@ FORWARD_ARGS = ("u", "delta", "A", "B", "C", "paths", "D", "z", "delta_bias", "m
 @pytest.mark.parametrize("shape, span_length", [((2, 33, 70, 2, 3), 8), ((1, 5, 200, 3, 4), 69),
                                                 ((1, 40, 300, 2, 20), 64), ((2, 64, 459, 4, 64), 27)],
                          ids=lambda case: str(case))
-def test_cuda_warp_span_forward_matches_cpu_kernels(shape, span_length, dtype):
-    # The forward's warp split, which a span_length hint selects (posemamba.ops gives PoseMamba's
-    # paths theirs; tests/test_cuda_emulation.py covers the cases in more detail).
+def test_cuda_warp_span_split_matches_cpu_kernels(shape, span_length, dtype):
+    # The forward's and the backward's warp splits, which a span_length hint selects (posemamba.ops
+    # gives PoseMamba's paths theirs; tests/test_cuda_emulation.py covers the cases in more detail):
+    # outputs, saved states and every gradient, each bitwise the same in a second run.
     inputs = random_scan_inputs(*shape, dtype)
+    grad_out = torch.randn(shape[0], shape[1], shape[2], dtype=torch.float64).to(dtype)
     args = [inputs[name] for name in FORWARD_ARGS]
     gpu_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
-    cpu = torch.ops.posemamba.multi_path_scan_fwd(*args, True)
-    gpu = torch.ops.posemamba.multi_path_scan_fwd(*gpu_args, True, span_length)
-    again = torch.ops.posemamba.multi_path_scan_fwd(*gpu_args, True, span_length)
-    for a, b in zip(gpu, again):
+
+    def forward_and_backward(ops_args, grad, span):
+        out, out_ungated, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(*ops_args, True, span)
+        grads = torch.ops.posemamba.multi_path_scan_bwd(grad, *ops_args, out_ungated, chunk_states, True, span)
+        return [out, chunk_states, *grads]
+
+    cpu = forward_and_backward(args, grad_out, 0)
+    gpu = forward_and_backward(gpu_args, grad_out.cuda(), span_length)
+    for a, b in zip(gpu, forward_and_backward(gpu_args, grad_out.cuda(), span_length), strict=True):
         assert torch.equal(a, b)
     assert_close_scaled(gpu, cpu, dtype)
 
@@ -127,8 +134,23 @@ def test_cuda_gradcheck():
     assert torch.autograd.gradcheck(scan, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
+def test_cuda_gradcheck_warp_span_split():
+    inputs = to_cuda(random_scan_inputs(1, 3, 40, 2, 3, torch.float64))
+    names = [n for n in DIFFERENTIABLE if inputs[n] is not None]
+
+    def scan(*tensors):
+        return multi_path_selective_scan(**{**inputs, **dict(zip(names, tensors))}, span_length=9)
+
+    leaves = [inputs[n].detach().requires_grad_(True) for n in names]
+    assert torch.autograd.gradcheck(scan, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
 def test_cuda_opcheck():
     inputs = to_cuda(random_scan_inputs(2, 3, 70, 2, 4, torch.float32))
     args = tuple(inputs[k] for k in FORWARD_ARGS) + (True,)
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_fwd.default, args)
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_fwd.default, args + (16,))  # the warp split
+    out, out_ungated, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(*args, 16)
+    backward_args = (torch.randn_like(out), *args[:-1], out_ungated, chunk_states, True)
+    torch.library.opcheck(torch.ops.posemamba.multi_path_scan_bwd.default, backward_args)
+    torch.library.opcheck(torch.ops.posemamba.multi_path_scan_bwd.default, backward_args + (16,))

@@ -49,7 +49,7 @@ def forward_and_backward(ops, inputs, grad_out, delta_softplus=True, span_length
     """(out, chunk_states) and the gradients of every present input, through ops' fwd and bwd."""
     args = [inputs[name] for name in FORWARD_ARGS]
     out, out_ungated, chunk_states = ops.multi_path_scan_fwd(*args, delta_softplus, span_length)
-    grads = ops.multi_path_scan_bwd(grad_out, *args, out_ungated, chunk_states, delta_softplus)
+    grads = ops.multi_path_scan_bwd(grad_out, *args, out_ungated, chunk_states, delta_softplus, span_length)
     present = [grad for name, grad in zip(GRADIENTS, grads) if inputs[name] is not None]
     return [out, chunk_states] + present
 
@@ -97,13 +97,15 @@ def test_emulated_cuda_kernels_match_cpu_kernels_with_threads_reversed(emulated,
     assert_close_scaled(actual, forward_and_backward(torch.ops.posemamba, inputs, grad_out), torch.float32)
 
 
+# span_length 9: the warp splits, 8 spans a path.
+@pytest.mark.parametrize("span_length", [0, 9], ids=["chunked", "warp_span"])
 @pytest.mark.parametrize("flags", [dict(with_D=False, with_z=False, with_bias=False, with_mix=False),
                                    dict(delta_softplus=False)], ids=["no_options", "no_softplus"])
-def test_emulated_cuda_kernels_match_reference(emulated, flags):
+def test_emulated_cuda_kernels_match_reference(emulated, flags, span_length):
     softplus = flags.get("delta_softplus", True)
     inputs = random_scan_inputs(2, 35, 66, 3, 4, torch.float64, **flags)
     grad_out = torch.randn(2, 35, 66, dtype=torch.float64)
-    actual = forward_and_backward(emulated, inputs, grad_out, softplus)
+    actual = forward_and_backward(emulated, inputs, grad_out, softplus, span_length)
     names = [name for name in GRADIENTS if inputs[name] is not None]
     leaves = {name: inputs[name].detach().requires_grad_(True) for name in names}
     out = multi_path_selective_scan_ref(**{**inputs, **leaves}, delta_softplus=softplus)
@@ -125,12 +127,13 @@ def test_emulated_cuda_kernels_on_pose_paths_are_deterministic(emulated, T):
     assert_close_scaled(first, forward_and_backward(torch.ops.posemamba, inputs, grad_out), torch.float32)
 
 
-# The forward's warp split (csrc/cuda/scan_warp_spans_cuda.cuh), taken where span_length cuts the paths
-# into spans of at least 8 steps, and cut further where its blocks would not fill the emulation's 4
+# The warp splits of the forward and the backward (csrc/cuda/scan_warp_spans_cuda.cuh,
+# scan_warp_spans_backward_cuda.cuh), taken where span_length cuts the paths into spans of at least 8 steps, and cut further where its blocks would not fill the emulation's 4
 # "multiprocessors" (69 -> 18, 64 -> 22, 100 -> 25, 9 -> 8 below): spans of one tile, of several with a
 # partial last one (13, kept: the last span 5 steps), of a chunk exactly (64, kept) and past it (chunk
-# starts inside spans, where the warp saves the states); lanes past D; N = 20 and 40 (groups of 16
-# entries walked in turn, outputs added); P = 8.
+# starts inside spans, where the forward saves the states and the backward restarts from them, a
+# segment of 4 tiles at a time); lanes past D; N = 20 and 40 (groups of 16 entries walked in turn, 8
+# in the float64 backward, outputs and per-step gradients added); P = 8.
 WARP_SPAN_CASES = [((2, 33, 70, 2, 3), 8), ((4, 64, 70, 2, 3), 13), ((1, 5, 200, 3, 4), 69),
                    ((1, 40, 300, 2, 20), 64), ((4, 64, 300, 2, 4), 64), ((1, 3, 150, 8, 40), 100),
                    ((2, 4, 130, 1, 1), 9)]
@@ -138,14 +141,14 @@ WARP_SPAN_CASES = [((2, 33, 70, 2, 3), 8), ((4, 64, 70, 2, 3), 13), ((1, 5, 200,
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape, span_length", WARP_SPAN_CASES, ids=lambda case: str(case))
-def test_emulated_warp_span_forward_matches_cpu_kernels(emulated, shape, span_length, dtype):
+def test_emulated_warp_span_split_matches_cpu_kernels(emulated, shape, span_length, dtype):
     inputs = random_scan_inputs(*shape, dtype)
     grad_out = torch.randn(shape[0], shape[1], shape[2], dtype=torch.float64).to(dtype)
     actual = forward_and_backward(emulated, inputs, grad_out, span_length=span_length)
     assert_close_scaled(actual, forward_and_backward(torch.ops.posemamba, inputs, grad_out), dtype)
 
 
-def test_emulated_warp_span_forward_on_pose_paths_with_threads_reversed(emulated):
+def test_emulated_warp_span_split_on_pose_paths_with_threads_reversed(emulated):
     # PoseMamba's paths with their own hint (T = 20 frames a span), the mix included, and the warps'
     # lanes taking turns in reverse: a missing __syncwarp shows.
     T, J = 20, 5
@@ -161,13 +164,13 @@ def test_emulated_warp_span_forward_on_pose_paths_with_threads_reversed(emulated
 
 
 @pytest.mark.parametrize("span_length", [0, 7, 70, 1000])
-def test_emulated_forward_takes_the_chunked_split_for_other_span_lengths(emulated, span_length):
-    # Spans shorter than a tile, or a single span, are no use to the warp split: the chunked split
-    # runs, bitwise as without a hint.
+def test_emulated_kernels_take_the_chunked_split_for_other_span_lengths(emulated, span_length):
+    # Spans shorter than a tile, or a single span, are no use to the warp splits: the chunked splits
+    # run, bitwise as without a hint.
     inputs = random_scan_inputs(1, 33, 70, 2, 3, torch.float32)
-    args = [inputs[name] for name in FORWARD_ARGS]
-    hinted = emulated.multi_path_scan_fwd(*args, True, span_length)
-    for a, b in zip(hinted, emulated.multi_path_scan_fwd(*args, True, 0), strict=True):
+    grad_out = torch.randn(1, 33, 70)
+    hinted = forward_and_backward(emulated, inputs, grad_out, span_length=span_length)
+    for a, b in zip(hinted, forward_and_backward(emulated, inputs, grad_out), strict=True):
         assert torch.equal(a, b)
 
 

@@ -325,9 +325,10 @@ ScanGradients multi_path_scan_bwd_cpu(
     const std::optional<at::Tensor>& mix,
     const at::Tensor& out_ungated,
     const at::Tensor& chunk_states,
-    bool delta_softplus) {
+    bool delta_softplus,
+    int64_t span_length) {  // a hint for GPUs' work split only
   ScanBackward g = prepare_scan_backward(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix,
-                                         out_ungated, chunk_states, delta_softplus, kCpuChannelBlock,
+                                         out_ungated, chunk_states, delta_softplus, span_length, kCpuChannelBlock,
                                          /*positions_minor=*/false);
   allocate_length_partials(g, /*n_length_blocks=*/1);
   check_scan_indices_on_host(g.inputs, g.params.seqlen);

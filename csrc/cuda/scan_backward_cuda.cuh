@@ -44,39 +44,6 @@
 namespace posemamba {
 namespace cuda {
 
-// dy = dout * silu(z) at flat index i of (batch, D, L): the gradient of the ungated sum of the paths.
-template <typename input_t>
-__device__ __forceinline__ at::opmath_type<input_t> output_grad_at(const MultiPathScanBwdParams& p, int64_t i) {
-  using weight_t = at::opmath_type<input_t>;
-  const weight_t g = static_cast<weight_t>(static_cast<const input_t*>(p.grad_out)[i]);
-  return p.z ? g * silu(static_cast<weight_t>(static_cast<const input_t*>(p.z)[i])) : g;
-}
-
-// Sums over a warp's lanes (its 32 channels) of one value per step for each of the warp's
-// kStepsPerThread steps, through a padded tile of shared memory: lane i's result is step i % 8's sum
-// for lanes i < kStepsPerThread. A quarter of the lanes adds each step's column of 8 lanes, then two
-// shuffles add the quarters: a fixed order, bitwise the same every run.
-template <typename T>
-struct WarpStepSums {
-  static_assert(kStepsPerThread == 8 && kWarp == 32, "the sums' lane split assumes 8 steps and 32 lanes");
-  T (*tile)[kWarp + 1];
-
-  __device__ void stage(int step, T value) const { tile[step][threadIdx.x] = value; }
-
-  // Every lane of the warp calls it, after staging all kStepsPerThread values.
-  __device__ T sum() const {
-    __syncwarp();
-    const int step = threadIdx.x % kStepsPerThread, quarter = threadIdx.x / kStepsPerThread;
-    T total = 0;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) total += tile[step][quarter * 8 + i];  // unrolled: a fixed trip count
-    total += __shfl_down_sync(0xffffffffu, total, 8);   // quarters 0 + 1 and 2 + 3
-    total += __shfl_down_sync(0xffffffffu, total, 16);  // (0 + 1) + (2 + 3)
-    __syncwarp();  // the tile is free for the next values
-    return total;
-  }
-};
-
 // Passes 1 and 3 (see above), by pointers: with span_maps, pass 1 (spans from first_span on: the
 // span's adjoint map from a zero inflow, (batch, P, spans, N, D)); else pass 3 (gradients). adjoint
 // (batch, P, spans, N, D) holds the adjoint entering each span from its right (zeros for the last),
@@ -357,9 +324,12 @@ void run_scan_backward_as(ScanBackward& g) {
   TORCH_CHECK(p.channel_block == kWarp, "the CUDA backward sums dB and dC per warp of channels");
   // Nothing to scan: no partials, and the reduction below writes dA, dD, ddelta_bias = 0.
   const bool empty = p.batch == 0 || p.dim == 0 || p.seqlen == 0;
-  const int64_t span_chunks = empty ? 1 : chunks_per_span(p);
-  const int64_t n_spans = empty ? 0 : num_spans(p, span_chunks);
-  allocate_length_partials(g, n_spans * kSegmentWarps);
+  // The warp split where the forward took it (a partial per span), else the chunked split (a partial
+  // per span and warp).
+  const int64_t warp_span = empty ? 0 : warp_span_length(p);
+  const int64_t span_chunks = empty || warp_span ? 1 : chunks_per_span(p);
+  const int64_t n_spans = empty ? 0 : warp_span ? (p.seqlen + warp_span - 1) / warp_span : num_spans(p, span_chunks);
+  allocate_length_partials(g, warp_span ? n_spans : n_spans * kSegmentWarps);
   // For the workspaces and partials kept in path order (dv, dB, dC); dB and dC are summed even with
   // no channels (into zeros).
   const at::Tensor inverse = p.seqlen > 0 ? invert_paths(p, g.inputs.paths) : at::Tensor();
@@ -371,17 +341,22 @@ void run_scan_backward_as(ScanBackward& g) {
     const at::Tensor adjoint = at::zeros({p.batch, p.n_paths, n_spans, p.d_state, p.dim}, weights);
     auto* adjoint_data = adjoint.mutable_data_ptr<weight_t>();
     const MixSources mix = g.inputs.mix.defined() ? invert_mix(g.inputs.mix, p.seqlen) : MixSources{};
-    const dim3 block(kWarp, kSegmentWarps);
-    if (n_spans > 1) {
-      const at::Tensor span_maps = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim, 2}, weights);
-      auto* maps = reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>());
-      simt::launch(scan_span_backward_kernel<scalar_t>, path_channel_grid(p, n_spans - 1), block, 0, p, span_chunks,
-                   /*first_span=*/int64_t{1}, adjoint_data, maps, nullptr, nullptr);
-      carry_across_spans<weight_t>(p, n_spans, maps, adjoint_data, /*forward=*/false);
+    if (warp_span) {
+      run_warp_spans_backward<scalar_t>(g, warp_span, adjoint_data, dv_paths.mutable_data_ptr<weight_t>(),
+                                        ddelta_paths.mutable_data_ptr<scalar_t>());
+    } else {
+      const dim3 block(kWarp, kSegmentWarps);
+      if (n_spans > 1) {
+        const at::Tensor span_maps = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim, 2}, weights);
+        auto* maps = reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>());
+        simt::launch(scan_span_backward_kernel<scalar_t>, path_channel_grid(p, n_spans - 1), block, 0, p,
+                     span_chunks, /*first_span=*/int64_t{1}, adjoint_data, maps, nullptr, nullptr);
+        carry_across_spans<weight_t>(p, n_spans, maps, adjoint_data, /*forward=*/false);
+      }
+      simt::launch(scan_span_backward_kernel<scalar_t>, path_channel_grid(p, n_spans), block, 0, p, span_chunks,
+                   /*first_span=*/int64_t{0}, adjoint_data, nullptr, dv_paths.mutable_data_ptr<weight_t>(),
+                   ddelta_paths.mutable_data_ptr<scalar_t>());
     }
-    simt::launch(scan_span_backward_kernel<scalar_t>, path_channel_grid(p, n_spans), block, 0, p, span_chunks,
-                 /*first_span=*/int64_t{0}, adjoint_data, nullptr, dv_paths.mutable_data_ptr<weight_t>(),
-                 ddelta_paths.mutable_data_ptr<scalar_t>());
     simt::launch(merge_input_grads_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen),
                  kElementwiseThreads, 0, p, dv_paths.const_data_ptr<weight_t>(),
                  ddelta_paths.const_data_ptr<scalar_t>(), inverse.const_data_ptr<int32_t>(),

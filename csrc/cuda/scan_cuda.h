@@ -6,6 +6,7 @@
 #pragma once
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 
 #include <optional>
 #include <tuple>
@@ -36,6 +37,13 @@ void run_scan_forward_as(ScanForward& f);
 template <typename scalar_t>
 void run_scan_backward_as(ScanBackward& g);
 
+// The backward's warp split (scan_warp_spans_backward_cuda.cuh, compiled in a .cu of its own): its
+// passes over spans of span_length steps, with adjoint (batch, P, spans, N, D) for the adjoint
+// entering each span, into the per-path workspaces dv_paths and ddelta_paths and g's partials.
+template <typename scalar_t>
+void run_warp_spans_backward(ScanBackward& g, int64_t span_length, at::opmath_type<scalar_t>* adjoint,
+                             at::opmath_type<scalar_t>* dv_paths, scalar_t* ddelta_paths);
+
 // The ops' CUDA implementations on the current device, without its guard: inputs prepared with the
 // CUDA work split (dB/dC partials per warp of channels, dA/dD/ddelta_bias partials per span and warp), the
 // dtype's kernels run, outputs collected. scan_cuda_ops.cpp registers them behind a device guard; the
@@ -57,9 +65,9 @@ inline ScanGradients scan_backward(
     const at::Tensor& B, const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
-    bool delta_softplus) {
+    bool delta_softplus, int64_t span_length) {
   ScanBackward g = prepare_scan_backward(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated,
-                                         chunk_states, delta_softplus, kWarp, /*positions_minor=*/true);
+                                         chunk_states, delta_softplus, span_length, kWarp, /*positions_minor=*/true);
   check_length(g.params.seqlen);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "multi_path_scan_bwd_cuda",
                                   [&] { run_scan_backward_as<scalar_t>(g); });

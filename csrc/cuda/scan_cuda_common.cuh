@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <string>
 
 #include "../multi_path_scan.h"
 #include "scan_cuda.h"
@@ -169,8 +170,14 @@ struct PathChannel {
   template <typename ValueAt>
   __device__ void gather_steps(const uint32_t* position, StepTile<weight_t> tile, weight_t (&value)[kStepsPerThread],
                                ValueAt value_at) const {
+    gather_steps_at(position[tile_step(static_cast<int>(threadIdx.x))], tile, value, value_at);
+  }
+
+  // The same, given the position l of the lane's own step on the tile's global side (step tile_step(lane)).
+  template <typename ValueAt>
+  __device__ void gather_steps_at(uint32_t l, StepTile<weight_t> tile, weight_t (&value)[kStepsPerThread],
+                                  ValueAt value_at) const {
     const int lane = static_cast<int>(threadIdx.x);
-    const uint32_t l = position[tile_step(lane)];
     weight_t loaded[kStepsPerThread];
 #pragma unroll
     for (int r = 0; r < kStepsPerThread; ++r) loaded[r] = value_at(channel_row(tile_channel(lane, r)) + l);
@@ -212,6 +219,39 @@ struct PathChannel {
   const int64_t *order, *mix_row;
   const weight_t* A_row;
   weight_t bias, skip;
+};
+
+// dy = dout * silu(z) at flat index i of (batch, D, L): the gradient of the ungated sum of the paths.
+template <typename input_t>
+__device__ __forceinline__ at::opmath_type<input_t> output_grad_at(const MultiPathScanBwdParams& p, int64_t i) {
+  using weight_t = at::opmath_type<input_t>;
+  const weight_t g = static_cast<weight_t>(static_cast<const input_t*>(p.grad_out)[i]);
+  return p.z ? g * silu(static_cast<weight_t>(static_cast<const input_t*>(p.z)[i])) : g;
+}
+
+// Sums over a warp's lanes (its 32 channels) of one value per step for each of the warp's
+// kStepsPerThread steps, through a padded tile of shared memory: lane i's result is step i % 8's sum
+// for lanes i < kStepsPerThread. A quarter of the lanes adds each step's column of 8 lanes, then two
+// shuffles add the quarters: a fixed order, bitwise the same every run.
+template <typename T>
+struct WarpStepSums {
+  static_assert(kStepsPerThread == 8 && kWarp == 32, "the sums' lane split assumes 8 steps and 32 lanes");
+  T (*tile)[kWarp + 1];
+
+  __device__ void stage(int step, T value) const { tile[step][threadIdx.x] = value; }
+
+  // Every lane of the warp calls it, after staging all kStepsPerThread values.
+  __device__ T sum() const {
+    __syncwarp();
+    const int step = threadIdx.x % kStepsPerThread, quarter = threadIdx.x / kStepsPerThread;
+    T total = 0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) total += tile[step][quarter * 8 + i];  // unrolled: a fixed trip count
+    total += __shfl_down_sync(0xffffffffu, total, 8);   // quarters 0 + 1 and 2 + 3
+    total += __shfl_down_sync(0xffffffffu, total, 16);  // (0 + 1) + (2 + 3)
+    __syncwarp();  // the tile is free for the next values
+    return total;
+  }
 };
 
 constexpr int64_t kMaxGridZ = 65535;
@@ -362,6 +402,94 @@ __device__ __forceinline__ weight_t carry_after_warp(const StateMap<weight_t> (&
     if (w > warp) h = maps[w][lane].apply(h);
   }
   return h;
+}
+
+// The warp splits (scan_warp_spans_cuda.cuh, the forward; scan_warp_spans_backward_cuda.cuh, the
+// backward), for paths cut into spans of a length the caller gives: a warp walks one span of one
+// (batch, path)'s 32 channels alone, 8 steps a tile, with no block-wide barriers, and a block's warps
+// take consecutive spans of the same (batch, path, 32 channels), so that on a path whose step
+// s + span_length visits a position next to step s's (PoseMamba's joint-major paths, spans of T
+// frames) they read the same sectors at the same time.
+
+// B and C of a warp's tile of steps for kStates state entries from `group`: step-major, so that a lane
+// reads one step's entries as 16-byte rows (the forward, whose loop over a step's entries is unrolled),
+// or entry-major, one entry's steps (kEntryMajor: the backward's, whose loop over entries is not).
+template <typename weight_t, int kStates, bool kEntryMajor>
+struct WarpProjections {
+  static_assert(kStates % (kWarp / kStepsPerThread) == 0, "a round stages kWarp / kStepsPerThread entries");
+  alignas(16) weight_t B[kStepsPerThread * kStates];
+  alignas(16) weight_t C[kStepsPerThread * kStates];
+
+  static constexpr C10_HOST_DEVICE int index(int step, int n) {
+    return kEntryMajor ? n * kStepsPerThread + step : step * kStates + n;
+  }
+  __device__ weight_t b(int step, int n) const { return B[index(step, n)]; }
+  __device__ weight_t c(int step, int n) const { return C[index(step, n)]; }
+
+  // Every lane of the warp calls it, with the position l of its step tile_step(lane) and whether that
+  // step is to be staged: B (kWithB) and C (kWithC) of entries [group, group + kStates), zeros past N or
+  // for steps not staged.
+  template <bool kWithB, bool kWithC, typename input_t>
+  __device__ void stage(const PathChannel<input_t>& c, uint32_t l, bool step_staged, int group) {
+    const int lane = static_cast<int>(threadIdx.x), step = tile_step(lane);
+    constexpr int kEntriesPerRound = kWarp / kStepsPerThread;
+#pragma unroll
+    for (int r = 0; r < kStates / kEntriesPerRound; ++r) {
+      const int n = lane / kStepsPerThread + r * kEntriesPerRound;
+      const bool loaded = step_staged && group + n < c.N;
+      const uint32_t offset = static_cast<uint32_t>(group + n) * c.row_length + l;
+      if constexpr (kWithB) B[index(step, n)] = loaded ? static_cast<weight_t>(c.B_path[offset]) : weight_t(0);
+      if constexpr (kWithC) C[index(step, n)] = loaded ? static_cast<weight_t>(c.C_path[offset]) : weight_t(0);
+    }
+    __syncwarp();
+  }
+};
+
+// A warp's (batch, path, 32 channels) and span, from the flat warp index of a pass over spans
+// [first_span, first_span + pass_spans), warps_per_block warps a block: spans fastest, so that a
+// block's warps take consecutive spans.
+struct WarpSpanTask {
+  int64_t b, path, first_channel, span;
+  bool valid;  // false for the last block's warps past the pass's end
+};
+
+__device__ __forceinline__ WarpSpanTask warp_span_task(const MultiPathScanParams& p, int warps_per_block,
+                                                       int64_t first_span, int64_t pass_spans) {
+  const int64_t flat = static_cast<int64_t>(blockIdx.x) * warps_per_block + threadIdx.y;
+  const int64_t channel_blocks = num_channel_blocks(p);
+  const int64_t span = flat % pass_spans, rest = flat / pass_spans;
+  const int64_t channel_block = rest % channel_blocks, batch_path = rest / channel_blocks;
+  return {batch_path / p.n_paths, batch_path % p.n_paths, channel_block * kWarp, first_span + span,
+          batch_path < p.batch * p.n_paths};
+}
+
+// Whether the warp splits may take the forward and backward where the caller gives a span length (the
+// default), or POSEMAMBA_CUDA_WARP_SPANS=0 for never: read once per process, for
+// benchmarks/gpu_report.py's comparison with the chunked splits.
+inline bool warp_spans_allowed() {
+  static const bool allowed = [] {
+    const char* text = std::getenv("POSEMAMBA_CUDA_WARP_SPANS");
+    if (text == nullptr || *text == '\0') return true;
+    const std::string value(text);
+    TORCH_CHECK(value == "0" || value == "1", "POSEMAMBA_CUDA_WARP_SPANS must be 0 or 1, got '", value, "'");
+    return value == "1";
+  }();
+  return allowed;
+}
+
+// The span length the warp splits take, or 0 for the chunked splits: the caller's hint where it cuts
+// the paths into more than one span of at least a tile, cut into equal parts where the forward's
+// blocks (kSegmentWarps warps) would not fill the device's multiprocessors
+// (kSpanBlocksPerMultiprocessor each): small batches, whose inputs fit in L2 anyway, trade the sharing
+// of sectors for parallelism. The forward and the backward take the same.
+inline int64_t warp_span_length(const MultiPathScanParams& p) {
+  const bool usable = p.span_length >= kStepsPerThread && p.span_length < p.seqlen;
+  if (!usable || !warp_spans_allowed()) return 0;
+  const int64_t warps = p.batch * p.n_paths * num_channel_blocks(p) * ((p.seqlen + p.span_length - 1) / p.span_length);
+  const int64_t blocks = (warps + kSegmentWarps - 1) / kSegmentWarps;
+  const int64_t wanted = simt::multiprocessor_count() * int64_t{kSpanBlocksPerMultiprocessor};
+  const int64_t parts = blocks >= wanted ? 1 : (wanted + blocks - 1) / blocks;
+  return std::max<int64_t>(kStepsPerThread, (p.span_length + parts - 1) / parts);
 }
 
 // inverse[p, paths[p, s]] = s: the step at which path p visits each position, for the kernels that

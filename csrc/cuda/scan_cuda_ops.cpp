@@ -43,10 +43,11 @@ ScanGradients multi_path_scan_bwd_cuda(
     const std::optional<at::Tensor>& mix,
     const at::Tensor& out_ungated,
     const at::Tensor& chunk_states,
-    bool delta_softplus) {
+    bool delta_softplus,
+    int64_t span_length) {
   const c10::cuda::CUDAGuard device_guard(u.device());
   return scan_backward(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states,
-                       delta_softplus);
+                       delta_softplus, span_length);
 }
 
 }  // namespace

@@ -1,13 +1,14 @@
-// The CUDA forward's second work split, for paths cut into spans of a given length: a warp walks one
-// span of one (batch, path)'s 32 channels alone, 8 steps a tile, each lane holding its channel's state
-// entries in registers (16 at a time). No barriers and no map composition: a state update is an exp,
-// two multiplies and two FMAs, as in a sequential scan.
+// The CUDA forward's warp split (scan_cuda_common.cuh), for paths cut into spans of a given length: a
+// warp walks one span of one (batch, path)'s 32 channels alone, 8 steps a tile, each lane holding its
+// channel's state entries in registers (16 at a time). No barriers and no map composition: a state
+// update is an exp, two multiplies and two FMAs, as in a sequential scan.
 //
 // A block's 8 warps take consecutive spans of the same (batch, path, 32 channels). That is what the
 // split is for: on a path whose step s + span_length visits a position next to step s's (PoseMamba's
 // joint-major paths with span_length = T frames), the warps read the same sectors at the same time,
 // where a whole-path walk would want each sector's other values 243 steps later, long after L2 has
-// dropped it. The caller gives the span length (posemamba.ops finds it in the paths).
+// dropped it. The caller gives the span length (posemamba.ops finds it in the paths); the backward
+// takes the same split (scan_warp_spans_backward_cuda.cuh).
 //
 // The passes are those of the chunked split's spans (scan_forward_cuda.cuh): each span but the last
 // from a zero state (its map out), carry_across_spans, then each span from its start state, writing
@@ -19,11 +20,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/util/Exception.h>
 
-#include <algorithm>
-#include <cstdlib>
-#include <string>
 #include <type_traits>
 
 #include "scan_cuda.h"
@@ -35,49 +32,13 @@ namespace cuda {
 // State entries a lane holds in registers: a group, walked in one pass over its span.
 constexpr int kWarpStates = 16;
 
-// One warp's share of shared memory: B and C of its tile's steps for a group of state entries
-// (step-major, so that a lane reads one step's entries as 16-byte rows), and the tile for its loads and
-// stores.
+// One warp's share of shared memory: B and C of its tile's steps for a group of state entries, and the
+// tile for its loads and stores.
 template <typename weight_t>
 struct WarpSpanTile {
-  alignas(16) weight_t B[kStepsPerThread][kWarpStates];
-  alignas(16) weight_t C[kStepsPerThread][kWarpStates];
+  WarpProjections<weight_t, kWarpStates, /*kEntryMajor=*/false> projections;
   weight_t steps[kStepsPerThread][kWarp + 1];  // StepTile
-
-  // Every lane of the warp calls it, with the position l of its step tile_step(lane) and whether that
-  // step is in the span: B and C (kWithC: pass 1 needs none) of entries [group, group + kWarpStates),
-  // zeros past N or the span.
-  template <bool kWithC, typename input_t>
-  __device__ void stage(const PathChannel<input_t>& c, uint32_t l, bool step_in_span, int group) {
-    const int lane = static_cast<int>(threadIdx.x), step = tile_step(lane);
-    constexpr int kEntriesPerRound = kWarp / kStepsPerThread;
-#pragma unroll
-    for (int r = 0; r < kWarpStates / kEntriesPerRound; ++r) {
-      const int n = lane / kStepsPerThread + r * kEntriesPerRound;
-      const bool loaded = step_in_span && group + n < c.N;
-      const uint32_t offset = static_cast<uint32_t>(group + n) * c.row_length + l;
-      B[step][n] = loaded ? static_cast<weight_t>(c.B_path[offset]) : weight_t(0);
-      if constexpr (kWithC) C[step][n] = loaded ? static_cast<weight_t>(c.C_path[offset]) : weight_t(0);
-    }
-    __syncwarp();
-  }
 };
-
-// A warp's (batch, path, 32 channels) and span, from the flat warp index of a pass over spans
-// [0, pass_spans): spans fastest, so that a block's warps take consecutive spans.
-struct WarpSpanTask {
-  int64_t b, path, first_channel, span;
-  bool valid;  // false for the last block's warps past the pass's end
-};
-
-__device__ __forceinline__ WarpSpanTask warp_span_task(const MultiPathScanParams& p, int64_t pass_spans) {
-  const int64_t flat = static_cast<int64_t>(blockIdx.x) * kSegmentWarps + threadIdx.y;
-  const int64_t channel_blocks = num_channel_blocks(p);
-  const int64_t span = flat % pass_spans, rest = flat / pass_spans;
-  const int64_t channel_block = rest % channel_blocks, batch_path = rest / channel_blocks;
-  return {batch_path / p.n_paths, batch_path % p.n_paths, channel_block * kWarp, span,
-          batch_path < p.batch * p.n_paths};
-}
 
 // With span_maps, pass 1 over spans [0, pass_spans): each span's map from a zero state out, (batch, P,
 // spans, N, D); else pass 3 over all spans: from span_start (zero for the first span, or everywhere
@@ -88,7 +49,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
                            const at::opmath_type<input_t>* span_start, StateMap<at::opmath_type<input_t>>* span_maps,
                            at::opmath_type<input_t>* y_paths) {
   using weight_t = at::opmath_type<input_t>;
-  const WarpSpanTask task = warp_span_task(p, pass_spans);
+  const WarpSpanTask task = warp_span_task(p, kSegmentWarps, /*first_span=*/0, pass_spans);
   if (!task.valid) return;  // a whole warp; the kernel has no block-wide barrier
   const int lane = static_cast<int>(threadIdx.x), warp = static_cast<int>(threadIdx.y);
   const int64_t d_lane = task.first_channel + lane;
@@ -132,7 +93,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       uint32_t mixed = c.mixed_position(l);
       for (int first = first_tile; first < end; first += kStepsPerThread) {
         const uint32_t mixed_next = c.mixed_position(l_next), l_after = step_position(first + 2 * kStepsPerThread);
-        tile.template stage<!summary>(c, l, in_span(first + tile_step(lane)), group);
+        tile.projections.template stage</*kWithB=*/true, /*kWithC=*/!summary>(c, l, in_span(first + tile_step(lane)), group);
         weight_t v[kStepsPerThread], dt[kStepsPerThread], y[kStepsPerThread];
         c.load_steps_at(l, mixed, tile.steps, v, dt);
         l = l_next;
@@ -158,8 +119,8 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
           const weight_t dt_v = dt[k] * v[k];
 #pragma unroll
           for (int n = 0; n < kWarpStates; ++n) {
-            h[n] = StateMap<weight_t>{step_decay_from_rate(dt[k], rate[n]), dt_v * tile.B[k][n]}.apply(h[n]);
-            if constexpr (!summary) y[k] += tile.C[k][n] * h[n];
+            h[n] = StateMap<weight_t>{step_decay_from_rate(dt[k], rate[n]), dt_v * tile.projections.b(k, n)}.apply(h[n]);
+            if constexpr (!summary) y[k] += tile.projections.c(k, n) * h[n];
           }
         }
         if constexpr (!summary) {
@@ -183,34 +144,6 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   } else {
     walk(std::false_type{});
   }
-}
-
-// Whether warp_spans may take the forward where the caller gives a span length (the default), or
-// POSEMAMBA_CUDA_WARP_SPANS=0 for never: read once per process, for benchmarks/gpu_report.py's
-// comparison of the two splits.
-inline bool warp_spans_allowed() {
-  static const bool allowed = [] {
-    const char* text = std::getenv("POSEMAMBA_CUDA_WARP_SPANS");
-    if (text == nullptr || *text == '\0') return true;
-    const std::string value(text);
-    TORCH_CHECK(value == "0" || value == "1", "POSEMAMBA_CUDA_WARP_SPANS must be 0 or 1, got '", value, "'");
-    return value == "1";
-  }();
-  return allowed;
-}
-
-// The span length the forward's warp split takes, or 0 for the chunked split (scan_forward_cuda.cuh):
-// the caller's hint where it cuts the paths into more than one span of at least a tile, cut into
-// equal parts where the blocks would not fill the device's multiprocessors (kSpanBlocksPerMultiprocessor
-// each): small batches, whose inputs fit in L2 anyway, trade the sharing of sectors for parallelism.
-inline int64_t warp_span_length(const MultiPathScanParams& p) {
-  const bool usable = p.span_length >= kStepsPerThread && p.span_length < p.seqlen;
-  if (!usable || !warp_spans_allowed()) return 0;
-  const int64_t warps = p.batch * p.n_paths * num_channel_blocks(p) * ((p.seqlen + p.span_length - 1) / p.span_length);
-  const int64_t blocks = (warps + kSegmentWarps - 1) / kSegmentWarps;
-  const int64_t wanted = simt::multiprocessor_count() * int64_t{kSpanBlocksPerMultiprocessor};
-  const int64_t parts = blocks >= wanted ? 1 : (wanted + blocks - 1) / blocks;
-  return std::max<int64_t>(kStepsPerThread, (p.span_length + parts - 1) / parts);
 }
 
 // The span split's launches for input dtype scalar_t: y_paths and the forward's chunk_states filled.

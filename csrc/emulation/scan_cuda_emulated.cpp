@@ -7,6 +7,7 @@
 
 #include "../cuda/scan_backward_cuda.cuh"
 #include "../cuda/scan_forward_cuda.cuh"
+#include "../cuda/scan_warp_spans_backward_cuda.cuh"
 #include "simt_selftest.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -1,0 +1,15 @@
+// The CUDA backward's warp split, for every input dtype (explicit instantiations of
+// run_warp_spans_backward, which scan_cuda.h declares for the chunked backward's launches): a .cu of
+// its own, so that ninja compiles it alongside the other kernels.
+#include "scan_warp_spans_backward_cuda.cuh"
+
+namespace posemamba {
+namespace cuda {
+
+template void run_warp_spans_backward<double>(ScanBackward&, int64_t, double*, double*, double*);
+template void run_warp_spans_backward<float>(ScanBackward&, int64_t, float*, float*, float*);
+template void run_warp_spans_backward<c10::Half>(ScanBackward&, int64_t, float*, float*, c10::Half*);
+template void run_warp_spans_backward<c10::BFloat16>(ScanBackward&, int64_t, float*, float*, c10::BFloat16*);
+
+}  // namespace cuda
+}  // namespace posemamba
