@@ -283,19 +283,26 @@ def test_emulated_cuda_kernels_name_a_bad_span_setting(emulated, tmp_path):
     assert "POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM must be a whole number from 0 to 64, got 'two'" in result.stderr
 
 
-def test_emulated_forward_follows_the_warp_split_setting(emulated, tmp_path):
-    # With a span length the warp split runs ("" and "1"), unless POSEMAMBA_CUDA_WARP_SPANS=0, which
-    # gives the chunked split's results to the bit; a bad value is a named error.
+def test_emulated_kernels_follow_the_warp_split_setting(emulated, tmp_path):
+    # With a span length the warp splits run ("" and "1"), unless POSEMAMBA_CUDA_WARP_SPANS=0, which
+    # gives the chunked splits' results to the bit, or "forward", the forward's warp split alone (its
+    # outputs and saved states those of "1", the gradients the chunked backward's); a bad value is a
+    # named error. Each result is checked against the CPU kernels in its process.
     torch.save((random_scan_inputs(2, 40, 130, 2, 3, torch.float32), torch.randn(2, 40, 130)), tmp_path / "inputs.pt")
     results = {}
-    for setting in ("0", "", "1"):
+    for setting in ("0", "", "1", "forward"):
         result = run_with_span_setting(setting, tmp_path, "POSEMAMBA_CUDA_WARP_SPANS", span_length=26)
         assert result.returncode == 0, result.stderr[-3000:]
         results[setting] = torch.load(tmp_path / f"setting_{setting}.pt")
     unhinted = forward_and_backward(emulated, *torch.load(tmp_path / "inputs.pt"))
     assert all(torch.equal(x, y) for x, y in zip(results["0"], unhinted, strict=True))
     assert all(torch.equal(x, y) for x, y in zip(results[""], results["1"], strict=True))
-    assert any(not torch.equal(x, y) for x, y in zip(results["0"], results["1"], strict=True))
+    forward_outputs = 2  # out and chunk_states, then the gradients
+    for split in ("0", "1"):  # both splits differ from the chunked ones: each setting took effect
+        gradients_differ = any(not torch.equal(x, y) for x, y in zip(results["forward"][forward_outputs:],
+                                                                     results[split][forward_outputs:], strict=True))
+        assert gradients_differ
+    assert all(torch.equal(x, y) for x, y in zip(results["forward"][:forward_outputs], results["1"][:forward_outputs]))
     result = run_with_span_setting("yes", tmp_path, "POSEMAMBA_CUDA_WARP_SPANS", span_length=26)
     assert result.returncode != 0
-    assert "POSEMAMBA_CUDA_WARP_SPANS must be 0 or 1, got 'yes'" in result.stderr
+    assert "POSEMAMBA_CUDA_WARP_SPANS must be 0, 1 or forward, got 'yes'" in result.stderr

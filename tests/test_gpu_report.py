@@ -133,8 +133,9 @@ def test_benchmark_summary_leaves_out_failed_benchmarks():
     assert lines == ["g: fused 2.0 ms (1.0x)"]
 
 
-def test_split_settings_name_each_forward_split():
+def test_split_settings_name_each_split():
     labels = [label for label, _ in gpu_report.SPLIT_SETTINGS]
-    assert labels == ["chunks 2", "chunks 4", "chunks 16", "chunks 64", "warps"]
+    assert labels == ["chunks 2", "chunks 16", "chunks 64", "warps fwd", "warps"]
     for label, settings in gpu_report.SPLIT_SETTINGS:
-        assert settings["POSEMAMBA_CUDA_WARP_SPANS"] == ("1" if label == "warps" else "0")
+        expected = {"warps": "1", "warps fwd": "forward"}.get(label, "0")
+        assert settings["POSEMAMBA_CUDA_WARP_SPANS"] == expected

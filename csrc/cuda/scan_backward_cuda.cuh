@@ -326,7 +326,7 @@ void run_scan_backward_as(ScanBackward& g) {
   const bool empty = p.batch == 0 || p.dim == 0 || p.seqlen == 0;
   // The warp split where the forward took it (a partial per span), else the chunked split (a partial
   // per span and warp).
-  const int64_t warp_span = empty ? 0 : warp_span_length(p);
+  const int64_t warp_span = empty ? 0 : warp_span_length(p, /*backward=*/true);
   const int64_t span_chunks = empty || warp_span ? 1 : chunks_per_span(p);
   const int64_t n_spans = empty ? 0 : warp_span ? (p.seqlen + warp_span - 1) / warp_span : num_spans(p, span_chunks);
   allocate_length_partials(g, warp_span ? n_spans : n_spans * kSegmentWarps);

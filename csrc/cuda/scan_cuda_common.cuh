@@ -463,18 +463,18 @@ __device__ __forceinline__ WarpSpanTask warp_span_task(const MultiPathScanParams
           batch_path < p.batch * p.n_paths};
 }
 
-// Whether the warp splits may take the forward and backward where the caller gives a span length (the
-// default), or POSEMAMBA_CUDA_WARP_SPANS=0 for never: read once per process, for
-// benchmarks/gpu_report.py's comparison with the chunked splits.
-inline bool warp_spans_allowed() {
-  static const bool allowed = [] {
+// Whether the warp split may take the backward (else the forward) where the caller gives a span length:
+// both may (the default, or POSEMAMBA_CUDA_WARP_SPANS=1), the forward's only ("forward") or neither
+// ("0"). Read once per process, for benchmarks/gpu_report.py's comparison with the chunked splits.
+inline bool warp_spans_allowed(bool backward) {
+  static const std::string setting = [] {
     const char* text = std::getenv("POSEMAMBA_CUDA_WARP_SPANS");
-    if (text == nullptr || *text == '\0') return true;
-    const std::string value(text);
-    TORCH_CHECK(value == "0" || value == "1", "POSEMAMBA_CUDA_WARP_SPANS must be 0 or 1, got '", value, "'");
-    return value == "1";
+    const std::string value(text == nullptr || *text == '\0' ? "1" : text);
+    TORCH_CHECK(value == "0" || value == "1" || value == "forward",
+                "POSEMAMBA_CUDA_WARP_SPANS must be 0, 1 or forward, got '", value, "'");
+    return value;
   }();
-  return allowed;
+  return setting == "1" || (setting == "forward" && !backward);
 }
 
 // The span length the warp splits take, or 0 for the chunked splits: the caller's hint where it cuts
@@ -482,9 +482,9 @@ inline bool warp_spans_allowed() {
 // blocks (kSegmentWarps warps) would not fill the device's multiprocessors
 // (kSpanBlocksPerMultiprocessor each): small batches, whose inputs fit in L2 anyway, trade the sharing
 // of sectors for parallelism. The forward and the backward take the same.
-inline int64_t warp_span_length(const MultiPathScanParams& p) {
+inline int64_t warp_span_length(const MultiPathScanParams& p, bool backward) {
   const bool usable = p.span_length >= kStepsPerThread && p.span_length < p.seqlen;
-  if (!usable || !warp_spans_allowed()) return 0;
+  if (!usable || !warp_spans_allowed(backward)) return 0;
   const int64_t warps = p.batch * p.n_paths * num_channel_blocks(p) * ((p.seqlen + p.span_length - 1) / p.span_length);
   const int64_t blocks = (warps + kSegmentWarps - 1) / kSegmentWarps;
   const int64_t wanted = simt::multiprocessor_count() * int64_t{kSpanBlocksPerMultiprocessor};

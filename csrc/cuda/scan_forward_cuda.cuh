@@ -207,7 +207,7 @@ void run_scan_forward_as(ScanForward& f) {
     simt::launch(merge_paths_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen), kElementwiseThreads,
                  0, p, y_paths.const_data_ptr<weight_t>(), inverse.const_data_ptr<int32_t>());
   };
-  if (const int64_t span_length = warp_span_length(p)) {
+  if (const int64_t span_length = warp_span_length(p, /*backward=*/false)) {
     run_warp_spans_forward<scalar_t>(f, span_length, y_paths.mutable_data_ptr<weight_t>());
     merge_paths();
     return;
