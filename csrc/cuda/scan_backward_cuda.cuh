@@ -102,7 +102,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
     const int64_t end_chunk = first_chunk + chunks_per_span < p.n_chunks ? first_chunk + chunks_per_span : p.n_chunks;
     for (int64_t chunk = end_chunk - 1; chunk >= first_chunk; --chunk) {
       // The chunk's positions and the first group's B and C, staged by the whole block.
-      projections.stage(c, chunk, 0);
+      projections.template stage</*kWithB=*/!summary, /*kWithC=*/true>(c, chunk, 0);
       __syncthreads();
       // This thread's steps. Past the path's end a step has dt = v = dy = 0 (loaded at position 0, then
       // set): the identity map, forwards and backwards, computed like the others (no branches in the
@@ -138,7 +138,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       // Lane i < kStepsPerThread writes the dB and dC partials of its warp's step i.
       const bool writes_sums = lane < kStepsPerThread && first + lane < end;
       for (int group = 0; group < n_states; group += Projections::kStates) {
-        const int group_end = projections.enter_group(c, chunk, group, n_states);
+        const int group_end = projections.template enter_group</*kWithB=*/!summary, /*kWithC=*/true>(c, chunk, group, n_states);
 #pragma unroll 1
         for (int n = group; n < group_end; ++n) {
           const weight_t a = projections.A[n - group][lane], rate = decay_rate(a);

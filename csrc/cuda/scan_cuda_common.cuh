@@ -331,8 +331,8 @@ struct ChunkProjections {
   // the chunk's steps in order, so a path visiting consecutive positions loads them coalesced. Steps
   // past the path's end and entries past N are zeros. With the first group, the steps' mixed-in
   // positions too (checked here, once per block): the warps' loads of u then wait on no global load
-  // of their own before them.
-  template <typename input_t>
+  // of their own before them. B and C only where kWithB and kWithC: the passes over spans need one each.
+  template <bool kWithB, bool kWithC, typename input_t>
   __device__ void stage(const PathChannel<input_t>& c, int64_t chunk, int64_t first_state) {
     constexpr int kThreads = kWarp * kSegmentWarps;
     static_assert(kThreads % kScanChunk == 0, "a block's threads cover whole chunks");
@@ -348,8 +348,8 @@ struct ChunkProjections {
     for (int n = thread / kScanChunk; n < kStates; n += kThreads / kScanChunk) {
       const bool loaded = valid && first_state + n < c.N;
       const uint32_t offset = static_cast<uint32_t>(first_state + n) * c.row_length + static_cast<uint32_t>(l);
-      B[n][step] = loaded ? static_cast<weight_t>(c.B_path[offset]) : weight_t(0);
-      C[n][step] = loaded ? static_cast<weight_t>(c.C_path[offset]) : weight_t(0);
+      if constexpr (kWithB) B[n][step] = loaded ? static_cast<weight_t>(c.B_path[offset]) : weight_t(0);
+      if constexpr (kWithC) C[n][step] = loaded ? static_cast<weight_t>(c.C_path[offset]) : weight_t(0);
     }
     if (first_state == 0 && thread < kScanChunk) mixed_position[step] = c.mixed_position(l);
   }
@@ -357,11 +357,11 @@ struct ChunkProjections {
   // The start of the group of state entries from first_state, which every thread of the block calls:
   // the first group is staged with the chunk; a later one once every thread is done with the last.
   // Returns the group's end.
-  template <typename input_t>
+  template <bool kWithB, bool kWithC, typename input_t>
   __device__ int enter_group(const PathChannel<input_t>& c, int64_t chunk, int first_state, int n_states) {
     if (first_state > 0) {
       __syncthreads();
-      stage(c, chunk, first_state);
+      stage<kWithB, kWithC>(c, chunk, first_state);
       __syncthreads();
     }
     return first_state + kStates < n_states ? first_state + kStates : n_states;

@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
     const int64_t last_chunk = (span + 1) * chunks_per_span < p.n_chunks ? (span + 1) * chunks_per_span : p.n_chunks;
     for (int64_t chunk = span * chunks_per_span; chunk < last_chunk; ++chunk) {
       // The chunk's positions and the first group's B and C, staged by the whole block.
-      projections.stage(c, chunk, 0);
+      projections.template stage</*kWithB=*/true, /*kWithC=*/!summary>(c, chunk, 0);
       __syncthreads();
       // This thread's steps. Past the path's end a step has dt = 0 and v = 0 (loaded at position 0, then
       // set): the identity map, computed like the others (no branches in the loops below); its output
@@ -110,7 +110,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       // Read by the last warp after the first barrier below; written again after the chunk's last.
       if constexpr (summary) warp_dt_sums[warp][lane] = dt_sum;
       for (int group = 0; group < n_states; group += Projections::kStates) {
-        const int group_end = projections.enter_group(c, chunk, group, n_states);
+        const int group_end = projections.template enter_group</*kWithB=*/true, /*kWithC=*/!summary>(c, chunk, group, n_states);
 #pragma unroll 1
         for (int n = group; n < group_end; ++n) {
           const weight_t rate = decay_rate(projections.A[n - group][lane]);
