@@ -254,6 +254,33 @@ struct WarpStepSums {
   }
 };
 
+// Sums over a warp's lanes of two values per step (a first and a second) for each of the warp's
+// kStepsPerThread steps, through a padded tile of 2 kStepsPerThread rows: lane i's result is the first
+// values' sum of step i for lanes i < kStepsPerThread, the second values' of step i - kStepsPerThread for
+// the next kStepsPerThread lanes. Each half of the lanes adds a row over its 16 lanes, then a shuffle
+// adds the halves: a fixed order, and one round of the tile for both sums.
+template <typename T>
+struct WarpStepPairSums {
+  static_assert(2 * kStepsPerThread == kWarp / 2, "a half warp's lanes take one row each");
+  T (*tile)[kWarp + 1];
+
+  __device__ void stage_first(int step, T value) const { tile[step][threadIdx.x] = value; }
+  __device__ void stage_second(int step, T value) const { tile[kStepsPerThread + step][threadIdx.x] = value; }
+
+  // Every lane of the warp calls it, after staging all 2 kStepsPerThread values.
+  __device__ T sum() const {
+    __syncwarp();
+    constexpr int kHalf = kWarp / 2;
+    const int row = threadIdx.x % kHalf, half = threadIdx.x / kHalf;
+    T total = 0;
+#pragma unroll
+    for (int i = 0; i < kHalf; ++i) total += tile[row][half * kHalf + i];  // banks (row + 16 half + i) % 32
+    total += __shfl_down_sync(0xffffffffu, total, kHalf);
+    __syncwarp();  // the tile is free for the next values
+    return total;
+  }
+};
+
 constexpr int64_t kMaxGridZ = 65535;
 
 C10_HOST_DEVICE inline int64_t num_channel_blocks(const MultiPathScanParams& p) {

@@ -61,8 +61,8 @@ struct WarpBackwardTile {
   weight_t adjoint[kStates][kWarp];
   weight_t dA[kStates][kWarp];
   WarpProjections<weight_t, kStates, /*kEntryMajor=*/true> projections;
-  weight_t steps[kStepsPerThread][kWarp + 1];  // StepTile
-  weight_t sums[kStepsPerThread][kWarp + 1];   // WarpStepSums
+  // The first kStepsPerThread rows the StepTile, all of them the WarpStepPairSums tile (in turn).
+  weight_t exchange[2 * kStepsPerThread][kWarp + 1];
 };
 
 // With span_maps, pass 1 over spans [first_span, first_span + pass_spans): each span's adjoint map from a
@@ -93,8 +93,8 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
   const int64_t first_output = (task.b * p.dim + task.first_channel) * L;  // the block's row of dout and z
   __shared__ Tile tiles[kBackwardSpanWarps];
   Tile& tile = tiles[warp];
-  const StepTile<weight_t> steps = tile.steps;
-  const WarpStepSums<weight_t> channel_sums{tile.sums};
+  const StepTile<weight_t> steps = tile.exchange;
+  const WarpStepPairSums<weight_t> channel_sums{tile.exchange};  // dB, then dC
   const auto in_span = [&](int s) { return s >= begin && s < end; };
   // The position of this lane's step on the tile's global side (step tile_step(lane)) of the tile from
   // `first`, where `staged` says that step is read (else position 0, whose values are then unused).
@@ -235,8 +235,10 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
             dt_v[k] = dt[k] * v[k];
             d_dt[k] = d_dt_v[k] = 0;
           }
-          // Lane i < kStepsPerThread writes the dB and dC partials of the tile's step i.
-          const bool writes_sums = lane < kStepsPerThread && in_span(first + lane);
+          // Lanes i < 2 kStepsPerThread write the dB (then dC) partial of the tile's step i % kStepsPerThread.
+          const int sum_step = lane % kStepsPerThread;
+          const bool writes_sums = lane < 2 * kStepsPerThread && in_span(first + sum_step);
+          weight_t* sums_out = (lane < kStepsPerThread ? dB_partial : dC_partial) + first + sum_step;
 #pragma unroll 1
           for (int n = 0; n < group_states; ++n) {
             const weight_t a = tile.a[n][lane], rate = decay_rate(a);
@@ -263,16 +265,12 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
               weight_t dB = 0;
               q = state_update_backward<weight_t>(dh, h[k], decay[k], dt[k], a, dt_v[k], B_steps[k], d_dt[k],
                                                   dA, d_dt_v[k], dB);
-              channel_sums.stage(k, dB);
+              channel_sums.stage_first(k, dB);
+              channel_sums.stage_second(k, dy[k] * h[k + 1]);  // dC
             }
-            const weight_t dB_sum = channel_sums.sum();
-#pragma unroll
-            for (int k = 0; k < kStepsPerThread; ++k) channel_sums.stage(k, dy[k] * h[k + 1]);
-            const weight_t dC_sum = channel_sums.sum();
-            if (writes_sums) {  // a tile's 8 steps are one sector, whatever the path
-              simt::store_streaming(dB_partial + (group + n) * L + first + lane, dB_sum);
-              simt::store_streaming(dC_partial + (group + n) * L + first + lane, dC_sum);
-            }
+            const weight_t sum = channel_sums.sum();
+            // A tile's 8 steps are one sector, whatever the path.
+            if (writes_sums) simt::store_streaming(sums_out + (group + n) * L, sum);
             tile.adjoint[n][lane] = q;
             tile.dA[n][lane] += dA;
           }
