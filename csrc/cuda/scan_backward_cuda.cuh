@@ -328,7 +328,7 @@ void run_scan_backward_as(ScanBackward& g) {
   // per span and warp).
   const int64_t warp_span = empty ? 0 : warp_span_length(p, /*backward=*/true);
   const int64_t span_chunks = empty || warp_span ? 1 : chunks_per_span(p);
-  const int64_t n_spans = empty ? 0 : warp_span ? (p.seqlen + warp_span - 1) / warp_span : num_spans(p, span_chunks);
+  const int64_t n_spans = empty ? 0 : warp_span ? num_warp_spans(p, warp_span) : num_spans(p, span_chunks);
   allocate_length_partials(g, warp_span ? n_spans : n_spans * kSegmentWarps);
   // For the workspaces and partials kept in path order (dv, dB, dC); dB and dC are summed even with
   // no channels (into zeros).

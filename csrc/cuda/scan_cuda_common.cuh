@@ -490,6 +490,21 @@ __device__ __forceinline__ WarpSpanTask warp_span_task(const MultiPathScanParams
           batch_path < p.batch * p.n_paths};
 }
 
+// The spans of span_length steps a path is cut into, and the blocks of warps_per_block warps (a warp per
+// (batch, path, 32 channels) and span) that a pass over pass_spans of them takes.
+inline int64_t num_warp_spans(const MultiPathScanParams& p, int64_t span_length) {
+  return (p.seqlen + span_length - 1) / span_length;
+}
+
+inline unsigned warp_span_blocks(const MultiPathScanParams& p, int64_t pass_spans, int warps_per_block) {
+  const int64_t warps = p.batch * p.n_paths * num_channel_blocks(p) * pass_spans;
+  const int64_t blocks = (warps + warps_per_block - 1) / warps_per_block;
+  constexpr int64_t kMaxGridX = (int64_t{1} << 31) - 1;
+  TORCH_CHECK(blocks <= kMaxGridX, "u: the CUDA warp split takes at most ", kMaxGridX, " blocks of (batch, path, 32 ",
+              "channels, span), got ", blocks);
+  return static_cast<unsigned>(blocks);
+}
+
 // Whether the warp split may take the backward (else the forward) where the caller gives a span length:
 // both may (the default, or POSEMAMBA_CUDA_WARP_SPANS=1), the forward's only ("forward") or neither
 // ("0"). Read once per process, for benchmarks/gpu_report.py's comparison with the chunked splits.
@@ -512,8 +527,7 @@ inline bool warp_spans_allowed(bool backward) {
 inline int64_t warp_span_length(const MultiPathScanParams& p, bool backward) {
   const bool usable = p.span_length >= kStepsPerThread && p.span_length < p.seqlen;
   if (!usable || !warp_spans_allowed(backward)) return 0;
-  const int64_t warps = p.batch * p.n_paths * num_channel_blocks(p) * ((p.seqlen + p.span_length - 1) / p.span_length);
-  const int64_t blocks = (warps + kSegmentWarps - 1) / kSegmentWarps;
+  const int64_t blocks = warp_span_blocks(p, num_warp_spans(p, p.span_length), kSegmentWarps);
   const int64_t wanted = simt::multiprocessor_count() * int64_t{kSpanBlocksPerMultiprocessor};
   const int64_t parts = blocks >= wanted ? 1 : (wanted + blocks - 1) / blocks;
   return std::max<int64_t>(kStepsPerThread, (p.span_length + parts - 1) / parts);

@@ -310,11 +310,8 @@ void run_warp_spans_backward(ScanBackward& g, int64_t span_length, at::opmath_ty
                              at::opmath_type<scalar_t>* dv_paths, scalar_t* ddelta_paths) {
   using weight_t = at::opmath_type<scalar_t>;
   const MultiPathScanBwdParams& p = g.params;
-  const int64_t n_spans = (p.seqlen + span_length - 1) / span_length;
-  const int64_t path_warps = p.batch * p.n_paths * num_channel_blocks(p);
-  const auto blocks = [&](int64_t pass_spans) {
-    return static_cast<unsigned>((path_warps * pass_spans + kBackwardSpanWarps - 1) / kBackwardSpanWarps);
-  };
+  const int64_t n_spans = num_warp_spans(p, span_length);
+  const auto blocks = [&](int64_t pass_spans) { return warp_span_blocks(p, pass_spans, kBackwardSpanWarps); };
   const dim3 block(kWarp, kBackwardSpanWarps);
   if (n_spans > 1) {
     const at::Tensor span_maps = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim, 2}, g.inputs.A.options());

@@ -146,16 +146,13 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   }
 }
 
-// The span split's launches for input dtype scalar_t: y_paths and the forward's chunk_states filled.
+// The warp split's launches for input dtype scalar_t: y_paths and the forward's chunk_states filled.
 template <typename scalar_t>
 void run_warp_spans_forward(ScanForward& f, int64_t span_length, at::opmath_type<scalar_t>* y_paths) {
   using weight_t = at::opmath_type<scalar_t>;
   const MultiPathScanParams& p = f.params;
-  const int64_t n_spans = (p.seqlen + span_length - 1) / span_length;
-  const int64_t path_blocks = p.batch * p.n_paths * num_channel_blocks(p);
-  const auto blocks = [&](int64_t pass_spans) {
-    return static_cast<unsigned>((path_blocks * pass_spans + kSegmentWarps - 1) / kSegmentWarps);
-  };
+  const int64_t n_spans = num_warp_spans(p, span_length);
+  const auto blocks = [&](int64_t pass_spans) { return warp_span_blocks(p, pass_spans, kSegmentWarps); };
   const dim3 block(kWarp, kSegmentWarps);
   const auto weights = f.inputs.A.options();
   at::Tensor span_maps, span_start;
