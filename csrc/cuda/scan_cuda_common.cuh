@@ -472,22 +472,28 @@ struct WarpProjections {
   }
 };
 
-// A warp's (batch, path, 32 channels) and span, from the flat warp index of a pass over spans
-// [first_span, first_span + pass_spans), warps_per_block warps a block: spans fastest, so that a
-// block's warps take consecutive spans.
+// A warp's (batch, path, 32 channels) and span of span_length steps, from the flat warp index of a pass
+// over spans [first_span, first_span + pass_spans), warps_per_block warps a block: spans fastest, so
+// that a block's warps take consecutive spans. Per lane: its channel, where lanes past D follow channel
+// D - 1 (`active` false) and write nothing.
 struct WarpSpanTask {
-  int64_t b, path, first_channel, span;
-  bool valid;  // false for the last block's warps past the pass's end
+  int64_t b, path, first_channel, span, d;
+  int begin, end;  // the span's steps, as 32-bit numbers: L <= 2^26 (check_length)
+  bool valid;      // false for the last block's warps past the pass's end: return at once (a whole warp)
+  bool active;
 };
 
 __device__ __forceinline__ WarpSpanTask warp_span_task(const MultiPathScanParams& p, int warps_per_block,
-                                                       int64_t first_span, int64_t pass_spans) {
+                                                       int64_t first_span, int64_t pass_spans, int64_t span_length) {
   const int64_t flat = static_cast<int64_t>(blockIdx.x) * warps_per_block + threadIdx.y;
   const int64_t channel_blocks = num_channel_blocks(p);
-  const int64_t span = flat % pass_spans, rest = flat / pass_spans;
+  const int64_t span = first_span + flat % pass_spans, rest = flat / pass_spans;
   const int64_t channel_block = rest % channel_blocks, batch_path = rest / channel_blocks;
-  return {batch_path / p.n_paths, batch_path % p.n_paths, channel_block * kWarp, first_span + span,
-          batch_path < p.batch * p.n_paths};
+  const int64_t first_channel = channel_block * kWarp, lane_channel = first_channel + threadIdx.x;
+  const bool active = lane_channel < p.dim;
+  const int64_t begin = span * span_length, end = begin + span_length < p.seqlen ? begin + span_length : p.seqlen;
+  return {batch_path / p.n_paths, batch_path % p.n_paths, first_channel, span, active ? lane_channel : p.dim - 1,
+          static_cast<int>(begin), static_cast<int>(end), batch_path < p.batch * p.n_paths, active};
 }
 
 // The spans of span_length steps a path is cut into, and the blocks of warps_per_block warps (a warp per

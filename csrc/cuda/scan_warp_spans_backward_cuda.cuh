@@ -77,18 +77,15 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
   using weight_t = at::opmath_type<input_t>;
   using Tile = WarpBackwardTile<weight_t>;
   constexpr int kStates = Tile::kStates;
-  const WarpSpanTask task = warp_span_task(p, kBackwardSpanWarps, first_span, pass_spans);
+  const WarpSpanTask task = warp_span_task(p, kBackwardSpanWarps, first_span, pass_spans, span_length);
   if (!task.valid) return;  // a whole warp; the kernel has no block-wide barrier
   const int lane = static_cast<int>(threadIdx.x), warp = static_cast<int>(threadIdx.y);
-  const int64_t d_lane = task.first_channel + lane;
-  const bool active = d_lane < p.dim;
-  const int64_t d = active ? d_lane : p.dim - 1;  // lanes past D follow channel D - 1 and write nothing
+  const int64_t d = task.d;
+  const bool active = task.active;
+  const int begin = task.begin, end = task.end;
   const PathChannel<input_t> c(p, task.b, task.path, d, task.first_channel);
   const int N = static_cast<int>(p.d_state);  // at most kMaxStateDim (checked on the host)
   const int64_t L = p.seqlen;
-  // Steps as 32-bit numbers: L <= 2^26 (check_length).
-  const int begin = static_cast<int>(task.span * span_length);
-  const int end = static_cast<int>(begin + span_length < L ? begin + span_length : L);
   const int64_t span_entry = span_entries(p, n_spans, task.b, task.path, task.span) + d;  // this lane's
   const int64_t first_output = (task.b * p.dim + task.first_channel) * L;  // the block's row of dout and z
   __shared__ Tile tiles[kBackwardSpanWarps];

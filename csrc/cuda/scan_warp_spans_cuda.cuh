@@ -49,17 +49,14 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
                            const at::opmath_type<input_t>* span_start, StateMap<at::opmath_type<input_t>>* span_maps,
                            at::opmath_type<input_t>* y_paths) {
   using weight_t = at::opmath_type<input_t>;
-  const WarpSpanTask task = warp_span_task(p, kSegmentWarps, /*first_span=*/0, pass_spans);
+  const WarpSpanTask task = warp_span_task(p, kSegmentWarps, /*first_span=*/0, pass_spans, span_length);
   if (!task.valid) return;  // a whole warp; the kernel has no block-wide barrier
   const int lane = static_cast<int>(threadIdx.x), warp = static_cast<int>(threadIdx.y);
-  const int64_t d_lane = task.first_channel + lane;
-  const bool active = d_lane < p.dim;
-  const int64_t d = active ? d_lane : p.dim - 1;  // lanes past D follow channel D - 1 and write nothing
+  const int64_t d = task.d;
+  const bool active = task.active;
+  const int begin = task.begin, end = task.end;
   const PathChannel<input_t> c(p, task.b, task.path, d, task.first_channel);
   const int64_t N = p.d_state, L = p.seqlen;
-  // Steps as 32-bit numbers: L <= 2^26 (check_length).
-  const int begin = static_cast<int>(task.span * span_length);
-  const int end = static_cast<int>(begin + span_length < L ? begin + span_length : L);
   const int64_t span_entry = span_entries(p, n_spans, task.b, task.path, task.span) + d;  // this lane's
   weight_t* chunk_states = static_cast<weight_t*>(p.chunk_states) + chunk_states_offset(p, task.b, task.path, d);
   weight_t* y_steps = y_paths ? y_paths + ((task.b * p.n_paths + task.path) * p.dim + task.first_channel) * L : nullptr;
