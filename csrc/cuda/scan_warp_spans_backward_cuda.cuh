@@ -14,9 +14,10 @@
 // every kScanChunk-th step (chunk_states): per chunk, segments of kSegmentTiles tiles, last first; per
 // segment, the states from the chunk's saved one up to the segment (the state before each of its
 // tiles kept in shared memory), then per tile and state entry the tile's states again from the kept one
-// and the tile's steps backwards. That is 1.5 exps a state update for the segments' states (a chunk's
-// first segment is walked twice), one for the tile's and one in pass 1 (spans but the first): the
-// price of walking spans that do not start at a chunk without a block's barrier.
+// and the tile's steps backwards. That is 1.25 exps a state update for the segments' states (a chunk's
+// first segment is walked twice, no walk goes past a segment's last tile's start), one for the tile's
+// and one in pass 1 (spans but the first): the price of walking spans that do not start at a chunk,
+// without a block's barrier.
 //
 // Outputs as the chunked backward's: ddelta and dv per path in path order (merge_input_grads then puts
 // them in natural order), dB and dC summed over the warp's channels into per-(32 channels) partials in
