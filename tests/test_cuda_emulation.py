@@ -113,15 +113,18 @@ def test_emulated_cuda_kernels_match_reference(emulated, flags, span_length):
     assert_close_scaled(actual[:1] + actual[2:], expected, torch.float64)
 
 
-# T = 243: PoseMamba's length, L = 4131 = 65 chunks (the last one partial) carried through the passes.
-@pytest.mark.parametrize("T", [5, 243])
-def test_emulated_cuda_kernels_on_pose_paths_are_deterministic(emulated, T):
+# T = 243: PoseMamba's length, L = 4131 = 65 chunks (the last one partial) carried through the passes;
+# by the chunked splits (no hint) and by the warp splits (the paths' hint, T: 17 spans of 243 steps,
+# which start inside chunks; T = 5 is shorter than a tile, no use to them).
+@pytest.mark.parametrize("T, hinted", [(5, False), (243, False), (243, True)], ids=["5", "243", "243_warp_span"])
+def test_emulated_cuda_kernels_on_pose_paths_are_deterministic(emulated, T, hinted):
     J = 17
     inputs = random_scan_inputs(1, 33, T * J, 4, 16, torch.float32)
     inputs["paths"], inputs["mix"] = pose_paths(T, J), pose_mix(T, J, torch.randint(0, J, (J,)))
     grad_out = torch.randn(1, 33, T * J)
-    first = forward_and_backward(emulated, inputs, grad_out)
-    second = forward_and_backward(emulated, inputs, grad_out)
+    span_length = span_length_hint(inputs["paths"]) if hinted else 0
+    first = forward_and_backward(emulated, inputs, grad_out, span_length=span_length)
+    second = forward_and_backward(emulated, inputs, grad_out, span_length=span_length)
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
     assert_close_scaled(first, forward_and_backward(torch.ops.posemamba, inputs, grad_out), torch.float32)
