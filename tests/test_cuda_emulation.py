@@ -210,6 +210,26 @@ def test_emulated_cuda_kernel_asserts_on_a_bad_mix_index(emulated):
         emulated.multi_path_scan_fwd(*[inputs[name] for name in FORWARD_ARGS], True, 0)
 
 
+@pytest.mark.parametrize("bad", ["path", "mix"])
+def test_emulated_warp_splits_assert_on_bad_indices(emulated, bad):
+    # The warp splits load positions tiles ahead and check them where used: the checks still stop the
+    # forward, and the backward (given the forward's outputs from good indices; a bad path stops it
+    # earlier, where it inverts the paths).
+    inputs = random_scan_inputs(1, 2, 40, 1, 2, torch.float32)
+    args = [inputs[name] for name in FORWARD_ARGS]
+    out, out_ungated, chunk_states = emulated.multi_path_scan_fwd(*args, True, 16)
+    if bad == "path":
+        inputs["paths"][0, 29] = 40
+    else:
+        inputs["mix"][0, 29] = 40
+    message = "l >= 0 && l < L" if bad == "path" else "mixed < L"
+    with pytest.raises(RuntimeError, match=f"device assert failed: {message}"):
+        emulated.multi_path_scan_fwd(*args, True, 16)
+    message = "l >= 0 && l < seqlen" if bad == "path" else "mixed < L"
+    with pytest.raises(RuntimeError, match=f"device assert failed: {message}"):
+        emulated.multi_path_scan_bwd(torch.randn_like(out), *args, out_ungated, chunk_states, True, 16)
+
+
 def test_emulated_warp_shuffles_follow_cuda(emulated):
     out = emulated.simt_selftest("shuffles")
     threads = torch.arange(64)

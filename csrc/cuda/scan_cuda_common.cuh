@@ -114,14 +114,23 @@ struct PathChannel {
 
   // The position the path visits at step s.
   __device__ int64_t position(int64_t s) const {
-    const int64_t l = order[s];
-    POSEMAMBA_DEVICE_ASSERT(l >= 0 && l < L);
-    return l;
+    return checked_position(order[s]);
   }
 
   // The position mix names for position l (checked), or kNoMixedPosition.
   __device__ uint32_t mixed_position(int64_t l) const {
-    const int64_t mixed = mix_row ? mix_row[l] : -1;
+    return checked_mixed(loaded_mixed(l));
+  }
+
+  // The same in two parts, for loads ahead of their use (TilePositions): the value as loaded, then
+  // checked where it is used, so that the check waits on no load.
+  __device__ int64_t loaded_position(int64_t s) const { return order[s]; }
+  __device__ uint32_t checked_position(int64_t l) const {
+    POSEMAMBA_DEVICE_ASSERT(l >= 0 && l < L);
+    return static_cast<uint32_t>(l);
+  }
+  __device__ int64_t loaded_mixed(int64_t l) const { return mix_row ? mix_row[l] : -1; }
+  __device__ uint32_t checked_mixed(int64_t mixed) const {
     POSEMAMBA_DEVICE_ASSERT(mixed < L);
     return mixed >= 0 && mixed < L ? static_cast<uint32_t>(mixed) : kNoMixedPosition;
   }
@@ -470,6 +479,43 @@ struct WarpProjections {
     }
     __syncwarp();
   }
+};
+
+// A tile's positions for the lane's own step on the tile's global side (step tile_step(lane)): where it
+// is and where its mix reads from (kNoMixedPosition: nowhere).
+struct TilePosition {
+  uint32_t l, mixed;
+};
+
+// The positions of a warp's walk over tiles from `first`, `stride` steps apart (either way), loaded
+// ahead of their use: a tile's position two tiles ahead and its mixed-in position (kWithMixed) one
+// tile ahead, each checked when its tile comes, so that neither a tile's loads nor the checks wait on
+// a global load of their own. loaded_at(first) is the lane's step's position in the tile from `first`
+// as loaded (PathChannel::loaded_position), or 0 where that step is not read.
+template <typename input_t, bool kWithMixed, typename LoadedAt>
+class TilePositions {
+ public:
+  __device__ TilePositions(const PathChannel<input_t>& c, LoadedAt loaded_at, int first, int stride)
+      : c_(c), loaded_at_(loaded_at), stride_(stride), l_(c.checked_position(loaded_at(first))),
+        next_(loaded_at(first + stride)), mixed_(kWithMixed ? c.loaded_mixed(l_) : -1) {}
+
+  // The positions of the tile from `first` (the walk's next), checked; loads the tile after's mixed-in
+  // position and the position of the one after that.
+  __device__ TilePosition advance(int first) {
+    const TilePosition now{l_, c_.checked_mixed(mixed_)};
+    l_ = c_.checked_position(next_);
+    if constexpr (kWithMixed) mixed_ = c_.loaded_mixed(l_);
+    next_ = loaded_at_(first + 2 * stride_);
+    return now;
+  }
+
+ private:
+  const PathChannel<input_t>& c_;
+  LoadedAt loaded_at_;
+  int stride_;
+  uint32_t l_;      // the coming tile's position, checked
+  int64_t next_;    // the tile after's, as loaded
+  int64_t mixed_;   // the coming tile's mixed-in position, as loaded
 };
 
 // A warp's (batch, path, 32 channels) and span of span_length steps, from the flat warp index of a pass

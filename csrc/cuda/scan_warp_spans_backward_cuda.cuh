@@ -95,7 +95,8 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
   const WarpStepPairSums<weight_t> channel_sums{tile.exchange};  // dB, then dC
   const auto in_span = [&](int s) { return s >= begin && s < end; };
   // The position of this lane's step on the tile's global side (step tile_step(lane)) of the tile from
-  // `first`, where `staged` says that step is read (else position 0, whose values are then unused).
+  // `first`, where `staged` says that step is read (else position 0, whose values are then unused):
+  // loaded where needed in pass 3, whose tiles have work enough to cover the wait.
   const auto lane_position = [&](int first, bool staged) -> uint32_t {
     return staged ? static_cast<uint32_t>(c.position(first + tile_step(lane))) : 0u;
   };
@@ -113,9 +114,16 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
         q[n] = 0;
       }
       weight_t span_dt = 0;
+      // Positions loaded ahead (TilePositions), so that a tile's loads go out together.
+      const auto loaded_in_span = [&](int first) -> int64_t {
+        const int s = first + tile_step(lane);
+        return in_span(s) ? c.loaded_position(s) : 0;
+      };
+      TilePositions<input_t, /*kWithMixed=*/false, decltype(loaded_in_span)> positions(c, loaded_in_span, last_tile,
+                                                                                       -kStepsPerThread);
       for (int first = last_tile; first + kStepsPerThread > begin; first -= kStepsPerThread) {
         const bool staged = in_span(first + tile_step(lane));
-        const uint32_t l = lane_position(first, staged);
+        const uint32_t l = positions.advance(first).l;
         tile.projections.template stage</*kWithB=*/false, /*kWithC=*/true>(c, l, staged, group);
         weight_t dt[kStepsPerThread], dy[kStepsPerThread];
         c.gather_steps_at(l, steps, dt, [&](int64_t i) { return static_cast<weight_t>(c.delta_block[i]); });
@@ -157,8 +165,8 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
 
   // The inputs of the tile from `first` with the states' masks: steps before the span are walked for
   // the states they lead to (real inputs), steps past it are the identity (dt = v = 0).
-  const auto load_tile = [&](int first, uint32_t l, weight_t(&v)[kStepsPerThread], weight_t(&dt)[kStepsPerThread]) {
-    c.load_steps_at(l, c.mixed_position(l), steps, v, dt);
+  const auto load_tile = [&](int first, TilePosition at, weight_t(&v)[kStepsPerThread], weight_t(&dt)[kStepsPerThread]) {
+    c.load_steps_at(at.l, at.mixed, steps, v, dt);
 #pragma unroll
     for (int k = 0; k < kStepsPerThread; ++k) {
       const bool walked = first + k < end;
@@ -193,6 +201,13 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
             h[n] = entry ? saved_states[(chunk * p.d_state + group + n) * p.dim] : weight_t(0);
             rate[n] = decay_rate(tile.a[n][lane]);
           }
+          // Positions loaded ahead, as in pass 1.
+          const auto loaded_walked = [&](int first) -> int64_t {
+            const int s = first + tile_step(lane);
+            return s < end ? c.loaded_position(s) : 0;
+          };
+          TilePositions<input_t, /*kWithMixed=*/true, decltype(loaded_walked)> positions(c, loaded_walked, chunk_first,
+                                                                                         kStepsPerThread);
           for (int first = chunk_first; first < segment_end; first += kStepsPerThread) {
             if (first >= segment) {
               const int kept = (first - segment) / kStepsPerThread;
@@ -201,10 +216,10 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
             }
             if (first + kStepsPerThread >= segment_end) break;  // the segment's last tile: no state after it needed
             const bool staged = first + tile_step(lane) < end;
-            const uint32_t l = lane_position(first, staged);
-            tile.projections.template stage</*kWithB=*/true, /*kWithC=*/false>(c, l, staged, group);
+            const TilePosition at = positions.advance(first);
+            tile.projections.template stage</*kWithB=*/true, /*kWithC=*/false>(c, at.l, staged, group);
             weight_t v[kStepsPerThread], dt[kStepsPerThread];
-            load_tile(first, l, v, dt);
+            load_tile(first, at, v, dt);
 #pragma unroll
             for (int k = 0; k < kStepsPerThread; ++k) {
               const weight_t dt_v = dt[k] * v[k];
@@ -225,7 +240,7 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
           tile.projections.template stage</*kWithB=*/true, /*kWithC=*/true>(c, l, staged, group);
           weight_t v[kStepsPerThread], dt[kStepsPerThread], dy[kStepsPerThread], dt_v[kStepsPerThread];
           weight_t d_dt[kStepsPerThread], d_dt_v[kStepsPerThread];
-          load_tile(first, l, v, dt);
+          load_tile(first, {l, c.mixed_position(l)}, v, dt);
           output_grads(l, dy);
 #pragma unroll
           for (int k = 0; k < kStepsPerThread; ++k) {

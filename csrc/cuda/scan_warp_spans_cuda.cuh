@@ -78,24 +78,20 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       // Tiles start at multiples of kStepsPerThread, so that a chunk starts only at a tile's first step;
       // the span's first and last tiles mask the steps outside it (the identity map, nothing stored).
       const auto in_span = [&](int s) { return s >= begin && s < end; };
-      // The position of this lane's step (tile_step(lane)) in this tile and the next two, and its mixed-in
-      // position in this tile and the next: each loaded a tile before a load needs it, so that a tile's
-      // loads (B, C, u, delta) go out together, waiting on no global load of their own.
-      const auto step_position = [&](int first) -> uint32_t {
+      // Positions loaded ahead (TilePositions), so that a tile's loads (B, C, u, delta) go out together.
+      const auto loaded_at = [&](int first) -> int64_t {
         const int s = first + tile_step(lane);
-        return in_span(s) ? static_cast<uint32_t>(c.position(s)) : 0u;
+        return in_span(s) ? c.loaded_position(s) : 0;
       };
       const int first_tile = begin - begin % kStepsPerThread;
-      uint32_t l = step_position(first_tile), l_next = step_position(first_tile + kStepsPerThread);
-      uint32_t mixed = c.mixed_position(l);
+      TilePositions<input_t, /*kWithMixed=*/true, decltype(loaded_at)> positions(c, loaded_at, first_tile,
+                                                                                  kStepsPerThread);
       for (int first = first_tile; first < end; first += kStepsPerThread) {
-        const uint32_t mixed_next = c.mixed_position(l_next), l_after = step_position(first + 2 * kStepsPerThread);
-        tile.projections.template stage</*kWithB=*/true, /*kWithC=*/!summary>(c, l, in_span(first + tile_step(lane)), group);
+        const TilePosition at = positions.advance(first);
+        tile.projections.template stage</*kWithB=*/true, /*kWithC=*/!summary>(c, at.l, in_span(first + tile_step(lane)),
+                                                                             group);
         weight_t v[kStepsPerThread], dt[kStepsPerThread], y[kStepsPerThread];
-        c.load_steps_at(l, mixed, tile.steps, v, dt);
-        l = l_next;
-        l_next = l_after;
-        mixed = mixed_next;
+        c.load_steps_at(at.l, at.mixed, tile.steps, v, dt);
 #pragma unroll
         for (int k = 0; k < kStepsPerThread; ++k) {
           const bool valid = in_span(first + k);
