@@ -48,7 +48,7 @@ struct MultiPathScanParams {
   int64_t n_chunks = 0;
   bool delta_softplus = true;
   // A hint for the CUDA kernels' work split, never for the result: cut the paths into spans of this
-  // many steps (0: no hint). See csrc/cuda/scan_warp_spans_cuda.cuh.
+  // many steps (0: no hint). See the warp splits in csrc/cuda/scan_cuda_common.cuh.
   int64_t span_length = 0;
 
   const void* u = nullptr;           // (batch, D, L)

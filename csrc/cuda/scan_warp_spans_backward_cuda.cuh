@@ -299,7 +299,8 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
               ddelta_bias += d_step[k];
             }
           }
-          // In path order, for merge_input_grads; a later group adds its share.
+          // In path order, for merge_input_grads; a later group adds its share (ddelta's workspace is in the
+          // input dtype: for N above one group, float16 and bfloat16 round each group's sum once more).
           const int from = begin > first ? begin - first : 0, to = end - first;
           c.store_steps(from, to, steps, d_step, ddelta_paths + first_row + first, /*accumulate=*/group > 0);
           c.store_steps(from, to, steps, dv, dv_paths + first_row + first, /*accumulate=*/group > 0);
