@@ -36,6 +36,7 @@
 #include <ATen/ops/sort.h>
 #include <ATen/ops/zeros.h>
 
+#include <array>
 #include <type_traits>
 
 #include "scan_cuda.h"
@@ -337,8 +338,10 @@ void run_scan_backward_as(ScanBackward& g) {
     const auto weights = g.inputs.A.options();
     const at::Tensor dv_paths = at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, weights);
     const at::Tensor ddelta_paths = at::empty(g.ddelta.sizes(), g.ddelta.options());
-    // The adjoint entering each span from its right: zero for the last, from the carry pass for the others.
-    const at::Tensor adjoint = at::zeros({p.batch, p.n_paths, n_spans, p.d_state, p.dim}, weights);
+    // The adjoint entering each span from its right: zero for the last, from the carry pass for the others
+    // (which writes every span's, the last's zero too); zeros where there is one span and no carry pass.
+    const std::array<int64_t, 5> adjoint_shape{p.batch, p.n_paths, n_spans, p.d_state, p.dim};
+    const at::Tensor adjoint = n_spans > 1 ? at::empty(adjoint_shape, weights) : at::zeros(adjoint_shape, weights);
     auto* adjoint_data = adjoint.mutable_data_ptr<weight_t>();
     const MixSources mix = g.inputs.mix.defined() ? invert_mix(g.inputs.mix, p.seqlen) : MixSources{};
     if (warp_span) {
