@@ -12,9 +12,9 @@ extension for the visible GPU's architecture with FORCE_CUDA=1, (2) runs tests/t
 the fused kernels, the unfused pipeline (copies + one single-path scan per direction + merge, on our own
 kernels) and the reference at PoseMamba-S/-L block shapes, batch 1, 4 and 16, forward and
 forward+backward, with CUDA events (median of 20), and prints that table (written to DIR/timings.txt
-too), (4) times the fused op at the small batches and batch 16 under each forward work split (the chunked split for
-several POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM settings, and the warp split), and at batch 16 with every
-path frame-major too (DIR/span_sweep.txt), (5) prints each kernel's time in one fused forward+backward at batch 16
+too), (4) times the fused op at the small batches and batch 16 under each work split (the chunked splits
+for several POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM settings, the forward's warp split alone, and the warp
+splits of both), and at batch 16 with every path frame-major too (DIR/span_sweep.txt), (5) prints each kernel's time in one fused forward+backward at batch 16
 (the profiler), (6) profiles the scan's kernels with Nsight Compute where `ncu` can read the counters
 (full report in DIR/ncu_*.txt, a summary line per kernel here), (7) runs a few CUDA tests under
 compute-sanitizer's memcheck and racecheck, (8) runs the model's CUDA benchmarks, and prints the sweep
