@@ -61,7 +61,8 @@ def pose_mix(T: int, J: int, joint_order: Union[torch.Tensor, Sequence[int]]) ->
 
 
 def span_length_hint(paths: torch.Tensor) -> int:
-    """The span length for the CUDA forward's warp split (csrc/cuda/scan_warp_spans_cuda.cuh), or 0.
+    """The span length for the CUDA kernels' warp splits (forward and backward; see
+    csrc/cuda/scan_cuda_common.cuh), or 0.
 
     A row has span length S when its step s + S visits a position next to step s's, for every s
     (|paths[p, s + S] - paths[p, s]| = 1): warps walking consecutive spans of S steps then read
