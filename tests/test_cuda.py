@@ -76,6 +76,13 @@ def test_cuda_pose_shapes_match_cpu_kernels_and_are_deterministic(T):
 FORWARD_ARGS = ("u", "delta", "A", "B", "C", "paths", "D", "z", "delta_bias", "mix")
 
 
+def ops_forward_and_backward(args, grad_out, span_length):
+    """The raw ops' output, saved states and gradients, the backward given the forward's span-length hint."""
+    out, out_ungated, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(*args, True, span_length)
+    grads = torch.ops.posemamba.multi_path_scan_bwd(grad_out, *args, out_ungated, chunk_states, True, span_length)
+    return [out, chunk_states, *grads]
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16],
                          ids=lambda dtype: str(dtype).removeprefix("torch."))
 @pytest.mark.parametrize("shape, span_length", [((2, 33, 70, 2, 3), 8), ((1, 5, 200, 3, 4), 69),
@@ -90,16 +97,28 @@ def test_cuda_warp_span_split_matches_cpu_kernels(shape, span_length, dtype):
     args = [inputs[name] for name in FORWARD_ARGS]
     gpu_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
 
-    def forward_and_backward(ops_args, grad, span):
-        out, out_ungated, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(*ops_args, True, span)
-        grads = torch.ops.posemamba.multi_path_scan_bwd(grad, *ops_args, out_ungated, chunk_states, True, span)
-        return [out, chunk_states, *grads]
-
-    cpu = forward_and_backward(args, grad_out, 0)
-    gpu = forward_and_backward(gpu_args, grad_out.cuda(), span_length)
-    for a, b in zip(gpu, forward_and_backward(gpu_args, grad_out.cuda(), span_length), strict=True):
+    cpu = ops_forward_and_backward(args, grad_out, 0)
+    gpu = ops_forward_and_backward(gpu_args, grad_out.cuda(), span_length)
+    for a, b in zip(gpu, ops_forward_and_backward(gpu_args, grad_out.cuda(), span_length), strict=True):
         assert torch.equal(a, b)
     assert_close_scaled(gpu, cpu, dtype)
+
+
+def test_cuda_warp_span_split_on_long_spans_matches_cpu_kernels():
+    # Enough warps to fill the GPU without cutting the hint's spans further (the cases above are cut to
+    # spans of one tile on a large GPU): spans of 100 steps, which start inside chunks and hold two
+    # segments of the backward's states.
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    dim, n_paths, length, span_length = 128, 4, 600, 100
+    warps_per_element = n_paths * dim // 32 * (length // span_length)
+    batch = 2 * 8 * sms // warps_per_element + 1  # two 8-warp forward blocks a multiprocessor
+    inputs = random_scan_inputs(batch, dim, length, n_paths, 16, torch.float32)
+    grad_out = torch.randn(batch, dim, length)
+    args = [inputs[name] for name in FORWARD_ARGS]
+    gpu_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+
+    gpu = ops_forward_and_backward(gpu_args, grad_out.cuda(), span_length)
+    assert_close_scaled(gpu, ops_forward_and_backward(args, grad_out, 0), torch.float32)
 
 
 def test_cuda_whole_path_blocks_match_cpu_kernels():
