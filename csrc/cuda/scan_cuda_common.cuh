@@ -253,9 +253,12 @@ struct WarpStepSums {
   __device__ T sum() const {
     __syncwarp();
     const int step = threadIdx.x % kStepsPerThread, quarter = threadIdx.x / kStepsPerThread;
-    T total = 0;
+    const T* values = tile[step] + quarter * 8;
+    // Two running sums, so that the adds are two chains of four rather than one of eight.
+    T sums[2] = {values[0], values[1]};
 #pragma unroll
-    for (int i = 0; i < 8; ++i) total += tile[step][quarter * 8 + i];  // unrolled: a fixed trip count
+    for (int i = 2; i < 8; ++i) sums[i % 2] += values[i];
+    T total = sums[0] + sums[1];
     total += __shfl_down_sync(0xffffffffu, total, 8);   // quarters 0 + 1 and 2 + 3
     total += __shfl_down_sync(0xffffffffu, total, 16);  // (0 + 1) + (2 + 3)
     __syncwarp();  // the tile is free for the next values
@@ -281,9 +284,12 @@ struct WarpStepPairSums {
     __syncwarp();
     constexpr int kHalf = kWarp / 2;
     const int row = threadIdx.x % kHalf, half = threadIdx.x / kHalf;
-    T total = 0;
+    const T* values = tile[row] + half * kHalf;  // banks (row + 16 half + i) % 32: no conflicts
+    // Four running sums, so that the adds are four chains of four rather than one of sixteen.
+    T sums[4] = {values[0], values[1], values[2], values[3]};
 #pragma unroll
-    for (int i = 0; i < kHalf; ++i) total += tile[row][half * kHalf + i];  // banks (row + 16 half + i) % 32
+    for (int i = 4; i < kHalf; ++i) sums[i % 4] += values[i];
+    T total = (sums[0] + sums[1]) + (sums[2] + sums[3]);
     total += __shfl_down_sync(0xffffffffu, total, kHalf);
     __syncwarp();  // the tile is free for the next values
     return total;

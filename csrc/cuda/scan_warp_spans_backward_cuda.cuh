@@ -282,8 +282,8 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
               channel_sums.stage_second(k, dy[k] * h[k + 1]);  // dC
             }
             const weight_t sum = channel_sums.sum();
-            // A tile's 8 steps are one sector, whatever the path.
-            if (writes_sums) simt::store_streaming(sums_out + (group + n) * L, sum);
+            // A tile's 8 steps are one sector, whatever the path. (Offsets below N L <= 2^32: 32 bits.)
+            if (writes_sums) simt::store_streaming(sums_out + static_cast<uint32_t>(group + n) * c.row_length, sum);
             tile.adjoint[n][lane] = q;
             tile.dA[n][lane] += dA;
           }
