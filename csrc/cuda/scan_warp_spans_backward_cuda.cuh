@@ -239,7 +239,7 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
           const uint32_t l = lane_position(first, staged);
           tile.projections.template stage</*kWithB=*/true, /*kWithC=*/true>(c, l, staged, group);
           weight_t v[kStepsPerThread], dt[kStepsPerThread], dy[kStepsPerThread], dt_v[kStepsPerThread];
-          weight_t d_dt[kStepsPerThread], d_dt_v[kStepsPerThread];
+          weight_t d_dt[kStepsPerThread], d_dt_v[kStepsPerThread], dA_dt[kStepsPerThread];
           load_tile(first, {l, c.mixed_position(l)}, v, dt);
           output_grads(l, dy);
 #pragma unroll
@@ -247,6 +247,9 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
             dy[k] = in_span(first + k) && active ? dy[k] : weight_t(0);
             dt_v[k] = dt[k] * v[k];
             d_dt[k] = d_dt_v[k] = 0;
+            // Steps before the span (in its first tile) are the span before's: they add nothing to dA,
+            // the one sum over steps kept here (their other gradients are not stored).
+            dA_dt[k] = first + k >= begin ? dt[k] : weight_t(0);
           }
           // Lanes i < 2 kStepsPerThread write the dB (then dC) partial of the tile's step i % kStepsPerThread.
           const int sum_step = lane % kStepsPerThread;
@@ -273,10 +276,9 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
             weight_t q = tile.adjoint[n][lane], dA = 0;
 #pragma unroll
             for (int k = kStepsPerThread - 1; k >= 0; --k) {
-              // Steps before the span are the span before's: no gradient from here (warp-uniform).
-              const weight_t dh = first + k >= begin ? dy[k] * C_steps[k] + q : weight_t(0);
+              const weight_t dh = dy[k] * C_steps[k] + q;
               weight_t dB = 0;
-              q = state_update_backward<weight_t>(dh, h[k], decay[k], dt[k], a, dt_v[k], B_steps[k], d_dt[k],
+              q = state_update_backward<weight_t>(dh, h[k], decay[k], dA_dt[k], a, dt_v[k], B_steps[k], d_dt[k],
                                                   dA, d_dt_v[k], dB);
               channel_sums.stage_first(k, dB);
               channel_sums.stage_second(k, dy[k] * h[k + 1]);  // dC
