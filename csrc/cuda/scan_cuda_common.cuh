@@ -496,14 +496,15 @@ struct TilePosition {
 // The positions of a warp's walk over tiles from `first`, `stride` steps apart (either way), loaded
 // ahead of their use: a tile's position two tiles ahead and its mixed-in position (kWithMixed) one
 // tile ahead, each checked when its tile comes, so that neither a tile's loads nor the checks wait on
-// a global load of their own. loaded_at(first) is the lane's step's position in the tile from `first`
-// as loaded (PathChannel::loaded_position), or 0 where that step is not read.
-template <typename input_t, bool kWithMixed, typename LoadedAt>
+// a global load of their own. The lane's step is read where it is in [read_begin, read_end); elsewhere
+// it takes position 0, whose values the walk leaves unused.
+template <typename input_t, bool kWithMixed>
 class TilePositions {
  public:
-  __device__ TilePositions(const PathChannel<input_t>& c, LoadedAt loaded_at, int first, int stride)
-      : c_(c), loaded_at_(loaded_at), stride_(stride), l_(c.checked_position(loaded_at(first))),
-        next_(loaded_at(first + stride)), mixed_(kWithMixed ? c.loaded_mixed(l_) : -1) {}
+  __device__ TilePositions(const PathChannel<input_t>& c, int read_begin, int read_end, int first, int stride)
+      : c_(c), read_begin_(read_begin), read_end_(read_end), stride_(stride),
+        l_(c.checked_position(loaded_at(first))), next_(loaded_at(first + stride)),
+        mixed_(kWithMixed ? c.loaded_mixed(l_) : -1) {}
 
   // The positions of the tile from `first` (the walk's next), checked; loads the tile after's mixed-in
   // position and the position of the one after that.
@@ -511,14 +512,19 @@ class TilePositions {
     const TilePosition now{l_, c_.checked_mixed(mixed_)};
     l_ = c_.checked_position(next_);
     if constexpr (kWithMixed) mixed_ = c_.loaded_mixed(l_);
-    next_ = loaded_at_(first + 2 * stride_);
+    next_ = loaded_at(first + 2 * stride_);
     return now;
   }
 
  private:
+  // The lane's step's position in the tile from `first`, as loaded.
+  __device__ int64_t loaded_at(int first) const {
+    const int s = first + tile_step(static_cast<int>(threadIdx.x));
+    return s >= read_begin_ && s < read_end_ ? c_.loaded_position(s) : 0;
+  }
+
   const PathChannel<input_t>& c_;
-  LoadedAt loaded_at_;
-  int stride_;
+  int read_begin_, read_end_, stride_;
   uint32_t l_;      // the coming tile's position, checked
   int64_t next_;    // the tile after's, as loaded
   int64_t mixed_;   // the coming tile's mixed-in position, as loaded

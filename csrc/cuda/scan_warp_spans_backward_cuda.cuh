@@ -114,13 +114,8 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
         q[n] = 0;
       }
       weight_t span_dt = 0;
-      // Positions loaded ahead (TilePositions), so that a tile's loads go out together.
-      const auto loaded_in_span = [&](int first) -> int64_t {
-        const int s = first + tile_step(lane);
-        return in_span(s) ? c.loaded_position(s) : 0;
-      };
-      TilePositions<input_t, /*kWithMixed=*/false, decltype(loaded_in_span)> positions(c, loaded_in_span, last_tile,
-                                                                                       -kStepsPerThread);
+      // Positions loaded ahead, so that a tile's loads go out together.
+      TilePositions<input_t, /*kWithMixed=*/false> positions(c, begin, end, last_tile, -kStepsPerThread);
       for (int first = last_tile; first + kStepsPerThread > begin; first -= kStepsPerThread) {
         const bool staged = in_span(first + tile_step(lane));
         const uint32_t l = positions.advance(first).l;
@@ -201,13 +196,8 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
             h[n] = entry ? saved_states[(chunk * p.d_state + group + n) * p.dim] : weight_t(0);
             rate[n] = decay_rate(tile.a[n][lane]);
           }
-          // Positions loaded ahead, as in pass 1.
-          const auto loaded_walked = [&](int first) -> int64_t {
-            const int s = first + tile_step(lane);
-            return s < end ? c.loaded_position(s) : 0;
-          };
-          TilePositions<input_t, /*kWithMixed=*/true, decltype(loaded_walked)> positions(c, loaded_walked, chunk_first,
-                                                                                         kStepsPerThread);
+          // Positions loaded ahead, as in pass 1; the walk reads the chunk's steps before the span too.
+          TilePositions<input_t, /*kWithMixed=*/true> positions(c, chunk_first, end, chunk_first, kStepsPerThread);
           for (int first = chunk_first; first < segment_end; first += kStepsPerThread) {
             if (first >= segment) {
               const int kept = (first - segment) / kStepsPerThread;

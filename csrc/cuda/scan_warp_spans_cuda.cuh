@@ -78,14 +78,9 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       // Tiles start at multiples of kStepsPerThread, so that a chunk starts only at a tile's first step;
       // the span's first and last tiles mask the steps outside it (the identity map, nothing stored).
       const auto in_span = [&](int s) { return s >= begin && s < end; };
-      // Positions loaded ahead (TilePositions), so that a tile's loads (B, C, u, delta) go out together.
-      const auto loaded_at = [&](int first) -> int64_t {
-        const int s = first + tile_step(lane);
-        return in_span(s) ? c.loaded_position(s) : 0;
-      };
+      // Positions loaded ahead, so that a tile's loads (B, C, u, delta) go out together.
       const int first_tile = begin - begin % kStepsPerThread;
-      TilePositions<input_t, /*kWithMixed=*/true, decltype(loaded_at)> positions(c, loaded_at, first_tile,
-                                                                                  kStepsPerThread);
+      TilePositions<input_t, /*kWithMixed=*/true> positions(c, begin, end, first_tile, kStepsPerThread);
       for (int first = first_tile; first < end; first += kStepsPerThread) {
         const TilePosition at = positions.advance(first);
         tile.projections.template stage</*kWithB=*/true, /*kWithC=*/!summary>(c, at.l, in_span(first + tile_step(lane)),
