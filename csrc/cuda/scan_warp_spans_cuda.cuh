@@ -52,13 +52,11 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const WarpSpanTask task = warp_span_task(p, kSegmentWarps, /*first_span=*/0, pass_spans, span_length);
   if (!task.valid) return;  // a whole warp; the kernel has no block-wide barrier
   const int lane = static_cast<int>(threadIdx.x), warp = static_cast<int>(threadIdx.y);
-  const int64_t d = task.d;
-  const bool active = task.active;
   const int begin = task.begin, end = task.end;
-  const PathChannel<input_t> c(p, task.b, task.path, d, task.first_channel);
+  const PathChannel<input_t> c(p, task.b, task.path, task.d, task.first_channel);
   const int64_t N = p.d_state, L = p.seqlen;
-  const int64_t span_entry = span_entries(p, n_spans, task.b, task.path, task.span) + d;  // this lane's
-  weight_t* chunk_states = static_cast<weight_t*>(p.chunk_states) + chunk_states_offset(p, task.b, task.path, d);
+  const int64_t span_entry = span_entries(p, n_spans, task.b, task.path, task.span) + task.d;  // this lane's
+  weight_t* chunk_states = static_cast<weight_t*>(p.chunk_states) + chunk_states_offset(p, task.b, task.path, task.d);
   weight_t* y_steps = y_paths ? y_paths + ((task.b * p.n_paths + task.path) * p.dim + task.first_channel) * L : nullptr;
   __shared__ WarpSpanTile<weight_t> tiles[kSegmentWarps];
   WarpSpanTile<weight_t>& tile = tiles[warp];
@@ -96,7 +94,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
           span_dt += dt[k];
         }
         // The state before every kScanChunk-th step, for the backward (warp-uniform: one tile in 8).
-        if (!summary && first % kScanChunk == 0 && first >= begin && active) {
+        if (!summary && first % kScanChunk == 0 && first >= begin && task.active) {
 #pragma unroll
           for (int n = 0; n < kWarpStates; ++n) {
             if (group + n < N) simt::store_streaming(chunk_states + (first / kScanChunk * N + group + n) * p.dim, h[n]);
@@ -117,7 +115,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
         }
         __syncwarp();  // the tile is free for the next steps
       }
-      if (summary && active) {
+      if (summary && task.active) {
 #pragma unroll
         for (int n = 0; n < kWarpStates; ++n) {
           if (group + n < N) {
