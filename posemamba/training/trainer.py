@@ -2,6 +2,7 @@
 resume exactly: each epoch's shuffling, flips and drop-path draw from seeds fixed by (seed, epoch, rank),
 so an interrupted run resumed from its last checkpoint continues as if it had never stopped."""
 import csv
+import gc
 import math
 import os
 import time
@@ -196,6 +197,11 @@ def train(config: Dict[str, Any], resume: bool = False, log=print) -> Dict[str, 
             log(f"stopping after epoch {epoch + 1}: the {train_cfg['max_minutes']}-minute budget is spent")
             break
     if context.enabled:
+        # DDP's reducer holds the process group and its pending work: released (cycles included) before
+        # the group is destroyed, so that nothing using the group outlives it. A process exiting the
+        # other way round aborted once in CI ("terminate called without an active exception").
+        del wrapped
+        gc.collect()
         torch.distributed.destroy_process_group()
     return {"history": history, "best_p1": best_p1, "model": model}
 
