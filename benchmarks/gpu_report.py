@@ -206,9 +206,10 @@ def write_timing_table(table_path, with_reference=True):
 # The work splits, each in a process of its own (the kernels read their settings once): the chunked
 # splits with POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM at 2 (the default; 0, 1 and 4 measured no better on the
 # whole, twice), and 16 and 64, which cut paths into spans at batch 16 too; then the warp splits
-# (csrc/cuda/scan_warp_spans_cuda.cuh, scan_warp_spans_backward_cuda.cuh), which PoseMamba's paths
-# select with their span length (T) by default: the forward's alone (the backward chunked, as "chunks
-# 2"), then both, so that the fwd+bwd columns tell each split's share.
+# (csrc/cuda/scan_warp_spans_cuda.cuh, scan_warp_spans_backward_cuda.cuh), which PoseMamba's
+# joint-major paths select with their span length (T) by default, the frame-major ones keeping the
+# chunked split: the forward's alone (the backward chunked, as "chunks 2"), then both, so that the
+# fwd+bwd columns tell each split's share.
 SPLIT_SETTINGS = tuple((f"chunks {blocks}", {"POSEMAMBA_CUDA_WARP_SPANS": "0",
                                              "POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM": blocks})
                        for blocks in ("2", "16", "64")) + (("warps fwd", {"POSEMAMBA_CUDA_WARP_SPANS": "forward"}),

@@ -47,9 +47,13 @@ struct MultiPathScanParams {
   int64_t seqlen = 0;   // L
   int64_t n_chunks = 0;
   bool delta_softplus = true;
-  // A hint for the CUDA kernels' work split, never for the result: cut the paths into spans of this
-  // many steps (0: no hint). See the warp splits in csrc/cuda/scan_cuda_common.cuh.
-  int64_t span_length = 0;
+  // Hints for the CUDA kernels' work split, never for the result: path p cut into spans of
+  // span_lengths[p] steps (0: no hint). See the warp splits in csrc/cuda/scan_cuda_common.cuh.
+  int64_t span_lengths[kMaxPaths] = {};
+  // The paths a CUDA launch takes, split_paths[0 .. n_split_paths) in increasing order: all P, or
+  // those of one work split where the hints give the paths different splits (cuda/scan_cuda_common.cuh).
+  int64_t n_split_paths = 0;
+  int8_t split_paths[kMaxPaths] = {};
 
   const void* u = nullptr;           // (batch, D, L)
   const void* delta = nullptr;       // (batch, P, D, L)

@@ -3,6 +3,9 @@
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
 
 namespace posemamba {
 namespace {
@@ -86,6 +89,8 @@ ScanInputs prepare_scan_inputs(
   p.seqlen = seqlen;
   p.n_chunks = num_scan_chunks(seqlen);
   p.delta_softplus = delta_softplus;
+  p.n_split_paths = n_paths;
+  for (int64_t path = 0; path < n_paths; ++path) p.split_paths[path] = static_cast<int8_t>(path);
   p.u = t.u.const_data_ptr();
   p.delta = t.delta.const_data_ptr();
   p.A = t.A.const_data_ptr();
@@ -99,18 +104,26 @@ ScanInputs prepare_scan_inputs(
   return t;
 }
 
+// The work-split hints: none, or one per path (0: none for that path).
+void set_span_lengths(at::IntArrayRef span_lengths, MultiPathScanParams& p) {
+  const bool valid = (span_lengths.empty() || static_cast<int64_t>(span_lengths.size()) == p.n_paths) &&
+                     std::all_of(span_lengths.begin(), span_lengths.end(), [](int64_t s) { return s >= 0; });
+  TORCH_CHECK(valid, "span_lengths must be empty (no hints) or hold P=", p.n_paths,
+              " numbers of steps, one per path (0: no hint), got ", span_lengths);
+  std::copy(span_lengths.begin(), span_lengths.end(), p.span_lengths);
+}
+
 }  // namespace
 
 ScanForward prepare_scan_forward(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
     const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
-    const std::optional<at::Tensor>& mix, bool delta_softplus, int64_t span_length) {
-  TORCH_CHECK(span_length >= 0, "span_length must be 0 (no hint) or a number of steps, got ", span_length);
+    const std::optional<at::Tensor>& mix, bool delta_softplus, at::IntArrayRef span_lengths) {
   ScanForward f;
   MultiPathScanParams& p = f.params;
   f.inputs = prepare_scan_inputs(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, p);
-  p.span_length = span_length;
+  set_span_lengths(span_lengths, p);
   f.out = at::empty({p.batch, p.dim, p.seqlen}, u.options());
   f.out_ungated = at::empty(z.has_value() ? at::IntArrayRef{p.batch, p.dim, p.seqlen} : at::IntArrayRef{0},
                             u.options());
@@ -126,12 +139,11 @@ ScanBackward prepare_scan_backward(
     const at::Tensor& B, const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
-    bool delta_softplus, int64_t span_length, int64_t channel_block, bool positions_minor) {
-  TORCH_CHECK(span_length >= 0, "span_length must be 0 (no hint) or a number of steps, got ", span_length);
+    bool delta_softplus, at::IntArrayRef span_lengths, int64_t channel_block, bool positions_minor) {
   ScanBackward g;
   MultiPathScanBwdParams& p = g.params;
   g.inputs = prepare_scan_inputs(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, p);
-  p.span_length = span_length;
+  set_span_lengths(span_lengths, p);
   check_shape(grad_out, "grad_out", {p.batch, p.dim, p.seqlen});
   check_like(grad_out, "grad_out", u, u.scalar_type());
   check_shape(chunk_states, "chunk_states", {p.batch, p.n_paths, p.n_chunks, p.d_state, p.dim});
@@ -171,13 +183,16 @@ ScanBackward prepare_scan_backward(
   return g;
 }
 
-void allocate_length_partials(ScanBackward& g, int64_t n_length_blocks) {
+void allocate_length_partials(ScanBackward& g, int64_t n_length_blocks, bool zeroed) {
   MultiPathScanBwdParams& p = g.params;
   const auto weights = g.inputs.A.options();
+  const auto allocate = [&](at::IntArrayRef shape) {
+    return zeroed ? at::zeros(shape, weights) : at::empty(shape, weights);
+  };
   p.n_length_blocks = n_length_blocks;
-  g.dA_partial = at::empty({p.batch, n_length_blocks, p.n_paths, p.d_state, p.dim}, weights);
-  g.dD_partial = at::empty({p.batch, n_length_blocks, p.n_paths, p.dim}, weights);
-  g.ddelta_bias_partial = at::empty({p.batch, n_length_blocks, p.n_paths, p.dim}, weights);
+  g.dA_partial = allocate({p.batch, n_length_blocks, p.n_paths, p.d_state, p.dim});
+  g.dD_partial = allocate({p.batch, n_length_blocks, p.n_paths, p.dim});
+  g.ddelta_bias_partial = allocate({p.batch, n_length_blocks, p.n_paths, p.dim});
   p.dA_partial = g.dA_partial.mutable_data_ptr();
   p.dD_partial = g.dD_partial.mutable_data_ptr();
   p.ddelta_bias_partial = g.ddelta_bias_partial.mutable_data_ptr();

@@ -66,7 +66,7 @@ ScanForward prepare_scan_forward(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
     const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
-    const std::optional<at::Tensor>& mix, bool delta_softplus, int64_t span_length);
+    const std::optional<at::Tensor>& mix, bool delta_softplus, at::IntArrayRef span_lengths);
 
 // channel_block: the channels summed into one dB/dC partial; the partials are laid out (batch,
 // channel blocks, P, N, L) where positions_minor (a GPU's, whose threads write a path's consecutive
@@ -78,10 +78,11 @@ ScanBackward prepare_scan_backward(
     const at::Tensor& B, const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
-    bool delta_softplus, int64_t span_length, int64_t channel_block, bool positions_minor);
+    bool delta_softplus, at::IntArrayRef span_lengths, int64_t channel_block, bool positions_minor);
 
-// The dA, dD and ddelta_bias partials: n_length_blocks per batch element (MultiPathScanBwdParams).
-void allocate_length_partials(ScanBackward& g, int64_t n_length_blocks);
+// The dA, dD and ddelta_bias partials: n_length_blocks per batch element (MultiPathScanBwdParams),
+// zero-filled where the kernels leave some unwritten (zeroed).
+void allocate_length_partials(ScanBackward& g, int64_t n_length_blocks, bool zeroed);
 
 // Checks on the values of paths and mix (every index in range) that need them on the host.
 void check_scan_indices_on_host(const ScanInputs& inputs, int64_t seqlen);

@@ -11,19 +11,19 @@ extern "C" PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(posemamba, m) {
   // out: the gated sum of all paths; out_ungated: that sum before the z gate (empty without z), kept
-  // for the backward; chunk_states: each path's state before every kScanChunk-th step. span_length: a
-  // hint for the GPU's work split (paths cut into spans of that many steps; 0: none), never changing
-  // the result beyond rounding.
+  // for the backward; chunk_states: each path's state before every kScanChunk-th step. span_lengths:
+  // hints for the GPU's work split, per path (path p cut into spans of span_lengths[p] steps; 0: no
+  // hint; empty: none for any path), never changing the result beyond rounding.
   m.def(
       "multi_path_scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor paths, "
-      "Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? mix, bool delta_softplus, int span_length=0) "
+      "Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? mix, bool delta_softplus, int[] span_lengths=[]) "
       "-> (Tensor out, Tensor out_ungated, Tensor chunk_states)");
   // Gradients of every input; dD, dz and ddelta_bias are empty where D, z or delta_bias is None.
-  // span_length: the forward's hint, for the GPU backward's work split.
+  // span_lengths: the forward's hints, for the GPU backward's work split.
   m.def(
       "multi_path_scan_bwd(Tensor grad_out, Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, "
       "Tensor paths, Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? mix, Tensor out_ungated, "
-      "Tensor chunk_states, bool delta_softplus, int span_length=0) "
+      "Tensor chunk_states, bool delta_softplus, int[] span_lengths=[]) "
       "-> (Tensor du, Tensor ddelta, Tensor dA, Tensor dB, Tensor dC, Tensor dD, Tensor dz, Tensor ddelta_bias)");
   // The scan's own exp, log1p or softplus, elementwise, for testing their accuracy.
   m.def("_scan_math(Tensor x, str function) -> Tensor");

@@ -4,13 +4,13 @@
 """
 import functools
 import warnings
-from typing import Optional
+from typing import List, Optional, Sequence, Union
 
 import torch
 
 from ._checks import PerTensorCache, check_multi_path_scan_args
 from ._extension import HAS_EXTENSION
-from .paths import bidirectional_paths, pose_mix, pose_paths, span_length_hint
+from .paths import bidirectional_paths, pose_mix, pose_paths, span_lengths_hint
 from .reference import multi_path_selective_scan_ref
 
 __all__ = [
@@ -40,7 +40,7 @@ def multi_path_selective_scan(
     delta_bias: Optional[torch.Tensor] = None,
     mix: Optional[torch.Tensor] = None,
     delta_softplus: bool = True,
-    span_length: Optional[int] = None,
+    span_lengths: Optional[Union[int, Sequence[int]]] = None,
 ) -> torch.Tensor:
     """P selective scans over one sequence in different orders, summed back in natural order.
 
@@ -61,10 +61,11 @@ def multi_path_selective_scan(
         mix: optional (P, L) int64; where mix[p, l] >= 0 path p reads u[l] + u[mix[p, l]] at position
             l instead of u[l] (-1: u[l] alone).
         delta_softplus: apply softplus to delta + delta_bias.
-        span_length: a hint for the CUDA kernels' work split, never changing the result beyond
-            rounding: cut the paths into spans of this many steps (see paths.span_length_hint; 0: no
-            hint). None finds it in paths, once per tensor, except under torch.compile, which cannot
-            read the values: give it there (T for pose_paths(T, J)).
+        span_lengths: hints for the CUDA kernels' work split, never changing the result beyond
+            rounding: path p cut into spans of span_lengths[p] steps (see paths.span_lengths_hint;
+            0: no hint), or one number for every path. None finds them in paths, once per tensor,
+            except under torch.compile, which cannot read the values: give them there ([0, T, 0, T]
+            for pose_paths(T, J)).
 
     For each batch b, channel d and path p, with h = 0 and l = paths[p, s] for s = 0..L-1:
         dt = softplus(delta[b,p,d,l] + delta_bias[p,d]);  v = u[b,d,l] (+ u[b,d,mix[p,l]])
@@ -77,31 +78,47 @@ def multi_path_selective_scan(
     The values of paths and mix are checked the first time each tensor is passed and after an
     in-place change (a sort and host synchronisations for CUDA tensors; skipped under torch.compile
     and for meta tensors, where the kernels still bound-check every index): build them once. For
-    CUDA tensors the paths' span length (paths.span_length_hint), a hint for the GPU's work split,
-    is found then too.
+    CUDA tensors the paths' span lengths (paths.span_lengths_hint), hints for the GPU's work split,
+    are found then too.
     """
     check_multi_path_scan_args(u, delta, A, B, C, paths, D, z, delta_bias, mix)
-    if span_length is not None and (not isinstance(span_length, int) or span_length < 0):
-        raise ValueError(f"span_length must be None, 0 or a number of steps, got {span_length!r}")
+    hints = _checked_span_lengths(span_lengths, n_paths=A.shape[0])
     if not _kernel_available(u.device):
         _warn_reference_once(u.device)
         return multi_path_selective_scan_ref(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus)
-    if span_length is None:
-        span_length = _span_length(paths)
+    if hints is None:
+        hints = _span_lengths_of(paths)
     out, _, _ = torch.ops.posemamba.multi_path_scan_fwd(
-        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_length)
+        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, hints)
     return out
 
 
-_span_lengths = PerTensorCache()
+def _is_step_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _span_length(paths: torch.Tensor) -> int:
-    """The CUDA forward's work-split hint (paths.span_length_hint), found once per paths tensor; 0 on
-    other devices (whose kernels take no hint) and under torch.compile (no values to read)."""
+def _checked_span_lengths(span_lengths, n_paths: int) -> Optional[List[int]]:
+    """The op's per-path hints from multi_path_selective_scan's span_lengths (None: find them)."""
+    if span_lengths is None:
+        return None
+    if _is_step_count(span_lengths):
+        return [span_lengths] * n_paths
+    if (isinstance(span_lengths, (list, tuple)) and len(span_lengths) == n_paths
+            and all(_is_step_count(s) for s in span_lengths)):
+        return list(span_lengths)
+    raise ValueError(f"span_lengths must be None, a number of steps or P={n_paths} of them, one per path "
+                     f"(0: no hint), got {span_lengths!r}")
+
+
+_span_lengths_cache = PerTensorCache()
+
+
+def _span_lengths_of(paths: torch.Tensor) -> List[int]:
+    """The CUDA kernels' work-split hints (paths.span_lengths_hint), found once per paths tensor; none
+    on other devices (whose kernels take no hints) and under torch.compile (no values to read)."""
     if paths.device.type != "cuda" or torch.compiler.is_compiling():
-        return 0
-    return _span_lengths.get(paths, lambda: span_length_hint(paths))
+        return []
+    return _span_lengths_cache.get(paths, lambda: span_lengths_hint(paths))
 
 
 def selective_scan(
@@ -192,7 +209,7 @@ def _kernel_available(device: torch.device) -> bool:
 
 if HAS_EXTENSION:
     @torch.library.register_fake("posemamba::multi_path_scan_fwd")
-    def _multi_path_scan_fwd_fake(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_length=0):
+    def _multi_path_scan_fwd_fake(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths=()):
         batch, dim, seqlen = u.shape
         n_paths, _, d_state = A.shape
         torch._check(delta.shape == (batch, n_paths, dim, seqlen), lambda: "delta must be (batch, P, D, L)")
@@ -206,7 +223,7 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("posemamba::multi_path_scan_bwd")
     def _multi_path_scan_bwd_fake(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated,
-                                  chunk_states, delta_softplus, span_length=0):
+                                  chunk_states, delta_softplus, span_lengths=()):
         def like_or_absent(t, reference):
             return reference.new_empty(t.shape) if t is not None else A.new_empty((0,))
 
@@ -216,18 +233,18 @@ if HAS_EXTENSION:
                 like_or_absent(delta_bias, A))
 
     def _multi_path_scan_setup_context(ctx, inputs, output):
-        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_length = inputs
+        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths = inputs
         _, out_ungated, chunk_states = output
         ctx.save_for_backward(u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states)
         ctx.delta_softplus = delta_softplus
-        ctx.span_length = span_length
+        ctx.span_lengths = span_lengths
         ctx.mark_non_differentiable(out_ungated, chunk_states)
 
     def _multi_path_scan_backward(ctx, grad_out, _grad_out_ungated, _grad_chunk_states):
         u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states = ctx.saved_tensors
         du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = torch.ops.posemamba.multi_path_scan_bwd(
             grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states,
-            ctx.delta_softplus, ctx.span_length)
+            ctx.delta_softplus, ctx.span_lengths)
         return (du, ddelta, dA, dB, dC, None,
                 dD if D is not None else None,
                 dz if z is not None else None,

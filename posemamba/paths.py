@@ -3,13 +3,13 @@
 A path is a row of `paths` (P, L): path p visits natural positions paths[p, 0], paths[p, 1], ... .
 PoseMamba's sequences are T x J grids flattened frame-major, l = t * J + j.
 """
-from typing import Sequence, Union
+from typing import List, Sequence, Union
 
 import torch
 
 from ._checks import check_paths_values
 
-__all__ = ["bidirectional_paths", "pose_paths", "pose_mix", "span_length_hint"]
+__all__ = ["bidirectional_paths", "pose_paths", "pose_mix", "span_lengths_hint"]
 
 
 def bidirectional_paths(order: Union[torch.Tensor, Sequence[int]]) -> torch.Tensor:
@@ -60,22 +60,23 @@ def pose_mix(T: int, J: int, joint_order: Union[torch.Tensor, Sequence[int]]) ->
     return torch.stack([local, unmixed, local, unmixed])
 
 
-def span_length_hint(paths: torch.Tensor) -> int:
-    """The span length for the CUDA kernels' warp splits (forward and backward; see
-    csrc/cuda/scan_cuda_common.cuh), or 0.
+def span_lengths_hint(paths: torch.Tensor) -> List[int]:
+    """The span lengths for the CUDA kernels' warp splits (forward and backward; see
+    csrc/cuda/scan_cuda_common.cuh), one per row of paths: S, or 0 for none.
 
     A row has span length S when its step s + S visits a position next to step s's, for every s
     (|paths[p, s + S] - paths[p, s]| = 1): warps walking consecutive spans of S steps then read
-    neighbouring positions at the same time. PoseMamba's joint-major paths have S = T; a path along
-    consecutive positions has S = 1, which needs no spans. Returns the largest S >= 2 of the rows
-    that have one (each row's smallest), 0 if none does. Reads the values on the host.
+    neighbouring positions at the same time. PoseMamba's joint-major paths have S = T; a row along
+    consecutive positions has S = 1, which needs no spans (0), like a row with no S. Each row's
+    smallest S >= 2. Reads the values on the host.
     """
-    rows = paths.detach().to("cpu")
-    hint = 0
-    for row in rows:
+    hints = []
+    for row in paths.detach().to("cpu"):
+        hint = 0
         # Only the steps visiting a neighbour of the first step's position can be S: at most two.
         for span in (row - row[0]).abs().eq(1).nonzero().flatten().tolist():
             if (row[span:] - row[:-span]).abs().eq(1).all():
-                hint = max(hint, span) if span >= 2 else hint
+                hint = span if span >= 2 else 0
                 break
-    return hint
+        hints.append(hint)
+    return hints

@@ -76,22 +76,27 @@ def test_cuda_pose_shapes_match_cpu_kernels_and_are_deterministic(T):
 FORWARD_ARGS = ("u", "delta", "A", "B", "C", "paths", "D", "z", "delta_bias", "mix")
 
 
-def ops_forward_and_backward(args, grad_out, span_length):
-    """The raw ops' output, saved states and gradients, the backward given the forward's span-length hint."""
-    out, out_ungated, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(*args, True, span_length)
-    grads = torch.ops.posemamba.multi_path_scan_bwd(grad_out, *args, out_ungated, chunk_states, True, span_length)
+def ops_forward_and_backward(args, grad_out, span_lengths):
+    """The raw ops' output, saved states and gradients, the backward given the forward's span-length hints
+    (one per path, or a number for every path)."""
+    if isinstance(span_lengths, int):
+        span_lengths = [span_lengths] * args[FORWARD_ARGS.index("A")].shape[0]
+    out, out_ungated, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(*args, True, span_lengths)
+    grads = torch.ops.posemamba.multi_path_scan_bwd(grad_out, *args, out_ungated, chunk_states, True, span_lengths)
     return [out, chunk_states, *grads]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16],
                          ids=lambda dtype: str(dtype).removeprefix("torch."))
 @pytest.mark.parametrize("shape, span_length", [((2, 33, 70, 2, 3), 8), ((1, 5, 200, 3, 4), 69),
-                                                ((1, 40, 300, 2, 20), 64), ((2, 64, 459, 4, 64), 27)],
+                                                ((1, 40, 300, 2, 20), 64), ((2, 64, 459, 4, 64), 27),
+                                                ((2, 40, 130, 5, 4), [13, 0, 26, 13, 0])],
                          ids=lambda case: str(case))
 def test_cuda_warp_span_split_matches_cpu_kernels(shape, span_length, dtype):
-    # The forward's and the backward's warp splits, which a span_length hint selects (posemamba.ops
-    # gives PoseMamba's paths theirs; tests/test_cuda_emulation.py covers the cases in more detail):
-    # outputs, saved states and every gradient, each bitwise the same in a second run.
+    # The forward's and the backward's warp splits, which span-length hints select (posemamba.ops
+    # gives PoseMamba's paths theirs; tests/test_cuda_emulation.py covers the cases in more detail),
+    # for every path or per path (three splits, the chunked one too): outputs, saved states and every
+    # gradient, each bitwise the same in a second run.
     inputs = random_scan_inputs(*shape, dtype)
     grad_out = torch.randn(shape[0], shape[1], shape[2], dtype=torch.float64).to(dtype)
     args = [inputs[name] for name in FORWARD_ARGS]
@@ -158,7 +163,7 @@ def test_cuda_gradcheck_warp_span_split():
     names = [n for n in DIFFERENTIABLE if inputs[n] is not None]
 
     def scan(*tensors):
-        return multi_path_selective_scan(**{**inputs, **dict(zip(names, tensors))}, span_length=9)
+        return multi_path_selective_scan(**{**inputs, **dict(zip(names, tensors))}, span_lengths=[9, 0])
 
     leaves = [inputs[n].detach().requires_grad_(True) for n in names]
     assert torch.autograd.gradcheck(scan, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
@@ -168,8 +173,10 @@ def test_cuda_opcheck():
     inputs = to_cuda(random_scan_inputs(2, 3, 70, 2, 4, torch.float32))
     args = tuple(inputs[k] for k in FORWARD_ARGS) + (True,)
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_fwd.default, args)
-    torch.library.opcheck(torch.ops.posemamba.multi_path_scan_fwd.default, args + (16,))  # the warp split
-    out, out_ungated, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(*args, 16)
+    torch.library.opcheck(torch.ops.posemamba.multi_path_scan_fwd.default, args + ([16, 16],))  # the warp split
+    torch.library.opcheck(torch.ops.posemamba.multi_path_scan_fwd.default, args + ([16, 0],))  # and the chunked one
+    out, out_ungated, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(*args, [16, 0])
     backward_args = (torch.randn_like(out), *args[:-1], out_ungated, chunk_states, True)
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_bwd.default, backward_args)
-    torch.library.opcheck(torch.ops.posemamba.multi_path_scan_bwd.default, backward_args + (16,))
+    torch.library.opcheck(torch.ops.posemamba.multi_path_scan_bwd.default, backward_args + ([16, 16],))
+    torch.library.opcheck(torch.ops.posemamba.multi_path_scan_bwd.default, backward_args + ([16, 0],))

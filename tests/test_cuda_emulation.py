@@ -11,7 +11,7 @@ import torch
 
 from conftest import random_scan_inputs, requires_extension
 from posemamba.ops import pose_mix, pose_paths
-from posemamba.paths import span_length_hint
+from posemamba.paths import span_lengths_hint
 from posemamba.reference import multi_path_selective_scan_ref
 
 CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
@@ -45,11 +45,14 @@ def emulated():
     return load_emulation()
 
 
-def forward_and_backward(ops, inputs, grad_out, delta_softplus=True, span_length=0):
-    """(out, chunk_states) and the gradients of every present input, through ops' fwd and bwd."""
+def forward_and_backward(ops, inputs, grad_out, delta_softplus=True, span_lengths=()):
+    """(out, chunk_states) and the gradients of every present input, through ops' fwd and bwd; span_lengths:
+    the hints, one per path, or a number for every path."""
     args = [inputs[name] for name in FORWARD_ARGS]
-    out, out_ungated, chunk_states = ops.multi_path_scan_fwd(*args, delta_softplus, span_length)
-    grads = ops.multi_path_scan_bwd(grad_out, *args, out_ungated, chunk_states, delta_softplus, span_length)
+    if isinstance(span_lengths, int):
+        span_lengths = [span_lengths] * inputs["A"].shape[0]
+    out, out_ungated, chunk_states = ops.multi_path_scan_fwd(*args, delta_softplus, span_lengths)
+    grads = ops.multi_path_scan_bwd(grad_out, *args, out_ungated, chunk_states, delta_softplus, span_lengths)
     present = [grad for name, grad in zip(GRADIENTS, grads) if inputs[name] is not None]
     return [out, chunk_states] + present
 
@@ -122,21 +125,22 @@ def test_emulated_cuda_kernels_on_pose_paths_are_deterministic(emulated, T, hint
     inputs = random_scan_inputs(1, 33, T * J, 4, 16, torch.float32)
     inputs["paths"], inputs["mix"] = pose_paths(T, J), pose_mix(T, J, torch.randint(0, J, (J,)))
     grad_out = torch.randn(1, 33, T * J)
-    span_length = span_length_hint(inputs["paths"]) if hinted else 0
-    first = forward_and_backward(emulated, inputs, grad_out, span_length=span_length)
-    second = forward_and_backward(emulated, inputs, grad_out, span_length=span_length)
+    span_lengths = span_lengths_hint(inputs["paths"]) if hinted else []
+    first = forward_and_backward(emulated, inputs, grad_out, span_lengths=span_lengths)
+    second = forward_and_backward(emulated, inputs, grad_out, span_lengths=span_lengths)
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
     assert_close_scaled(first, forward_and_backward(torch.ops.posemamba, inputs, grad_out), torch.float32)
 
 
 # The warp splits of the forward and the backward (csrc/cuda/scan_warp_spans_cuda.cuh,
-# scan_warp_spans_backward_cuda.cuh), taken where span_length cuts the paths into spans of at least 8 steps, and cut further where its blocks would not fill the emulation's 4
-# "multiprocessors" (69 -> 18, 64 -> 22, 100 -> 25, 9 -> 8 below): spans of one tile, of several with a
-# partial last one (13, kept: the last span 5 steps), of a chunk exactly (64, kept) and past it (chunk
-# starts inside spans, where the forward saves the states and the backward restarts from them, a
-# segment of 4 tiles at a time); lanes past D; N = 20 and 40 (groups of 16 entries walked in turn, 8
-# in the float64 backward, outputs and per-step gradients added); P = 8.
+# scan_warp_spans_backward_cuda.cuh), taken where span_length cuts the paths into spans of at least 8
+# steps, and cut further where its blocks would not fill the emulation's 4 "multiprocessors" (69 -> 18,
+# 64 -> 22, 100 -> 25, 9 -> 8 below): spans of one tile, of several with a partial last one (13, kept:
+# the last span 5 steps), of a chunk exactly (64, kept) and past it (chunk starts inside spans, where
+# the forward saves the states and the backward restarts from them, a segment of 4 tiles at a time);
+# lanes past D; N = 20 and 40 (groups of 16 entries walked in turn, 8 in the float64 backward, outputs
+# and per-step gradients added); P = 8.
 WARP_SPAN_CASES = [((2, 33, 70, 2, 3), 8), ((4, 64, 70, 2, 3), 13), ((1, 5, 200, 3, 4), 69),
                    ((1, 40, 300, 2, 20), 64), ((4, 64, 300, 2, 4), 64), ((1, 3, 150, 8, 40), 100),
                    ((2, 4, 130, 1, 1), 9)]
@@ -147,7 +151,7 @@ WARP_SPAN_CASES = [((2, 33, 70, 2, 3), 8), ((4, 64, 70, 2, 3), 13), ((1, 5, 200,
 def test_emulated_warp_span_split_matches_cpu_kernels(emulated, shape, span_length, dtype):
     inputs = random_scan_inputs(*shape, dtype)
     grad_out = torch.randn(shape[0], shape[1], shape[2], dtype=torch.float64).to(dtype)
-    actual = forward_and_backward(emulated, inputs, grad_out, span_length=span_length)
+    actual = forward_and_backward(emulated, inputs, grad_out, span_lengths=span_length)
     assert_close_scaled(actual, forward_and_backward(torch.ops.posemamba, inputs, grad_out), dtype)
 
 
@@ -160,7 +164,7 @@ def test_emulated_warp_span_split_on_pose_paths_with_threads_reversed(emulated):
     grad_out = torch.randn(2, 35, T * J)
     emulated.set_schedule_reversed(True)
     try:
-        actual = forward_and_backward(emulated, inputs, grad_out, span_length=span_length_hint(inputs["paths"]))
+        actual = forward_and_backward(emulated, inputs, grad_out, span_lengths=span_lengths_hint(inputs["paths"]))
     finally:
         emulated.set_schedule_reversed(False)
     assert_close_scaled(actual, forward_and_backward(torch.ops.posemamba, inputs, grad_out), torch.float32)
@@ -172,9 +176,41 @@ def test_emulated_kernels_take_the_chunked_split_for_other_span_lengths(emulated
     # run, bitwise as without a hint.
     inputs = random_scan_inputs(1, 33, 70, 2, 3, torch.float32)
     grad_out = torch.randn(1, 33, 70)
-    hinted = forward_and_backward(emulated, inputs, grad_out, span_length=span_length)
+    hinted = forward_and_backward(emulated, inputs, grad_out, span_lengths=span_length)
     for a, b in zip(hinted, forward_and_backward(emulated, inputs, grad_out), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_emulated_kernels_split_paths_by_their_hints(emulated, dtype):
+    # Three hints, three work splits launched in turn over their paths: spans of 13 and of 26 steps (two
+    # warp splits) and none (the chunked split), with as many dA/dD/ddelta_bias partials as the most a
+    # split writes (10, 5 and 8 here) and zeros past a split's own. P = 5, the paths of a split not
+    # adjacent.
+    inputs = random_scan_inputs(2, 40, 130, 5, 4, dtype)
+    grad_out = torch.randn(2, 40, 130, dtype=dtype)
+    actual = forward_and_backward(emulated, inputs, grad_out, span_lengths=[13, 0, 26, 13, 0])
+    assert_close_scaled(actual, forward_and_backward(torch.ops.posemamba, inputs, grad_out), dtype)
+
+
+def test_emulated_kernels_give_each_path_its_own_split(emulated):
+    # Each path's rows of the saved states and of the per-path gradients are, to the bit, those of the
+    # split its hint names, as if every path had that hint: the hinted paths' those of the warp split,
+    # the others' those of the chunked split. (Batch 2 and 40 channels fill the emulation's blocks in
+    # every case, so that no split cuts its spans differently for having fewer paths.)
+    inputs = random_scan_inputs(2, 40, 130, 4, 3, torch.float32)
+    grad_out = torch.randn(2, 40, 130)
+    per_path = forward_and_backward(emulated, inputs, grad_out, span_lengths=[0, 13, 0, 13])
+    chunked = forward_and_backward(emulated, inputs, grad_out)
+    warp = forward_and_backward(emulated, inputs, grad_out, span_lengths=13)
+    # chunk_states, then du, ddelta, dA, dB, dC, dD, dz, ddelta_bias; the path is the first dimension of
+    # dA, dD and ddelta_bias, the second of the others (du and dz sum the paths).
+    path_dims = {1: 1, 3: 1, 4: 0, 5: 1, 6: 1, 7: 0, 9: 0}
+    for index, dim in path_dims.items():
+        for paths, expected in (([0, 2], chunked), ([1, 3], warp)):
+            rows = torch.tensor(paths)
+            assert torch.equal(per_path[index].index_select(dim, rows), expected[index].index_select(dim, rows)), index
+    assert_close_scaled(per_path, forward_and_backward(torch.ops.posemamba, inputs, grad_out), torch.float32)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 0, 2, 4), (0, 3, 5, 2, 4)], ids=["empty_length", "empty_batch"])
@@ -191,7 +227,7 @@ def test_emulated_cuda_kernel_asserts_on_a_bad_path_index(emulated):
     inputs = random_scan_inputs(1, 2, 8, 1, 2, torch.float32)
     inputs["paths"][0, 3] = 8
     with pytest.raises(RuntimeError, match="device assert failed: l >= 0 && l < L"):
-        emulated.multi_path_scan_fwd(*[inputs[name] for name in FORWARD_ARGS], True, 0)
+        emulated.multi_path_scan_fwd(*[inputs[name] for name in FORWARD_ARGS], True, [])
 
 
 def test_emulated_cuda_kernels_assert_on_paths_that_are_not_permutations(emulated):
@@ -200,14 +236,14 @@ def test_emulated_cuda_kernels_assert_on_paths_that_are_not_permutations(emulate
     inputs = random_scan_inputs(1, 2, 8, 1, 2, torch.float32)
     inputs["paths"][0, inputs["paths"][0] == 4] = 3
     with pytest.raises(RuntimeError, match="device assert failed: visiting_step >= 0"):
-        emulated.multi_path_scan_fwd(*[inputs[name] for name in FORWARD_ARGS], True, 0)
+        emulated.multi_path_scan_fwd(*[inputs[name] for name in FORWARD_ARGS], True, [])
 
 
 def test_emulated_cuda_kernel_asserts_on_a_bad_mix_index(emulated):
     inputs = random_scan_inputs(1, 2, 8, 1, 2, torch.float32)
     inputs["mix"][0, 5] = 8
     with pytest.raises(RuntimeError, match="device assert failed: mixed < L"):
-        emulated.multi_path_scan_fwd(*[inputs[name] for name in FORWARD_ARGS], True, 0)
+        emulated.multi_path_scan_fwd(*[inputs[name] for name in FORWARD_ARGS], True, [])
 
 
 @pytest.mark.parametrize("bad", ["path", "mix"])
@@ -217,17 +253,17 @@ def test_emulated_warp_splits_assert_on_bad_indices(emulated, bad):
     # earlier, where it inverts the paths).
     inputs = random_scan_inputs(1, 2, 40, 1, 2, torch.float32)
     args = [inputs[name] for name in FORWARD_ARGS]
-    out, out_ungated, chunk_states = emulated.multi_path_scan_fwd(*args, True, 16)
+    out, out_ungated, chunk_states = emulated.multi_path_scan_fwd(*args, True, [16])
     if bad == "path":
         inputs["paths"][0, 29] = 40
     else:
         inputs["mix"][0, 29] = 40
     message = "l >= 0 && l < L" if bad == "path" else "mixed < L"
     with pytest.raises(RuntimeError, match=f"device assert failed: {message}"):
-        emulated.multi_path_scan_fwd(*args, True, 16)
+        emulated.multi_path_scan_fwd(*args, True, [16])
     message = "l >= 0 && l < seqlen" if bad == "path" else "mixed < L"
     with pytest.raises(RuntimeError, match=f"device assert failed: {message}"):
-        emulated.multi_path_scan_bwd(torch.randn_like(out), *args, out_ungated, chunk_states, True, 16)
+        emulated.multi_path_scan_bwd(torch.randn_like(out), *args, out_ungated, chunk_states, True, [16])
 
 
 def test_emulated_warp_shuffles_follow_cuda(emulated):
@@ -273,7 +309,7 @@ import sys, torch
 sys.path.insert(0, {tests!r})
 import test_cuda_emulation as t
 inputs, grad_out = torch.load({inputs!r})
-actual = t.forward_and_backward(t.load_emulation(), inputs, grad_out, span_length={span_length})
+actual = t.forward_and_backward(t.load_emulation(), inputs, grad_out, span_lengths={span_length})
 t.assert_close_scaled(actual, t.forward_and_backward(torch.ops.posemamba, inputs, grad_out), torch.float32)
 torch.save(actual, {output!r})
 """

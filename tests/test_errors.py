@@ -64,10 +64,12 @@ def test_compiled_op_bounds_checks_indices_when_called_directly():
         torch.ops.posemamba.multi_path_scan_fwd(
             inputs["u"], inputs["delta"], inputs["A"], inputs["C"][:, :, :3], inputs["C"], inputs["paths"],
             None, None, None, None, True)
-    with pytest.raises(RuntimeError, match="span_length must be 0 \\(no hint\\) or a number of steps, got -3"):
-        torch.ops.posemamba.multi_path_scan_fwd(
-            inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], inputs["paths"],
-            None, None, None, None, True, -3)
+    for bad_hints in ([9, -3], [9]):
+        with pytest.raises(RuntimeError, match=r"span_lengths must be empty \(no hints\) or hold P=2 numbers of "
+                                               r"steps, one per path \(0: no hint\), got \[9"):
+            torch.ops.posemamba.multi_path_scan_fwd(
+                inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], inputs["paths"],
+                None, None, None, None, True, bad_hints)
 
 
 def test_index_values_are_checked_once_per_tensor_and_again_after_a_change(monkeypatch):
@@ -86,7 +88,8 @@ def test_index_values_are_checked_once_per_tensor_and_again_after_a_change(monke
     assert len(calls) == 2
 
 
-@pytest.mark.parametrize("span_length", [-1, 2.5, "243"])
-def test_span_length_hint_must_be_a_step_count(span_length):
-    with pytest.raises(ValueError, match="span_length must be None, 0 or a number of steps"):
-        multi_path_selective_scan(**good_inputs(), span_length=span_length)
+@pytest.mark.parametrize("span_lengths", [-1, 2.5, "243", True, [9], [9, -1], [9, 2.5], (9, 9, 9)])
+def test_span_length_hints_must_be_step_counts_one_per_path(span_lengths):
+    with pytest.raises(ValueError, match=r"span_lengths must be None, a number of steps or P=2 of them, one per "
+                                         r"path \(0: no hint\), got"):
+        multi_path_selective_scan(**good_inputs(), span_lengths=span_lengths)

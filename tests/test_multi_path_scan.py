@@ -107,10 +107,12 @@ def test_forward_saves_chunk_states():
     torch.testing.assert_close(chunk_states[0, 0, :, :, 0], expected, rtol=1e-12, atol=1e-300)
 
 
-def test_span_length_hint_does_not_change_the_cpu_result():
-    # A hint for GPUs' work split: the CPU kernels take it and compute the same.
+def test_span_length_hints_do_not_change_the_cpu_result():
+    # Hints for GPUs' work split: the CPU kernels take them and compute the same.
     inputs = random_scan_inputs(2, 6, 100, 4, 16, torch.float32)
-    assert torch.equal(multi_path_selective_scan(**inputs), multi_path_selective_scan(**inputs, span_length=25))
+    unhinted = multi_path_selective_scan(**inputs)
+    assert torch.equal(unhinted, multi_path_selective_scan(**inputs, span_lengths=25))
+    assert torch.equal(unhinted, multi_path_selective_scan(**inputs, span_lengths=[0, 25, 0, 10]))
 
 
 def test_forward_is_deterministic():
@@ -119,12 +121,12 @@ def test_forward_is_deterministic():
     assert torch.equal(first, multi_path_selective_scan(**inputs))
 
 
-@pytest.mark.parametrize("with_z, span_length", [(False, ()), (True, ()), (True, (10,))])
-def test_opcheck_forward(with_z, span_length):
-    # span_length: the GPU work split's hint, an optional trailing argument that CPUs take and ignore.
+@pytest.mark.parametrize("with_z, span_lengths", [(False, ()), (True, ()), (True, ([0, 10],))])
+def test_opcheck_forward(with_z, span_lengths):
+    # span_lengths: the GPU work split's hints, an optional trailing argument that CPUs take and ignore.
     inputs = random_scan_inputs(2, 3, 70, 2, 4, torch.float32, with_z=with_z)
     args = (inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], inputs["paths"],
-            inputs["D"], inputs["z"], inputs["delta_bias"], inputs["mix"], True) + span_length
+            inputs["D"], inputs["z"], inputs["delta_bias"], inputs["mix"], True) + span_lengths
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_fwd.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 

@@ -119,9 +119,9 @@ def test_opcheck_forward_and_backward(with_optionals):
     detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args[:-1]]
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_bwd.default,
                           (torch.randn_like(out), *detached, out_ungated, chunk_states, True))
-    # With the forward's span-length hint, which CPU kernels take and ignore.
+    # With the forward's span-length hints, which CPU kernels take and ignore.
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_bwd.default,
-                          (torch.randn_like(out), *detached, out_ungated, chunk_states, True, 16))
+                          (torch.randn_like(out), *detached, out_ungated, chunk_states, True, [16, 0]))
 
 
 def test_torch_compile_fullgraph():

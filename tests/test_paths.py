@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from posemamba.ops import bidirectional_paths, pose_mix, pose_paths
-from posemamba.paths import span_length_hint
+from posemamba.paths import span_lengths_hint
 
 
 def assert_rows_are_permutations(paths):
@@ -58,14 +58,20 @@ def test_helpers_reject_bad_orders():
 
 
 @pytest.mark.parametrize("T,J", [(243, 17), (27, 17), (4, 3)])
-def test_span_length_hint_of_pose_paths_is_the_frame_count(T, J):
-    # Joint-major paths: step s + T visits the next joint of step s's frame.
-    assert span_length_hint(pose_paths(T, J)) == T
+def test_span_lengths_hint_of_pose_paths(T, J):
+    # Joint-major paths (rows 1 and 3): step s + T visits the next joint of step s's frame. The
+    # frame-major rows visit consecutive positions: no spans.
+    assert span_lengths_hint(pose_paths(T, J)) == [0, T, 0, T]
 
 
-def test_span_length_hint_without_a_period():
-    assert span_length_hint(bidirectional_paths(torch.arange(50))) == 0  # consecutive positions: no spans
-    assert span_length_hint(pose_paths(1, 17)) == 0  # one frame: every path along consecutive positions
-    assert span_length_hint(torch.tensor([[0, 2, 1, 3, 4, 5]])) == 0  # span 2 fits 0 -> 1, not 2 -> 4 ... 1 -> 4
-    assert span_length_hint(torch.tensor([[0, 2, 4, 1, 3]])) == 3  # |paths[s + 3] - paths[s]| = 1 for all s
-    assert span_length_hint(torch.tensor([[0]])) == 0
+def test_span_lengths_hint_without_a_period():
+    assert span_lengths_hint(bidirectional_paths(torch.arange(50))) == [0, 0]  # consecutive positions: no spans
+    assert span_lengths_hint(pose_paths(1, 17)) == [0] * 4  # one frame: every path along consecutive positions
+    assert span_lengths_hint(torch.tensor([[0, 2, 1, 3, 4, 5]])) == [0]  # span 2 fits 0 -> 1, not 2 -> 4 ... 1 -> 4
+    assert span_lengths_hint(torch.tensor([[0, 2, 4, 1, 3]])) == [3]  # |paths[s + 3] - paths[s]| = 1 for all s
+    assert span_lengths_hint(torch.tensor([[0]])) == [0]
+
+
+def test_span_lengths_hint_is_per_row():
+    rows = [torch.arange(6), torch.tensor([0, 2, 4, 1, 3, 5]), torch.tensor([0, 3, 1, 4, 2, 5])]
+    assert span_lengths_hint(torch.stack(rows)) == [0, 3, 2]

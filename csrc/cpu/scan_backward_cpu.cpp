@@ -326,11 +326,11 @@ ScanGradients multi_path_scan_bwd_cpu(
     const at::Tensor& out_ungated,
     const at::Tensor& chunk_states,
     bool delta_softplus,
-    int64_t span_length) {  // a hint for GPUs' work split only
+    at::IntArrayRef span_lengths) {  // hints for GPUs' work split only
   ScanBackward g = prepare_scan_backward(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix,
-                                         out_ungated, chunk_states, delta_softplus, span_length, kCpuChannelBlock,
+                                         out_ungated, chunk_states, delta_softplus, span_lengths, kCpuChannelBlock,
                                          /*positions_minor=*/false);
-  allocate_length_partials(g, /*n_length_blocks=*/1);
+  allocate_length_partials(g, /*n_length_blocks=*/1, /*zeroed=*/false);
   check_scan_indices_on_host(g.inputs, g.params.seqlen);
   const MultiPathScanBwdParams& p = g.params;
   const at::Tensor B_by_position = transpose_to_positions_major(g.inputs.B, A.scalar_type());

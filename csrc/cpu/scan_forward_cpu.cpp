@@ -211,9 +211,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_path_scan_fwd_cpu(
     const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix,
     bool delta_softplus,
-    int64_t span_length) {  // a hint for GPUs' work split only
+    at::IntArrayRef span_lengths) {  // hints for GPUs' work split only
   ScanForward f =
-      prepare_scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_length);
+      prepare_scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths);
   check_scan_indices_on_host(f.inputs, f.params.seqlen);
   const at::Tensor B_by_position = transpose_to_positions_major(f.inputs.B, A.scalar_type());
   const at::Tensor C_by_position = transpose_to_positions_major(f.inputs.C, A.scalar_type());

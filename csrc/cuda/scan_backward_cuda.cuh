@@ -36,7 +36,9 @@
 #include <ATen/ops/sort.h>
 #include <ATen/ops/zeros.h>
 
+#include <algorithm>
 #include <array>
+#include <vector>
 #include <type_traits>
 
 #include "scan_cuda.h"
@@ -59,6 +61,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   using weight_t = at::opmath_type<input_t>;
   using Map = StateMap<weight_t>;
   const SpanTask task = span_task(p, first_span);
+  if (!task.in_split) return;  // the whole block
   const int64_t span = task.span, b = task.b, path = task.path, d = task.d;
   const int64_t L = p.seqlen, N = p.d_state, n_spans = num_spans(p, chunks_per_span);
   const int n_states = static_cast<int>(N);  // at most kMaxStateDim (checked on the host)
@@ -317,7 +320,32 @@ void sum_path_order_partials(const MultiPathScanParams& p, const T* partial, int
                n_channel_blocks, inverse.const_data_ptr<int32_t>(), out);
 }
 
-// run_scan_backward_as (scan_cuda.h): the backward's launches for input dtype scalar_t.
+// The chunked split's launches for input dtype scalar_t, over p's split_paths: their rows of dv_paths,
+// ddelta_paths and every partial filled. weights: the options of the float workspaces.
+template <typename scalar_t>
+void run_chunked_backward(const MultiPathScanBwdParams& p, const at::TensorOptions& weights,
+                          at::opmath_type<scalar_t>* dv_paths, scalar_t* ddelta_paths) {
+  using weight_t = at::opmath_type<scalar_t>;
+  const int64_t span_chunks = chunks_per_span(p), n_spans = num_spans(p, span_chunks);
+  // The adjoint entering each span from its right: zero for the last, from the carry pass for the others
+  // (which writes every span's, the last's zero too); zeros where there is one span and no carry pass.
+  const std::array<int64_t, 5> adjoint_shape{p.batch, p.n_paths, n_spans, p.d_state, p.dim};
+  const at::Tensor adjoint = n_spans > 1 ? at::empty(adjoint_shape, weights) : at::zeros(adjoint_shape, weights);
+  auto* adjoint_data = adjoint.mutable_data_ptr<weight_t>();
+  const dim3 block(kWarp, kSegmentWarps);
+  if (n_spans > 1) {
+    const at::Tensor span_maps = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim, 2}, weights);
+    auto* maps = reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>());
+    simt::launch(scan_span_backward_kernel<scalar_t>, path_channel_grid(p, n_spans - 1), block, 0, p, span_chunks,
+                 /*first_span=*/int64_t{1}, adjoint_data, maps, nullptr, nullptr);
+    carry_across_spans<weight_t>(p, n_spans, maps, adjoint_data, /*forward=*/false);
+  }
+  simt::launch(scan_span_backward_kernel<scalar_t>, path_channel_grid(p, n_spans), block, 0, p, span_chunks,
+               /*first_span=*/int64_t{0}, adjoint_data, nullptr, dv_paths, ddelta_paths);
+}
+
+// run_scan_backward_as (scan_cuda.h): the backward's launches for input dtype scalar_t, each work
+// split's (path_splits) into its paths' rows of the workspaces and partials, then the merges and sums.
 template <typename scalar_t>
 void run_scan_backward_as(ScanBackward& g) {
   using weight_t = at::opmath_type<scalar_t>;
@@ -325,12 +353,17 @@ void run_scan_backward_as(ScanBackward& g) {
   TORCH_CHECK(p.channel_block == kWarp, "the CUDA backward sums dB and dC per warp of channels");
   // Nothing to scan: no partials, and the reduction below writes dA, dD, ddelta_bias = 0.
   const bool empty = p.batch == 0 || p.dim == 0 || p.seqlen == 0;
-  // The warp split where the forward took it (a partial per span), else the chunked split (a partial
-  // per span and warp).
-  const int64_t warp_span = empty ? 0 : warp_span_length(p, /*backward=*/true);
-  const int64_t span_chunks = empty || warp_span ? 1 : chunks_per_span(p);
-  const int64_t n_spans = empty ? 0 : warp_span ? num_warp_spans(p, warp_span) : num_spans(p, span_chunks);
-  allocate_length_partials(g, warp_span ? n_spans : n_spans * kSegmentWarps);
+  const std::vector<PathSplit> splits = empty ? std::vector<PathSplit>{} : path_splits(p, /*backward=*/true);
+  // dA, dD and ddelta_bias partials: one per span in the warp split, per span and warp in the chunked
+  // one; as many as the most a split writes, zeros past a split's own where there are several.
+  int64_t n_length_blocks = 0;
+  for (const PathSplit& split : splits) {
+    const MultiPathScanBwdParams split_params = split.params_of(p);
+    n_length_blocks = std::max(n_length_blocks, split.span_length
+                                                    ? num_warp_spans(p, split.span_length)
+                                                    : num_spans(p, chunks_per_span(split_params)) * kSegmentWarps);
+  }
+  allocate_length_partials(g, n_length_blocks, /*zeroed=*/splits.size() > 1);
   // For the workspaces and partials kept in path order (dv, dB, dC); dB and dC are summed even with
   // no channels (into zeros).
   const at::Tensor inverse = p.seqlen > 0 ? invert_paths(p, g.inputs.paths) : at::Tensor();
@@ -338,27 +371,16 @@ void run_scan_backward_as(ScanBackward& g) {
     const auto weights = g.inputs.A.options();
     const at::Tensor dv_paths = at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, weights);
     const at::Tensor ddelta_paths = at::empty(g.ddelta.sizes(), g.ddelta.options());
-    // The adjoint entering each span from its right: zero for the last, from the carry pass for the others
-    // (which writes every span's, the last's zero too); zeros where there is one span and no carry pass.
-    const std::array<int64_t, 5> adjoint_shape{p.batch, p.n_paths, n_spans, p.d_state, p.dim};
-    const at::Tensor adjoint = n_spans > 1 ? at::empty(adjoint_shape, weights) : at::zeros(adjoint_shape, weights);
-    auto* adjoint_data = adjoint.mutable_data_ptr<weight_t>();
     const MixSources mix = g.inputs.mix.defined() ? invert_mix(g.inputs.mix, p.seqlen) : MixSources{};
-    if (warp_span) {
-      run_warp_spans_backward<scalar_t>(g, warp_span, adjoint_data, dv_paths.mutable_data_ptr<weight_t>(),
-                                        ddelta_paths.mutable_data_ptr<scalar_t>());
-    } else {
-      const dim3 block(kWarp, kSegmentWarps);
-      if (n_spans > 1) {
-        const at::Tensor span_maps = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim, 2}, weights);
-        auto* maps = reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>());
-        simt::launch(scan_span_backward_kernel<scalar_t>, path_channel_grid(p, n_spans - 1), block, 0, p,
-                     span_chunks, /*first_span=*/int64_t{1}, adjoint_data, maps, nullptr, nullptr);
-        carry_across_spans<weight_t>(p, n_spans, maps, adjoint_data, /*forward=*/false);
+    for (const PathSplit& split : splits) {
+      if (split.span_length) {
+        run_warp_spans_backward<scalar_t>(split.params_of(p), split.span_length, weights,
+                                          dv_paths.mutable_data_ptr<weight_t>(),
+                                          ddelta_paths.mutable_data_ptr<scalar_t>());
+      } else {
+        run_chunked_backward<scalar_t>(split.params_of(p), weights, dv_paths.mutable_data_ptr<weight_t>(),
+                                       ddelta_paths.mutable_data_ptr<scalar_t>());
       }
-      simt::launch(scan_span_backward_kernel<scalar_t>, path_channel_grid(p, n_spans), block, 0, p, span_chunks,
-                   /*first_span=*/int64_t{0}, adjoint_data, nullptr, dv_paths.mutable_data_ptr<weight_t>(),
-                   ddelta_paths.mutable_data_ptr<scalar_t>());
     }
     simt::launch(merge_input_grads_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen),
                  kElementwiseThreads, 0, p, dv_paths.const_data_ptr<weight_t>(),

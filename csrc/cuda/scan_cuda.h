@@ -38,10 +38,11 @@ template <typename scalar_t>
 void run_scan_backward_as(ScanBackward& g);
 
 // The backward's warp split (scan_warp_spans_backward_cuda.cuh, compiled in a .cu of its own): its
-// passes over spans of span_length steps, with adjoint (batch, P, spans, N, D) for the adjoint
-// entering each span, into the per-path workspaces dv_paths and ddelta_paths and g's partials.
+// passes over spans of span_length steps of p's split_paths, into their rows of the per-path
+// workspaces dv_paths and ddelta_paths and of p's partials; weights: the options of the float
+// workspaces.
 template <typename scalar_t>
-void run_warp_spans_backward(ScanBackward& g, int64_t span_length, at::opmath_type<scalar_t>* adjoint,
+void run_warp_spans_backward(const MultiPathScanBwdParams& p, int64_t span_length, const at::TensorOptions& weights,
                              at::opmath_type<scalar_t>* dv_paths, scalar_t* ddelta_paths);
 
 // The ops' CUDA implementations on the current device, without its guard: inputs prepared with the
@@ -52,8 +53,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_forward(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
     const at::Tensor& paths, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
     const std::optional<at::Tensor>& delta_bias, const std::optional<at::Tensor>& mix, bool delta_softplus,
-    int64_t span_length) {
-  ScanForward f = prepare_scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_length);
+    at::IntArrayRef span_lengths) {
+  ScanForward f = prepare_scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths);
   check_length(f.params.seqlen);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "multi_path_scan_fwd_cuda",
                                   [&] { run_scan_forward_as<scalar_t>(f); });
@@ -65,9 +66,9 @@ inline ScanGradients scan_backward(
     const at::Tensor& B, const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
-    bool delta_softplus, int64_t span_length) {
+    bool delta_softplus, at::IntArrayRef span_lengths) {
   ScanBackward g = prepare_scan_backward(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated,
-                                         chunk_states, delta_softplus, span_length, kWarp, /*positions_minor=*/true);
+                                         chunk_states, delta_softplus, span_lengths, kWarp, /*positions_minor=*/true);
   check_length(g.params.seqlen);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "multi_path_scan_bwd_cuda",
                                   [&] { run_scan_backward_as<scalar_t>(g); });

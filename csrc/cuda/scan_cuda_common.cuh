@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "../multi_path_scan.h"
 #include "scan_cuda.h"
@@ -303,8 +304,8 @@ C10_HOST_DEVICE inline int64_t num_channel_blocks(const MultiPathScanParams& p) 
 }
 
 // The grid of the kernels with a block per (batch, path, 32 channels, x_per_channel_block): x holds
-// channel blocks and x_per_channel_block, y the path, z the batch. Their threads hold positions in
-// int32.
+// channel blocks and x_per_channel_block, y the path (all P; those outside p's split_paths return at
+// once: SpanTask), z the batch. Their threads hold positions in int32.
 inline dim3 path_channel_grid(const MultiPathScanParams& p, int64_t x_per_channel_block) {
   TORCH_CHECK(p.batch <= kMaxGridZ, "u: the CUDA kernels take a batch of at most ", kMaxGridZ, ", got ", p.batch);
   return dim3(static_cast<unsigned>(x_per_channel_block * num_channel_blocks(p)), static_cast<unsigned>(p.n_paths),
@@ -343,7 +344,7 @@ inline int64_t span_blocks_per_multiprocessor() {
 // Chunks per span: all of them where the blocks of whole paths fill the device's multiprocessors
 // (span_blocks_per_multiprocessor() each), else as few as fill them.
 inline int64_t chunks_per_span(const MultiPathScanParams& p) {
-  const int64_t path_blocks = p.batch * p.n_paths * num_channel_blocks(p);
+  const int64_t path_blocks = p.batch * p.n_split_paths * num_channel_blocks(p);
   const int64_t wanted_blocks = simt::multiprocessor_count() * span_blocks_per_multiprocessor();
   const int64_t wanted_spans = (wanted_blocks + path_blocks - 1) / path_blocks;
   const int64_t spans = std::max<int64_t>(1, std::min(p.n_chunks, wanted_spans));
@@ -447,7 +448,7 @@ __device__ __forceinline__ weight_t carry_after_warp(const StateMap<weight_t> (&
 }
 
 // The warp splits (scan_warp_spans_cuda.cuh, the forward; scan_warp_spans_backward_cuda.cuh, the
-// backward), for paths cut into spans of a length the caller gives: a warp walks one span of one
+// backward), for paths cut into spans of a length the caller gives per path: a warp walks one span of one
 // (batch, path)'s 32 channels alone, 8 steps a tile, with no block-wide barriers, and a block's warps
 // take consecutive spans of the same (batch, path, 32 channels), so that on a path whose step
 // s + span_length visits a position next to step s's (PoseMamba's joint-major paths, spans of T
@@ -531,9 +532,9 @@ class TilePositions {
 };
 
 // A warp's (batch, path, 32 channels) and span of span_length steps, from the flat warp index of a pass
-// over spans [first_span, first_span + pass_spans), warps_per_block warps a block: spans fastest, so
-// that a block's warps take consecutive spans. Per lane: its channel, where lanes past D follow channel
-// D - 1 (`active` false) and write nothing.
+// over spans [first_span, first_span + pass_spans) of p's split_paths, warps_per_block warps a block:
+// spans fastest, so that a block's warps take consecutive spans. Per lane: its channel, where lanes
+// past D follow channel D - 1 (`active` false) and write nothing.
 struct WarpSpanTask {
   int64_t b, path, first_channel, span, d;
   int begin, end;  // the span's steps, as 32-bit numbers: L <= 2^26 (check_length)
@@ -548,10 +549,10 @@ __device__ __forceinline__ WarpSpanTask warp_span_task(const MultiPathScanParams
   const int64_t span = first_span + flat % pass_spans, rest = flat / pass_spans;
   const int64_t channel_block = rest % channel_blocks, batch_path = rest / channel_blocks;
   const int64_t first_channel = channel_block * kWarp, lane_channel = first_channel + threadIdx.x;
-  const bool active = lane_channel < p.dim;
+  const bool active = lane_channel < p.dim, valid = batch_path < p.batch * p.n_split_paths;
   const int64_t begin = span * span_length, end = begin + span_length < p.seqlen ? begin + span_length : p.seqlen;
-  return {batch_path / p.n_paths, batch_path % p.n_paths, first_channel, span, active ? lane_channel : p.dim - 1,
-          static_cast<int>(begin), static_cast<int>(end), batch_path < p.batch * p.n_paths, active};
+  return {batch_path / p.n_split_paths, valid ? p.split_paths[batch_path % p.n_split_paths] : 0, first_channel, span,
+          active ? lane_channel : p.dim - 1, static_cast<int>(begin), static_cast<int>(end), valid, active};
 }
 
 // The spans of span_length steps a path is cut into, and the blocks of warps_per_block warps (a warp per
@@ -561,7 +562,7 @@ inline int64_t num_warp_spans(const MultiPathScanParams& p, int64_t span_length)
 }
 
 inline unsigned warp_span_blocks(const MultiPathScanParams& p, int64_t pass_spans, int warps_per_block) {
-  const int64_t warps = p.batch * p.n_paths * num_channel_blocks(p) * pass_spans;
+  const int64_t warps = p.batch * p.n_split_paths * num_channel_blocks(p) * pass_spans;
   const int64_t blocks = (warps + warps_per_block - 1) / warps_per_block;
   constexpr int64_t kMaxGridX = (int64_t{1} << 31) - 1;
   TORCH_CHECK(blocks <= kMaxGridX, "u: the CUDA warp split takes at most ", kMaxGridX, " blocks of (batch, path, 32 ",
@@ -583,18 +584,50 @@ inline bool warp_spans_allowed(bool backward) {
   return setting == "1" || (setting == "forward" && !backward);
 }
 
-// The span length the warp splits take, or 0 for the chunked splits: the caller's hint where it cuts
-// the paths into more than one span of at least a tile, cut into equal parts where the forward's
-// blocks (kSegmentWarps warps) would not fill the device's multiprocessors
-// (kSpanBlocksPerMultiprocessor each): small batches, whose inputs fit in L2 anyway, trade the sharing
-// of sectors for parallelism. The forward and the backward take the same.
-inline int64_t warp_span_length(const MultiPathScanParams& p, bool backward) {
-  const bool usable = p.span_length >= kStepsPerThread && p.span_length < p.seqlen;
-  if (!usable || !warp_spans_allowed(backward)) return 0;
-  const int64_t blocks = warp_span_blocks(p, num_warp_spans(p, p.span_length), kSegmentWarps);
+// The paths one work split takes, launched together: those of split_paths[0 .. n_paths), walked in
+// spans of span_length steps by the warp split, or by the chunked split where span_length is 0.
+struct PathSplit {
+  int64_t span_length = 0;
+  int64_t n_paths = 0;
+  int8_t paths[kMaxPaths] = {};
+
+  // p for this split's launches: its paths.
+  template <typename Params>
+  Params params_of(const Params& p) const {
+    Params split = p;
+    split.n_split_paths = n_paths;
+    std::copy(paths, paths + n_paths, split.split_paths);
+    return split;
+  }
+};
+
+// The work splits of p's paths (the forward and the backward take the same): the warp split for the
+// paths whose hint cuts them into more than one span of at least a tile, a launch per span length;
+// the chunked split for the others (PoseMamba's frame-major paths, which gain nothing from spans: a
+// path along consecutive positions reads whole sectors anyway, and spans cost a second exp per
+// state update). A warp split's spans are cut into equal parts where its blocks (kSegmentWarps warps)
+// would not fill the device's multiprocessors (kSpanBlocksPerMultiprocessor each): small batches,
+// whose inputs fit in L2 anyway, trade the sharing of sectors for parallelism.
+inline std::vector<PathSplit> path_splits(const MultiPathScanParams& p, bool backward) {
+  std::vector<PathSplit> splits;
+  for (int64_t path = 0; path < p.n_paths; ++path) {
+    const int64_t hint = p.span_lengths[path];
+    const bool usable = hint >= kStepsPerThread && hint < p.seqlen && warp_spans_allowed(backward);
+    const int64_t span_length = usable ? hint : 0;
+    auto split = std::find_if(splits.begin(), splits.end(),
+                              [&](const PathSplit& s) { return s.span_length == span_length; });
+    if (split == splits.end()) split = splits.insert(splits.end(), PathSplit{span_length});
+    split->paths[split->n_paths++] = static_cast<int8_t>(path);
+  }
   const int64_t wanted = simt::multiprocessor_count() * int64_t{kSpanBlocksPerMultiprocessor};
-  const int64_t parts = blocks >= wanted ? 1 : (wanted + blocks - 1) / blocks;
-  return std::max<int64_t>(kStepsPerThread, (p.span_length + parts - 1) / parts);
+  for (PathSplit& split : splits) {
+    if (split.span_length == 0) continue;
+    const MultiPathScanParams split_params = split.params_of(p);
+    const int64_t blocks = warp_span_blocks(split_params, num_warp_spans(p, split.span_length), kSegmentWarps);
+    const int64_t parts = blocks >= wanted ? 1 : (wanted + blocks - 1) / blocks;
+    split.span_length = std::max<int64_t>(kStepsPerThread, (split.span_length + parts - 1) / parts);
+  }
+  return splits;
 }
 
 // inverse[p, paths[p, s]] = s: the step at which path p visits each position, for the kernels that
@@ -626,11 +659,14 @@ __device__ __forceinline__ int64_t path_step(const int32_t* inverse, int64_t pat
 }
 
 // A span block's (batch, path, channel), span and warp; lanes past D follow channel D - 1 through
-// the barriers (`active` false) and write nothing.
+// the barriers (`active` false) and write nothing. The grid covers every path (path_channel_grid), so
+// that the path is blockIdx.y, the same register for the whole block (a path looked up in p's
+// split_paths costs the loops over state entries a tenth more instructions): the blocks of paths
+// outside p's split_paths (`in_split` false) return at once.
 struct SpanTask {
   int64_t b, path, d, first_channel, span;
   int lane, warp;
-  bool active;
+  bool active, in_split;
 };
 
 // first_span: the span of the grid's first blocks (passes that leave out the first span start at 1).
@@ -639,10 +675,12 @@ __device__ __forceinline__ SpanTask span_task(const MultiPathScanParams& p, int6
   const int64_t first_channel = static_cast<int64_t>(blockIdx.x) % channel_blocks * kWarp;
   const int64_t lane_channel = first_channel + threadIdx.x;
   const bool active = lane_channel < p.dim;
-  return {static_cast<int64_t>(blockIdx.z), static_cast<int64_t>(blockIdx.y), active ? lane_channel : p.dim - 1,
-          first_channel,
+  const int64_t path = blockIdx.y;
+  bool in_split = false;
+  for (int64_t i = 0; i < p.n_split_paths; ++i) in_split = in_split || p.split_paths[i] == path;
+  return {static_cast<int64_t>(blockIdx.z), path, active ? lane_channel : p.dim - 1, first_channel,
           first_span + static_cast<int64_t>(blockIdx.x) / channel_blocks, static_cast<int>(threadIdx.x),
-          static_cast<int>(threadIdx.y), active};
+          static_cast<int>(threadIdx.y), active, in_split};
 }
 
 // Where channel d's saved states of (batch b, path) start in chunk_states, (batch, P, chunks, N, D):
@@ -659,20 +697,22 @@ C10_HOST_DEVICE inline int64_t span_entries(const MultiPathScanParams& p, int64_
   return ((b * p.n_paths + path) * n_spans + span) * p.d_state * p.dim;
 }
 
-// The carry pass between spans, one thread per (batch, path, state entry, channel): into[.., s, n, d] =
-// what flows into span s from the spans before it in the walk's order (forward: first to last, the
-// state before the span; backward: last to first, the adjoint entering the span from its right),
-// composing the spans' maps (each span's from-zero pass) in that order; zero into the first.
+// The carry pass between spans, one thread per (batch, path of p's split_paths, state entry,
+// channel): into[.., s, n, d] = what flows into span s from the spans before it in the walk's order
+// (forward: first to last, the state before the span; backward: last to first, the adjoint entering
+// the span from its right), composing the spans' maps (each span's from-zero pass) in that order;
+// zero into the first.
 template <typename weight_t>
 __global__ void carry_across_spans_kernel(MultiPathScanParams p, int64_t n_spans, const StateMap<weight_t>* span_maps,
                                           weight_t* into, bool forward) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= p.batch * p.n_paths * p.dim * p.d_state) return;
+  if (i >= p.batch * p.n_split_paths * p.dim * p.d_state) return;
   const int64_t entry = i % (p.d_state * p.dim), batch_path = i / (p.d_state * p.dim);
+  const int64_t b = batch_path / p.n_split_paths, path = p.split_paths[batch_path % p.n_split_paths];
   weight_t carried = 0;
   for (int64_t k = 0; k < n_spans; ++k) {
     const int64_t span = forward ? k : n_spans - 1 - k;
-    const int64_t slot = span_entries(p, n_spans, batch_path / p.n_paths, batch_path % p.n_paths, span) + entry;
+    const int64_t slot = span_entries(p, n_spans, b, path, span) + entry;
     into[slot] = carried;
     if (k + 1 < n_spans) carried = span_maps[slot].apply(carried);
   }
@@ -681,7 +721,7 @@ __global__ void carry_across_spans_kernel(MultiPathScanParams p, int64_t n_spans
 template <typename weight_t>
 void carry_across_spans(const MultiPathScanParams& p, int64_t n_spans, const StateMap<weight_t>* span_maps,
                         weight_t* into, bool forward) {
-  simt::launch(carry_across_spans_kernel<weight_t>, elementwise_blocks(p.batch * p.n_paths * p.dim * p.d_state),
+  simt::launch(carry_across_spans_kernel<weight_t>, elementwise_blocks(p.batch * p.n_split_paths * p.dim * p.d_state),
                kElementwiseThreads, 0, p, n_spans, span_maps, into, forward);
 }
 

@@ -24,9 +24,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_path_scan_fwd_cuda(
     const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix,
     bool delta_softplus,
-    int64_t span_length) {
+    at::IntArrayRef span_lengths) {
   const c10::cuda::CUDAGuard device_guard(u.device());
-  return scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_length);
+  return scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths);
 }
 
 ScanGradients multi_path_scan_bwd_cuda(
@@ -44,10 +44,10 @@ ScanGradients multi_path_scan_bwd_cuda(
     const at::Tensor& out_ungated,
     const at::Tensor& chunk_states,
     bool delta_softplus,
-    int64_t span_length) {
+    at::IntArrayRef span_lengths) {
   const c10::cuda::CUDAGuard device_guard(u.device());
   return scan_backward(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states,
-                       delta_softplus, span_length);
+                       delta_softplus, span_lengths);
 }
 
 }  // namespace

@@ -54,6 +54,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   using weight_t = at::opmath_type<input_t>;
   using Map = StateMap<weight_t>;
   const SpanTask task = span_task(p, 0);
+  if (!task.in_split) return;  // the whole block
   const int64_t span = task.span, L = p.seqlen, N = p.d_state, n_spans = num_spans(p, chunks_per_span);
   const int n_states = static_cast<int>(N);  // at most kMaxStateDim (checked on the host)
   const int lane = task.lane, warp = task.warp;
@@ -194,24 +195,12 @@ __global__ void merge_paths_kernel(MultiPathScanParams p, const at::opmath_type<
   static_cast<input_t*>(p.out)[i] = static_cast<input_t>(y);
 }
 
-// run_scan_forward_as (scan_cuda.h): the forward's launches for input dtype scalar_t.
+// The chunked split's launches for input dtype scalar_t, over p's split_paths: their rows of y_paths
+// and of the forward's chunk_states filled. weights: the options of the float workspaces.
 template <typename scalar_t>
-void run_scan_forward_as(ScanForward& f) {
+void run_chunked_forward(const MultiPathScanParams& p, const at::TensorOptions& weights,
+                         at::opmath_type<scalar_t>* y_paths) {
   using weight_t = at::opmath_type<scalar_t>;
-  const MultiPathScanParams& p = f.params;
-  if (p.batch == 0 || p.dim == 0 || p.seqlen == 0) return;
-  const auto weights = f.inputs.A.options();
-  const at::Tensor y_paths = at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, weights);
-  const auto merge_paths = [&] {
-    const at::Tensor inverse = invert_paths(p, f.inputs.paths);
-    simt::launch(merge_paths_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen), kElementwiseThreads,
-                 0, p, y_paths.const_data_ptr<weight_t>(), inverse.const_data_ptr<int32_t>());
-  };
-  if (const int64_t span_length = warp_span_length(p, /*backward=*/false)) {
-    run_warp_spans_forward<scalar_t>(f, span_length, y_paths.mutable_data_ptr<weight_t>());
-    merge_paths();
-    return;
-  }
   const int64_t span_chunks = chunks_per_span(p), n_spans = num_spans(p, span_chunks);
   // Passes 1 and 2 only where the path is cut into spans: (span maps, as decay and drive; span starts).
   at::Tensor span_maps, span_start;
@@ -228,8 +217,29 @@ void run_scan_forward_as(ScanForward& f) {
     carry_across_spans<weight_t>(p, n_spans, maps, starts, /*forward=*/true);
   }
   simt::launch(scan_span_kernel<scalar_t>, path_channel_grid(p, n_spans), block, 0, p, span_chunks,
-               static_cast<const weight_t*>(starts), nullptr, y_paths.mutable_data_ptr<weight_t>());
-  merge_paths();
+               static_cast<const weight_t*>(starts), nullptr, y_paths);
+}
+
+// run_scan_forward_as (scan_cuda.h): the forward's launches for input dtype scalar_t, each work split's
+// (path_splits) into its paths' rows of y_paths, then the merge.
+template <typename scalar_t>
+void run_scan_forward_as(ScanForward& f) {
+  using weight_t = at::opmath_type<scalar_t>;
+  const MultiPathScanParams& p = f.params;
+  if (p.batch == 0 || p.dim == 0 || p.seqlen == 0) return;
+  const auto weights = f.inputs.A.options();
+  const at::Tensor y_paths = at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, weights);
+  for (const PathSplit& split : path_splits(p, /*backward=*/false)) {
+    if (split.span_length) {
+      run_warp_spans_forward<scalar_t>(split.params_of(p), split.span_length, weights,
+                                       y_paths.mutable_data_ptr<weight_t>());
+    } else {
+      run_chunked_forward<scalar_t>(split.params_of(p), weights, y_paths.mutable_data_ptr<weight_t>());
+    }
+  }
+  const at::Tensor inverse = invert_paths(p, f.inputs.paths);
+  simt::launch(merge_paths_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen), kElementwiseThreads, 0,
+               p, y_paths.const_data_ptr<weight_t>(), inverse.const_data_ptr<int32_t>());
 }
 
 }  // namespace cuda

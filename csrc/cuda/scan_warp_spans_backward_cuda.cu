@@ -6,10 +6,14 @@
 namespace posemamba {
 namespace cuda {
 
-template void run_warp_spans_backward<double>(ScanBackward&, int64_t, double*, double*, double*);
-template void run_warp_spans_backward<float>(ScanBackward&, int64_t, float*, float*, float*);
-template void run_warp_spans_backward<c10::Half>(ScanBackward&, int64_t, float*, float*, c10::Half*);
-template void run_warp_spans_backward<c10::BFloat16>(ScanBackward&, int64_t, float*, float*, c10::BFloat16*);
+template void run_warp_spans_backward<double>(const MultiPathScanBwdParams&, int64_t,
+                                              const at::TensorOptions&, double*, double*);
+template void run_warp_spans_backward<float>(const MultiPathScanBwdParams&, int64_t,
+                                             const at::TensorOptions&, float*, float*);
+template void run_warp_spans_backward<c10::Half>(const MultiPathScanBwdParams&, int64_t,
+                                                 const at::TensorOptions&, float*, c10::Half*);
+template void run_warp_spans_backward<c10::BFloat16>(const MultiPathScanBwdParams&, int64_t,
+                                                     const at::TensorOptions&, float*, c10::BFloat16*);
 
 }  // namespace cuda
 }  // namespace posemamba

@@ -1,5 +1,5 @@
 // The CUDA backward's warp split, for paths cut into spans (the forward's warp split and its span
-// length, warp_span_length): a warp walks one span of one (batch, path)'s 32 channels alone, last
+// length, path_splits): a warp walks one span of one (batch, path)'s 32 channels alone, last
 // step first, 8 steps a tile, each lane its own channel; a block's warps take consecutive spans, whose
 // reads of a joint-major path share sectors (scan_cuda_common.cuh). No block-wide barriers, and no map
 // compositions in pass 3: a state update backwards is state_update_backward, as on a CPU.
@@ -309,25 +309,29 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
   }
 }
 
-// The warp split's launches for input dtype scalar_t: dv_paths, ddelta_paths and every partial filled.
-// adjoint: (batch, P, spans, N, D), which pass 2 fills.
+// The warp split's launches for input dtype scalar_t, over p's split_paths: their rows of dv_paths,
+// ddelta_paths and every partial filled. weights: the options of the float workspaces.
 template <typename scalar_t>
-void run_warp_spans_backward(ScanBackward& g, int64_t span_length, at::opmath_type<scalar_t>* adjoint,
+void run_warp_spans_backward(const MultiPathScanBwdParams& p, int64_t span_length, const at::TensorOptions& weights,
                              at::opmath_type<scalar_t>* dv_paths, scalar_t* ddelta_paths) {
   using weight_t = at::opmath_type<scalar_t>;
-  const MultiPathScanBwdParams& p = g.params;
   const int64_t n_spans = num_warp_spans(p, span_length);
   const auto blocks = [&](int64_t pass_spans) { return warp_span_blocks(p, pass_spans, kBackwardSpanWarps); };
   const dim3 block(kWarp, kBackwardSpanWarps);
+  // The adjoint entering each span from its right, (batch, P, spans, N, D), which the carry pass fills
+  // (the last span's with zeros); none for one span, whose inflow is zero.
+  at::Tensor adjoint;
   if (n_spans > 1) {
-    const at::Tensor span_maps = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim, 2}, g.inputs.A.options());
+    adjoint = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim}, weights);
+    const at::Tensor span_maps = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim, 2}, weights);
     auto* maps = reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>());
     simt::launch(scan_warp_spans_backward_kernel<scalar_t>, blocks(n_spans - 1), block, 0, p, span_length, n_spans,
                  /*first_span=*/int64_t{1}, n_spans - 1, nullptr, maps, nullptr, nullptr);
-    carry_across_spans<weight_t>(p, n_spans, maps, adjoint, /*forward=*/false);
+    carry_across_spans<weight_t>(p, n_spans, maps, adjoint.mutable_data_ptr<weight_t>(), /*forward=*/false);
   }
   simt::launch(scan_warp_spans_backward_kernel<scalar_t>, blocks(n_spans), block, 0, p, span_length, n_spans,
-               /*first_span=*/int64_t{0}, n_spans, n_spans > 1 ? adjoint : nullptr, nullptr, dv_paths, ddelta_paths);
+               /*first_span=*/int64_t{0}, n_spans, n_spans > 1 ? adjoint.mutable_data_ptr<weight_t>() : nullptr,
+               nullptr, dv_paths, ddelta_paths);
 }
 
 }  // namespace cuda

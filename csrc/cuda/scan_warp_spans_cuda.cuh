@@ -7,8 +7,9 @@
 // split is for: on a path whose step s + span_length visits a position next to step s's (PoseMamba's
 // joint-major paths with span_length = T frames), the warps read the same sectors at the same time,
 // where a whole-path walk would want each sector's other values 243 steps later, long after L2 has
-// dropped it. The caller gives the span length (posemamba.ops finds it in the paths); the backward
-// takes the same split (scan_warp_spans_backward_cuda.cuh).
+// dropped it. The caller gives the span lengths per path (posemamba.ops finds them in the paths), and
+// the paths without one take the chunked split (path_splits); the backward takes the same splits
+// (scan_warp_spans_backward_cuda.cuh).
 //
 // The passes are those of the chunked split's spans (scan_forward_cuda.cuh): each span but the last
 // from a zero state (its map out), carry_across_spans, then each span from its start state, writing
@@ -132,15 +133,15 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   }
 }
 
-// The warp split's launches for input dtype scalar_t: y_paths and the forward's chunk_states filled.
+// The warp split's launches for input dtype scalar_t, over p's split_paths: their rows of y_paths and of
+// the forward's chunk_states filled. weights: the options of the float workspaces.
 template <typename scalar_t>
-void run_warp_spans_forward(ScanForward& f, int64_t span_length, at::opmath_type<scalar_t>* y_paths) {
+void run_warp_spans_forward(const MultiPathScanParams& p, int64_t span_length, const at::TensorOptions& weights,
+                            at::opmath_type<scalar_t>* y_paths) {
   using weight_t = at::opmath_type<scalar_t>;
-  const MultiPathScanParams& p = f.params;
   const int64_t n_spans = num_warp_spans(p, span_length);
   const auto blocks = [&](int64_t pass_spans) { return warp_span_blocks(p, pass_spans, kSegmentWarps); };
   const dim3 block(kWarp, kSegmentWarps);
-  const auto weights = f.inputs.A.options();
   at::Tensor span_maps, span_start;
   if (n_spans > 1) {
     span_maps = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim, 2}, weights);
