@@ -4,6 +4,7 @@ Written to be read next to the paper and the official code: same modules, same p
 shapes (so official checkpoints load with strict=True), with the four cross-scans, their merge and
 the global-local joint reorder done by one fused op, `multi_path_selective_scan`.
 """
+import functools
 import math
 from typing import Literal
 
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 
 from ._checks import weight_dtype_for
 from .ops import multi_path_selective_scan, pose_mix, pose_paths
+from .paths import span_lengths_hint
 from .reference import multi_path_selective_scan_ref
 
 __all__ = ["PoseMamba", "BiSTSSMBlock", "BiSTSSM", "H36M_LIMB_ORDER", "PRESETS", "posemamba"]
@@ -94,11 +96,15 @@ class BiSTSSM(nn.Module):
         self.Ds.fill_(1.0)
 
     def _path_indices(self, T: int, J: int, device: torch.device):
-        """The op's `paths` and `mix` for a T x J clip, built on the host once per (T, J, device) rather
-        than copied to the device every forward."""
+        """The op's `paths`, `mix` and `span_lengths` for a T x J clip, built on the host once per (T, J,
+        device) rather than copied to the device every forward. The span lengths (the GPU's work-split
+        hints, [0, T, 0, T]) are given rather than left to the op, which could not read them from the
+        paths under torch.compile."""
         key = (T, J, device)
         if key not in self._path_index_cache:
-            self._path_index_cache[key] = (pose_paths(T, J).to(device), pose_mix(T, J, self.limb_order).to(device))
+            paths = pose_paths(T, J)
+            self._path_index_cache[key] = (paths.to(device), pose_mix(T, J, self.limb_order).to(device),
+                                           span_lengths_hint(paths))
         return self._path_index_cache[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +112,7 @@ class BiSTSSM(nn.Module):
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))     # (batch, d_inner, T, J)
         u = x.flatten(2)                                    # (batch, d_inner, L), l = t*J + j
-        paths, mix = self._path_indices(T, J, x.device)
+        paths, mix, span_lengths = self._path_indices(T, J, x.device)
 
         # The projections of the spatial-first paths (0, 2) see the global-local input, as in the
         # official code; the op reads that same mixed input through `mix`.
@@ -119,7 +125,10 @@ class BiSTSSM(nn.Module):
         weight_dtype = weight_dtype_for(u.dtype)
         A = -torch.exp(self.A_logs.to(weight_dtype)).view(4, self.d_inner, self.d_state)
 
-        scan = multi_path_selective_scan_ref if self.backend == "reference" else multi_path_selective_scan
+        if self.backend == "reference":
+            scan = multi_path_selective_scan_ref
+        else:
+            scan = functools.partial(multi_path_selective_scan, span_lengths=span_lengths)
         # Under autocast the projections may come out in another dtype than u; the op takes one.
         dts, Bs, Cs = (t.to(u.dtype).contiguous() for t in (dts, Bs, Cs))
         y = scan(u, dts, A, Bs, Cs, paths,

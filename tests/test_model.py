@@ -136,10 +136,24 @@ def test_model_runs_on_the_meta_device():
 
 def test_path_indices_are_built_once_per_clip_shape():
     op = tiny().STEblocks[0].op
-    paths, mix = op._path_indices(5, 17, torch.device("cpu"))
+    paths, mix, span_lengths = op._path_indices(5, 17, torch.device("cpu"))
     assert op._path_indices(5, 17, torch.device("cpu"))[0] is paths
     assert torch.equal(mix, pose_mix(5, 17, H36M_LIMB_ORDER)) and torch.equal(paths, pose_paths(5, 17))
+    assert span_lengths == [0, 5, 0, 5]  # the joint-major paths' frames
     assert op._path_indices(6, 17, torch.device("cpu"))[0].shape == (4, 6 * 17)
+
+
+def test_model_gives_the_op_its_span_lengths(monkeypatch):
+    # The GPU's work-split hints come from the model, which knows its paths: under torch.compile the op
+    # cannot read them from the paths.
+    import posemamba.model as model_module
+
+    given = []
+    scan = model_module.multi_path_selective_scan
+    monkeypatch.setattr(model_module, "multi_path_selective_scan",
+                        lambda *args, **kwargs: (given.append(kwargs["span_lengths"]), scan(*args, **kwargs))[1])
+    tiny()(torch.randn(2, 5, 17, 2))
+    assert given and all(span_lengths == [0, 5, 0, 5] for span_lengths in given)
 
 
 def official_cross_scan_ssm(op, x):
