@@ -13,9 +13,10 @@ the fused kernels, the unfused pipeline (copies + one single-path scan per direc
 kernels) and the reference at PoseMamba-S/-L block shapes, batch 1, 4 and 16, forward and
 forward+backward, with CUDA events (median of 20), and prints that table (written to DIR/timings.txt
 too), (4) times the fused op at the small batches and batch 16 under each work split (the chunked splits
-for several POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM settings, the forward's warp split alone, and the warp
-splits of both), and at batch 16 with every path frame-major too (DIR/span_sweep.txt), (5) prints each kernel's time in one fused forward+backward at batch 16
-(the profiler), (6) profiles the scan's kernels with Nsight Compute where `ncu` can read the counters
+for several POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM settings, the forward's warp split alone, the warp
+splits of both for the joint-major paths, and at batch 16 for every path), and at batch 16 with every
+path frame-major too (DIR/span_sweep.txt), (5) prints each kernel's time in one fused
+forward+backward at batch 16 (the profiler), (6) profiles the scan's kernels with Nsight Compute where `ncu` can read the counters
 (full report in DIR/ncu_*.txt, a summary line per kernel here), (7) runs a few CUDA tests under
 compute-sanitizer's memcheck and racecheck, (8) runs the model's CUDA benchmarks, and prints the sweep
 and the table again last. Every step after the build runs with a time limit; one that fails or runs
@@ -23,6 +24,7 @@ out is reported and the next runs.
 """
 import argparse
 import csv
+import functools
 import io
 import os
 import shutil
@@ -209,11 +211,15 @@ def write_timing_table(table_path, with_reference=True):
 # (csrc/cuda/scan_warp_spans_cuda.cuh, scan_warp_spans_backward_cuda.cuh), which PoseMamba's
 # joint-major paths select with their span length (T) by default, the frame-major ones keeping the
 # chunked split: the forward's alone (the backward chunked, as "chunks 2"), then both, so that the
-# fwd+bwd columns tell each split's share.
+# fwd+bwd columns tell each split's share; last, at batch 16 only, the warp splits for every path
+# (the op given the hint T for each, HINT_EVERY_PATH): what the per-path choice gains.
+HINT_EVERY_PATH = "GPU_REPORT_HINT_EVERY_PATH"
 SPLIT_SETTINGS = tuple((f"chunks {blocks}", {"POSEMAMBA_CUDA_WARP_SPANS": "0",
                                              "POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM": blocks})
-                       for blocks in ("2", "16", "64")) + (("warps fwd", {"POSEMAMBA_CUDA_WARP_SPANS": "forward"}),
-                                                          ("warps", {"POSEMAMBA_CUDA_WARP_SPANS": "1"}))
+                       for blocks in ("2", "16", "64")) + (
+    ("warps fwd", {"POSEMAMBA_CUDA_WARP_SPANS": "forward"}),
+    ("warps", {"POSEMAMBA_CUDA_WARP_SPANS": "1"}),
+    ("warps all", {"POSEMAMBA_CUDA_WARP_SPANS": "1", HINT_EVERY_PATH: "1"}))
 # (shape, batch, joint-major paths): where blocks of whole paths do not fill the GPU, and the training
 # shape, whose joint-major paths lose their sectors from L2 before they use them all (spans walked
 # together might share them), also with every path frame-major: what the joint-major accesses cost.
@@ -222,13 +228,18 @@ SPAN_SHAPES = (("S", 1, True), ("S", 4, True), ("L", 1, True), ("L", 4, True), (
 
 def write_span_sweep_rows(sweep_path, label):
     """The fused op's times at SPAN_SHAPES under this process's split setting (label names it), a row
-    per shape, appended to sweep_path."""
+    per shape, appended to sweep_path; with HINT_EVERY_PATH set, the op is given the span length T for
+    every path, at batch 16 only."""
     from posemamba.ops import multi_path_selective_scan
 
+    every_path = bool(os.environ.get(HINT_EVERY_PATH))
+    scan = functools.partial(multi_path_selective_scan, span_lengths=T) if every_path else multi_path_selective_scan
     with open(sweep_path, "a") as sweep:
         for name, batch, joint_major in SPAN_SHAPES:
+            if every_path and batch != 16:
+                continue
             inputs = pose_block_inputs(batch, SHAPES[name], joint_major)
-            forward, both = scan_steps(multi_path_selective_scan, *inputs)
+            forward, both = scan_steps(scan, *inputs)
             shape = f"{name} b{batch}" + ("" if joint_major else " frame-major")
             row = f"{label:>9} {shape:17} {median_ms(forward):9.3f} {median_ms(both):12.3f}"
             print(row, flush=True)

@@ -103,6 +103,19 @@ def test_span_sweep_rows(monkeypatch, tmp_path):
     assert len(rows) == len(gpu_report.SPAN_SHAPES)
     frame_major = seen_paths[-1]
     assert torch.equal(frame_major[1], torch.arange(T * J)) and torch.equal(frame_major[3], torch.arange(T * J).flip(0))
+    # The warp splits for every path: the op given a hint for each, at batch 16 only.
+    import posemamba.ops
+
+    hints = []
+    scan = posemamba.ops.multi_path_selective_scan
+    monkeypatch.setattr(posemamba.ops, "multi_path_selective_scan",
+                        lambda **kwargs: (hints.append(kwargs.get("span_lengths")), scan(**kwargs))[1])
+    monkeypatch.setenv(gpu_report.HINT_EVERY_PATH, "1")
+    gpu_report.write_span_sweep_rows(tmp_path / "every_path.txt", "warps all")
+    rows = [row.split() for row in (tmp_path / "every_path.txt").read_text().splitlines()]
+    assert rows == [["warps", "all", "L", "b16", "2.000", "2.000"],
+                    ["warps", "all", "L", "b16", "frame-major", "2.000", "2.000"]]
+    assert hints and set(hints) == {gpu_report.T}
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -135,7 +148,8 @@ def test_benchmark_summary_leaves_out_failed_benchmarks():
 
 def test_split_settings_name_each_split():
     labels = [label for label, _ in gpu_report.SPLIT_SETTINGS]
-    assert labels == ["chunks 2", "chunks 16", "chunks 64", "warps fwd", "warps"]
+    assert labels == ["chunks 2", "chunks 16", "chunks 64", "warps fwd", "warps", "warps all"]
     for label, settings in gpu_report.SPLIT_SETTINGS:
-        expected = {"warps": "1", "warps fwd": "forward"}.get(label, "0")
+        expected = {"warps": "1", "warps all": "1", "warps fwd": "forward"}.get(label, "0")
         assert settings["POSEMAMBA_CUDA_WARP_SPANS"] == expected
+        assert (gpu_report.HINT_EVERY_PATH in settings) == (label == "warps all")
