@@ -3,6 +3,7 @@
     from posemamba.ops import multi_path_selective_scan, pose_paths, bidirectional_paths
 """
 import functools
+import numbers
 import warnings
 from typing import List, Optional, Sequence, Union
 
@@ -94,7 +95,7 @@ def multi_path_selective_scan(
 
 
 def _is_step_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
 
 
 def _checked_span_lengths(span_lengths, n_paths: int) -> Optional[List[int]]:
@@ -102,10 +103,10 @@ def _checked_span_lengths(span_lengths, n_paths: int) -> Optional[List[int]]:
     if span_lengths is None:
         return None
     if _is_step_count(span_lengths):
-        return [span_lengths] * n_paths
+        return [int(span_lengths)] * n_paths
     if (isinstance(span_lengths, (list, tuple)) and len(span_lengths) == n_paths
             and all(_is_step_count(s) for s in span_lengths)):
-        return list(span_lengths)
+        return [int(s) for s in span_lengths]
     raise ValueError(f"span_lengths must be None, a number of steps or P={n_paths} of them, one per path "
                      f"(0: no hint), got {span_lengths!r}")
 

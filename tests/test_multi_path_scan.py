@@ -1,6 +1,7 @@
 """The compiled multi-path scan against the reference: forward values, layouts, registration."""
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,6 +114,7 @@ def test_span_length_hints_do_not_change_the_cpu_result():
     unhinted = multi_path_selective_scan(**inputs)
     assert torch.equal(unhinted, multi_path_selective_scan(**inputs, span_lengths=25))
     assert torch.equal(unhinted, multi_path_selective_scan(**inputs, span_lengths=[0, 25, 0, 10]))
+    assert torch.equal(unhinted, multi_path_selective_scan(**inputs, span_lengths=tuple(np.array([0, 25, 0, 10]))))
 
 
 def test_forward_is_deterministic():
