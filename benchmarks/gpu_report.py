@@ -263,6 +263,44 @@ def span_sweep(out_dir):
             print(f"gpu_report: the span sweep's '{label}' setting ran past 120 s")
 
 
+def sweep_times(sweep_text):
+    """{(label, shape): (forward ms, forward+backward ms)} from span_sweep.txt's rows."""
+    labels = sorted((label for label, _ in SPLIT_SETTINGS), key=len, reverse=True)  # "warps fwd" before "warps"
+    times = {}
+    for row in sweep_text.splitlines()[1:]:
+        *words, forward, both = row.split()
+        text = " ".join(words)
+        label = next((label for label in labels if text.startswith(label + " ")), None)
+        if label is not None:
+            times[(label, text[len(label):].strip())] = (float(forward), float(both))
+    return times
+
+
+def split_verdicts(sweep_text, shape="L b16"):
+    """What the sweep says of the defaults at the training shape, a line each: whether the warp splits
+    beat the chunked ones there (else set them off in warp_spans_allowed, csrc/cuda/scan_cuda_common.cuh),
+    what the per-path choice gains over the warp splits for every path, and whether spans help the
+    chunked split there."""
+    times = sweep_times(sweep_text)
+
+    def compare(what, faster, slower, column):
+        a, b = times.get((faster, shape)), times.get((slower, shape))
+        if a is None or b is None:
+            return f"{what}: not measured ('{faster}' or '{slower}' at {shape} missing)"
+        columns = ("forward", "forward+backward")
+        ratio = b[column] / a[column]
+        verdict = "wins" if ratio > 1 else "loses"
+        return (f"{what}: '{faster}' {a[column]:.3f} ms vs '{slower}' {b[column]:.3f} ms {columns[column]}: "
+                f"{verdict} ({ratio:.2f}x)")
+
+    return [compare("the forward's warp split (keep it on if it wins)", "warps fwd", "chunks 2", 0),
+            compare("the backward's warp split (keep it on if it wins)", "warps", "warps fwd", 1),
+            compare("the per-path choice, forward", "warps", "warps all", 0),
+            compare("the per-path choice, forward+backward", "warps", "warps all", 1),
+            compare("the chunked split cut into spans for 16 blocks a multiprocessor", "chunks 16", "chunks 2", 1),
+            compare("the chunked split cut into spans for 64 blocks a multiprocessor", "chunks 64", "chunks 2", 1)]
+
+
 def fused_forward_backward(batch, dim):
     """One fused forward+backward of a PoseMamba block's scan: the work the profilers look at."""
     from posemamba.ops import multi_path_selective_scan
@@ -422,6 +460,8 @@ def main():
     for path in (os.path.join(out_dir, "span_sweep.txt"), os.path.join(out_dir, "timings.txt")):
         if os.path.exists(path):
             print(open(path).read(), end="")
+    if os.path.exists(os.path.join(out_dir, "span_sweep.txt")):
+        print("\n".join(split_verdicts(open(os.path.join(out_dir, "span_sweep.txt")).read())))
     sys.exit(1 if tests_passed is False or sanitizers_clean is False else 0)
 
 

@@ -118,6 +118,21 @@ def test_span_sweep_rows(monkeypatch, tmp_path):
     assert hints and set(hints) == {gpu_report.T}
 
 
+def test_split_verdicts_read_the_sweep():
+    header = f"{'split':>9} {'shape':17} {'fwd ms':>9} {'fwd+bwd ms':>12}"
+    rows = [("chunks 2", "L b16", 2.0, 6.0), ("chunks 16", "L b16", 2.2, 6.6), ("warps fwd", "L b16", 1.0, 5.0),
+            ("warps", "L b16", 1.0, 4.0), ("warps all", "L b16", 1.5, 5.0), ("warps", "L b16 frame-major", 9.0, 9.0)]
+    sweep = "\n".join([header] + [f"{label:>9} {shape:17} {fwd:9.3f} {both:12.3f}" for label, shape, fwd, both in rows])
+    assert gpu_report.sweep_times(sweep)[("warps", "L b16 frame-major")] == (9.0, 9.0)
+    assert gpu_report.sweep_times(sweep)[("warps fwd", "L b16")] == (1.0, 5.0)
+    verdicts = gpu_report.split_verdicts(sweep)
+    assert verdicts[0].endswith("'warps fwd' 1.000 ms vs 'chunks 2' 2.000 ms forward: wins (2.00x)")
+    assert verdicts[1].endswith("'warps' 4.000 ms vs 'warps fwd' 5.000 ms forward+backward: wins (1.25x)")
+    assert verdicts[2].endswith("'warps' 1.000 ms vs 'warps all' 1.500 ms forward: wins (1.50x)")
+    assert verdicts[4].endswith("'chunks 16' 6.600 ms vs 'chunks 2' 6.000 ms forward+backward: loses (0.91x)")
+    assert verdicts[5].endswith("not measured ('chunks 64' or 'chunks 2' at L b16 missing)")
+
+
 @pytest.mark.parametrize("name, expected", [
     ("void posemamba::cuda::scan_span_backward_kernel<float>(posemamba::MultiPathScanBwdParams, long)",
      "scan_span_backward_kernel"),
