@@ -24,6 +24,17 @@ def test_pose_paths_visit_frame_major_joint_major_and_reverses(T, J):
     assert paths[3].tolist() == joint_major[::-1]
 
 
+def test_pose_paths_of_an_image_are_vmambas_cross_scan():
+    # VMamba's CrossScan of x (B, C, H, W): x flattened, x transposed then flattened, both flipped. The
+    # path rows hold which position each step reads, so they are that data flow applied to positions.
+    H, W = 3, 5
+    positions = torch.arange(H * W).view(1, 1, H, W)
+    rows = positions.flatten(2)
+    columns = positions.transpose(2, 3).flatten(2)
+    cross_scan = torch.cat([rows, columns, rows.flip(-1), columns.flip(-1)], dim=1)[0]
+    assert torch.equal(pose_paths(H, W), cross_scan)
+
+
 def test_pose_mix_matches_definition():
     T, J = 3, 5
     joint_order = [0, 0, 1, 3, 1]  # repeats allowed, as in the limb traversal
