@@ -38,8 +38,8 @@
 
 #include <algorithm>
 #include <array>
-#include <vector>
 #include <type_traits>
+#include <vector>
 
 #include "scan_cuda.h"
 #include "scan_cuda_common.cuh"
