@@ -1,4 +1,6 @@
 """Gradients of the compiled multi-path scan: gradcheck, the reference's autograd, opcheck, compile."""
+import functools
+
 import pytest
 import torch
 
@@ -124,10 +126,13 @@ def test_opcheck_forward_and_backward(with_optionals):
                           (torch.randn_like(out), *detached, out_ungated, chunk_states, True, [16, 0]))
 
 
-def test_torch_compile_fullgraph():
+@pytest.mark.parametrize("span_lengths", [None, [0, 10]], ids=["no_hints", "hints"])
+def test_torch_compile_fullgraph(span_lengths):
+    # Also with the GPU's work-split hints given, as under torch.compile they must be (the op cannot
+    # read paths there).
     inputs = random_scan_inputs(2, 4, 30, 2, 8, torch.float32)
     names = differentiable_inputs(inputs)
-    compiled = torch.compile(multi_path_selective_scan, fullgraph=True)
+    compiled = torch.compile(functools.partial(multi_path_selective_scan, span_lengths=span_lengths), fullgraph=True)
     out = compiled(**inputs)
     expected = multi_path_selective_scan(**inputs)
     torch.testing.assert_close(out, expected)
@@ -136,3 +141,17 @@ def test_torch_compile_fullgraph():
     eager_grads = torch.autograd.grad(expected, [inputs[name] for name in names], grad_out)
     for a, b in zip(compiled_grads, eager_grads):
         torch.testing.assert_close(a, b)
+
+
+def test_compiled_graph_gives_the_op_its_span_lengths():
+    graphs = []
+
+    def record(graph_module, example_inputs):
+        graphs.append(graph_module.code)
+        return graph_module.forward
+
+    inputs = random_scan_inputs(1, 4, 30, 2, 8, torch.float32)
+    compiled = torch.compile(functools.partial(multi_path_selective_scan, span_lengths=[0, 10]), backend=record,
+                             fullgraph=True)
+    torch.testing.assert_close(compiled(**inputs), multi_path_selective_scan(**inputs))
+    assert len(graphs) == 1 and "multi_path_scan_fwd" in graphs[0] and "[0, 10]" in graphs[0]
