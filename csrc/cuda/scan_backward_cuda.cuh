@@ -358,10 +358,9 @@ void run_scan_backward_as(ScanBackward& g) {
   // one; as many as the most a split writes, zeros past a split's own where there are several.
   int64_t n_length_blocks = 0;
   for (const PathSplit& split : splits) {
-    const MultiPathScanBwdParams split_params = split.params_of(p);
-    n_length_blocks = std::max(n_length_blocks, split.span_length
-                                                    ? num_warp_spans(p, split.span_length)
-                                                    : num_spans(p, chunks_per_span(split_params)) * kSegmentWarps);
+    const int64_t split_blocks = split.span_length ? num_warp_spans(p, split.span_length)
+                                                   : num_spans(p, chunks_per_span(split.params_of(p))) * kSegmentWarps;
+    n_length_blocks = std::max(n_length_blocks, split_blocks);
   }
   allocate_length_partials(g, n_length_blocks, /*zeroed=*/splits.size() > 1);
   // For the workspaces and partials kept in path order (dv, dB, dC); dB and dC are summed even with
