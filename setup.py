@@ -99,7 +99,8 @@ def extensions():
         cxx_flags.append("-mprefer-vector-width=512")
     sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")) + glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
     if cuda_home:
-        # No --use_fast_math: the CUDA kernels then round divisions as the CPU kernels do.
+        # No --use_fast_math: the CUDA kernels' divisions round as the CPU kernels' do (the exp and the
+        # sigmoid's reciprocal take the special-function unit on purpose, csrc/multi_path_scan.h).
         nvcc_flags = ["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]
         return [CUDAExtension(
             "posemamba._C", sources + cuda_sources,

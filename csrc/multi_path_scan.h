@@ -241,9 +241,27 @@ POSEMAMBA_MATH double scan_log1p(double t) {
   return std::log1p(t);
 }
 
+// 1 / x for the sigmoid's denominator, x in [1, +inf]. On a GPU the special-function unit's
+// rcp.approx (at most 1 ulp; 1 / inf is 0, results below 2^-126 flush to 0 as the device exp's do):
+// one instruction where IEEE division is about ten and a branch to its slow path, in each step of the
+// backward kernels (the gate's silu, the softplus's derivative).
+POSEMAMBA_MATH float sigmoid_reciprocal(float x) {
+#ifdef __CUDA_ARCH__
+  float result;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(result) : "f"(x));
+  return result;
+#else
+  return 1.0f / x;
+#endif
+}
+
+POSEMAMBA_MATH double sigmoid_reciprocal(double x) {
+  return 1.0 / x;
+}
+
 template <typename T>
 POSEMAMBA_MATH T sigmoid(T x) {
-  return T(1) / (T(1) + scan_exp(-x));
+  return sigmoid_reciprocal(T(1) + scan_exp(-x));
 }
 
 // torch.nn.functional.softplus with its default threshold: above 20 it returns x itself. In float,

@@ -26,18 +26,31 @@ TOLERANCE = {torch.float64: (1e-10, 1e-11), torch.float32: (1e-4, 2e-5), torch.f
              torch.bfloat16: (2e-2, 1e-2)}
 
 
+# AddressSanitizer and UndefinedBehaviorSanitizer, for the emulation built in a process that preloads
+# the ASan runtime (test_emulated_cuda_kernels_under_sanitizers): stopping at the first error.
+SANITIZER_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+SANITIZED = "POSEMAMBA_EMULATION_SANITIZED"
+
+
 def load_emulation():
     """The emulation module, built once per version of the sources and of torch (its name carries their
-    hash: torch's extension cache is shared, and a module built against another torch would not load)."""
+    hash: torch's extension cache is shared, and a module built against another torch would not load);
+    with the sanitizers where the environment sets POSEMAMBA_EMULATION_SANITIZED=1."""
     from torch.utils.cpp_extension import load
 
     sources = sorted(os.path.join(root, name) for root, _, names in os.walk(CSRC) for name in names)
     contents = b"".join(open(path, "rb").read() for path in sources) + torch.__version__.encode()
     digest = hashlib.sha256(contents).hexdigest()[:12]
-    return load(name=f"posemamba_cuda_emulated_{digest}",
+    sanitized = os.environ.get(SANITIZED) == "1"
+    return load(name=f"posemamba_cuda_emulated_{digest}" + ("_sanitized" if sanitized else ""),
                 sources=[os.path.join(CSRC, "emulation", "scan_cuda_emulated.cpp"),
                          os.path.join(CSRC, "multi_path_scan_host.cpp")],
-                extra_include_paths=[CSRC], extra_cflags=["-O2"], verbose=False)
+                extra_include_paths=[CSRC], extra_cflags=["-O1", "-g", *SANITIZER_FLAGS] if sanitized else ["-O2"],
+                extra_ldflags=SANITIZER_FLAGS if sanitized else [], verbose=False)
+
+
+def dtype_name(dtype):
+    return str(dtype).removeprefix("torch.")
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +88,7 @@ SHAPES = [(1, 3, 1, 1, 1), (2, 33, 70, 2, 3), (1, 40, 67, 3, 20), (1, 5, 19, 8, 
           (1, 4, 200, 2, 1), (1, 3, 2048, 2, 3), (1, 2, 700, 1, 5)]
 
 
-@pytest.mark.parametrize("dtype", list(TOLERANCE))
+@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=dtype_name)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}_d{}_l{}_p{}_n{}".format(*s))
 def test_emulated_cuda_kernels_match_cpu_kernels(emulated, shape, dtype):
     inputs = random_scan_inputs(*shape, dtype)
@@ -146,7 +159,7 @@ WARP_SPAN_CASES = [((2, 33, 70, 2, 3), 8), ((4, 64, 70, 2, 3), 13), ((1, 5, 200,
                    ((2, 4, 130, 1, 1), 9)]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=dtype_name)
 @pytest.mark.parametrize("shape, span_length", WARP_SPAN_CASES, ids=lambda case: str(case))
 def test_emulated_warp_span_split_matches_cpu_kernels(emulated, shape, span_length, dtype):
     inputs = random_scan_inputs(*shape, dtype)
@@ -181,7 +194,7 @@ def test_emulated_kernels_take_the_chunked_split_for_other_span_lengths(emulated
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=dtype_name)
 def test_emulated_kernels_split_paths_by_their_hints(emulated, dtype):
     # Three hints, three work splits launched in turn over their paths: spans of 13 and of 26 steps (two
     # warp splits) and none (the chunked split), with as many dA/dD/ddelta_bias partials as the most a
@@ -365,3 +378,69 @@ def test_emulated_kernels_follow_the_warp_split_setting(emulated, tmp_path):
     result = run_with_span_setting("yes", tmp_path, "POSEMAMBA_CUDA_WARP_SPANS", span_length=26)
     assert result.returncode != 0
     assert "POSEMAMBA_CUDA_WARP_SPANS must be 0, 1 or forward, got 'yes'" in result.stderr
+
+
+# A sample of the tests above, rerun in a process of its own on the emulation built with AddressSanitizer
+# and UndefinedBehaviorSanitizer: on any machine, what compute-sanitizer's memcheck checks on a GPU (a
+# read or write past a tensor, a workspace or a shared-memory array), and overflowing integer index
+# arithmetic. Every split and pass: the chunked ones (one span and spans cut), the warp splits (tiles
+# partial, spans across chunks, several groups of state entries, P = 8, N = 40), per-path splits, the
+# half types' and float64's tiles, empty inputs and the device asserts. Some minutes, so asked for:
+# POSEMAMBA_TEST_SANITIZERS=1 (.ci/run sets it).
+SANITIZED_TESTS = [
+    "test_emulated_cuda_kernels_match_cpu_kernels[b2_d33_l70_p2_n3-float32]",
+    "test_emulated_cuda_kernels_match_cpu_kernels[b1_d40_l67_p3_n20-float32]",
+    "test_emulated_cuda_kernels_match_cpu_kernels[b1_d5_l19_p8_n40-float64]",
+    "test_emulated_cuda_kernels_match_cpu_kernels[b1_d33_l300_p2_n4-bfloat16]",
+    "test_emulated_cuda_kernels_match_cpu_kernels[b1_d2_l700_p1_n5-float16]",
+    "test_emulated_cuda_kernels_match_cpu_kernels_with_threads_reversed[b1_d5_l130_p2_n20]",
+    "test_emulated_cuda_kernels_match_reference[no_options-warp_span]",
+    *(f"test_emulated_warp_span_split_matches_cpu_kernels[{shape}-{span_length}-float32]"
+      for shape, span_length in WARP_SPAN_CASES),
+    "test_emulated_warp_span_split_matches_cpu_kernels[(1, 3, 150, 8, 40)-100-float64]",
+    "test_emulated_warp_span_split_matches_cpu_kernels[(1, 40, 300, 2, 20)-64-bfloat16]",
+    "test_emulated_warp_span_split_on_pose_paths_with_threads_reversed",
+    "test_emulated_kernels_split_paths_by_their_hints[float32]",
+    "test_emulated_cuda_kernels_on_empty_inputs[empty_length]",
+    "test_emulated_cuda_kernels_on_empty_inputs[empty_batch]",
+    "test_emulated_cuda_kernel_asserts_on_a_bad_path_index",
+    "test_emulated_cuda_kernels_assert_on_paths_that_are_not_permutations",
+    "test_emulated_warp_splits_assert_on_bad_indices[path]",
+    "test_emulated_warp_splits_assert_on_bad_indices[mix]",
+    "test_emulated_warp_shuffles_follow_cuda",
+    "test_emulated_barriers_order_shared_memory",
+    "test_emulation_reports_deadlocks_and_device_asserts",
+]
+
+
+def sanitizer_preloads():
+    """The C++ compiler's AddressSanitizer runtime and its libstdc++, to preload (python is built with
+    neither: ASan must come first, and must find the C++ runtime whose exceptions it intercepts), or
+    None where the compiler has no ASan runtime."""
+    found = []
+    for library in ("libasan.so", "libstdc++.so"):
+        try:
+            path = subprocess.run([os.environ.get("CXX", "c++"), f"-print-file-name={library}"], capture_output=True,
+                                  text=True, timeout=60).stdout.strip()
+        except OSError:
+            return None
+        if not (os.path.isabs(path) and os.path.exists(path)):
+            return None
+        found.append(path)
+    return " ".join(found)
+
+
+@pytest.mark.skipif(os.environ.get("POSEMAMBA_TEST_SANITIZERS") != "1" or os.environ.get(SANITIZED) == "1",
+                    reason="some minutes: set POSEMAMBA_TEST_SANITIZERS=1 to run it")
+def test_emulated_cuda_kernels_under_sanitizers():
+    preloads = sanitizer_preloads()
+    assert preloads, "POSEMAMBA_TEST_SANITIZERS=1 needs the C++ compiler's libasan.so (c++ -print-file-name found none)"
+    env = dict(os.environ, LD_PRELOAD=preloads, ASAN_OPTIONS="detect_leaks=0", UBSAN_OPTIONS="print_stacktrace=1",
+               **{SANITIZED: "1"})
+    tests = [f"{os.path.abspath(__file__)}::{name}" for name in SANITIZED_TESTS]
+    # Uncaptured (-s): a sanitizer's report ends the process at once, and must reach this process's pipe.
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", *tests], env=env,
+                            capture_output=True, text=True, timeout=1800)
+    output = result.stdout + result.stderr
+    # An unknown test name fails the run too.
+    assert result.returncode == 0 and f"{len(SANITIZED_TESTS)} passed" in output, output[-6000:]
