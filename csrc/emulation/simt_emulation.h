@@ -11,9 +11,10 @@
 // a hang. __shared__ variables are function statics, exact because blocks never overlap in time.
 //
 // Built with AddressSanitizer (POSEMAMBA_TEST_SANITIZERS=1, tests/test_cuda_emulation.py), it checks
-// the kernels' reads and writes of tensors and of __shared__ arrays (function statics: globals to ASan)
-// as compute-sanitizer's memcheck does on a GPU. Not their local arrays after a thread's first barrier:
-// ASan's swapcontext clears the shadow of the stack it switches to.
+// the kernels' reads and writes of tensors and workspaces (global memory) as compute-sanitizer's memcheck
+// does on a GPU. Not those of __shared__ arrays (statics of template functions, which ASan leaves
+// without redzones), nor of local arrays after a thread's first barrier (ASan's swapcontext clears the
+// shadow of the stack it switches to).
 //
 // What this does not show: speed, the GPU memory model's weaker orderings (a missing __syncthreads
 // between a shared-memory write and another thread's read passes here in one of the two thread orders,
