@@ -381,8 +381,8 @@ def test_emulated_kernels_follow_the_warp_split_setting(emulated, tmp_path):
 
 
 # A sample of the tests above, rerun in a process of its own on the emulation built with AddressSanitizer
-# and UndefinedBehaviorSanitizer: on any machine, what compute-sanitizer's memcheck checks in global
-# memory on a GPU (a read or write past a tensor or a workspace; not shared memory, see
+# and UndefinedBehaviorSanitizer: on any machine, what compute-sanitizer's memcheck checks on a GPU (a
+# read or write past a tensor or a workspace, an index past a shared-memory array's dimension; see
 # csrc/emulation/simt_emulation.h), and overflowing integer index arithmetic. Every split and pass: the chunked ones (one span and spans cut), the warp splits (tiles
 # partial, spans across chunks, several groups of state entries, P = 8, N = 40), per-path splits, the
 # half types' and float64's tiles, empty inputs and the device asserts. Some minutes, so asked for:

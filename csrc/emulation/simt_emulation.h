@@ -10,11 +10,11 @@
 // that wait at different barriers are reported as a deadlock the moment no fiber can go on: never
 // a hang. __shared__ variables are function statics, exact because blocks never overlap in time.
 //
-// Built with AddressSanitizer (POSEMAMBA_TEST_SANITIZERS=1, tests/test_cuda_emulation.py), it checks
-// the kernels' reads and writes of tensors and workspaces (global memory) as compute-sanitizer's memcheck
-// does on a GPU. Not those of __shared__ arrays (statics of template functions, which ASan leaves
-// without redzones), nor of local arrays after a thread's first barrier (ASan's swapcontext clears the
-// shadow of the stack it switches to).
+// Built with AddressSanitizer and UBSan (POSEMAMBA_TEST_SANITIZERS=1, tests/test_cuda_emulation.py), it
+// checks the kernels' reads and writes of tensors and workspaces (global memory) as compute-sanitizer's
+// memcheck does on a GPU, and each index into a __shared__ or local array against that dimension's
+// bound (UBSan's bounds check). Not a shared-memory access past its object through a pointer or
+// reference: ASan leaves statics of template functions without redzones.
 //
 // What this does not show: speed, the GPU memory model's weaker orderings (a missing __syncthreads
 // between a shared-memory write and another thread's read passes here in one of the two thread orders,
