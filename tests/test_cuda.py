@@ -1,4 +1,6 @@
 """The CUDA kernels against the reference and the CPU kernels. Skipped without a GPU."""
+import functools
+
 import pytest
 import torch
 
@@ -145,6 +147,57 @@ def test_cuda_empty_batch():
     cpu = outputs_and_grads(multi_path_selective_scan, inputs, grad_out)
     assert_close_scaled(outputs_and_grads(multi_path_selective_scan, to_cuda(inputs), grad_out.cuda()), cpu,
                         torch.float32)
+
+
+def test_cuda_graph_capture_replays_forward_and_backward():
+    # A CUDA graph captures the op's forward and backward and replays them on new values, to the bit
+    # what eager calls give: every launch takes the current (capturing) stream, and nothing waits on
+    # the host once the warm-up has checked the paths and found their hints (once per tensor). Both
+    # splits: PoseMamba's paths, two of them cut into spans.
+    T, J = 20, 5
+    inputs = random_scan_inputs(2, 35, T * J, 4, 16, torch.float32, device="cuda")
+    inputs["paths"] = pose_paths(T, J).cuda()
+    inputs["mix"] = pose_mix(T, J, torch.randint(0, J, (J,))).cuda()
+    grad_out = torch.randn(2, 35, T * J, device="cuda")
+    names = [n for n in DIFFERENTIABLE if inputs[n] is not None]
+    leaves = {n: inputs[n].detach().clone().requires_grad_(True) for n in names}
+
+    def forward_backward():
+        out = multi_path_selective_scan(**{**inputs, **leaves})
+        return [out, *torch.autograd.grad(out, [leaves[n] for n in names], grad_out)]
+
+    warm_up = torch.cuda.Stream()
+    warm_up.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(warm_up):
+        forward_backward()
+    torch.cuda.current_stream().wait_stream(warm_up)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = forward_backward()
+
+    fresh = random_scan_inputs(2, 35, T * J, 4, 16, torch.float32, device="cuda")
+    with torch.no_grad():
+        for n in names:
+            leaves[n].copy_(fresh[n])
+    graph.replay()
+    torch.cuda.synchronize()
+    expected = outputs_and_grads(multi_path_selective_scan, {**inputs, **{n: fresh[n] for n in names}}, grad_out)
+    for a, e in zip(captured, expected, strict=True):
+        assert torch.equal(a, e)
+
+
+def test_cuda_torch_compile_fullgraph_with_hints():
+    # Compiled, the op cannot read the paths for their hints: the caller gives them, and the CUDA
+    # kernels take the same splits as in eager mode (bitwise the same results).
+    T, J = 20, 5
+    inputs = random_scan_inputs(2, 35, T * J, 4, 16, torch.float32, device="cuda")
+    inputs["paths"] = pose_paths(T, J).cuda()
+    inputs["mix"] = pose_mix(T, J, torch.randint(0, J, (J,))).cuda()
+    compiled = torch.compile(functools.partial(multi_path_selective_scan, span_lengths=[0, T, 0, T]), fullgraph=True)
+    grad_out = torch.randn(2, 35, T * J, device="cuda")
+    actual = outputs_and_grads(compiled, inputs, grad_out)
+    for a, e in zip(actual, outputs_and_grads(multi_path_selective_scan, inputs, grad_out), strict=True):
+        assert torch.equal(a, e)
 
 
 def test_cuda_gradcheck():
