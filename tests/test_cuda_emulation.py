@@ -306,6 +306,11 @@ def test_emulated_device_assert_stops_the_launch(emulated):
     assert torch.equal(out[:7], torch.arange(7)) and torch.equal(out[7:], torch.zeros(57, dtype=torch.long))
 
 
+def test_emulation_reports_a_thread_past_its_stack(emulated):
+    with pytest.raises(RuntimeError, match="thread 1 ran past its 131072-byte stack"):
+        emulated.simt_selftest("stack_overflow")
+
+
 def test_emulation_reports_deadlocks_and_device_asserts(emulated):
     with pytest.raises(RuntimeError, match="deadlock: in block \\(0, 0, 0\\)"):
         emulated.simt_selftest("deadlock")
@@ -383,9 +388,10 @@ def test_emulated_kernels_follow_the_warp_split_setting(emulated, tmp_path):
 # A sample of the tests above, rerun in a process of its own on the emulation built with AddressSanitizer
 # and UndefinedBehaviorSanitizer: on any machine, what compute-sanitizer's memcheck checks on a GPU (a
 # read or write past a tensor or a workspace, an index past a shared-memory array's dimension; see
-# csrc/emulation/simt_emulation.h), and overflowing integer index arithmetic. Every split and pass: the chunked ones (one span and spans cut), the warp splits (tiles
-# partial, spans across chunks, several groups of state entries, P = 8, N = 40), per-path splits, the
-# half types' and float64's tiles, empty inputs and the device asserts. Some minutes, so asked for:
+# csrc/emulation/simt_emulation.h), and overflowing integer index arithmetic. Every split and pass: the
+# chunked ones (one span and spans cut), the warp splits (tiles partial, spans across chunks, several
+# groups of state entries, P = 8, N = 40), per-path splits, the half types' and float64's tiles, empty
+# inputs, the device asserts and the stacks' guard. Some minutes, so asked for:
 # POSEMAMBA_TEST_SANITIZERS=1 (.ci/run sets it).
 SANITIZED_TESTS = [
     "test_emulated_cuda_kernels_match_cpu_kernels[b2_d33_l70_p2_n3-float32]",
@@ -410,6 +416,7 @@ SANITIZED_TESTS = [
     "test_emulated_warp_shuffles_follow_cuda",
     "test_emulated_barriers_order_shared_memory",
     "test_emulation_reports_deadlocks_and_device_asserts",
+    "test_emulation_reports_a_thread_past_its_stack",
 ]
 
 

@@ -1,5 +1,6 @@
 // Kernels that check the emulation itself (tests/test_cuda_emulation.py): shuffles, barriers with
-// shared memory, block indices, and that a deadlock or a failed device assert is reported.
+// shared memory, block indices, and that a deadlock, a failed device assert or a thread past its stack
+// is reported.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -50,6 +51,19 @@ __global__ void assert_kernel(int64_t* out) {
   out[threadIdx.x] = threadIdx.x;
 }
 
+// Frames of 4 KB, each written across, `depth` deep.
+__device__ int64_t deep_frames(int depth) {
+  volatile char frame[4096];
+  for (int i = 0; i < 4096; i += 64) frame[i] = 0;
+  return depth == 0 ? frame[0] : deep_frames(depth - 1) + frame[0];
+}
+
+// Thread 1 goes 32 KB past its stack, into the top of thread 0's, which has finished (thread order):
+// the launch must report it.
+__global__ void stack_overflow_kernel(int64_t* out) {
+  if (threadIdx.x == 1) out[1] = deep_frames(static_cast<int>(simt::kFiberStackBytes / 4096) + 8);
+}
+
 // Runs the named kernel and returns its int64 output: (4, kThreads) for "shuffles", (3, kThreads)
 // for "shared_memory" (three blocks), (1, kThreads) otherwise.
 inline at::Tensor run(const std::string& name) {
@@ -62,6 +76,8 @@ inline at::Tensor run(const std::string& name) {
     simt::launch(shared_memory_kernel, 3, kThreads, 0, data);
   } else if (name == "deadlock") {
     simt::launch(deadlock_kernel, 1, 32, 0, data);
+  } else if (name == "stack_overflow") {
+    simt::launch(stack_overflow_kernel, 1, 2, 0, data);
   } else if (name == "assert") {
     simt::launch(assert_kernel, 1, kThreads, 0, data);
   } else if (name == "assert_stops_the_launch") {  // what the threads wrote before the failed assert
