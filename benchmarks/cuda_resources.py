@@ -125,7 +125,8 @@ def tile_loops(sass):
     """Per barrier-free scan kernel (the warp splits): the SASS of its loops over a tile's 8 steps x 16
     state entries (each an innermost loop with at least 128 exps; one or more per pass) or over one
     entry's 8 steps of a tile (8 to 15 exps: the backward's last pass), as (kernel, template arguments,
-    state updates an iteration, instruction counts by opcode)."""
+    state updates an iteration, instruction counts by opcode, and for a loop over one entry the
+    instructions of the smallest loop around it, the tile's, else None)."""
     rows = []
     for kernel, template_args, opcodes, loops in sass_functions(sass):
         if "BAR" in opcodes:
@@ -135,8 +136,11 @@ def tile_loops(sass):
                 continue  # not innermost
             counts = opcode_counts(opcodes[first:last + 1])
             exps = counts.get("MUFU", 0)
-            if exps >= 128 or 8 <= exps < 16:
-                rows.append((kernel, template_args, 128 if exps >= 128 else 8, counts))
+            if exps >= 128:
+                rows.append((kernel, template_args, 128, counts, None))
+            elif 8 <= exps < 16:
+                around = [l - f + 1 for f, l in loops if f <= first and last <= l and (f, l) != (first, last)]
+                rows.append((kernel, template_args, 8, counts, min(around, default=None)))
     return rows
 
 
@@ -182,11 +186,14 @@ def main():
         print("\nEach barrier-free scan kernel's loops over a tile, one iteration = a warp's 8 steps x 16 state "
               "entries (128 updates) or one entry's 8 steps (8), one or more loops per pass (static SASS; "
               "branches not taken still count):")
-        for kernel, template_args, updates, counts in tiles:
+        for kernel, template_args, updates, counts, tile_total in tiles:
             top = ", ".join(f"{opcode} {count}" for opcode, count in sorted(counts.items(), key=lambda c: -c[1])[:8])
             total = sum(counts.values())
             print(f"{kernel:<34} {template_args:<22} {total:>5} instructions ({total / updates:.1f} a state update, "
                   f"{updates:>3} an iteration): {top}")
+            if tile_total:
+                print(f"{'':<34} {'':<22} {tile_total:>5} instructions in the smallest loop around it (the tile's), "
+                      f"{tile_total - total} of them outside it (cold code laid out inside included)")
 
 
 if __name__ == "__main__":
