@@ -444,6 +444,13 @@ def test_emulated_cuda_kernels_under_sanitizers():
     assert preloads, "POSEMAMBA_TEST_SANITIZERS=1 needs the C++ compiler's libasan.so (c++ -print-file-name found none)"
     env = dict(os.environ, LD_PRELOAD=preloads, ASAN_OPTIONS="detect_leaks=0", UBSAN_OPTIONS="print_stacktrace=1",
                **{SANITIZED: "1"})
+    # Where the ASan runtime cannot start at all (some kernels' address-space layouts defeat older
+    # runtimes), that says nothing of the kernels: skipped, as gpu_report.py skips a compute-sanitizer
+    # that cannot run.
+    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True,
+                           timeout=600)
+    if probe.returncode != 0:
+        pytest.skip(f"AddressSanitizer cannot run python here: {probe.stderr[-1000:]}")
     tests = [f"{os.path.abspath(__file__)}::{name}" for name in SANITIZED_TESTS]
     # Uncaptured (-s): a sanitizer's report ends the process at once, and must reach this process's pipe.
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", *tests], env=env,
