@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import posemamba
-from posemamba.ops import multi_path_selective_scan, pose_mix, pose_paths
+from posemamba.ops import multi_path_selective_scan
 from posemamba.reference import multi_path_selective_scan_ref
 
-from conftest import random_scan_inputs
+from conftest import dtype_id, random_pose_scan_inputs, random_scan_inputs
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and posemamba.HAS_EXTENSION
@@ -63,8 +63,7 @@ def test_cuda_options(flags):
 @pytest.mark.parametrize("T", [27, 243])  # L = 243 x 17 = 4131: 65 chunks, the last one partial
 def test_cuda_pose_shapes_match_cpu_kernels_and_are_deterministic(T):
     J = 17
-    inputs = random_scan_inputs(2, 64, T * J, 4, 16, torch.float32)
-    inputs["paths"], inputs["mix"] = pose_paths(T, J), pose_mix(T, J, torch.randint(0, J, (J,)))
+    inputs = random_pose_scan_inputs(2, 64, T, J, 16)
     grad_out = torch.randn(2, 64, T * J)
     cpu = outputs_and_grads(multi_path_selective_scan, inputs, grad_out)
     gpu_inputs = to_cuda(inputs)
@@ -89,7 +88,7 @@ def ops_forward_and_backward(args, grad_out, span_lengths):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16],
-                         ids=lambda dtype: str(dtype).removeprefix("torch."))
+                         ids=dtype_id)
 @pytest.mark.parametrize("shape, span_length", [((2, 33, 70, 2, 3), 8), ((1, 5, 200, 3, 4), 69),
                                                 ((1, 40, 300, 2, 20), 64), ((2, 64, 459, 4, 64), 27),
                                                 ((2, 40, 130, 5, 4), [13, 0, 26, 13, 0])],
@@ -155,9 +154,7 @@ def test_cuda_graph_capture_replays_forward_and_backward():
     # the host once the warm-up has checked the paths and found their hints (once per tensor). Both
     # splits: PoseMamba's paths, two of them cut into spans.
     T, J = 20, 5
-    inputs = random_scan_inputs(2, 35, T * J, 4, 16, torch.float32, device="cuda")
-    inputs["paths"] = pose_paths(T, J).cuda()
-    inputs["mix"] = pose_mix(T, J, torch.randint(0, J, (J,))).cuda()
+    inputs = random_pose_scan_inputs(2, 35, T, J, 16, device="cuda")
     grad_out = torch.randn(2, 35, T * J, device="cuda")
     names = [n for n in DIFFERENTIABLE if inputs[n] is not None]
     leaves = {n: inputs[n].detach().clone().requires_grad_(True) for n in names}
@@ -190,9 +187,7 @@ def test_cuda_torch_compile_fullgraph_with_hints():
     # Compiled, the op cannot read the paths for their hints: the caller gives them, and the CUDA
     # kernels take the same splits as in eager mode (bitwise the same results).
     T, J = 20, 5
-    inputs = random_scan_inputs(2, 35, T * J, 4, 16, torch.float32, device="cuda")
-    inputs["paths"] = pose_paths(T, J).cuda()
-    inputs["mix"] = pose_mix(T, J, torch.randint(0, J, (J,))).cuda()
+    inputs = random_pose_scan_inputs(2, 35, T, J, 16, device="cuda")
     compiled = torch.compile(functools.partial(multi_path_selective_scan, span_lengths=[0, T, 0, T]), fullgraph=True)
     grad_out = torch.randn(2, 35, T * J, device="cuda")
     actual = outputs_and_grads(compiled, inputs, grad_out)
