@@ -1,15 +1,22 @@
 """PoseMamba forward (clips per second) and one training step, on CPU and (when there is a GPU and
-the CUDA kernels are built) on CUDA: fused kernels vs reference scan.
+the CUDA kernels are built) on CUDA: the fused op against the official code's data flow, and against
+the reference scan.
 
-The kernels run the released T=243 clips (batch 1 on CPU, 16 on CUDA, the training batch); the
-reference backend takes seconds a block there, so the kernel-vs-reference comparison uses T=27 clips
-(both backends, same run, same group), on CPU.
+The released T=243 clips (batch 1 on CPU, 16 on CUDA, the training batch) run the model as it is
+("fused") and with each block's SSM computed as the official code does ("official": CrossScan copies,
+one single-path scan over the four paths' channels, CrossMerge; posemamba.testing's
+official_cross_scan_ssm, on posemamba's own single-path kernel), so the ratio is what the fused op
+saves the whole model. The reference backend takes seconds a block there, so the kernel-vs-reference
+comparison uses T=27 clips (both backends, same run, same group), on CPU.
 """
+import functools
+
 import pytest
 import torch
 
-from posemamba.model import posemamba
+from posemamba.model import BiSTSSM, posemamba
 from posemamba.ops import _HAS_CUDA_KERNELS
+from posemamba.testing import official_cross_scan_ssm
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and _HAS_CUDA_KERNELS else [])
 BATCH = {"cpu": 1, "cuda": 16}
@@ -32,6 +39,16 @@ def synchronised(fn, device):
     return run
 
 
+def build(preset, device, flow):
+    """The preset on device, each block's SSM computed the fused way or the official way."""
+    model = posemamba(preset).to(device)
+    if flow == "official":
+        for module in model.modules():
+            if isinstance(module, BiSTSSM):
+                module.forward = functools.partial(official_cross_scan_ssm, module)
+    return model
+
+
 def training_step(model, optimizer, keypoints, target):
     loss = (model(keypoints) - target).norm(dim=-1).mean()
     optimizer.zero_grad()
@@ -39,11 +56,12 @@ def training_step(model, optimizer, keypoints, target):
     optimizer.step()
 
 
+@pytest.mark.parametrize("flow", ["fused", "official"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("preset", ["S", "L"])
-def test_model_forward_243_frames(benchmark, preset, device):
+def test_model_forward_243_frames(benchmark, preset, device, flow):
     benchmark.group = f"model forward {preset} T=243 {device} batch {BATCH[device]}"
-    model = posemamba(preset).eval().to(device)
+    model = build(preset, device, flow).eval()
     keypoints, _ = clip(BATCH[device], 243, device)
 
     def forward():
@@ -53,11 +71,12 @@ def test_model_forward_243_frames(benchmark, preset, device):
     benchmark.pedantic(synchronised(forward, device), rounds=5, iterations=1, warmup_rounds=1)
 
 
+@pytest.mark.parametrize("flow", ["fused", "official"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("preset", ["S", "L"])
-def test_model_training_step_243_frames(benchmark, preset, device):
+def test_model_training_step_243_frames(benchmark, preset, device, flow):
     benchmark.group = f"model training step {preset} T=243 {device} batch {BATCH[device]}"
-    model = posemamba(preset).to(device)
+    model = build(preset, device, flow)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     keypoints, target = clip(BATCH[device], 243, device)
     benchmark.pedantic(synchronised(training_step, device), args=(model, optimizer, keypoints, target), rounds=3,

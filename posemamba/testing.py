@@ -1,7 +1,9 @@
-"""Random inputs for the scan ops, for tests, benchmarks and users checking their own integrations."""
+"""For tests, benchmarks and users checking their own integrations: random inputs for the scan ops,
+and the official PoseMamba SSM's data flow to compare the model with."""
 import torch
+import torch.nn.functional as F
 
-__all__ = ["random_scan_inputs"]
+__all__ = ["random_scan_inputs", "official_cross_scan_ssm"]
 
 
 def random_scan_inputs(batch, dim, seqlen, n_paths, d_state, dtype=torch.float32, *, with_D=True,
@@ -33,3 +35,31 @@ def random_scan_inputs(batch, dim, seqlen, n_paths, d_state, dtype=torch.float32
         delta_bias=(randn if delta_softplus else rand)(n_paths, dim, dt=weight_dtype) * 0.5 if with_bias else None,
         mix=mix,
     )
+
+
+def official_cross_scan_ssm(op, x):
+    """What the official code computes for a BiSTSSM `op` (posemamba.model) on x (batch, T, J, dim),
+    with its SS2D data flow and copies: CrossScan (the frame-major sequence with the global-local term
+    x + x[..., limb_order], the joint-major transpose, both flipped), one single-path selective scan
+    over the 4 x d_inner channels with B and C in 4 groups (posemamba's `selective_scan`, the
+    counterpart of the official selective_scan_cuda), then CrossMerge. Equal to op(x) up to rounding
+    (tests/test_model.py); benchmarks/test_model_benchmarks.py times the model with either."""
+    from .ops import selective_scan
+
+    batch, T, J, _ = x.shape
+    L = T * J
+    x, z = op.in_proj(x).chunk(2, dim=-1)
+    x = F.silu(op.conv2d(x.permute(0, 3, 1, 2)))                       # (batch, d_inner, T, J)
+    frame_major = (x + x[..., op.limb_order.tolist()]).flatten(2)
+    joint_major = x.transpose(2, 3).flatten(2)
+    xs = torch.stack([frame_major, joint_major, frame_major.flip(-1), joint_major.flip(-1)], dim=1)
+    x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, op.x_proj_weight)
+    dts, Bs, Cs = torch.split(x_dbl, [op.dt_rank, op.d_state, op.d_state], dim=2)
+    dts = torch.einsum("bkrl,kdr->bkdl", dts, op.dt_projs_weight)
+    ys = selective_scan(xs.reshape(batch, -1, L), dts.reshape(batch, -1, L), -torch.exp(op.A_logs),
+                        Bs, Cs, D=op.Ds, delta_bias=op.dt_projs_bias.reshape(-1),
+                        delta_softplus=True).view(batch, 4, -1, L)
+    merged = ys[:, 0] + ys[:, 2].flip(-1)
+    merged = merged + (ys[:, 1] + ys[:, 3].flip(-1)).view(batch, -1, J, T).transpose(2, 3).flatten(2)
+    y = op.out_norm(merged.transpose(1, 2).reshape(batch, T, J, -1))
+    return op.out_proj(y * F.silu(z))

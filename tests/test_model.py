@@ -8,6 +8,7 @@ import torch
 import posemamba
 from posemamba.model import H36M_LIMB_ORDER, PRESETS, PoseMamba, posemamba as build
 from posemamba.ops import pose_mix, pose_paths
+from posemamba.testing import official_cross_scan_ssm
 
 
 def tiny(**overrides):
@@ -154,32 +155,6 @@ def test_model_gives_the_op_its_span_lengths(monkeypatch):
                         lambda *args, **kwargs: (given.append(kwargs["span_lengths"]), scan(*args, **kwargs))[1])
     tiny()(torch.randn(2, 5, 17, 2))
     assert given and all(span_lengths == [0, 5, 0, 5] for span_lengths in given)
-
-
-def official_cross_scan_ssm(op, x):
-    """The official SS2D data flow, with explicit copies: CrossScan with the limb reorder
-    (x + x[..., order] on the frame-major scan, the joint-major transpose, both flipped), one
-    single-path selective scan over the 4 x d_inner channels with B, C in 4 groups, CrossMerge."""
-    import torch.nn.functional as F
-
-    from posemamba.ops import selective_scan
-
-    batch, T, J, _ = x.shape
-    x, z = op.in_proj(x).chunk(2, dim=-1)
-    x = F.silu(op.conv2d(x.permute(0, 3, 1, 2)))                       # (batch, d_inner, T, J)
-    frame_major = (x + x[..., list(H36M_LIMB_ORDER)]).flatten(2)
-    joint_major = x.transpose(2, 3).flatten(2)
-    xs = torch.stack([frame_major, joint_major, frame_major.flip(-1), joint_major.flip(-1)], dim=1)
-    x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, op.x_proj_weight)
-    dts, Bs, Cs = torch.split(x_dbl, [op.dt_rank, op.d_state, op.d_state], dim=2)
-    dts = torch.einsum("bkrl,kdr->bkdl", dts, op.dt_projs_weight)
-    L = T * J
-    ys = selective_scan(xs.reshape(batch, -1, L), dts.reshape(batch, -1, L), -torch.exp(op.A_logs), Bs, Cs,
-                        D=op.Ds, delta_bias=op.dt_projs_bias.reshape(-1), delta_softplus=True).view(batch, 4, -1, L)
-    merged = ys[:, 0] + ys[:, 2].flip(-1)
-    merged = merged + (ys[:, 1] + ys[:, 3].flip(-1)).view(batch, -1, J, T).transpose(2, 3).flatten(2)
-    y = op.out_norm(merged.transpose(1, 2).reshape(batch, T, J, -1))
-    return op.out_proj(y * F.silu(z))
 
 
 def test_ssm_matches_the_official_cross_scan_pipeline():
