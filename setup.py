@@ -89,6 +89,9 @@ def extensions():
     # -fno-trapping-math lets the compiler turn the scan math's clamps and selects into vector blends
     # (we never rely on floating-point exception flags); without it the hot loops stay scalar.
     cxx_flags = (["-O0", "-g"] if debug else ["-O3"]) + ["-fno-trapping-math"]
+    # The CPU kernels hand vector-extension values (csrc/cpu/scan_block_cpu.h) to inlined functions within
+    # one ISA clone; GCC's note that passing such values by value depends on the ISA does not apply.
+    cxx_flags.append("-Wno-psabi")
     link_flags = []
     if sys.platform.startswith("linux"):
         # at::parallel_for is inlined into our code: without OpenMP here it runs on one thread.

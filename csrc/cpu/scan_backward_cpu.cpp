@@ -111,33 +111,42 @@ POSEMAMBA_ALWAYS_INLINE void scan_path_block_backward(
       const weight_t* h_prev = states + (s - s_begin) * N * W;
       const weight_t* h = h_prev + N * W;
       const weight_t* decay = decays + (s - s_begin) * N * W;
-      weight_t dt_v[W], d_dt[W], d_dt_v[W];
-      for (int64_t w = 0; w < W; ++w) {
-        dt_v[w] = dt[w] * v[w];
-        d_dt[w] = weight_t(0);
-        d_dt_v[w] = weight_t(0);
-      }
+      // Lanes of the block's channels: d_dt and d_dt_v sum over the state entries in registers.
+      ChannelLanes<weight_t> dt_lanes, dy_lanes, dt_v, d_dt, d_dt_v, zero;
+      load_lanes(dt_lanes, dt);
+      load_lanes(dy_lanes, dy);
+      load_lanes(dt_v, v);
+      dt_v = dt_lanes * dt_v;
+      broadcast_lanes(zero, weight_t(0));
+      d_dt = d_dt_v = zero;
       for (int64_t n = 0; n < N; ++n) {
-        const weight_t b = B[l * N + n], c = C[l * N + n];
-        weight_t dC_lanes[W], dB_lanes[W];
-        for (int64_t w = 0; w < W; ++w) {
-          // y = C . h: h's gradient gains dy * C, C's gains dy * h.
-          dC_lanes[w] = dy[w] * h[n * W + w];
-          const weight_t dh_total = dh[n * W + w] + dy[w] * c;
-          weight_t d_b = 0;
-          dh[n * W + w] = state_update_backward<weight_t>(
-              dh_total, h_prev[n * W + w], decay[n * W + w], dt[w], A[n * W + w], dt_v[w], b,
-              d_dt[w], dA[n * W + w], d_dt_v[w], d_b);
-          dB_lanes[w] = d_b;
-        }
-        dC[l * N + n] = sum_lanes(dC_lanes);
-        dB[l * N + n] = sum_lanes(dB_lanes);
+        ChannelLanes<weight_t> h_n, h_prev_n, decay_n, a_n, dh_n, dA_n, b;
+        load_lanes(h_n, h + n * W);
+        load_lanes(h_prev_n, h_prev + n * W);
+        load_lanes(decay_n, decay + n * W);
+        load_lanes(a_n, A + n * W);
+        load_lanes(dh_n, dh + n * W);
+        load_lanes(dA_n, dA + n * W);
+        broadcast_lanes(b, B[l * N + n]);
+        // y = C . h: h's gradient gains dy * C, C's gains dy * h.
+        weight_t lanes[W];
+        store_lanes(lanes, dy_lanes * h_n);
+        dC[l * N + n] = sum_lanes(lanes);
+        ChannelLanes<weight_t> d_b = zero;
+        dh_n = state_update_backward(dh_n + C[l * N + n] * dy_lanes, h_prev_n, decay_n, dt_lanes, a_n, dt_v, b,
+                                     d_dt, dA_n, d_dt_v, d_b);
+        store_lanes(dh + n * W, dh_n);
+        store_lanes(dA + n * W, dA_n);
+        store_lanes(lanes, d_b);
+        dB[l * N + n] = sum_lanes(lanes);
       }
-      weight_t dv[W];
+      weight_t dv[W], d_dt_steps[W], d_dt_v_steps[W];
+      store_lanes(d_dt_steps, d_dt);
+      store_lanes(d_dt_v_steps, d_dt_v);
       for (int64_t w = 0; w < W; ++w) {
         // dt_v = dt * v; the skip term D * v.
-        const weight_t d_step = (d_dt[w] + d_dt_v[w] * v[w]) * dt_grad[l * W + w];
-        dv[w] = d_dt_v[w] * dt[w] + dy[w] * D[w];
+        const weight_t d_step = (d_dt_steps[w] + d_dt_v_steps[w] * v[w]) * dt_grad[l * W + w];
+        dv[w] = d_dt_v_steps[w] * dt[w] + dy[w] * D[w];
         dD[w] += dy[w] * v[w];
         ddelta[l * W + w] = d_step;
         ddelta_bias[w] += d_step;

@@ -62,20 +62,23 @@ POSEMAMBA_ALWAYS_INLINE void scan_path_block(
     const int64_t l = order[s];
     const weight_t* dt = dt_all + l * W;
     const weight_t* v = v_all + l * W;
-    weight_t dt_v[W], y_step[W];
+    weight_t dt_v[W], skip[W];
     for (int64_t w = 0; w < W; ++w) {
       dt_v[w] = dt[w] * v[w];
-      y_step[w] = D[w] * v[w];
+      skip[w] = D[w] * v[w];
     }
+    ChannelLanes<weight_t> y_step;  // the step's output, summed over the state entries in registers
+    load_lanes(y_step, skip);
     for (int64_t n = 0; n < N; ++n) {
-      const weight_t b = B[l * N + n], c = C[l * N + n];
+      const weight_t b = B[l * N + n];
+      weight_t* h_n = h + n * W;
       for (int64_t w = 0; w < W; ++w) {
         const weight_t decay = kInRange ? step_decay_in_range(dt[w], A[n * W + w]) : step_decay(dt[w], A[n * W + w]);
-        h[n * W + w] = state_update<weight_t>(h[n * W + w], decay, dt_v[w], b);
-        y_step[w] += c * h[n * W + w];
+        h_n[w] = state_update<weight_t>(h_n[w], decay, dt_v[w], b);
       }
+      add_scaled(y_step, C[l * N + n], h_n);
     }
-    for (int64_t w = 0; w < W; ++w) y[l * W + w] += y_step[w];
+    add_lanes_to(y + l * W, y_step);
   }
 }
 
