@@ -49,7 +49,7 @@ struct PathBlockBackward {
   weight_t* ddelta_bias;         // (W) added to
 };
 
-// The sum of W lanes as a fixed tree: vectorises, and the order never changes.
+// The sum of W lanes as a fixed tree: lanes i and i + 8, then i and i + 4, then (0 + 2) + (1 + 3).
 template <typename weight_t>
 POSEMAMBA_ALWAYS_INLINE weight_t sum_lanes(const weight_t* x) {
   static_assert(kCpuChannelBlock == 16, "sum_lanes is written for 16 lanes");
@@ -58,6 +58,55 @@ POSEMAMBA_ALWAYS_INLINE weight_t sum_lanes(const weight_t* x) {
   for (int i = 0; i < 4; ++i) quarter[i] = half[i] + half[i + 4];
   return (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
 }
+
+// State entries whose sums over the channel block (dB, dC) are taken together.
+constexpr int64_t kSumGroup = 16;
+
+// sums[k] = sum_lanes of x[k], for kSumGroup vectors: the same tree, bit for bit, taken on the 16
+// vectors at once where the compiler has vector shuffles (15 vector additions and 30 shuffles, where
+// one vector's lanes summed alone take 15 scalar additions and as many lane extractions: most of the
+// backward's loop over state entries).
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+template <typename V>
+POSEMAMBA_ALWAYS_INLINE V pairwise(V a, V b, int level) {
+  // a's lanes then b's, regrouped and added: level 8 adds lanes i and i + 8 of each vector, 4 lanes i
+  // and i + 4 of each 8, 2 lanes i and i + 2 of each 4, 1 lanes i and i + 1 of each 2.
+  switch (level) {
+    case 8:
+      return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+             __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    case 4:
+      return __builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+             __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+    case 2:
+      return __builtin_shufflevector(a, b, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+             __builtin_shufflevector(a, b, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+    default:
+      return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+             __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  }
+}
+
+template <typename weight_t>
+POSEMAMBA_ALWAYS_INLINE void sum_lanes_of_group(ChannelLanes<weight_t>* x, weight_t* sums) {
+  static_assert(kCpuChannelBlock == 16 && kSumGroup == 16, "written for 16 lanes and 16 vectors");
+  // Each level halves the vectors (level of them left), pairing neighbours, so that the k-th sum ends
+  // in lane k.
+  for (int level = 8; level >= 1; level /= 2) {
+    for (int i = 0; i < level; ++i) x[i] = pairwise(x[2 * i], x[2 * i + 1], level);
+  }
+  store_lanes(sums, x[0]);
+}
+#else
+template <typename weight_t>
+POSEMAMBA_ALWAYS_INLINE void sum_lanes_of_group(ChannelLanes<weight_t>* x, weight_t* sums) {
+  for (int64_t k = 0; k < kSumGroup; ++k) {
+    weight_t lanes[kCpuChannelBlock];
+    store_lanes(lanes, x[k]);
+    sums[k] = sum_lanes(lanes);
+  }
+}
+#endif
 
 // The pointers arrive as restrict parameters and the running gradients live in local arrays, so the
 // compiler knows nothing aliases and vectorises without run-time overlap checks. kInRange as in the
@@ -119,26 +168,34 @@ POSEMAMBA_ALWAYS_INLINE void scan_path_block_backward(
       dt_v = dt_lanes * dt_v;
       broadcast_lanes(zero, weight_t(0));
       d_dt = d_dt_v = zero;
-      for (int64_t n = 0; n < N; ++n) {
-        ChannelLanes<weight_t> h_n, h_prev_n, decay_n, a_n, dh_n, dA_n, b;
-        load_lanes(h_n, h + n * W);
-        load_lanes(h_prev_n, h_prev + n * W);
-        load_lanes(decay_n, decay + n * W);
-        load_lanes(a_n, A + n * W);
-        load_lanes(dh_n, dh + n * W);
-        load_lanes(dA_n, dA + n * W);
-        broadcast_lanes(b, B[l * N + n]);
-        // y = C . h: h's gradient gains dy * C, C's gains dy * h.
-        weight_t lanes[W];
-        store_lanes(lanes, dy_lanes * h_n);
-        dC[l * N + n] = sum_lanes(lanes);
-        ChannelLanes<weight_t> d_b = zero;
-        dh_n = state_update_backward(dh_n + C[l * N + n] * dy_lanes, h_prev_n, decay_n, dt_lanes, a_n, dt_v, b,
-                                     d_dt, dA_n, d_dt_v, d_b);
-        store_lanes(dh + n * W, dh_n);
-        store_lanes(dA + n * W, dA_n);
-        store_lanes(lanes, d_b);
-        dB[l * N + n] = sum_lanes(lanes);
+      for (int64_t first = 0; first < N; first += kSumGroup) {
+        const int64_t group = std::min(kSumGroup, N - first);
+        // Per entry of the group, the terms of its dC and dB sums over the block's channels.
+        ChannelLanes<weight_t> dC_terms[kSumGroup], dB_terms[kSumGroup];
+        for (int64_t k = 0; k < group; ++k) {
+          const int64_t n = first + k;
+          ChannelLanes<weight_t> h_n, h_prev_n, decay_n, a_n, dh_n, dA_n, b;
+          load_lanes(h_n, h + n * W);
+          load_lanes(h_prev_n, h_prev + n * W);
+          load_lanes(decay_n, decay + n * W);
+          load_lanes(a_n, A + n * W);
+          load_lanes(dh_n, dh + n * W);
+          load_lanes(dA_n, dA + n * W);
+          broadcast_lanes(b, B[l * N + n]);
+          // y = C . h: h's gradient gains dy * C, C's gains dy * h.
+          dC_terms[k] = dy_lanes * h_n;
+          dB_terms[k] = zero;
+          dh_n = state_update_backward(dh_n + C[l * N + n] * dy_lanes, h_prev_n, decay_n, dt_lanes, a_n, dt_v, b,
+                                       d_dt, dA_n, d_dt_v, dB_terms[k]);
+          store_lanes(dh + n * W, dh_n);
+          store_lanes(dA + n * W, dA_n);
+        }
+        for (int64_t k = group; k < kSumGroup; ++k) dC_terms[k] = dB_terms[k] = zero;
+        weight_t sums[kSumGroup];
+        sum_lanes_of_group(dC_terms, sums);
+        std::copy(sums, sums + group, dC + l * N + first);
+        sum_lanes_of_group(dB_terms, sums);
+        std::copy(sums, sums + group, dB + l * N + first);
       }
       weight_t dv[W], d_dt_steps[W], d_dt_v_steps[W];
       store_lanes(d_dt_steps, d_dt);
