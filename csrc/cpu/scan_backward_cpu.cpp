@@ -362,17 +362,21 @@ void multi_path_scan_bwd_task(const MultiPathScanBwdParams& p, const at::opmath_
 }
 
 // out[o, i] = sum over k of partial[o, k, i], k in index order, for o < n_outer and i < count: the
-// same order whatever the thread count.
+// same order whatever the thread count. The loop over k runs outside the loop over i, which then
+// vectorises (a column's strided sum ran one value at a time); each i still adds k = 0, 1, ... in turn.
 template <typename weight_t>
 void sum_partials_in_order(const weight_t* partial, int64_t n_outer, int64_t n_partials, int64_t count,
                            weight_t* out) {
   at::parallel_for(0, n_outer * count, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t outer = i / count, inner = i % count;
-      const weight_t* column = partial + outer * n_partials * count + inner;
-      weight_t total = 0;
-      for (int64_t k = 0; k < n_partials; ++k) total += column[k * count];
-      out[i] = total;
+    for (int64_t i = begin; i < end;) {
+      const int64_t outer = i / count, inner = i % count, run = std::min(end - i, count - inner);
+      const weight_t* columns = partial + outer * n_partials * count + inner;
+      weight_t* totals = out + i;
+      std::fill(totals, totals + run, weight_t(0));
+      for (int64_t k = 0; k < n_partials; ++k) {
+        for (int64_t j = 0; j < run; ++j) totals[j] += columns[k * count + j];
+      }
+      i += run;
     }
   });
 }
