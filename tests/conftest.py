@@ -1,3 +1,5 @@
+import random
+
 import pytest
 import torch
 
@@ -20,3 +22,21 @@ def random_pose_scan_inputs(batch, dim, T, J, d_state, dtype=torch.float32, devi
 def dtype_id(dtype):
     """A dtype's name in test ids: float32, not torch.float32."""
     return str(dtype).removeprefix("torch.")
+
+
+def random_scan_configuration(seed):
+    """A configuration drawn from seed, for the CUDA kernels against the CPU kernels in every work split
+    at once (the values fresh each call): (inputs, grad_out, delta_softplus, span_lengths), with a shape,
+    a dtype, options and a hint per path (none, shorter than a tile, a tile, odd lengths, a chunk, a
+    third of the path, the whole path or past it)."""
+    draw = random.Random(seed)
+    dtype = draw.choice([torch.float64, torch.float32, torch.float16, torch.bfloat16])
+    batch, dim, seqlen = draw.choice([1, 2, 3]), draw.choice([1, 17, 33, 40, 64]), draw.choice([7, 65, 129, 300])
+    n_paths, d_state = draw.randint(1, 8), draw.choice([1, 4, 16, 17, 33])
+    softplus = draw.random() < 0.8
+    flags = dict(with_D=draw.random() < 0.7, with_z=draw.random() < 0.7, with_bias=draw.random() < 0.7,
+                 with_mix=draw.random() < 0.5, delta_softplus=softplus)
+    span_lengths = [draw.choice([0, 1, 8, 9, 16, 31, 64, seqlen // 3, seqlen, seqlen + 5]) for _ in range(n_paths)]
+    inputs = random_scan_inputs(batch, dim, seqlen, n_paths, d_state, dtype, **flags)
+    grad_out = torch.randn(batch, dim, seqlen, dtype=torch.float64).to(dtype)
+    return inputs, grad_out, softplus, span_lengths

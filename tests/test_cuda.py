@@ -8,7 +8,7 @@ import posemamba
 from posemamba.ops import multi_path_selective_scan
 from posemamba.reference import multi_path_selective_scan_ref
 
-from conftest import dtype_id, random_pose_scan_inputs, random_scan_inputs
+from conftest import dtype_id, random_pose_scan_inputs, random_scan_configuration, random_scan_inputs
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and posemamba.HAS_EXTENSION
@@ -108,6 +108,24 @@ def test_cuda_warp_span_split_matches_cpu_kernels(shape, span_length, dtype):
     for a, b in zip(gpu, ops_forward_and_backward(gpu_args, grad_out.cuda(), span_length), strict=True):
         assert torch.equal(a, b)
     assert_close_scaled(gpu, cpu, dtype)
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_cuda_random_configurations_match_cpu_kernels(seed):
+    # Shape, dtype, options and a hint per path drawn together (conftest's random_scan_configuration;
+    # the host emulation runs the first twelve): every output, saved state and gradient.
+    inputs, grad_out, softplus, span_lengths = random_scan_configuration(seed)
+    args = [inputs[name] for name in FORWARD_ARGS]
+    gpu_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+
+    def run(args, grad_out, span_lengths):
+        out, out_ungated, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(*args, softplus, span_lengths)
+        grads = torch.ops.posemamba.multi_path_scan_bwd(grad_out, *args, out_ungated, chunk_states, softplus,
+                                                        span_lengths)
+        return [out, chunk_states, *[grad for grad in grads if grad is not None]]
+
+    gpu = run(gpu_args, grad_out.cuda(), span_lengths)
+    assert_close_scaled(gpu, run(args, grad_out, []), inputs["u"].dtype)
 
 
 def test_cuda_warp_span_split_on_long_spans_matches_cpu_kernels():
