@@ -117,7 +117,10 @@ class BiSTSSM(nn.Module):
         # The projections of the spatial-first paths (0, 2) see the global-local input, as in the
         # official code; the op reads that same mixed input through `mix`. One matmul per input for
         # the two paths that read it, in u's (batch, d_inner, L) layout: no copy of u per path.
-        u_mixed = u + u[..., mix[0]]
+        # The partner positions repeat, so the backward scatters with repeats: advanced indexing's scatter
+        # is deterministic on a GPU (sorted), index_select's on a CPU, and a quarter of the time there.
+        partners = u.index_select(-1, mix[0]) if u.device.type == "cpu" else u[..., mix[0]]
+        u_mixed = u + partners
         n_proj = self.x_proj_weight.shape[1]                                    # dt_rank + 2 N
 
         def project(inputs, first_path):  # -> (batch, 2, n_proj, L): paths first_path, first_path + 2
@@ -126,7 +129,7 @@ class BiSTSSM(nn.Module):
 
         x_dbl = torch.stack([project(u_mixed, 0), project(u, 1)], dim=2).view(batch, 4, n_proj, T * J)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.matmul(self.dt_projs_weight, dts)                           # (batch, 4, d_inner, L)
+        dts = torch.matmul(self.dt_projs_weight, dts.contiguous())              # (batch, 4, d_inner, L)
         # A, D and the dt bias stay in float32 under half-precision inputs (float64 with float64 ones).
         weight_dtype = weight_dtype_for(u.dtype)
         A = -torch.exp(self.A_logs.to(weight_dtype)).view(4, self.d_inner, self.d_state)
