@@ -42,7 +42,8 @@ def official_cross_scan_ssm(op, x):
     with its SS2D data flow and copies: CrossScan (the frame-major sequence with the global-local term
     x + x[..., limb_order], the joint-major transpose, both flipped), one single-path selective scan
     over the 4 x d_inner channels with B and C in 4 groups (posemamba's `selective_scan`, the
-    counterpart of the official selective_scan_cuda), then CrossMerge. Equal to op(x) up to rounding
+    counterpart of the official selective_scan_cuda, which takes the groups as one call each), then
+    CrossMerge. Equal to op(x) up to rounding
     (tests/test_model.py), gradients included (exact through the global-local term, as the model's);
     benchmarks/test_model_benchmarks.py times the model with either."""
     from .ops import selective_scan
