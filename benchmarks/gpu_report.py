@@ -18,8 +18,9 @@ splits of both for the joint-major paths, and at batch 16 for every path), and a
 path frame-major too (DIR/span_sweep.txt), (5) prints each kernel's time in one fused
 forward+backward at batch 16 (the profiler), (6) profiles the scan's kernels with Nsight Compute where `ncu` can read the counters
 (full report in DIR/ncu_*.txt, a summary line per kernel here), (7) runs a few CUDA tests under
-compute-sanitizer's memcheck and racecheck, (8) runs the model's CUDA benchmarks, and prints the sweep
-and the table again last. Every step after the build runs with a time limit; one that fails or runs
+compute-sanitizer's memcheck and racecheck, (8) runs the model's CUDA benchmarks (the fused model and
+the official data flow) and prints each kernel's share of a PoseMamba-L training step, and prints the
+sweep and the table again last. Every step after the build runs with a time limit; one that fails or runs
 out is reported and the next runs.
 """
 import argparse
@@ -101,6 +102,32 @@ def run_model_benchmarks():
     run_step("model benchmarks on CUDA", [sys.executable, "-m", "pytest", "-q", "--benchmark-only", "-k", "cuda",
                                          "--benchmark-columns=median,min,max",
                                          os.path.join(ROOT, "benchmarks", "test_model_benchmarks.py")], timeout_s=240)
+
+
+def model_breakdown(device="cuda", preset="L", batch=16, frames=243):
+    """Each kernel's (on a CPU, each operator's) share of one PoseMamba training step, PoseMamba-L at
+    T=243 and batch 16 by default: where the model's time goes around the scan."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from posemamba.model import posemamba
+
+    model = posemamba(preset, num_frame=frames).to(device)
+    keypoints = torch.randn(batch, frames, 17, 2, device=device)
+    synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        model(keypoints).square().mean().backward()
+        synchronize()
+
+    step()  # warm-up
+    on_gpu = device == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if on_gpu else ProfilerActivity.CPU]) as prof:
+        step()
+    print(f"\nPoseMamba-{preset} training step, T={frames}, batch {batch}, by {'kernel' if on_gpu else 'operator'}:")
+    print(prof.key_averages().table(sort_by="self_device_time_total" if on_gpu else "self_cpu_time_total",
+                                    row_limit=15))
 
 
 def pose_block_inputs(batch, dim, joint_major=True):
@@ -393,6 +420,8 @@ def run_internal_step(args):
         write_span_sweep_rows(os.path.join(args.out, "span_sweep.txt"), args.label)
     elif args.step == "breakdown":
         kernel_breakdown()
+    elif args.step == "model_breakdown":
+        model_breakdown()
     elif args.step == "profile":
         name, batch = NCU_SHAPES[args.shape]
         fused_forward_backward(batch, SHAPES[name])()
@@ -415,7 +444,8 @@ def main():
     parser.add_argument("--ncu-shapes", default=",".join(NCU_SHAPES),
                         help="comma-separated shapes Nsight Compute profiles, of " + ", ".join(NCU_SHAPES) +
                              " (default: all)")
-    parser.add_argument("--step", choices=("table", "sweep", "breakdown", "profile"), help=argparse.SUPPRESS)
+    parser.add_argument("--step", choices=("table", "sweep", "breakdown", "model_breakdown", "profile"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--shape", choices=tuple(NCU_SHAPES), help=argparse.SUPPRESS)
     parser.add_argument("--label", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -453,6 +483,7 @@ def main():
     sanitizers_clean = run_sanitizers() if "sanitizers" in steps else None
     if "model" in steps:
         run_model_benchmarks()
+        run_step("model kernel breakdown", this_script + ["--step", "model_breakdown"], timeout_s=120)
     verdicts = {None: "not run", True: "passed", False: "FAILED"}
     print(f"\nCUDA tests {verdicts[tests_passed]}; compute-sanitizer "
           f"{ {None: 'not run', True: 'found nothing', False: 'found ERRORS'}[sanitizers_clean] }; "

@@ -168,3 +168,10 @@ def test_split_settings_name_each_split():
         expected = {"warps": "1", "warps all": "1", "warps fwd": "forward"}.get(label, "0")
         assert settings["POSEMAMBA_CUDA_WARP_SPANS"] == expected
         assert (gpu_report.HINT_EVERY_PATH in settings) == (label == "warps all")
+
+
+def test_model_breakdown_prints_a_table(capsys):
+    # On a CPU the same code profiles operators: a small model, a short clip.
+    gpu_report.model_breakdown("cpu", "S", batch=1, frames=9)
+    out = capsys.readouterr().out
+    assert "PoseMamba-S training step, T=9, batch 1, by operator:" in out and "Self CPU" in out
