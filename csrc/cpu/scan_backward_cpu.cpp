@@ -108,9 +108,11 @@ POSEMAMBA_ALWAYS_INLINE void sum_lanes_of_group(ChannelLanes<weight_t>* x, weigh
 }
 #endif
 
-// The pointers arrive as restrict parameters and the running gradients live in local arrays, so the
-// compiler knows nothing aliases and vectorises without run-time overlap checks. kInRange as in the
-// forward: the recomputed decays skip scan_exp's clamps (and equal the forward's, bit for bit).
+// The pointers arrive as restrict parameters and the state's running gradients (dh, dA) live in local
+// arrays, so the compiler knows nothing aliases and vectorises without run-time overlap checks; a
+// step's gradients summed over the state entries (d_dt, d_dt_v) stay in registers (ChannelLanes).
+// kInRange as in the forward: the recomputed decays skip scan_exp's clamps (and equal the forward's,
+// bit for bit).
 template <bool kInRange, typename weight_t>
 POSEMAMBA_ALWAYS_INLINE void scan_path_block_backward(
     const weight_t* POSEMAMBA_RESTRICT dt_all, const weight_t* POSEMAMBA_RESTRICT dt_grad,

@@ -40,9 +40,10 @@ struct PathBlockScan {
 };
 
 // The pointers arrive as restrict parameters and the state lives in a local array: then the compiler
-// knows nothing aliases, keeps the state and the step's output in registers, and needs no run-time
-// overlap checks (restrict on struct members would be ignored). kInRange: every |dt * a| of the path
-// is known to be within kScanExpFastLimit, so the decays skip scan_exp's clamps.
+// knows nothing aliases and needs no run-time overlap checks (restrict on struct members would be
+// ignored). The state stays in L1 (an entry's row loaded and stored once a step), the step's output
+// in a register (ChannelLanes). kInRange: every |dt * a| of the path is known to be within
+// kScanExpFastLimit, so the decays skip scan_exp's clamps.
 template <bool kInRange, typename weight_t>
 POSEMAMBA_ALWAYS_INLINE void scan_path_block(
     const weight_t* POSEMAMBA_RESTRICT dt_all, const weight_t* POSEMAMBA_RESTRICT v_all,
