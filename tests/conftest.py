@@ -1,3 +1,5 @@
+import hashlib
+import os
 import random
 
 import pytest
@@ -6,6 +8,20 @@ import torch
 import posemamba
 from posemamba.paths import pose_mix, pose_paths
 from posemamba.testing import random_scan_inputs  # noqa: F401  (the tests import it from here)
+
+# The C++ and CUDA sources, for the tests that compile them themselves (the emulation, the portable build).
+CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+requires_sources = pytest.mark.skipif(not os.path.isdir(CSRC), reason="needs the csrc/ sources of a checkout")
+
+
+def sources_digest():
+    """A hash of every source under csrc/ and of torch's version, for the names of the modules the tests
+    build: torch's extension cache is shared, and a module built from other sources or against another
+    torch must not be reused."""
+    sources = sorted(os.path.join(root, name) for root, _, names in os.walk(CSRC) for name in names)
+    contents = b"".join(open(path, "rb").read() for path in sources) + torch.__version__.encode()
+    return hashlib.sha256(contents).hexdigest()[:12]
+
 
 requires_extension = pytest.mark.skipif(
     not posemamba.HAS_EXTENSION, reason=f"compiled kernels missing: {posemamba.EXTENSION_ERROR}")

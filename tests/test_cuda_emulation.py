@@ -1,7 +1,6 @@
 """The CUDA kernels' code, compiled for the host and run on host threads (csrc/emulation/), against the
 CPU kernels and the reference. This checks the CUDA kernels' indexing, work split, warp shuffles,
 partial sums and launches on any machine; tests/test_cuda.py checks them on a GPU."""
-import hashlib
 import os
 import subprocess
 import sys
@@ -9,14 +8,12 @@ import sys
 import pytest
 import torch
 
-from conftest import (dtype_id, random_pose_scan_inputs, random_scan_configuration, random_scan_inputs,
-                      requires_extension)
+from conftest import (CSRC, dtype_id, random_pose_scan_inputs, random_scan_configuration, random_scan_inputs,
+                      requires_extension, requires_sources, sources_digest)
 from posemamba.paths import span_lengths_hint
 from posemamba.reference import multi_path_selective_scan_ref
 
-CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
-pytestmark = [requires_extension,
-              pytest.mark.skipif(not os.path.isdir(CSRC), reason="needs the csrc/ sources of a checkout")]
+pytestmark = [requires_extension, requires_sources]
 
 FORWARD_ARGS = ("u", "delta", "A", "B", "C", "paths", "D", "z", "delta_bias", "mix")
 GRADIENTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -33,16 +30,12 @@ SANITIZED = "POSEMAMBA_EMULATION_SANITIZED"
 
 
 def load_emulation():
-    """The emulation module, built once per version of the sources and of torch (its name carries their
-    hash: torch's extension cache is shared, and a module built against another torch would not load);
-    with the sanitizers where the environment sets POSEMAMBA_EMULATION_SANITIZED=1."""
+    """The emulation module, built once per version of the sources and of torch (conftest's
+    sources_digest); with the sanitizers where the environment sets POSEMAMBA_EMULATION_SANITIZED=1."""
     from torch.utils.cpp_extension import load
 
-    sources = sorted(os.path.join(root, name) for root, _, names in os.walk(CSRC) for name in names)
-    contents = b"".join(open(path, "rb").read() for path in sources) + torch.__version__.encode()
-    digest = hashlib.sha256(contents).hexdigest()[:12]
     sanitized = os.environ.get(SANITIZED) == "1"
-    return load(name=f"posemamba_cuda_emulated_{digest}" + ("_sanitized" if sanitized else ""),
+    return load(name=f"posemamba_cuda_emulated_{sources_digest()}" + ("_sanitized" if sanitized else ""),
                 sources=[os.path.join(CSRC, "emulation", "scan_cuda_emulated.cpp"),
                          os.path.join(CSRC, "multi_path_scan_host.cpp")],
                 extra_include_paths=[CSRC], extra_cflags=["-O1", "-g", *SANITIZER_FLAGS] if sanitized else ["-O2"],

@@ -66,7 +66,7 @@ constexpr int64_t kSumGroup = 16;
 // vectors at once where the compiler has vector shuffles (15 vector additions and 30 shuffles, where
 // one vector's lanes summed alone take 15 scalar additions and as many lane extractions: most of the
 // backward's loop over state entries).
-#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#if !defined(POSEMAMBA_PORTABLE_LANES) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12))
 template <typename V>
 POSEMAMBA_ALWAYS_INLINE V pairwise(V a, V b, int level) {
   // a's lanes then b's, regrouped and added: level 8 adds lanes i and i + 8 of each vector, 4 lanes i

@@ -27,8 +27,9 @@ inline int64_t num_channel_blocks(int64_t dim) {
 // a loop (GCC's and Clang's vector extensions). A sum over state entries kept in an array is stored and
 // reloaded at every entry instead: a store-to-load chain that took half of the CPU forward's time. The
 // arithmetic is lane by lane, so the scan math's templates (multi_path_scan.h) take lanes as they take
-// numbers, with the same roundings as a loop over an array.
-#if defined(__GNUC__) || defined(__clang__)
+// numbers, with the same roundings as a loop over an array. POSEMAMBA_PORTABLE_LANES picks the other
+// compilers' definition anywhere (tests/test_multi_path_scan.py compiles the kernels with it).
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(POSEMAMBA_PORTABLE_LANES)
 template <typename T>
 struct ChannelLanesOf {
   typedef T type __attribute__((vector_size(kCpuChannelBlock * sizeof(T))));
