@@ -40,6 +40,24 @@ def dtype_id(dtype):
     return str(dtype).removeprefix("torch.")
 
 
+# The ops' arguments before delta_softplus, and the inputs with gradients, in the schemas' order.
+FORWARD_ARGS = ("u", "delta", "A", "B", "C", "paths", "D", "z", "delta_bias", "mix")
+GRADIENTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def scan_ops_forward_and_backward(ops, inputs, grad_out, delta_softplus=True, span_lengths=()):
+    """[out, out_ungated, chunk_states] and the gradients of every present input, through the raw ops of
+    `ops` (torch.ops.posemamba, or a build of them under another name); span_lengths: the hints, one per
+    path, or a number for every path."""
+    args = [inputs[name] for name in FORWARD_ARGS]
+    if isinstance(span_lengths, int):
+        span_lengths = [span_lengths] * inputs["A"].shape[0]
+    out, out_ungated, chunk_states = ops.multi_path_scan_fwd(*args, delta_softplus, span_lengths)
+    grads = ops.multi_path_scan_bwd(grad_out, *args, out_ungated, chunk_states, delta_softplus, span_lengths)
+    return [out, out_ungated, chunk_states] + [grad for name, grad in zip(GRADIENTS, grads)
+                                               if inputs[name] is not None]
+
+
 def random_scan_configuration(seed):
     """A configuration drawn from seed, for the CUDA kernels against the CPU kernels in every work split
     at once (the values fresh each call): (inputs, grad_out, delta_softplus, span_lengths), with a shape,

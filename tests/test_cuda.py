@@ -8,7 +8,8 @@ import posemamba
 from posemamba.ops import multi_path_selective_scan
 from posemamba.reference import multi_path_selective_scan_ref
 
-from conftest import dtype_id, random_pose_scan_inputs, random_scan_configuration, random_scan_inputs
+from conftest import FORWARD_ARGS, dtype_id, random_pose_scan_inputs, random_scan_configuration, random_scan_inputs
+from conftest import scan_ops_forward_and_backward as forward_and_backward
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and posemamba.HAS_EXTENSION
@@ -74,19 +75,6 @@ def test_cuda_pose_shapes_match_cpu_kernels_and_are_deterministic(T):
     assert_close_scaled(first, cpu, torch.float32)
 
 
-FORWARD_ARGS = ("u", "delta", "A", "B", "C", "paths", "D", "z", "delta_bias", "mix")
-
-
-def ops_forward_and_backward(args, grad_out, span_lengths):
-    """The raw ops' output, saved states and gradients, the backward given the forward's span-length hints
-    (one per path, or a number for every path)."""
-    if isinstance(span_lengths, int):
-        span_lengths = [span_lengths] * args[FORWARD_ARGS.index("A")].shape[0]
-    out, out_ungated, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(*args, True, span_lengths)
-    grads = torch.ops.posemamba.multi_path_scan_bwd(grad_out, *args, out_ungated, chunk_states, True, span_lengths)
-    return [out, chunk_states, *grads]
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16],
                          ids=dtype_id)
 @pytest.mark.parametrize("shape, span_length", [((2, 33, 70, 2, 3), 8), ((1, 5, 200, 3, 4), 69),
@@ -100,12 +88,12 @@ def test_cuda_warp_span_split_matches_cpu_kernels(shape, span_length, dtype):
     # gradient, each bitwise the same in a second run.
     inputs = random_scan_inputs(*shape, dtype)
     grad_out = torch.randn(shape[0], shape[1], shape[2], dtype=torch.float64).to(dtype)
-    args = [inputs[name] for name in FORWARD_ARGS]
-    gpu_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+    gpu_inputs = to_cuda(inputs)
 
-    cpu = ops_forward_and_backward(args, grad_out, 0)
-    gpu = ops_forward_and_backward(gpu_args, grad_out.cuda(), span_length)
-    for a, b in zip(gpu, ops_forward_and_backward(gpu_args, grad_out.cuda(), span_length), strict=True):
+    cpu = forward_and_backward(torch.ops.posemamba, inputs, grad_out)
+    gpu = forward_and_backward(torch.ops.posemamba, gpu_inputs, grad_out.cuda(), span_lengths=span_length)
+    again = forward_and_backward(torch.ops.posemamba, gpu_inputs, grad_out.cuda(), span_lengths=span_length)
+    for a, b in zip(gpu, again, strict=True):
         assert torch.equal(a, b)
     assert_close_scaled(gpu, cpu, dtype)
 
@@ -115,17 +103,8 @@ def test_cuda_random_configurations_match_cpu_kernels(seed):
     # Shape, dtype, options and a hint per path drawn together (conftest's random_scan_configuration;
     # the host emulation runs the first twelve): every output, saved state and gradient.
     inputs, grad_out, softplus, span_lengths = random_scan_configuration(seed)
-    args = [inputs[name] for name in FORWARD_ARGS]
-    gpu_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
-
-    def run(args, grad_out, span_lengths):
-        out, out_ungated, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(*args, softplus, span_lengths)
-        grads = torch.ops.posemamba.multi_path_scan_bwd(grad_out, *args, out_ungated, chunk_states, softplus,
-                                                        span_lengths)
-        return [out, chunk_states, *[grad for grad in grads if grad is not None]]
-
-    gpu = run(gpu_args, grad_out.cuda(), span_lengths)
-    assert_close_scaled(gpu, run(args, grad_out, []), inputs["u"].dtype)
+    gpu = forward_and_backward(torch.ops.posemamba, to_cuda(inputs), grad_out.cuda(), softplus, span_lengths)
+    assert_close_scaled(gpu, forward_and_backward(torch.ops.posemamba, inputs, grad_out, softplus), inputs["u"].dtype)
 
 
 def test_cuda_warp_span_split_on_long_spans_matches_cpu_kernels():
@@ -138,11 +117,8 @@ def test_cuda_warp_span_split_on_long_spans_matches_cpu_kernels():
     batch = 2 * 8 * sms // warps_per_element + 1  # two 8-warp forward blocks a multiprocessor
     inputs = random_scan_inputs(batch, dim, length, n_paths, 16, torch.float32)
     grad_out = torch.randn(batch, dim, length)
-    args = [inputs[name] for name in FORWARD_ARGS]
-    gpu_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
-
-    gpu = ops_forward_and_backward(gpu_args, grad_out.cuda(), span_length)
-    assert_close_scaled(gpu, ops_forward_and_backward(args, grad_out, 0), torch.float32)
+    gpu = forward_and_backward(torch.ops.posemamba, to_cuda(inputs), grad_out.cuda(), span_lengths=span_length)
+    assert_close_scaled(gpu, forward_and_backward(torch.ops.posemamba, inputs, grad_out), torch.float32)
 
 
 def test_cuda_whole_path_blocks_match_cpu_kernels():

@@ -8,15 +8,14 @@ import sys
 import pytest
 import torch
 
-from conftest import (CSRC, dtype_id, random_pose_scan_inputs, random_scan_configuration, random_scan_inputs,
-                      requires_extension, requires_sources, sources_digest)
+from conftest import (CSRC, FORWARD_ARGS, GRADIENTS, dtype_id, random_pose_scan_inputs, random_scan_configuration,
+                      random_scan_inputs, requires_extension, requires_sources, sources_digest)
+from conftest import scan_ops_forward_and_backward as forward_and_backward
 from posemamba.paths import span_lengths_hint
 from posemamba.reference import multi_path_selective_scan_ref
 
 pytestmark = [requires_extension, requires_sources]
 
-FORWARD_ARGS = ("u", "delta", "A", "B", "C", "paths", "D", "z", "delta_bias", "mix")
-GRADIENTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 # (rtol, atol relative to the largest value) between the emulated CUDA kernels and the CPU kernels:
 # the same formulas, composed and summed in other orders.
 TOLERANCE = {torch.float64: (1e-10, 1e-11), torch.float32: (1e-4, 2e-5), torch.float16: (4e-3, 2e-3),
@@ -45,18 +44,6 @@ def load_emulation():
 @pytest.fixture(scope="module")
 def emulated():
     return load_emulation()
-
-
-def forward_and_backward(ops, inputs, grad_out, delta_softplus=True, span_lengths=()):
-    """(out, chunk_states) and the gradients of every present input, through ops' fwd and bwd; span_lengths:
-    the hints, one per path, or a number for every path."""
-    args = [inputs[name] for name in FORWARD_ARGS]
-    if isinstance(span_lengths, int):
-        span_lengths = [span_lengths] * inputs["A"].shape[0]
-    out, out_ungated, chunk_states = ops.multi_path_scan_fwd(*args, delta_softplus, span_lengths)
-    grads = ops.multi_path_scan_bwd(grad_out, *args, out_ungated, chunk_states, delta_softplus, span_lengths)
-    present = [grad for name, grad in zip(GRADIENTS, grads) if inputs[name] is not None]
-    return [out, chunk_states] + present
 
 
 def assert_close_scaled(actual, expected, dtype):
@@ -115,7 +102,7 @@ def test_emulated_cuda_kernels_match_reference(emulated, flags, span_length):
     leaves = {name: inputs[name].detach().requires_grad_(True) for name in names}
     out = multi_path_selective_scan_ref(**{**inputs, **leaves}, delta_softplus=softplus)
     expected = [out] + list(torch.autograd.grad(out, [leaves[name] for name in names], grad_out))
-    assert_close_scaled(actual[:1] + actual[2:], expected, torch.float64)
+    assert_close_scaled(actual[:1] + actual[3:], expected, torch.float64)  # out and the gradients
 
 
 # T = 243: PoseMamba's length, L = 4131 = 65 chunks (the last one partial) carried through the passes;
@@ -203,9 +190,9 @@ def test_emulated_kernels_give_each_path_its_own_split(emulated):
     per_path = forward_and_backward(emulated, inputs, grad_out, span_lengths=[0, 13, 0, 13])
     chunked = forward_and_backward(emulated, inputs, grad_out)
     warp = forward_and_backward(emulated, inputs, grad_out, span_lengths=13)
-    # chunk_states, then du, ddelta, dA, dB, dC, dD, dz, ddelta_bias; the path is the first dimension of
-    # dA, dD and ddelta_bias, the second of the others (du and dz sum the paths).
-    path_dims = {1: 1, 3: 1, 4: 0, 5: 1, 6: 1, 7: 0, 9: 0}
+    # After out and out_ungated: chunk_states, then du, ddelta, dA, dB, dC, dD, dz, ddelta_bias; the path
+    # is the first dimension of dA, dD and ddelta_bias, the second of the others (du and dz sum the paths).
+    path_dims = {2: 1, 4: 1, 5: 0, 6: 1, 7: 1, 8: 0, 10: 0}
     for index, dim in path_dims.items():
         for paths, expected in (([0, 2], chunked), ([1, 3], warp)):
             rows = torch.tensor(paths)
@@ -235,7 +222,7 @@ def test_emulated_cuda_kernels_on_empty_inputs(emulated, shape):
     grad_out = torch.randn(shape[0], shape[1], shape[2])
     actual = forward_and_backward(emulated, inputs, grad_out)
     assert_close_scaled(actual, forward_and_backward(torch.ops.posemamba, inputs, grad_out), torch.float32)
-    dA = actual[2 + list(GRADIENTS).index("A")]
+    dA = actual[3 + list(GRADIENTS).index("A")]
     assert torch.equal(dA, torch.zeros_like(dA))  # sums over nothing
 
 

@@ -7,11 +7,11 @@ import os
 import pytest
 import torch
 
-from conftest import CSRC, random_scan_inputs, requires_extension, requires_sources, sources_digest
+from conftest import (CSRC, random_scan_inputs, requires_extension, requires_sources, scan_ops_forward_and_backward,
+                      sources_digest)
 
 pytestmark = [requires_extension, requires_sources]
 
-FORWARD_ARGS = ("u", "delta", "A", "B", "C", "paths", "D", "z", "delta_bias", "mix")
 SOURCES = ("ops.cpp", "multi_path_scan_host.cpp", "cpu/scan_forward_cpu.cpp", "cpu/scan_backward_cpu.cpp",
            "cpu/scan_math_cpu.cpp")
 
@@ -34,13 +34,9 @@ def portable_ops():
                          ids=["float64", "float32"])
 def test_portable_lanes_match_the_vector_extensions(portable_ops, dtype, tolerance):
     inputs = random_scan_inputs(2, 40, 300, 3, 20, dtype)
-    args = [inputs[name] for name in FORWARD_ARGS]
     grad_out = torch.randn(2, 40, 300, dtype=dtype)
-    results = []
-    for ops in (torch.ops.posemamba, portable_ops):
-        out, out_ungated, chunk_states = ops.multi_path_scan_fwd(*args, True, [])
-        grads = ops.multi_path_scan_bwd(grad_out, *args, out_ungated, chunk_states, True, [])
-        results.append([out, out_ungated, chunk_states, *grads])
-    for actual, expected in zip(results[1], results[0], strict=True):
+    expected_results = scan_ops_forward_and_backward(torch.ops.posemamba, inputs, grad_out)
+    actual_results = scan_ops_forward_and_backward(portable_ops, inputs, grad_out)
+    for actual, expected in zip(actual_results, expected_results, strict=True):
         scale = max(1.0, expected.abs().max().item())
         torch.testing.assert_close(actual, expected, rtol=tolerance, atol=tolerance * scale)
