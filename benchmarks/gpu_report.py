@@ -112,17 +112,17 @@ def model_breakdown(device="cuda", preset="L", batch=16, frames=243):
 
     from posemamba.model import posemamba
 
+    on_gpu = device == "cuda"
     model = posemamba(preset, num_frame=frames).to(device)
     keypoints = torch.randn(batch, frames, 17, 2, device=device)
-    synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def step():
         model.zero_grad(set_to_none=True)
         model(keypoints).square().mean().backward()
-        synchronize()
+        if on_gpu:
+            torch.cuda.synchronize()
 
     step()  # warm-up
-    on_gpu = device == "cuda"
     with profile(activities=[ProfilerActivity.CUDA if on_gpu else ProfilerActivity.CPU]) as prof:
         step()
     print(f"\nPoseMamba-{preset} training step, T={frames}, batch {batch}, by {'kernel' if on_gpu else 'operator'}:")

@@ -115,12 +115,13 @@ class BiSTSSM(nn.Module):
         paths, mix, span_lengths = self._path_indices(T, J, x.device)
 
         # The projections of the spatial-first paths (0, 2) see the global-local input, as in the
-        # official code; the op reads that same mixed input through `mix`. One matmul per input for
-        # the two paths that read it, in u's (batch, d_inner, L) layout: no copy of u per path.
-        # The partner positions repeat, so the backward scatters with repeats: advanced indexing's scatter
-        # is deterministic on a GPU (sorted), index_select's on a CPU, and a quarter of the time there.
+        # official code; the op reads that same mixed input through `mix`. Partner positions repeat, so
+        # the gather's backward scatters with repeats: advanced indexing's is deterministic on a GPU
+        # (sorted), index_select's on a CPU (and a quarter of the time there).
         partners = u.index_select(-1, mix[0]) if u.device.type == "cpu" else u[..., mix[0]]
         u_mixed = u + partners
+        # One matmul per input for the two paths that read it, in u's (batch, d_inner, L) layout: no
+        # copy of u per path.
         n_proj = self.x_proj_weight.shape[1]                                    # dt_rank + 2 N
 
         def project(inputs, first_path):  # -> (batch, 2, n_proj, L): paths first_path, first_path + 2
