@@ -67,34 +67,39 @@ constexpr int64_t kSumGroup = 16;
 // one vector's lanes summed alone take 15 scalar additions and as many lane extractions: most of the
 // backward's loop over state entries).
 #if !defined(POSEMAMBA_PORTABLE_LANES) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12))
-template <typename V>
-POSEMAMBA_ALWAYS_INLINE V pairwise(V a, V b, int level) {
-  // a's lanes then b's, regrouped and added: level 8 adds lanes i and i + 8 of each vector, 4 lanes i
-  // and i + 4 of each 8, 2 lanes i and i + 2 of each 4, 1 lanes i and i + 1 of each 2.
-  switch (level) {
-    case 8:
-      return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-             __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-    case 4:
-      return __builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
-             __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
-    case 2:
-      return __builtin_shufflevector(a, b, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
-             __builtin_shufflevector(a, b, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
-    default:
-      return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
-             __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+// a's lanes then b's, regrouped and added: level 8 adds lanes i and i + 8 of each vector, 4 lanes i and
+// i + 4 of each 8, 2 lanes i and i + 2 of each 4, 1 lanes i and i + 1 of each 2.
+template <int kLevel, typename V>
+POSEMAMBA_ALWAYS_INLINE V pairwise(V a, V b) {
+  if constexpr (kLevel == 8) {
+    return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+           __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  } else if constexpr (kLevel == 4) {
+    return __builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+           __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  } else if constexpr (kLevel == 2) {
+    return __builtin_shufflevector(a, b, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+           __builtin_shufflevector(a, b, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+  } else {
+    static_assert(kLevel == 1, "levels 8, 4, 2, 1");
+    return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+           __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
   }
+}
+
+// Halves the vectors (kLevel of them left), pairing neighbours.
+template <int kLevel, typename V>
+POSEMAMBA_ALWAYS_INLINE void pair_up(V* x) {
+  for (int i = 0; i < kLevel; ++i) x[i] = pairwise<kLevel>(x[2 * i], x[2 * i + 1]);
 }
 
 template <typename weight_t>
 POSEMAMBA_ALWAYS_INLINE void sum_lanes_of_group(ChannelLanes<weight_t>* x, weight_t* sums) {
   static_assert(kCpuChannelBlock == 16 && kSumGroup == 16, "written for 16 lanes and 16 vectors");
-  // Each level halves the vectors (level of them left), pairing neighbours, so that the k-th sum ends
-  // in lane k.
-  for (int level = 8; level >= 1; level /= 2) {
-    for (int i = 0; i < level; ++i) x[i] = pairwise(x[2 * i], x[2 * i + 1], level);
-  }
+  pair_up<8>(x);
+  pair_up<4>(x);
+  pair_up<2>(x);
+  pair_up<1>(x);  // the k-th sum in lane k
   store_lanes(sums, x[0]);
 }
 #else
