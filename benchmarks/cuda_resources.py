@@ -67,11 +67,29 @@ def kernel_usage(log):
 
 def find_cuobjdump():
     """cuobjdump from the PATH, the toolkit, or the nvidia-cuda-cuobjdump wheel (the toolkit on the
-    development machine has none: `pip install nvidia-cuda-cuobjdump` puts one in site-packages)."""
+    development machine has none: `pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm` puts both in
+    site-packages), and the environment to run it in: cuobjdump 13.5 disassembles through nvdisasm,
+    which it looks for on the PATH, so the folders of both go first there."""
     toolkit = os.environ.get("CUDA_HOME", "/usr/local/cuda")
-    candidates = [shutil.which("cuobjdump"), os.path.join(toolkit, "bin", "cuobjdump")]
-    candidates += [os.path.join(path, "nvidia", "cu13", "bin", "cuobjdump") for path in sys.path]
-    return next((path for path in candidates if path and os.access(path, os.X_OK)), None)
+    folders = [os.path.join(toolkit, "bin")] + [os.path.join(path, "nvidia", "cu13", "bin") for path in sys.path]
+
+    def find(tool):
+        candidates = [shutil.which(tool)] + [os.path.join(folder, tool) for folder in folders]
+        return next((path for path in candidates if path and os.access(path, os.X_OK)), None)
+
+    cuobjdump, nvdisasm = find("cuobjdump"), find("nvdisasm")
+    if cuobjdump is None:
+        return None, None
+    tool_folders = [os.path.dirname(tool) for tool in (cuobjdump, nvdisasm) if tool]
+    return cuobjdump, dict(os.environ, PATH=os.pathsep.join(tool_folders + [os.environ.get("PATH", "")]))
+
+
+def disassemble(cuobjdump, environment, binary):
+    result = subprocess.run([cuobjdump, "-sass", binary], capture_output=True, text=True, env=environment)
+    if result.returncode != 0:
+        sys.exit(f"cuda_resources: {cuobjdump} -sass failed (for cuobjdump 13.5 and later, nvdisasm must be on "
+                 f"the PATH or next to it: pip install nvidia-cuda-nvdisasm):\n{result.stderr[-2000:]}")
+    return result.stdout
 
 
 def sass_functions(sass):
@@ -152,7 +170,7 @@ def main():
                         help="also count the instructions of each scan kernel's loop over state entries "
                              "(needs cuobjdump)")
     args = parser.parse_args()
-    cuobjdump = find_cuobjdump() if args.sass else None
+    cuobjdump, environment = find_cuobjdump() if args.sass else (None, None)
     if args.sass and cuobjdump is None:
         sys.exit("cuda_resources: --sass needs cuobjdump (CUDA_HOME/bin, the PATH, "
                  "or pip install nvidia-cuda-cuobjdump)")
@@ -173,7 +191,7 @@ def main():
                     print(f"{row['kernel']:<34} {row['args']:<22} {row.get('registers', 0):>9} "
                           f"{row.get('stack', 0):>8} {row.get('spills', 0):>9} {row.get('smem', 0):>7}")
             if cuobjdump:
-                sass = subprocess.run([cuobjdump, "-sass", binary], capture_output=True, text=True, check=True).stdout
+                sass = disassemble(cuobjdump, environment, binary)
                 loops += [loop for loop in state_entry_loops(sass) if wanted(loop[1])]
                 tiles += [loop for loop in tile_loops(sass) if wanted(loop[1])]
     if loops:

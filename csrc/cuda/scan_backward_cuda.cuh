@@ -128,8 +128,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       weight_t v[kStepsPerThread], dt[kStepsPerThread], dy[kStepsPerThread];
       weight_t d_dt[kStepsPerThread], d_dt_v[kStepsPerThread], dt_v[kStepsPerThread];
       c.load_steps(position, projections.mixed_position + warp * kStepsPerThread, tiles[warp], v, dt);
-      c.gather_steps(position, tiles[warp], dy,
-                     [&](int64_t i) { return output_grad_at<input_t>(p, first_output + i); });
+      c.gather_steps(tiles[warp], dy, OutputGradsAt<input_t>(p, first_output, lane_step_position(position)));
 #pragma unroll
       for (int k = 0; k < kStepsPerThread; ++k) {
         const bool valid = first + k < end;
@@ -216,8 +215,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       if constexpr (!summary) {
         // delta again (its registers were the loop's), for the step size's derivative.
         weight_t delta[kStepsPerThread], d_step[kStepsPerThread], dv[kStepsPerThread];
-        c.gather_steps(position, tiles[warp], delta,
-                       [&](int64_t i) { return static_cast<weight_t>(c.delta_block[i]); });
+        c.gather_steps(tiles[warp], delta, RowsAt<input_t>(c.delta_block, lane_step_position(position)));
 #pragma unroll
         for (int k = 0; k < kStepsPerThread; ++k) {
           d_step[k] = (d_dt[k] + d_dt_v[k] * v[k]) * step_size_grad<weight_t>(delta[k], c.bias, p.delta_softplus);

@@ -90,6 +90,19 @@ __device__ __forceinline__ void rounds_to_lanes(StepTile<T> tile, const T (&roun
   __syncwarp();
 }
 
+// A row block's values at position l, by row offset (a channel's in a (..., D, L) block, a state
+// entry's in B or C): the base taken once a tile, each load one wide multiply-add from it
+// (simt::opaque_pointer).
+template <typename input_t>
+struct RowsAt {
+  const input_t* at;
+
+  __device__ RowsAt(const input_t* block, uint32_t l) : at(simt::opaque_pointer(block + l)) {}
+  __device__ at::opmath_type<input_t> operator()(uint32_t row) const {
+    return static_cast<at::opmath_type<input_t>>(at[row]);
+  }
+};
+
 // One (batch, path) and the block's 32 channels: the rows and constants the block's threads read.
 // Per lane: its channel's constants. Per block: the rows of the channels from first_channel, which
 // the tile's global side reads (channels past D read channel D - 1's row: valid memory, unused).
@@ -159,12 +172,13 @@ struct PathChannel {
     const bool has_mixed = mixed != kNoMixedPosition;
     const uint32_t source = has_mixed ? mixed : l;
     weight_t u_own[kStepsPerThread], u_mixed[kStepsPerThread], delta[kStepsPerThread];
+    const RowsAt<input_t> u_own_at(u_block, l), u_mixed_at(u_block, source), delta_at(delta_block, l);
 #pragma unroll
     for (int r = 0; r < kStepsPerThread; ++r) {
       const uint32_t row = channel_row(tile_channel(lane, r));
-      u_own[r] = static_cast<weight_t>(u_block[row + l]);
-      u_mixed[r] = static_cast<weight_t>(u_block[row + source]);
-      delta[r] = static_cast<weight_t>(delta_block[row + l]);
+      u_own[r] = u_own_at(row);
+      u_mixed[r] = u_mixed_at(row);
+      delta[r] = delta_at(row);
     }
 #pragma unroll
     for (int r = 0; r < kStepsPerThread; ++r) u_own[r] = has_mixed ? u_own[r] + u_mixed[r] : u_own[r];
@@ -174,23 +188,16 @@ struct PathChannel {
     for (int k = 0; k < kStepsPerThread; ++k) dt[k] = step_size<weight_t>(dt[k], bias, delta_softplus);
   }
 
-  // value[k] = value_at(channel row + position[k]) for this lane's channel and the warp's steps, read
-  // by the tile's global side (value_at loads from a (..., D, L) row block from first_channel), all
-  // rounds' loads in flight together.
-  template <typename ValueAt>
-  __device__ void gather_steps(const uint32_t* position, StepTile<weight_t> tile, weight_t (&value)[kStepsPerThread],
-                               ValueAt value_at) const {
-    gather_steps_at(position[tile_step(static_cast<int>(threadIdx.x))], tile, value, value_at);
-  }
-
-  // The same, given the position l of the lane's own step on the tile's global side (step tile_step(lane)).
-  template <typename ValueAt>
-  __device__ void gather_steps_at(uint32_t l, StepTile<weight_t> tile, weight_t (&value)[kStepsPerThread],
-                                  ValueAt value_at) const {
+  // value[k] = row_value(channel row) for this lane's channel and the warp's steps, read by the tile's
+  // global side: row_value reads a (..., D, L) row block (from first_channel) at the position of the
+  // lane's own step there (step tile_step(lane); RowsAt, OutputGradsAt). All rounds' loads in flight
+  // together.
+  template <typename RowValue>
+  __device__ void gather_steps(StepTile<weight_t> tile, weight_t (&value)[kStepsPerThread], RowValue row_value) const {
     const int lane = static_cast<int>(threadIdx.x);
     weight_t loaded[kStepsPerThread];
 #pragma unroll
-    for (int r = 0; r < kStepsPerThread; ++r) loaded[r] = value_at(channel_row(tile_channel(lane, r)) + l);
+    for (int r = 0; r < kStepsPerThread; ++r) loaded[r] = row_value(channel_row(tile_channel(lane, r)));
     rounds_to_lanes(tile, loaded, value);
   }
 
@@ -208,11 +215,12 @@ struct PathChannel {
     for (int k = 0; k < kStepsPerThread; ++k) tile[k][lane] = value[k];
     __syncwarp();
     if (step >= from && step < to) {
+      out_t* out_at = simt::opaque_pointer(out_steps + step);
 #pragma unroll
       for (int r = 0; r < kStepsPerThread; ++r) {
         const int channel = tile_channel(lane, r);
         if (channel <= last_block_channel) {
-          out_t* out = out_steps + static_cast<uint32_t>(channel) * row_length + step;
+          out_t* out = out_at + static_cast<uint32_t>(channel) * row_length;
           const weight_t before = accumulate ? static_cast<weight_t>(*out) : weight_t(0);
           simt::store_streaming(out, static_cast<out_t>(before + tile[step][channel]));
         }
@@ -231,13 +239,28 @@ struct PathChannel {
   weight_t bias, skip;
 };
 
-// dy = dout * silu(z) at flat index i of (batch, D, L): the gradient of the ungated sum of the paths.
-template <typename input_t>
-__device__ __forceinline__ at::opmath_type<input_t> output_grad_at(const MultiPathScanBwdParams& p, int64_t i) {
-  using weight_t = at::opmath_type<input_t>;
-  const weight_t g = static_cast<weight_t>(static_cast<const input_t*>(p.grad_out)[i]);
-  return p.z ? g * silu(static_cast<weight_t>(static_cast<const input_t*>(p.z)[i])) : g;
+// The position of the lane's own step on a tile's global side (step tile_step(lane)), from the
+// positions of the warp's steps.
+__device__ __forceinline__ uint32_t lane_step_position(const uint32_t* position) {
+  return position[tile_step(static_cast<int>(threadIdx.x))];
 }
+
+// dy = dout * silu(z), the gradient of the ungated sum of the paths, at position l of the (batch, D, L)
+// row block from flat index `block`, by channel row (PathChannel::gather_steps).
+template <typename input_t>
+struct OutputGradsAt {
+  using weight_t = at::opmath_type<input_t>;
+  const input_t* grad_out;
+  const input_t* z;  // null without a gate
+
+  __device__ OutputGradsAt(const MultiPathScanBwdParams& p, int64_t block, uint32_t l)
+      : grad_out(simt::opaque_pointer(static_cast<const input_t*>(p.grad_out) + block + l)),
+        z(p.z ? simt::opaque_pointer(static_cast<const input_t*>(p.z) + block + l) : nullptr) {}
+  __device__ weight_t operator()(uint32_t row) const {
+    const weight_t g = static_cast<weight_t>(grad_out[row]);
+    return z ? g * silu(static_cast<weight_t>(z[row])) : g;
+  }
+};
 
 // Sums over a warp's lanes (its 32 channels) of one value per step for each of the warp's
 // kStepsPerThread steps, through a padded tile of shared memory: lane i's result is step i % 8's sum
@@ -476,13 +499,14 @@ struct WarpProjections {
   __device__ void stage(const PathChannel<input_t>& c, uint32_t l, bool step_staged, int group) {
     const int lane = static_cast<int>(threadIdx.x), step = tile_step(lane);
     constexpr int kEntriesPerRound = kWarp / kStepsPerThread;
+    const RowsAt<input_t> B_at(c.B_path, l), C_at(c.C_path, l);
 #pragma unroll
     for (int r = 0; r < kStates / kEntriesPerRound; ++r) {
       const int n = lane / kStepsPerThread + r * kEntriesPerRound;
       const bool loaded = step_staged && group + n < c.N;
-      const uint32_t offset = static_cast<uint32_t>(group + n) * c.row_length + l;
-      if constexpr (kWithB) B[index(step, n)] = loaded ? static_cast<weight_t>(c.B_path[offset]) : weight_t(0);
-      if constexpr (kWithC) C[index(step, n)] = loaded ? static_cast<weight_t>(c.C_path[offset]) : weight_t(0);
+      const uint32_t row = static_cast<uint32_t>(group + n) * c.row_length;
+      if constexpr (kWithB) B[index(step, n)] = loaded ? B_at(row) : weight_t(0);
+      if constexpr (kWithC) C[index(step, n)] = loaded ? C_at(row) : weight_t(0);
     }
     __syncwarp();
   }

@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
     return staged ? static_cast<uint32_t>(c.position(first + tile_step(lane))) : 0u;
   };
   const auto output_grads = [&](uint32_t l, weight_t(&dy)[kStepsPerThread]) {
-    c.gather_steps_at(l, steps, dy, [&](int64_t i) { return output_grad_at<input_t>(p, first_output + i); });
+    c.gather_steps(steps, dy, OutputGradsAt<input_t>(p, first_output, l));
   };
   const int last_tile = (end - 1) - (end - 1) % kStepsPerThread;
 
@@ -121,7 +121,7 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
         const uint32_t l = positions.advance(first).l;
         tile.projections.template stage</*kWithB=*/false, /*kWithC=*/true>(c, l, staged, group);
         weight_t dt[kStepsPerThread], dy[kStepsPerThread];
-        c.gather_steps_at(l, steps, dt, [&](int64_t i) { return static_cast<weight_t>(c.delta_block[i]); });
+        c.gather_steps(steps, dt, RowsAt<input_t>(c.delta_block, l));
         output_grads(l, dy);
 #pragma unroll
         for (int k = kStepsPerThread - 1; k >= 0; --k) {
@@ -281,7 +281,7 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
           }
           // The step size's derivative needs delta again (its registers were the loop's).
           weight_t delta[kStepsPerThread], d_step[kStepsPerThread], dv[kStepsPerThread];
-          c.gather_steps_at(l, steps, delta, [&](int64_t i) { return static_cast<weight_t>(c.delta_block[i]); });
+          c.gather_steps(steps, delta, RowsAt<input_t>(c.delta_block, l));
 #pragma unroll
           for (int k = 0; k < kStepsPerThread; ++k) {
             d_step[k] = (d_dt[k] + d_dt_v[k] * v[k]) * step_size_grad<weight_t>(delta[k], c.bias, p.delta_softplus);

@@ -96,9 +96,10 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
         }
         // The state before every kScanChunk-th step, for the backward (warp-uniform: one tile in 8).
         if (!summary && first % kScanChunk == 0 && first >= begin && task.active) {
+          weight_t* states_at = simt::opaque_pointer(chunk_states + (first / kScanChunk * N + group) * p.dim);
 #pragma unroll
-          for (int n = 0; n < kWarpStates; ++n) {
-            if (group + n < N) simt::store_streaming(chunk_states + (first / kScanChunk * N + group + n) * p.dim, h[n]);
+          for (int n = 0; n < kWarpStates; ++n, states_at += p.dim) {
+            if (group + n < N) simt::store_streaming(states_at, h[n]);
           }
         }
 #pragma unroll

@@ -44,6 +44,17 @@ __device__ __forceinline__ void store_streaming(T* address, T value) {
   }
 }
 
+// The same pointer, hidden from the compiler's address arithmetic: for a base that a kernel takes once
+// (a tile's row at its position) and indexes several times. Left alone, nvcc folds base + index back
+// into the 64-bit sum of everything the base came from, redone for each load (about six instructions);
+// from an opaque base each load's address is one wide multiply-add.
+template <typename T>
+__device__ __forceinline__ T* opaque_pointer(T* pointer) {
+  asm("" : "+l"(pointer));
+  __builtin_assume(__isGlobal(pointer));
+  return pointer;
+}
+
 // kernel<<<grid, block, shared_bytes, current stream>>>(args...), then the launch checked.
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, Args&&... args) {

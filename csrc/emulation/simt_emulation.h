@@ -163,6 +163,12 @@ inline void store_streaming(T* address, T value) {
   *address = value;
 }
 
+// Nothing to hide from a host compiler (see the CUDA version in ../cuda/simt.cuh).
+template <typename T>
+T* opaque_pointer(T* pointer) {
+  return pointer;
+}
+
 // A small count, so that the tests' small shapes take the kernels' paths for filling a GPU
 // (the forward's split of a path into spans) as well as the paths for large shapes.
 inline int multiprocessor_count() {
