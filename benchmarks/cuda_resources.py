@@ -196,7 +196,7 @@ def main():
                 tiles += [loop for loop in tile_loops(sass) if wanted(loop[1])]
     if loops:
         print("\nEach scan kernel's loop over state entries, one iteration = one state entry of a thread's "
-              f"steps (static SASS; branches not taken still count):")
+              "steps (static SASS; branches not taken still count):")
         for kernel, template_args, counts in loops:
             top = ", ".join(f"{opcode} {count}" for opcode, count in sorted(counts.items(), key=lambda c: -c[1])[:8])
             print(f"{kernel:<34} {template_args:<22} {sum(counts.values()):>5} instructions: {top}")

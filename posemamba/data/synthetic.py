@@ -6,7 +6,7 @@ World frame: z up, the subject's forward +y at rest, so its right is +x (forward
 rotations; forward kinematics over the skeleton's parents turns them into 3D joints in millimetres.
 """
 import pickle
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import numpy as np
 
