@@ -58,7 +58,7 @@ def test_forward(benchmark, shape, implementation):
 
 
 @pytest.mark.parametrize("implementation", list(IMPLEMENTATIONS))
-@pytest.mark.parametrize("shape", ["S-b1", "L-b1", "S-b4"])
+@pytest.mark.parametrize("shape", ["S-b1", "L-b1", "S-b4", "L-b4"])
 def test_forward_backward(benchmark, shape, implementation):
     if implementation == "reference" and shape.endswith("b4"):
         pytest.skip("the reference at batch 4 takes minutes; its batch-1 ratio stands for it")

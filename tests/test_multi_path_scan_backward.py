@@ -69,7 +69,9 @@ def test_gradcheck_float64(shape, options):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(2, 3, 17, 4, 16), (1, 18, 130, 2, 5), (3, 33, 65, 3, 64)],
+# The last shape has the CPU backward's tasks take two channel blocks each, summing dB and dC into one
+# partial (channel_blocks_per_task: 5 blocks of 16 channels, batch 4), the last task one block.
+@pytest.mark.parametrize("shape", [(2, 3, 17, 4, 16), (1, 18, 130, 2, 5), (3, 33, 65, 3, 64), (4, 80, 33, 2, 16)],
                          ids=lambda s: "b{}_d{}_l{}_p{}_n{}".format(*s))
 def test_gradients_match_reference(shape, dtype):
     assert_gradients_match_reference(random_scan_inputs(*shape, dtype))
@@ -91,8 +93,9 @@ def test_softplus_threshold_gradient():
     assert_gradients_match_reference(inputs)
 
 
-def test_backward_is_bitwise_deterministic_across_thread_counts():
-    inputs = random_scan_inputs(2, 40, 150, 4, 16, torch.float32)
+@pytest.mark.parametrize("batch, dim", [(2, 40), (4, 80)], ids=["block_a_task", "blocks_grouped"])
+def test_backward_is_bitwise_deterministic_across_thread_counts(batch, dim):
+    inputs = random_scan_inputs(batch, dim, 150, 4, 16, torch.float32)
     names = differentiable_inputs(inputs)
     grad_out = torch.randn_like(inputs["u"])
     threads = torch.get_num_threads()

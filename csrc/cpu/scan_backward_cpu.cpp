@@ -42,8 +42,9 @@ struct PathBlockBackward {
   weight_t* decays;              // (kScanChunk, N, W) scratch: their steps' decays
   weight_t* ddelta;              // (L, W) written
   weight_t* du;                  // (L, W) added to
-  weight_t* dB;                  // (L, N) written: this task's partial (each position once per path)
-  weight_t* dC;                  // (L, N) written
+  weight_t* dB;                  // (L, N) this task's partial: written, or added to (accumulate_sums)
+  weight_t* dC;                  // (L, N)
+  bool accumulate_sums;          // the block is not its partial's first: dB and dC add to it
   weight_t* dA;                  // (N, W) added to
   weight_t* dD;                  // (W) added to
   weight_t* ddelta_bias;         // (W) added to
@@ -113,6 +114,12 @@ POSEMAMBA_ALWAYS_INLINE void sum_lanes_of_group(ChannelLanes<weight_t>* x, weigh
 }
 #endif
 
+// out[0, count) = sums, or += sums where accumulate.
+template <typename weight_t>
+POSEMAMBA_ALWAYS_INLINE void add_or_copy(const weight_t* sums, int64_t count, bool accumulate, weight_t* out) {
+  for (int64_t k = 0; k < count; ++k) out[k] = accumulate ? out[k] + sums[k] : sums[k];
+}
+
 // The pointers arrive as restrict parameters and the state's running gradients (dh, dA) live in local
 // arrays, so the compiler knows nothing aliases and vectorises without run-time overlap checks; a
 // step's gradients summed over the state entries (d_dt, d_dt_v) stay in registers (ChannelLanes).
@@ -128,8 +135,8 @@ POSEMAMBA_ALWAYS_INLINE void scan_path_block_backward(
     const int64_t* POSEMAMBA_RESTRICT mix, int64_t seqlen, int64_t d_state, int64_t n_chunks,
     weight_t* POSEMAMBA_RESTRICT states, weight_t* POSEMAMBA_RESTRICT decays, weight_t* POSEMAMBA_RESTRICT ddelta,
     weight_t* POSEMAMBA_RESTRICT du,
-    weight_t* POSEMAMBA_RESTRICT dB, weight_t* POSEMAMBA_RESTRICT dC, weight_t* POSEMAMBA_RESTRICT dA_out,
-    weight_t* POSEMAMBA_RESTRICT dD, weight_t* POSEMAMBA_RESTRICT ddelta_bias) {
+    weight_t* POSEMAMBA_RESTRICT dB, weight_t* POSEMAMBA_RESTRICT dC, bool accumulate_sums,
+    weight_t* POSEMAMBA_RESTRICT dA_out, weight_t* POSEMAMBA_RESTRICT dD, weight_t* POSEMAMBA_RESTRICT ddelta_bias) {
   constexpr int64_t W = kCpuChannelBlock;
   const int64_t N = d_state;
   weight_t dh[kMaxStateDim * W], dA[kMaxStateDim * W];
@@ -200,9 +207,9 @@ POSEMAMBA_ALWAYS_INLINE void scan_path_block_backward(
         for (int64_t k = group; k < kSumGroup; ++k) dC_terms[k] = dB_terms[k] = zero;
         weight_t sums[kSumGroup];
         sum_lanes_of_group(dC_terms, sums);
-        std::copy(sums, sums + group, dC + l * N + first);
+        add_or_copy(sums, group, accumulate_sums, dC + l * N + first);
         sum_lanes_of_group(dB_terms, sums);
-        std::copy(sums, sums + group, dB + l * N + first);
+        add_or_copy(sums, group, accumulate_sums, dB + l * N + first);
       }
       weight_t dv[W], d_dt_steps[W], d_dt_v_steps[W];
       store_lanes(d_dt_steps, d_dt);
@@ -228,7 +235,7 @@ template <bool kInRange, typename weight_t>
 POSEMAMBA_ALWAYS_INLINE void scan_path_block_backward(const PathBlockBackward<weight_t>& a) {
   scan_path_block_backward<kInRange>(a.dt, a.dt_grad, a.v, a.dy, a.B, a.C, a.A, a.D, a.saved_states, a.order,
                                      a.mix, a.seqlen, a.d_state, a.n_chunks, a.states, a.decays, a.ddelta, a.du,
-                                     a.dB, a.dC, a.dA, a.dD, a.ddelta_bias);
+                                     a.dB, a.dC, a.accumulate_sums, a.dA, a.dD, a.ddelta_bias);
 }
 
 template <typename weight_t>
@@ -283,10 +290,26 @@ void scatter_channel_block(const weight_t* block, int64_t d_begin, int64_t width
   }
 }
 
+// A backward task takes channel blocks one after another, all of their dB and dC going into one partial
+// (p.channel_block channels): as many blocks as leave at least kBackwardTasks tasks, or one where there
+// are fewer blocks, so that the partials, (batch, partials per batch element, P, L, N), shrink as the
+// batch grows instead of outgrowing the gradients (at PoseMamba-L, batch 4, a partial per block took
+// 68 MB each for dB and dC, written, faulted in and read again every call). The shapes fix it, never
+// the thread count: the sums' order, and so their bits, are the same on any machine.
+constexpr int64_t kBackwardTasks = 16;
+
+int64_t channel_blocks_per_task(int64_t batch, int64_t n_blocks) {
+  const int64_t tasks_per_element = std::max<int64_t>(1, (kBackwardTasks + batch - 1) / std::max<int64_t>(batch, 1));
+  const int64_t tasks = std::max<int64_t>(1, std::min(n_blocks, tasks_per_element));
+  return std::max<int64_t>(1, (n_blocks + tasks - 1) / tasks);
+}
+
+// One channel block's gradients, its dB and dC written into the partial `partial_block` of batch
+// element b (added to it where accumulate_sums).
 template <typename input_t>
-void multi_path_scan_bwd_task(const MultiPathScanBwdParams& p, const at::opmath_type<input_t>* B_pos,
-                              const at::opmath_type<input_t>* C_pos, int64_t b, int64_t block,
-                              std::vector<at::opmath_type<input_t>>& scratch) {
+void channel_block_backward(const MultiPathScanBwdParams& p, const at::opmath_type<input_t>* B_pos,
+                            const at::opmath_type<input_t>* C_pos, int64_t b, int64_t block, int64_t partial_block,
+                            bool accumulate_sums, std::vector<at::opmath_type<input_t>>& scratch) {
   using weight_t = at::opmath_type<input_t>;
   constexpr int64_t W = kCpuChannelBlock;
   const int64_t L = p.seqlen, N = p.d_state;
@@ -345,13 +368,13 @@ void multi_path_scan_bwd_task(const MultiPathScanBwdParams& p, const at::opmath_
     std::fill(dA_block, dA_block + N * W, weight_t(0));
     std::fill(dD_block, dD_block + W, weight_t(0));
     std::fill(ddelta_bias_block, ddelta_bias_block + W, weight_t(0));
-    const int64_t partial = ((b * p.n_channel_blocks + block) * p.n_paths + path) * L * N;
+    const int64_t partial = ((b * p.n_channel_blocks + partial_block) * p.n_paths + path) * L * N;
     const PathBlockBackward<weight_t> backward{
         dt, dt_grad, path_inputs(u_block, p.mix ? p.mix + path * L : nullptr, L, v_mixed), dy,
         B_pos + batch_path * L * N, C_pos + batch_path * L * N, A_block, D_block, saved,
         p.paths + path * L, p.mix ? p.mix + path * L : nullptr, L, N, p.n_chunks, states, decays, ddelta, du,
         static_cast<weight_t*>(p.dB_partial) + partial, static_cast<weight_t*>(p.dC_partial) + partial,
-        dA_block, dD_block, ddelta_bias_block};
+        accumulate_sums, dA_block, dD_block, ddelta_bias_block};
     run_path_block_backward(backward);
 
     scatter_channel_block(ddelta, d_begin, width, L, static_cast<input_t*>(p.ddelta) + batch_path * p.dim * L);
@@ -404,9 +427,11 @@ ScanGradients multi_path_scan_bwd_cpu(
     const at::Tensor& chunk_states,
     bool delta_softplus,
     at::IntArrayRef span_lengths) {  // hints for GPUs' work split only
+  // (A u of the wrong rank gets prepare_scan_backward's error.)
+  const int64_t blocks_per_task = u.dim() == 3 ? channel_blocks_per_task(u.size(0), num_channel_blocks(u.size(1))) : 1;
   ScanBackward g = prepare_scan_backward(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix,
-                                         out_ungated, chunk_states, delta_softplus, span_lengths, kCpuChannelBlock,
-                                         /*positions_minor=*/false);
+                                         out_ungated, chunk_states, delta_softplus, span_lengths,
+                                         blocks_per_task * kCpuChannelBlock, /*positions_minor=*/false);
   allocate_length_partials(g, /*n_length_blocks=*/1, /*zeroed=*/false);
   check_scan_indices_on_host(g.inputs, g.params.seqlen);
   const MultiPathScanBwdParams& p = g.params;
@@ -417,9 +442,14 @@ ScanGradients multi_path_scan_bwd_cpu(
     at::parallel_for(0, p.batch * p.n_channel_blocks, 1, [&](int64_t task_begin, int64_t task_end) {
       std::vector<weight_t> scratch;
       for (int64_t task = task_begin; task < task_end; ++task) {
-        multi_path_scan_bwd_task<scalar_t>(p, B_by_position.const_data_ptr<weight_t>(),
-                                           C_by_position.const_data_ptr<weight_t>(), task / p.n_channel_blocks,
-                                           task % p.n_channel_blocks, scratch);
+        const int64_t b = task / p.n_channel_blocks, partial_block = task % p.n_channel_blocks;
+        const int64_t first = partial_block * blocks_per_task;
+        const int64_t last = std::min(first + blocks_per_task, num_channel_blocks(p.dim));
+        for (int64_t block = first; block < last; ++block) {
+          channel_block_backward<scalar_t>(p, B_by_position.const_data_ptr<weight_t>(),
+                                           C_by_position.const_data_ptr<weight_t>(), b, block, partial_block,
+                                           /*accumulate_sums=*/block > first, scratch);
+        }
       }
     });
     reduce_backward_partials<weight_t>(g, sum_partials_in_order<weight_t>, sum_partials_in_order<weight_t>);
