@@ -280,14 +280,57 @@ void run_step_sizes_and_grads(double* dt, double* dt_grad, const double* bias, i
   step_sizes_and_grads(dt, dt_grad, bias, seqlen, use_softplus);
 }
 
-// Scatters a (L, W) block back to rows [d_begin, d_begin + width) of a (rows, L) matrix.
+// The gate's gradients along one channel's row, out = y * silu(z): dy = dout * silu(z) (the gradient
+// of the ungated y) and dz = dout * y * silu'(z). Along rows, where the values are contiguous, it
+// vectorises (the exps are scan_exp's polynomial); in the (L, W) block it ran one value at a time.
+template <typename input_t, typename weight_t>
+POSEMAMBA_ALWAYS_INLINE void gate_gradients(const input_t* POSEMAMBA_RESTRICT grad_out, const input_t* POSEMAMBA_RESTRICT z,
+                                            const input_t* POSEMAMBA_RESTRICT y, int64_t seqlen,
+                                            weight_t* POSEMAMBA_RESTRICT dy, input_t* POSEMAMBA_RESTRICT dz) {
+  for (int64_t l = 0; l < seqlen; ++l) {
+    const weight_t z_l = z[l], g = grad_out[l];
+    dz[l] = g * weight_t(y[l]) * silu_grad(z_l);
+    dy[l] = g * silu(z_l);
+  }
+}
+
+POSEMAMBA_CPU_MULTIVERSION void run_gate_gradients(const float* grad_out, const float* z, const float* y, int64_t seqlen,
+                                                   float* dy, float* dz) {
+  gate_gradients(grad_out, z, y, seqlen, dy, dz);
+}
+
+template <typename input_t, typename weight_t>
+void run_gate_gradients(const input_t* grad_out, const input_t* z, const input_t* y, int64_t seqlen, weight_t* dy,
+                        input_t* dz) {
+  gate_gradients(grad_out, z, y, seqlen, dy, dz);
+}
+
+// Scatters a (L, W) block back to rows [d_begin, d_begin + width) of a (rows, L) matrix, converted, W
+// positions at a time through a tile transposed in registers.
+template <typename weight_t, typename output_t>
+POSEMAMBA_ALWAYS_INLINE void scatter_channel_block_impl(const weight_t* block, int64_t d_begin, int64_t width,
+                                                        int64_t seqlen, output_t* rows) {
+  constexpr int64_t W = kCpuChannelBlock;
+  for (int64_t l0 = 0; l0 < seqlen; l0 += W) {
+    const int64_t count = std::min(W, seqlen - l0);
+    weight_t tile[W][W];  // tile[w][i]: channel w at position l0 + i
+    transpose_tile(block + l0 * W, W, count, &tile[0][0], W);
+    for (int64_t w = 0; w < width; ++w) {
+      output_t* row = rows + (d_begin + w) * seqlen + l0;
+      for (int64_t i = 0; i < count; ++i) row[i] = static_cast<output_t>(tile[w][i]);
+    }
+  }
+}
+
+// float's once per ISA level (as gather_channel_block's, scan_block_cpu.h), the other types' as they come.
+POSEMAMBA_CPU_MULTIVERSION void scatter_channel_block(const float* block, int64_t d_begin, int64_t width,
+                                                      int64_t seqlen, float* rows) {
+  scatter_channel_block_impl(block, d_begin, width, seqlen, rows);
+}
+
 template <typename weight_t, typename output_t>
 void scatter_channel_block(const weight_t* block, int64_t d_begin, int64_t width, int64_t seqlen, output_t* rows) {
-  constexpr int64_t W = kCpuChannelBlock;
-  for (int64_t w = 0; w < width; ++w) {
-    output_t* row = rows + (d_begin + w) * seqlen;
-    for (int64_t l = 0; l < seqlen; ++l) row[l] = static_cast<output_t>(block[l * W + w]);
-  }
+  scatter_channel_block_impl(block, d_begin, width, seqlen, rows);
 }
 
 // A backward task takes channel blocks one after another, all of their dB and dC going into one partial
@@ -315,7 +358,7 @@ void channel_block_backward(const MultiPathScanBwdParams& p, const at::opmath_ty
   const int64_t L = p.seqlen, N = p.d_state;
   const int64_t d_begin = block * W, width = std::min(W, p.dim - d_begin);
 
-  scratch.resize(7 * L * W + p.n_chunks * N * W + (2 * kScanChunk + 1) * N * W + 2 * N * W + 4 * W);
+  scratch.resize((p.z ? 8 : 7) * L * W + p.n_chunks * N * W + (2 * kScanChunk + 1) * N * W + 2 * N * W + 4 * W);
   weight_t* u_block = scratch.data();
   weight_t* v_mixed = u_block + L * W;
   weight_t* dt = v_mixed + L * W;
@@ -332,23 +375,20 @@ void channel_block_backward(const MultiPathScanBwdParams& p, const at::opmath_ty
   weight_t* bias_block = D_block + W;
   weight_t* dD_block = bias_block + W;
   weight_t* ddelta_bias_block = dD_block + W;
+  weight_t* gated_rows = ddelta_bias_block + W;  // (W, L), with a gate: dy along each channel's row
 
-  // The gate: out = y * silu(z), so dy = dout * silu(z) and dz = dout * y * silu'(z).
   const int64_t rows = b * p.dim;
   gather_channel_block(static_cast<const input_t*>(p.u) + rows * L, d_begin, width, L, u_block);
-  gather_channel_block(static_cast<const input_t*>(p.grad_out) + rows * L, d_begin, width, L, dy);
   if (p.z) {
     for (int64_t w = 0; w < width; ++w) {
       const int64_t row = (rows + d_begin + w) * L;
-      const input_t* z_row = static_cast<const input_t*>(p.z) + row;
-      const input_t* y_row = static_cast<const input_t*>(p.out_ungated) + row;
-      input_t* dz_row = static_cast<input_t*>(p.dz) + row;
-      for (int64_t l = 0; l < L; ++l) {
-        const weight_t z_l = z_row[l], g = dy[l * W + w];
-        dz_row[l] = g * weight_t(y_row[l]) * silu_grad(z_l);
-        dy[l * W + w] = g * silu(z_l);
-      }
+      run_gate_gradients(static_cast<const input_t*>(p.grad_out) + row, static_cast<const input_t*>(p.z) + row,
+                         static_cast<const input_t*>(p.out_ungated) + row, L, gated_rows + w * L,
+                         static_cast<input_t*>(p.dz) + row);
     }
+    gather_channel_block(gated_rows, 0, width, L, dy);
+  } else {
+    gather_channel_block(static_cast<const input_t*>(p.grad_out) + rows * L, d_begin, width, L, dy);
   }
   std::fill(du, du + L * W, weight_t(0));
 

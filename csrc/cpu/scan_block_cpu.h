@@ -62,6 +62,12 @@ struct ChannelLanesOf {
 template <typename T>
 using ChannelLanes = typename ChannelLanesOf<T>::type;
 
+// Whether lanes can be permuted across vectors (__builtin_shufflevector on the vector extensions: GCC
+// 12 and later, Clang); elsewhere the kernels take the same values lane by lane.
+#if !defined(POSEMAMBA_PORTABLE_LANES) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12))
+#define POSEMAMBA_LANE_SHUFFLES 1
+#endif
+
 template <typename T>
 POSEMAMBA_ALWAYS_INLINE void load_lanes(ChannelLanes<T>& lanes, const T* values) {
   std::memcpy(&lanes, values, sizeof(lanes));
@@ -101,27 +107,93 @@ POSEMAMBA_ALWAYS_INLINE void add_lanes_to(T* values, const ChannelLanes<T>& lane
 // scan then reads one position's N values contiguously, whatever order the path visits positions in.
 at::Tensor transpose_to_positions_major(const at::Tensor& BC, at::ScalarType weight_dtype);
 
+#ifdef POSEMAMBA_LANE_SHUFFLES
+// rows[i] lane j and rows[j] lane i swapped for all i, j: a W x W tile transposed in registers. Each
+// round interleaves rows i and i + 8 (i < 8) into rows 2i and 2i + 1, which moves an element's row
+// bits up one place taking its column's top bit, and its column bits likewise: after four rounds row
+// and column have traded places (64 two-vector shuffles where the scalar copies were 256 strided loads
+// and stores, and a memcpy call a row).
+template <typename V>
+POSEMAMBA_ALWAYS_INLINE void transpose_lanes(V* rows) {
+  static_assert(kCpuChannelBlock == 16, "written for 16 lanes");
+  for (int round = 0; round < 4; ++round) {
+    V next[kCpuChannelBlock];
+    for (int i = 0; i < 8; ++i) {
+      next[2 * i] = __builtin_shufflevector(rows[i], rows[i + 8], 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+      next[2 * i + 1] =
+          __builtin_shufflevector(rows[i], rows[i + 8], 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    }
+    for (int i = 0; i < kCpuChannelBlock; ++i) rows[i] = next[i];
+  }
+}
+#endif
+
+// to[j * to_stride + i] = from[i * from_stride + j] for the i < count rows and j < W columns of from,
+// converted; to's rows j < W, all of them written (from's missing rows, i >= count, as zeros where
+// count < W: the caller uses only the first count of each).
+template <typename from_t, typename to_t>
+POSEMAMBA_ALWAYS_INLINE void transpose_tile(const from_t* from, int64_t from_stride, int64_t count, to_t* to,
+                                            int64_t to_stride) {
+  constexpr int64_t W = kCpuChannelBlock;
+#ifdef POSEMAMBA_LANE_SHUFFLES
+  if constexpr (std::is_same_v<from_t, to_t>) {
+    ChannelLanes<to_t> rows[W];
+    for (int64_t i = 0; i < W; ++i) {
+      if (i < count) {
+        load_lanes(rows[i], from + i * from_stride);
+      } else {
+        broadcast_lanes(rows[i], to_t(0));
+      }
+    }
+    transpose_lanes(rows);
+    for (int64_t j = 0; j < W; ++j) store_lanes(to + j * to_stride, rows[j]);
+    return;
+  }
+#endif
+  for (int64_t j = 0; j < W; ++j) {
+    for (int64_t i = 0; i < W; ++i) to[j * to_stride + i] = i < count ? to_t(from[i * from_stride + j]) : to_t(0);
+  }
+}
+
 // Gathers rows [d_begin, d_begin + width) of a (rows, L) matrix into (L, W), channel-minor, in the
-// math type; channels past width are zero.
+// math type; channels past width are zero. W positions at a time, transposed in registers.
+template <typename weight_t, typename input_t>
+POSEMAMBA_ALWAYS_INLINE void gather_channel_block_impl(const input_t* rows, int64_t d_begin, int64_t width,
+                                                       int64_t seqlen, weight_t* out) {
+  constexpr int64_t W = kCpuChannelBlock;
+  const input_t* block_rows = rows + d_begin * seqlen;
+  int64_t l0 = 0;
+  for (; l0 + W <= seqlen; l0 += W) transpose_tile(block_rows + l0, seqlen, width, out + l0 * W, W);
+  for (int64_t l = l0; l < seqlen; ++l) {
+    for (int64_t w = 0; w < W; ++w) out[l * W + w] = w < width ? weight_t(block_rows[w * seqlen + l]) : weight_t(0);
+  }
+}
+
+// The (W, L) rows of a (L, W) block: rows[w * L + l] = block[l * W + w] for every lane w (the caller
+// uses the block's width of them). W positions at a time, transposed in registers.
+template <typename weight_t>
+POSEMAMBA_ALWAYS_INLINE void channel_block_rows_impl(const weight_t* block, int64_t seqlen, weight_t* rows) {
+  constexpr int64_t W = kCpuChannelBlock;
+  int64_t l0 = 0;
+  for (; l0 + W <= seqlen; l0 += W) transpose_tile(block + l0 * W, W, W, rows + l0, seqlen);
+  for (int64_t l = l0; l < seqlen; ++l) {
+    for (int64_t w = 0; w < W; ++w) rows[w * seqlen + l] = block[l * W + w];
+  }
+}
+
+// The transposes above as called: float's compiled once per ISA level (cpu_dispatch.h; scan_forward_cpu.cpp),
+// since the baseline ISA has no 16-lane shuffles, the other types' as they come.
+void gather_channel_block(const float* rows, int64_t d_begin, int64_t width, int64_t seqlen, float* out);
+void channel_block_rows(const float* block, int64_t seqlen, float* rows);
+
 template <typename weight_t, typename input_t>
 void gather_channel_block(const input_t* rows, int64_t d_begin, int64_t width, int64_t seqlen, weight_t* out) {
-  constexpr int64_t W = kCpuChannelBlock;
-  // Through W x W tiles that stay in L1: contiguous reads along each row, then contiguous writes.
-  weight_t tile[W][W];
-  for (int64_t l0 = 0; l0 < seqlen; l0 += W) {
-    const int64_t count = std::min(W, seqlen - l0);
-    for (int64_t w = 0; w < W; ++w) {
-      if (w >= width) {
-        std::fill(tile[w], tile[w] + W, weight_t(0));
-        continue;
-      }
-      const input_t* row = rows + (d_begin + w) * seqlen + l0;
-      for (int64_t i = 0; i < count; ++i) tile[w][i] = weight_t(row[i]);
-    }
-    for (int64_t i = 0; i < count; ++i) {
-      for (int64_t w = 0; w < W; ++w) out[(l0 + i) * W + w] = tile[w][i];
-    }
-  }
+  gather_channel_block_impl(rows, d_begin, width, seqlen, out);
+}
+
+template <typename weight_t>
+void channel_block_rows(const weight_t* block, int64_t seqlen, weight_t* rows) {
+  channel_block_rows_impl(block, seqlen, rows);
 }
 
 // The input each position of a path reads, (L, W): u, or u[l] + u[mix[l]] where mix[l] >= 0.

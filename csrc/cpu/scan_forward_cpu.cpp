@@ -21,6 +21,15 @@ at::Tensor transpose_to_positions_major(const at::Tensor& BC, at::ScalarType wei
   return BC.transpose(-1, -2).to(weight_dtype).contiguous();  // (batch, P, L, N)
 }
 
+POSEMAMBA_CPU_MULTIVERSION void gather_channel_block(const float* rows, int64_t d_begin, int64_t width, int64_t seqlen,
+                                                     float* out) {
+  gather_channel_block_impl(rows, d_begin, width, seqlen, out);
+}
+
+POSEMAMBA_CPU_MULTIVERSION void channel_block_rows(const float* block, int64_t seqlen, float* rows) {
+  channel_block_rows_impl(block, seqlen, rows);
+}
+
 namespace {
 
 // One path's whole scan for a block of W channels.
@@ -146,13 +155,13 @@ void multi_path_scan_fwd_kernel(const MultiPathScanParams& p, const at::Tensor& 
   const weight_t* C_pos = C_by_position.const_data_ptr<weight_t>();
 
   at::parallel_for(0, p.batch * n_blocks, 1, [&](int64_t task_begin, int64_t task_end) {
-    std::vector<weight_t> scratch(4 * L * W + 2 * L + p.n_chunks * N * W + N * W + 2 * W);
+    std::vector<weight_t> scratch(5 * L * W + L + p.n_chunks * N * W + N * W + 2 * W);
     weight_t* u_block = scratch.data();
     weight_t* v_mixed = u_block + L * W;
     weight_t* dt = v_mixed + L * W;
     weight_t* y = dt + L * W;
-    weight_t* y_row = y + L * W;
-    weight_t* z_row = y_row + L;
+    weight_t* y_rows = y + L * W;  // (W, L)
+    weight_t* z_row = y_rows + L * W;
     weight_t* saved = z_row + L;
     weight_t* A_block = saved + p.n_chunks * N * W;
     weight_t* D_block = A_block + N * W;
@@ -185,9 +194,10 @@ void multi_path_scan_fwd_kernel(const MultiPathScanParams& p, const at::Tensor& 
       }
 
       // Each channel's row back in natural layout, then the gate over contiguous rows (vectorised).
+      channel_block_rows(y, L, y_rows);
       for (int64_t w = 0; w < width; ++w) {
         const int64_t row = (b * p.dim + d_begin + w) * L;
-        for (int64_t l = 0; l < L; ++l) y_row[l] = y[l * W + w];
+        weight_t* y_row = y_rows + w * L;
         input_t* out_row = static_cast<input_t*>(p.out) + row;
         if (p.z) {
           const input_t* z_input = static_cast<const input_t*>(p.z) + row;
