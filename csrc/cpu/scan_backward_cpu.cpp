@@ -403,7 +403,7 @@ void channel_block_backward(const MultiPathScanBwdParams& p, const at::opmath_ty
     std::fill(saved, saved + p.n_chunks * N * W, weight_t(0));
     const weight_t* path_states = static_cast<const weight_t*>(p.chunk_states) + batch_path * p.n_chunks * N * p.dim;
     for (int64_t i = 0; i < p.n_chunks * N; ++i) {  // (chunk, state entry) rows of channels
-      std::copy(path_states + i * p.dim + d_begin, path_states + i * p.dim + d_begin + width, saved + i * W);
+      copy_channels(path_states + i * p.dim + d_begin, width, saved + i * W);
     }
     std::fill(dA_block, dA_block + N * W, weight_t(0));
     std::fill(dD_block, dD_block + W, weight_t(0));
@@ -420,7 +420,7 @@ void channel_block_backward(const MultiPathScanBwdParams& p, const at::opmath_ty
     scatter_channel_block(ddelta, d_begin, width, L, static_cast<input_t*>(p.ddelta) + batch_path * p.dim * L);
     weight_t* dA_path = static_cast<weight_t*>(p.dA_partial) + batch_path * N * p.dim;  // (N, D)
     for (int64_t n = 0; n < N; ++n) {
-      std::copy(dA_block + n * W, dA_block + n * W + width, dA_path + n * p.dim + d_begin);
+      copy_channels(dA_block + n * W, width, dA_path + n * p.dim + d_begin);
     }
     for (int64_t w = 0; w < width; ++w) {
       const int64_t channel = batch_path * p.dim + d_begin + w;

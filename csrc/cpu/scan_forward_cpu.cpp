@@ -189,7 +189,7 @@ void multi_path_scan_fwd_kernel(const MultiPathScanParams& p, const at::Tensor& 
         // (chunk, state entry) rows of channels, as saved: the block's channels of each row.
         weight_t* path_states = static_cast<weight_t*>(p.chunk_states) + batch_path * p.n_chunks * N * p.dim;
         for (int64_t i = 0; i < p.n_chunks * N; ++i) {
-          std::copy(saved + i * W, saved + i * W + width, path_states + i * p.dim + d_begin);
+          copy_channels(saved + i * W, width, path_states + i * p.dim + d_begin);
         }
       }
 
