@@ -1,5 +1,6 @@
 // The pieces of the CUDA programming model the kernels use: thread and block indices, barriers,
-// warp shuffles, device asserts, streaming stores, the device's multiprocessor count and kernel launches.
+// warp shuffles, device asserts, streaming stores, opaque pointers, the device's multiprocessor count
+// and kernel launches.
 //
 // Under nvcc they are CUDA's own. Compiled by a host C++ compiler they come from
 // ../emulation/simt_emulation.h, which runs each thread block on host threads: that is how the CUDA
@@ -47,7 +48,8 @@ __device__ __forceinline__ void store_streaming(T* address, T value) {
 // The same pointer, hidden from the compiler's address arithmetic: for a base that a kernel takes once
 // (a tile's row at its position) and indexes several times. Left alone, nvcc folds base + index back
 // into the 64-bit sum of everything the base came from, redone for each load (about six instructions);
-// from an opaque base each load's address is one wide multiply-add.
+// from an opaque base each load's address is one wide multiply-add. Global memory only: the assumption
+// keeps the accesses global (LDG, STG), which an opaque pointer would otherwise turn generic (LD, ST).
 template <typename T>
 __device__ __forceinline__ T* opaque_pointer(T* pointer) {
   asm("" : "+l"(pointer));
