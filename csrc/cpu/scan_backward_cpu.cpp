@@ -305,34 +305,6 @@ void run_gate_gradients(const input_t* grad_out, const input_t* z, const input_t
   gate_gradients(grad_out, z, y, seqlen, dy, dz);
 }
 
-// Scatters a (L, W) block back to rows [d_begin, d_begin + width) of a (rows, L) matrix, converted, W
-// positions at a time through a tile transposed in registers.
-template <typename weight_t, typename output_t>
-POSEMAMBA_ALWAYS_INLINE void scatter_channel_block_impl(const weight_t* block, int64_t d_begin, int64_t width,
-                                                        int64_t seqlen, output_t* rows) {
-  constexpr int64_t W = kCpuChannelBlock;
-  for (int64_t l0 = 0; l0 < seqlen; l0 += W) {
-    const int64_t count = std::min(W, seqlen - l0);
-    weight_t tile[W][W];  // tile[w][i]: channel w at position l0 + i
-    transpose_tile(block + l0 * W, W, count, &tile[0][0], W);
-    for (int64_t w = 0; w < width; ++w) {
-      output_t* row = rows + (d_begin + w) * seqlen + l0;
-      for (int64_t i = 0; i < count; ++i) row[i] = static_cast<output_t>(tile[w][i]);
-    }
-  }
-}
-
-// float's once per ISA level (as gather_channel_block's, scan_block_cpu.h), the other types' as they come.
-POSEMAMBA_CPU_MULTIVERSION void scatter_channel_block(const float* block, int64_t d_begin, int64_t width,
-                                                      int64_t seqlen, float* rows) {
-  scatter_channel_block_impl(block, d_begin, width, seqlen, rows);
-}
-
-template <typename weight_t, typename output_t>
-void scatter_channel_block(const weight_t* block, int64_t d_begin, int64_t width, int64_t seqlen, output_t* rows) {
-  scatter_channel_block_impl(block, d_begin, width, seqlen, rows);
-}
-
 // A backward task takes channel blocks one after another, all of their dB and dC going into one partial
 // (p.channel_block channels): as many blocks as leave at least kBackwardTasks tasks, or one where there
 // are fewer blocks, so that the partials, (batch, partials per batch element, P, L, N), shrink as the

@@ -181,31 +181,41 @@ POSEMAMBA_ALWAYS_INLINE void gather_channel_block_impl(const input_t* rows, int6
   }
 }
 
-// The (W, L) rows of a (L, W) block: rows[w * L + l] = block[l * W + w] for every lane w (the caller
-// uses the block's width of them). W positions at a time, transposed in registers.
-template <typename weight_t>
-POSEMAMBA_ALWAYS_INLINE void channel_block_rows_impl(const weight_t* block, int64_t seqlen, weight_t* rows) {
+// Scatters a (L, W) block back to rows [d_begin, d_begin + width) of a (rows, L) matrix, converted, W
+// positions at a time, transposed in registers (through a tile where the block or the rows end
+// short of W).
+template <typename weight_t, typename output_t>
+POSEMAMBA_ALWAYS_INLINE void scatter_channel_block_impl(const weight_t* block, int64_t d_begin, int64_t width,
+                                                        int64_t seqlen, output_t* rows) {
   constexpr int64_t W = kCpuChannelBlock;
-  int64_t l0 = 0;
-  for (; l0 + W <= seqlen; l0 += W) transpose_tile(block + l0 * W, W, W, rows + l0, seqlen);
-  for (int64_t l = l0; l < seqlen; ++l) {
-    for (int64_t w = 0; w < W; ++w) rows[w * seqlen + l] = block[l * W + w];
+  output_t* block_rows = rows + d_begin * seqlen;
+  for (int64_t l0 = 0; l0 < seqlen; l0 += W) {
+    const int64_t count = std::min(W, seqlen - l0);
+    if (count == W && width == W) {
+      transpose_tile(block + l0 * W, W, W, block_rows + l0, seqlen);
+      continue;
+    }
+    weight_t tile[W][W];  // tile[w][i]: channel w at position l0 + i
+    transpose_tile(block + l0 * W, W, count, &tile[0][0], W);
+    for (int64_t w = 0; w < width; ++w) {
+      for (int64_t i = 0; i < count; ++i) block_rows[w * seqlen + l0 + i] = static_cast<output_t>(tile[w][i]);
+    }
   }
 }
 
 // The transposes above as called: float's compiled once per ISA level (cpu_dispatch.h; scan_forward_cpu.cpp),
 // since the baseline ISA has no 16-lane shuffles, the other types' as they come.
 void gather_channel_block(const float* rows, int64_t d_begin, int64_t width, int64_t seqlen, float* out);
-void channel_block_rows(const float* block, int64_t seqlen, float* rows);
+void scatter_channel_block(const float* block, int64_t d_begin, int64_t width, int64_t seqlen, float* rows);
 
 template <typename weight_t, typename input_t>
 void gather_channel_block(const input_t* rows, int64_t d_begin, int64_t width, int64_t seqlen, weight_t* out) {
   gather_channel_block_impl(rows, d_begin, width, seqlen, out);
 }
 
-template <typename weight_t>
-void channel_block_rows(const weight_t* block, int64_t seqlen, weight_t* rows) {
-  channel_block_rows_impl(block, seqlen, rows);
+template <typename weight_t, typename output_t>
+void scatter_channel_block(const weight_t* block, int64_t d_begin, int64_t width, int64_t seqlen, output_t* rows) {
+  scatter_channel_block_impl(block, d_begin, width, seqlen, rows);
 }
 
 // The input each position of a path reads, (L, W): u, or u[l] + u[mix[l]] where mix[l] >= 0.

@@ -26,8 +26,9 @@ POSEMAMBA_CPU_MULTIVERSION void gather_channel_block(const float* rows, int64_t 
   gather_channel_block_impl(rows, d_begin, width, seqlen, out);
 }
 
-POSEMAMBA_CPU_MULTIVERSION void channel_block_rows(const float* block, int64_t seqlen, float* rows) {
-  channel_block_rows_impl(block, seqlen, rows);
+POSEMAMBA_CPU_MULTIVERSION void scatter_channel_block(const float* block, int64_t d_begin, int64_t width,
+                                                      int64_t seqlen, float* rows) {
+  scatter_channel_block_impl(block, d_begin, width, seqlen, rows);
 }
 
 namespace {
@@ -194,7 +195,7 @@ void multi_path_scan_fwd_kernel(const MultiPathScanParams& p, const at::Tensor& 
       }
 
       // Each channel's row back in natural layout, then the gate over contiguous rows (vectorised).
-      channel_block_rows(y, L, y_rows);
+      scatter_channel_block(y, 0, width, L, y_rows);
       for (int64_t w = 0; w < width; ++w) {
         const int64_t row = (b * p.dim + d_begin + w) * L;
         weight_t* y_row = y_rows + w * L;
