@@ -67,7 +67,7 @@ constexpr int64_t kSumGroup = 16;
 // vectors at once where the compiler has vector shuffles (15 vector additions and 30 shuffles, where
 // one vector's lanes summed alone take 15 scalar additions and as many lane extractions: most of the
 // backward's loop over state entries).
-#if !defined(POSEMAMBA_PORTABLE_LANES) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12))
+#ifdef POSEMAMBA_LANE_SHUFFLES
 // a's lanes then b's, regrouped and added: level 8 adds lanes i and i + 8 of each vector, 4 lanes i and
 // i + 4 of each 8, 2 lanes i and i + 2 of each 4, 1 lanes i and i + 1 of each 2.
 template <int kLevel, typename V>
