@@ -22,28 +22,47 @@ TOLERANCE = {torch.float64: (1e-10, 1e-11), torch.float32: (1e-4, 2e-5), torch.f
              torch.bfloat16: (2e-2, 1e-2)}
 
 
-# AddressSanitizer and UndefinedBehaviorSanitizer, for the emulation built in a process that preloads
-# the ASan runtime (test_emulated_cuda_kernels_under_sanitizers): stopping at the first error.
-SANITIZER_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+# The emulation's sanitizer builds, by the value of POSEMAMBA_EMULATION_SANITIZED, each for a process that
+# preloads its runtime (sanitizer_preloads): "address", AddressSanitizer and UndefinedBehaviorSanitizer
+# (test_emulated_cuda_kernels_under_sanitizers), stopping at the first error; "thread", ThreadSanitizer:
+# the race check (test_emulated_cuda_kernels_under_race_check).
+SANITIZER_FLAGS = {
+    "address": ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"],
+    "thread": ["-fsanitize=thread"],
+}
 SANITIZED = "POSEMAMBA_EMULATION_SANITIZED"
 
 
 def load_emulation():
     """The emulation module, built once per version of the sources and of torch (conftest's
-    sources_digest); with the sanitizers where the environment sets POSEMAMBA_EMULATION_SANITIZED=1."""
+    sources_digest); with a sanitizer where the environment names one in POSEMAMBA_EMULATION_SANITIZED."""
     from torch.utils.cpp_extension import load
 
-    sanitized = os.environ.get(SANITIZED) == "1"
-    return load(name=f"posemamba_cuda_emulated_{sources_digest()}" + ("_sanitized" if sanitized else ""),
+    sanitizer = os.environ.get(SANITIZED, "")
+    assert sanitizer in ("", *SANITIZER_FLAGS), f"{SANITIZED} must be one of {list(SANITIZER_FLAGS)}, got {sanitizer!r}"
+    flags = SANITIZER_FLAGS.get(sanitizer, [])
+    return load(name=f"posemamba_cuda_emulated_{sources_digest()}" + (f"_{sanitizer}" if sanitizer else ""),
                 sources=[os.path.join(CSRC, "emulation", "scan_cuda_emulated.cpp"),
                          os.path.join(CSRC, "multi_path_scan_host.cpp")],
-                extra_include_paths=[CSRC], extra_cflags=["-O1", "-g", *SANITIZER_FLAGS] if sanitized else ["-O2"],
-                extra_ldflags=SANITIZER_FLAGS if sanitized else [], verbose=False)
+                extra_include_paths=[CSRC], extra_cflags=["-O1", "-g", *flags] if sanitizer else ["-O2"],
+                extra_ldflags=flags, verbose=False)
 
 
 @pytest.fixture(scope="module")
 def emulated():
     return load_emulation()
+
+
+@pytest.fixture(autouse=True)
+def workspaces_start_as_nan():
+    """Every tensor the kernels allocate uninitialised (at::empty: outputs and workspaces) starts as NaN
+    (integers: their largest value), torch's deterministic mode's fill: a kernel that reads what no
+    thread wrote shows in its results, as compute-sanitizer's initcheck shows it on a GPU."""
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    assert torch.utils.deterministic.fill_uninitialized_memory
+    yield
+    torch.use_deterministic_algorithms(was_deterministic)
 
 
 def assert_close_scaled(actual, expected, dtype):
@@ -290,6 +309,11 @@ def test_emulated_barriers_order_shared_memory(emulated):
     assert torch.equal(out, expected)
 
 
+def test_emulated_warp_barrier_orders_shared_memory(emulated):
+    out = emulated.simt_selftest("warp_barrier")
+    assert torch.equal(out[0], torch.arange(64) ^ 1)
+
+
 def test_emulated_device_assert_stops_the_launch(emulated):
     # Threads 0 to 6 run (in thread order) before thread 7 fails its assert; no thread runs after it.
     out = emulated.simt_selftest("assert_stops_the_launch")[0]
@@ -411,12 +435,26 @@ SANITIZED_TESTS = [
 ]
 
 
-def sanitizer_preloads():
-    """The C++ compiler's AddressSanitizer runtime and its libstdc++, to preload (python is built with
-    neither: ASan must come first, and must find the C++ runtime whose exceptions it intercepts), or
-    None where the compiler has no ASan runtime."""
+# The same sample on the race check's build (ThreadSanitizer; simt_emulation.h): what compute-sanitizer's
+# racecheck and synccheck check on a GPU, a thread's read or write of shared or global memory that
+# another thread of its block wrote or read with no __syncthreads or __syncwarp between them, whichever
+# thread ran first. But two tests: the stack guard's, whose thread writes over a finished thread's stack
+# on purpose, and paths that are not permutations, where two threads of invert_paths_kernel write the
+# same entry of the inverse (either value: the position no step visits keeps -1, which path_step
+# asserts on).
+RACE_CHECKED_TESTS = [name for name in SANITIZED_TESTS
+                      if name not in ("test_emulation_reports_a_thread_past_its_stack",
+                                      "test_emulated_cuda_kernels_assert_on_paths_that_are_not_permutations")]
+# The race check's own test kernels (simt_selftest.h), each with a race it must report.
+RACES = ("unordered_shared_memory", "shuffle_ordered_shared_memory")
+
+
+def sanitizer_preloads(runtime):
+    """The C++ compiler's sanitizer runtime (libasan.so, libtsan.so) and its libstdc++, to preload
+    (python is built with neither: the runtime must come first, and must find the C++ runtime whose
+    exceptions it intercepts), or None where the compiler has no such runtime."""
     found = []
-    for library in ("libasan.so", "libstdc++.so"):
+    for library in (runtime, "libstdc++.so"):
         try:
             path = subprocess.run([os.environ.get("CXX", "c++"), f"-print-file-name={library}"], capture_output=True,
                                   text=True, timeout=60).stdout.strip()
@@ -428,24 +466,50 @@ def sanitizer_preloads():
     return " ".join(found)
 
 
-@pytest.mark.skipif(os.environ.get("POSEMAMBA_TEST_SANITIZERS") != "1",
-                    reason="some minutes: set POSEMAMBA_TEST_SANITIZERS=1 to run it")
-def test_emulated_cuda_kernels_under_sanitizers():
-    preloads = sanitizer_preloads()
-    assert preloads, "POSEMAMBA_TEST_SANITIZERS=1 needs the C++ compiler's libasan.so (c++ -print-file-name found none)"
-    env = dict(os.environ, LD_PRELOAD=preloads, ASAN_OPTIONS="detect_leaks=0", UBSAN_OPTIONS="print_stacktrace=1",
-               **{SANITIZED: "1"})
-    # Where the ASan runtime cannot start at all (some kernels' address-space layouts defeat older
-    # runtimes), that says nothing of the kernels: skipped, as gpu_report.py skips a compute-sanitizer
-    # that cannot run.
+def sanitized_environment(sanitizer, runtime, **options):
+    """The environment of a process that runs the emulation's `sanitizer` build; skips the test where the
+    runtime cannot start python at all (some kernels' address-space layouts defeat older runtimes): that
+    says nothing of the kernels, as gpu_report.py skips a compute-sanitizer that cannot run."""
+    preloads = sanitizer_preloads(runtime)
+    assert preloads, f"POSEMAMBA_TEST_SANITIZERS=1 needs the C++ compiler's {runtime} (c++ -print-file-name found none)"
+    # One CPU thread: torch's own threads are not instrumented, and their synchronisation is not seen.
+    env = dict(os.environ, LD_PRELOAD=preloads, OMP_NUM_THREADS="1", **options, **{SANITIZED: sanitizer})
     probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True,
                            timeout=600)
     if probe.returncode != 0:
-        pytest.skip(f"AddressSanitizer cannot run python here: {probe.stderr[-1000:]}")
-    tests = [f"{os.path.abspath(__file__)}::{name}" for name in SANITIZED_TESTS]
+        pytest.skip(f"the {runtime} runtime cannot run python here: {probe.stderr[-1000:]}")
+    return env
+
+
+def run_tests_in(env, names):
+    """Runs the named tests of this file in a process with env; asserts that every one passed."""
+    tests = [f"{os.path.abspath(__file__)}::{name}" for name in names]
     # Uncaptured (-s): a sanitizer's report ends the process at once, and must reach this process's pipe.
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", *tests], env=env,
                             capture_output=True, text=True, timeout=1800)
     output = result.stdout + result.stderr
     # An unknown test name fails the run too.
-    assert result.returncode == 0 and f"{len(SANITIZED_TESTS)} passed" in output, output[-6000:]
+    assert result.returncode == 0 and f"{len(names)} passed" in output, output[-6000:]
+
+
+sanitizers_asked_for = pytest.mark.skipif(os.environ.get("POSEMAMBA_TEST_SANITIZERS") != "1",
+                                          reason="some minutes: set POSEMAMBA_TEST_SANITIZERS=1 to run it")
+
+
+@sanitizers_asked_for
+def test_emulated_cuda_kernels_under_sanitizers():
+    run_tests_in(sanitized_environment("address", "libasan.so", ASAN_OPTIONS="detect_leaks=0",
+                                       UBSAN_OPTIONS="print_stacktrace=1"), SANITIZED_TESTS)
+
+
+@sanitizers_asked_for
+def test_emulated_cuda_kernels_under_race_check():
+    env = sanitized_environment("thread", "libtsan.so", TSAN_OPTIONS="halt_on_error=1:exitcode=66")
+    # First that it finds races: each test kernel's, at the line of its unordered access.
+    for race in RACES:
+        check = f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); " \
+                f"import test_cuda_emulation as t; t.load_emulation().simt_selftest({race!r})"
+        result = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=1800)
+        assert result.returncode == 66, result.stderr[-3000:]
+        assert "ThreadSanitizer: data race" in result.stderr and f"{race}_kernel" in result.stderr, result.stderr[-3000:]
+    run_tests_in(env, ["test_emulated_warp_barrier_orders_shared_memory", *RACE_CHECKED_TESTS])

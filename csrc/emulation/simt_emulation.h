@@ -16,9 +16,18 @@
 // bound (UBSan's bounds check). Not a shared-memory access past its object through a pointer or
 // reference: ASan leaves statics of template functions without redzones.
 //
-// What this does not show: speed, the GPU memory model's weaker orderings (a missing __syncthreads
-// between a shared-memory write and another thread's read passes here in one of the two thread orders,
-// schedule_reversed, though the tests run both), and register or shared-memory limits. Only what
+// Built with ThreadSanitizer (the race check), it checks the ordering that a GPU's memory model
+// leaves to the kernels, as compute-sanitizer's racecheck and synccheck do on a GPU: each emulated
+// thread is a TSan fiber, and only what orders memory between a block's threads on a GPU is a
+// happens-before edge here: __syncthreads among the block, __syncwarp among the warp. Switching
+// between fibers, the shuffles and the emulation's own bookkeeping are not (race_check below). So a
+// read of shared or global memory that another thread of the block wrote with no barrier between them
+// is reported whichever thread ran first, and so is a write that another thread's read or write is
+// not ordered with; the thread orders (schedule_reversed) show such a race only where it changes a
+// result. Blocks run one after another, each after the last, so a race between two blocks of a
+// launch is not reported.
+//
+// What this does not show: speed, and register or shared-memory limits. Only what
 // csrc/cuda/simt.cuh promises is emulated.
 #pragma once
 
@@ -29,6 +38,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -41,6 +51,78 @@ struct dim3 {
 
 namespace posemamba {
 namespace simt {
+
+// The race check's hooks: ThreadSanitizer's fiber and synchronisation annotations in a build with
+// -fsanitize=thread, nothing otherwise.
+namespace race_check {
+#if defined(__SANITIZE_THREAD__)
+#define POSEMAMBA_EMULATION_RACE_CHECK 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define POSEMAMBA_EMULATION_RACE_CHECK 1
+#endif
+#endif
+#ifdef POSEMAMBA_EMULATION_RACE_CHECK
+extern "C" {
+void* __tsan_get_current_fiber(void);
+void* __tsan_create_fiber(unsigned flags);
+void __tsan_destroy_fiber(void* fiber);
+void __tsan_switch_to_fiber(void* fiber, unsigned flags);
+void __tsan_acquire(void* address);
+void __tsan_release(void* address);
+void __tsan_ignore_thread_begin(void);
+void __tsan_ignore_thread_end(void);
+}
+constexpr unsigned kSwitchWithoutSync = 1;  // __tsan_switch_to_fiber_no_sync
+#define POSEMAMBA_NOT_RACE_CHECKED __attribute__((no_sanitize("thread")))
+
+inline void* current_fiber() { return __tsan_get_current_fiber(); }
+// Emulated thread t's fiber: made once per host thread and kept, because making one takes system calls.
+// A block's thread t reuses the last block's fiber, whose work happens before the block's anyway.
+inline std::vector<void*>& fiber_pool() {
+  static thread_local std::vector<void*> fibers;
+  return fibers;
+}
+inline void* thread_fiber(int t) {
+  std::vector<void*>& fibers = fiber_pool();
+  while (static_cast<int>(fibers.size()) <= t) fibers.push_back(__tsan_create_fiber(0));
+  return fibers[t];
+}
+// A fiber whose thread was left in the kernel (a launch stopped) is replaced: its frames would show in
+// the next thread's reports.
+inline void retire_fiber(int t) {
+  __tsan_destroy_fiber(fiber_pool()[t]);
+  fiber_pool()[t] = __tsan_create_fiber(0);
+}
+// Before each switch: from the scheduler to a thread, everything the scheduler did happens before what
+// the thread does next (it set up the block); from a thread to the scheduler, nothing. Not
+// instrumented: an instrumented function's exit would be counted in the fiber switched to.
+POSEMAMBA_NOT_RACE_CHECKED inline void switch_to_thread(void* fiber) { __tsan_switch_to_fiber(fiber, 0); }
+POSEMAMBA_NOT_RACE_CHECKED inline void switch_to_scheduler(void* fiber) {
+  __tsan_switch_to_fiber(fiber, kSwitchWithoutSync);
+}
+inline void release(void* sync_object) { __tsan_release(sync_object); }
+inline void acquire(void* sync_object) { __tsan_acquire(sync_object); }
+// The emulation's bookkeeping between threads (barrier counts, shuffle slots, a thread's state) while
+// one lives: its memory accesses unchecked, as a GPU's hardware keeps this state.
+struct Unchecked {
+  Unchecked() { __tsan_ignore_thread_begin(); }
+  ~Unchecked() { __tsan_ignore_thread_end(); }
+  Unchecked(const Unchecked&) = delete;
+  Unchecked& operator=(const Unchecked&) = delete;
+};
+#else
+#define POSEMAMBA_NOT_RACE_CHECKED
+inline void* current_fiber() { return nullptr; }
+inline void* thread_fiber(int) { return nullptr; }
+inline void retire_fiber(int) {}
+inline void switch_to_thread(void*) {}
+inline void switch_to_scheduler(void*) {}
+inline void release(void*) {}
+inline void acquire(void*) {}
+struct Unchecked {};
+#endif
+}  // namespace race_check
 
 constexpr int kWarpSize = 32;
 constexpr int kMaxThreadsPerBlock = 1024;
@@ -61,14 +143,28 @@ struct Thread {
   int linear = 0;  // threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)
   ucontext_t context;
   bool waiting = false, done = false;
+  void* fiber = nullptr;  // the race check's
+  char ran = 0;           // the race check's sync object for what the thread did (its address)
 };
 
-// The emulated thread running now, and the scheduler's context it yields to.
+// The emulated thread running now, and the scheduler's context (and race-check fiber) it yields to.
 inline thread_local Thread* current_thread = nullptr;
 inline thread_local ucontext_t* scheduler_context = nullptr;
+inline thread_local void* scheduler_fiber = nullptr;
 
 inline Thread& current() {
   return *current_thread;
+}
+
+// The running thread hands the host thread back to the scheduler, until the scheduler resumes it. The
+// scheduler takes in what the thread did so far only when the block ends (launch), so that it
+// passes nothing of it on to the block's other threads.
+inline void yield_to_scheduler(Thread& self) {
+  ucontext_t* const scheduler = scheduler_context;  // read before the release, as all the thread did
+  void* const fiber = scheduler_fiber;
+  race_check::release(&self.ran);
+  race_check::switch_to_scheduler(fiber);
+  swapcontext(&self.context, scheduler);
 }
 
 // A barrier over a number of threads that shrinks as threads leave the kernel.
@@ -77,17 +173,31 @@ class Barrier {
   void reset(int participants) {
     expected_ = participants;
     waiters_.clear();
+    waiters_.reserve(participants);  // no allocation while the threads run
   }
 
-  void arrive_and_wait() {
+  // orders_memory: whether what each thread did before arriving happens before what any does after
+  // leaving, as with __syncthreads and __syncwarp on a GPU (for the race check; a shuffle's barriers
+  // do not order memory there).
+  void arrive_and_wait(bool orders_memory) {
     Thread& self = current();
-    if (static_cast<int>(waiters_.size()) + 1 >= expected_) {
-      release();
-      return;
+    bool wait = false;
+    int generation = 0;
+    {
+      race_check::Unchecked bookkeeping;
+      generation = generation_ % 2;
+      if (static_cast<int>(waiters_.size()) + 1 >= expected_) {
+        release();
+      } else {
+        waiters_.push_back(&self);
+        self.waiting = wait = true;
+      }
     }
-    waiters_.push_back(&self);
-    self.waiting = true;
-    swapcontext(&self.context, scheduler_context);
+    // A generation's sync object, one of two: the next generation's arrivals can come before the last
+    // thread leaves this one, but the one after comes only when every thread has left.
+    if (orders_memory) race_check::release(&generations_[generation]);
+    if (wait) yield_to_scheduler(self);
+    if (orders_memory) race_check::acquire(&generations_[generation]);
   }
 
   void drop() {
@@ -99,10 +209,13 @@ class Barrier {
   void release() {
     for (Thread* waiter : waiters_) waiter->waiting = false;
     waiters_.clear();
+    ++generation_;
   }
 
   int expected_ = 0;
   std::vector<Thread*> waiters_;
+  unsigned generation_ = 0;
+  char generations_[2] = {};  // the race check's sync objects (their addresses)
 };
 
 // What the threads of the running block share.
@@ -130,12 +243,12 @@ inline int lane_id() {
 }
 
 inline void sync_threads() {
-  current().block->sync.arrive_and_wait();
+  current().block->sync.arrive_and_wait(/*orders_memory=*/true);
 }
 
 inline void sync_warp() {
   Thread& self = current();
-  self.block->warps[self.linear / kWarpSize].arrive_and_wait();
+  self.block->warps[self.linear / kWarpSize].arrive_and_wait(/*orders_memory=*/true);
 }
 
 // The value `source_lane` of this warp passed in; the caller's own value for a lane outside the warp.
@@ -147,13 +260,18 @@ T shuffle(T value, int source_lane) {
   Thread& self = current();
   Block& block = *self.block;
   const int warp = self.linear / kWarpSize;
-  std::memcpy(&block.shuffle_slots[self.linear], &value, sizeof(T));
-  block.warps[warp].arrive_and_wait();
+  {
+    race_check::Unchecked slots;
+    std::memcpy(&block.shuffle_slots[self.linear], &value, sizeof(T));
+  }
+  block.warps[warp].arrive_and_wait(/*orders_memory=*/false);
   T result = value;
   if (source_lane >= 0 && source_lane < block.warp_size(warp)) {
+    race_check::Unchecked slots;
     std::memcpy(&result, &block.shuffle_slots[warp * kWarpSize + source_lane], sizeof(T));
   }
-  block.warps[warp].arrive_and_wait();  // no lane overwrites its slot before every lane has read
+  // No lane overwrites its slot before every lane has read.
+  block.warps[warp].arrive_and_wait(/*orders_memory=*/false);
   return result;
 }
 
@@ -194,17 +312,29 @@ struct Launch {
 };
 inline thread_local Launch* current_launch = nullptr;
 
-inline void fiber_main() {
+inline void run_thread() {
   Thread& self = current();
   try {
     current_launch->run_kernel();
   } catch (const std::exception& error) {
+    race_check::Unchecked first_error;
     if (current_launch->first_error.empty()) current_launch->first_error = error.what();
   }
-  self.done = true;
-  self.block->sync.drop();
-  self.block->warps[self.linear / kWarpSize].drop();
-}  // returns to the scheduler (uc_link)
+  {
+    race_check::Unchecked bookkeeping;
+    self.done = true;
+    self.block->sync.drop();
+    self.block->warps[self.linear / kWarpSize].drop();
+  }
+  race_check::release(&self.ran);
+}
+
+// A thread's entry, returning to the scheduler (uc_link). Not instrumented by the race check: its
+// exit would be counted in the scheduler's fiber, after the switch.
+POSEMAMBA_NOT_RACE_CHECKED inline void fiber_main() {
+  run_thread();
+  race_check::switch_to_scheduler(scheduler_fiber);
+}
 
 // Runs kernel(args...) over the grid: blocks in order, each block's threads as fibers. Throws on an
 // invalid launch configuration (as the CUDA launch check would), a failed device assert or a
@@ -227,8 +357,12 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block_dim, size_t /*share
   // Zeroed: AddressSanitizer's swapcontext clears the shadow of the stack that uc_stack names in the
   // context it switches to, and swapcontext never sets it in the scheduler's.
   ucontext_t scheduler{};
+  // The scheduler's own accesses, of the threads' state and of the variables below, which the threads
+  // read without a barrier, are bookkeeping too.
+  std::optional<race_check::Unchecked> scheduling(std::in_place);
   current_launch = &launch_state;
   scheduler_context = &scheduler;
+  scheduler_fiber = race_check::current_fiber();
 
   for (long long k = 0; k < n_blocks && launch_state.first_error.empty(); ++k) {
     block.block_index = dim3(static_cast<unsigned>(k % grid.x), static_cast<unsigned>((k / grid.x) % grid.y),
@@ -245,6 +379,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block_dim, size_t /*share
       thread.context.uc_stack.ss_size = kFiberStackBytes;
       thread.context.uc_link = &scheduler;
       makecontext(&thread.context, fiber_main, 0);
+      thread.fiber = race_check::thread_fiber(t);
     }
     // Round-robin over the threads that can run, until all are done, none can go on, or one failed a
     // device assert: that stops the launch at once, as on a GPU, where the other threads do not run on
@@ -258,6 +393,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block_dim, size_t /*share
         all_done = false;
         if (thread.waiting) continue;
         current_thread = &thread;
+        race_check::switch_to_thread(thread.fiber);
         swapcontext(&scheduler, &thread.context);
         progressed = true;
         if (schedule_reversed) break;  // the highest thread that can run always goes next
@@ -269,10 +405,17 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block_dim, size_t /*share
         break;
       }
     }
+    // What the block's threads did happens before the next block and what the host does after the launch
+    // (for the race check: the next block's threads reuse these stacks, the tensors are read).
+    for (int t = 0; t < n_threads; ++t) {
+      race_check::acquire(&threads[t].ran);
+      if (!threads[t].done) race_check::retire_fiber(t);
+    }
   }
   current_thread = nullptr;
   current_launch = nullptr;
   scheduler_context = nullptr;
+  scheduling.reset();
   for (long long t = 0; t < n_threads; ++t) {
     const char* guard = stacks.get() + t * kFiberStackBytes;
     if (std::any_of(guard, guard + kStackGuardBytes, [](char byte) {

@@ -1,6 +1,6 @@
 // Kernels that check the emulation itself (tests/test_cuda_emulation.py): shuffles, barriers with
-// shared memory, block indices, and that a deadlock, a failed device assert or a thread past its stack
-// is reported.
+// shared memory, block indices, and that a deadlock, a failed device assert, a thread past its stack
+// or (in the race check's build) a race is reported.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -34,6 +34,31 @@ __global__ void shared_memory_kernel(int64_t* out) {
   squares[t] = static_cast<int64_t>(t) * t + 1000 * blockIdx.x;
   __syncthreads();
   out[blockIdx.x * kThreads + t] = squares[kThreads - 1 - t];
+}
+
+// Races for the race check (simt_emulation.h), each a thread reading a value that another thread of
+// the block wrote, with nothing ordering the two on a GPU: no barrier at all, or only a shuffle's.
+__global__ void unordered_shared_memory_kernel(int64_t* out) {
+  __shared__ int64_t values[kThreads];
+  const int t = threadIdx.x;
+  values[t] = t;
+  out[t] = values[kThreads - 1 - t];
+}
+
+__global__ void shuffle_ordered_shared_memory_kernel(int64_t* out) {
+  __shared__ int64_t values[kThreads];
+  const int t = threadIdx.x;
+  values[t] = t;
+  out[t] = __shfl_xor_sync(0xffffffffu, t, 1) + values[t ^ 1];
+}
+
+// What a warp barrier orders: out[t] = t ^ 1 through shared memory within each warp.
+__global__ void warp_barrier_kernel(int64_t* out) {
+  __shared__ int64_t values[kThreads];
+  const int t = threadIdx.x;
+  values[t] = t;
+  __syncwarp();
+  out[t] = values[t ^ 1];
 }
 
 // Half the warp waits at __syncthreads, the other half at a shuffle: neither can go on.
@@ -74,6 +99,12 @@ inline at::Tensor run(const std::string& name) {
     simt::launch(shuffles_kernel, 1, kThreads, 0, data);
   } else if (name == "shared_memory") {
     simt::launch(shared_memory_kernel, 3, kThreads, 0, data);
+  } else if (name == "unordered_shared_memory") {
+    simt::launch(unordered_shared_memory_kernel, 1, kThreads, 0, data);
+  } else if (name == "shuffle_ordered_shared_memory") {
+    simt::launch(shuffle_ordered_shared_memory_kernel, 1, kThreads, 0, data);
+  } else if (name == "warp_barrier") {
+    simt::launch(warp_barrier_kernel, 1, kThreads, 0, data);
   } else if (name == "deadlock") {
     simt::launch(deadlock_kernel, 1, 32, 0, data);
   } else if (name == "stack_overflow") {
