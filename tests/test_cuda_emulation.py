@@ -328,6 +328,11 @@ def test_emulation_reports_a_thread_past_its_stack(emulated):
 def test_emulation_reports_deadlocks_and_device_asserts(emulated):
     with pytest.raises(RuntimeError, match="deadlock: in block \\(0, 0, 0\\)"):
         emulated.simt_selftest("deadlock")
+    # Warp 1's threads reach the kernel's second __syncthreads, where warp 0's wait at its first.
+    with pytest.raises(RuntimeError, match="threads of a block met at different barriers: thread 32 reached "
+                                           "__syncthreads at .*simt_selftest.h:[0-9]+, where others wait at "
+                                           "__syncthreads at .*simt_selftest.h:[0-9]+"):
+        emulated.simt_selftest("divergent_barriers")
     with pytest.raises(RuntimeError, match="device assert failed: threadIdx.x != 7"):
         emulated.simt_selftest("assert")
 

@@ -6,9 +6,10 @@
 // runs until it reaches a barrier (__syncthreads, or the two halves of a warp shuffle) and the next
 // one runs; a barrier releases its fibers once every thread it counts has arrived. A thread that
 // returns from the kernel drops out of the barriers, as exited threads do on a GPU. Runs are
-// deterministic, a failed device assert ends the launch at once with an exception naming it, and threads
-// that wait at different barriers are reported as a deadlock the moment no fiber can go on: never
-// a hang. __shared__ variables are function statics, exact because blocks never overlap in time.
+// deterministic, a failed device assert ends the launch at once with an exception naming it, threads
+// that wait at different barriers are reported as a deadlock the moment no fiber can go on (never a
+// hang), and threads that meet at one barrier from different calls in the kernel as an error (Barrier).
+// __shared__ variables are function statics, exact because blocks never overlap in time.
 //
 // Built with AddressSanitizer and UBSan (POSEMAMBA_TEST_SANITIZERS=1, tests/test_cuda_emulation.py), it
 // checks the kernels' reads and writes of tensors and workspaces (global memory) as compute-sanitizer's
@@ -167,7 +168,28 @@ inline void yield_to_scheduler(Thread& self) {
   swapcontext(&self.context, scheduler);
 }
 
-// A barrier over a number of threads that shrinks as threads leave the kernel.
+// Where a kernel called a barrier or a shuffle: the call as written, its file and line.
+struct Site {
+  const char* call;
+  const char* file;
+  int line;
+
+  bool operator==(const Site& other) const {
+    return line == other.line && std::strcmp(call, other.call) == 0 && std::strcmp(file, other.file) == 0;
+  }
+  std::string str() const { return std::string(call) + " at " + file + ":" + std::to_string(line); }
+};
+
+[[noreturn]] inline void divergent_barrier(const char* scope, const Site& here, const Site& waiting) {
+  throw std::runtime_error("threads of " + std::string(scope) + " met at different barriers: thread " +
+                           std::to_string(current().linear) + " reached " + here.str() + ", where others wait at " +
+                           waiting.str() + " (undefined on a GPU: a hang or a wrong result)");
+}
+
+// A barrier over a number of threads that shrinks as threads leave the kernel. Every thread of a
+// generation must arrive from the same call (site) in the kernel, as on a GPU, where threads that
+// reach different __syncthreads, or lanes that reach different warp barriers or shuffles, are
+// undefined behaviour; here they are an error that stops the launch.
 class Barrier {
  public:
   void reset(int participants) {
@@ -179,12 +201,18 @@ class Barrier {
   // orders_memory: whether what each thread did before arriving happens before what any does after
   // leaving, as with __syncthreads and __syncwarp on a GPU (for the race check; a shuffle's barriers
   // do not order memory there).
-  void arrive_and_wait(bool orders_memory) {
+  // scope: the threads it counts, for the error message.
+  void arrive_and_wait(const Site& site, const char* scope, bool orders_memory) {
     Thread& self = current();
     bool wait = false;
     int generation = 0;
     {
       race_check::Unchecked bookkeeping;
+      if (waiters_.empty()) {
+        site_ = site;
+      } else if (!(site == site_)) {
+        divergent_barrier(scope, site, site_);
+      }
       generation = generation_ % 2;
       if (static_cast<int>(waiters_.size()) + 1 >= expected_) {
         release();
@@ -214,6 +242,7 @@ class Barrier {
 
   int expected_ = 0;
   std::vector<Thread*> waiters_;
+  Site site_{"", "", 0};  // the call that this generation's first thread arrived from
   unsigned generation_ = 0;
   char generations_[2] = {};  // the race check's sync objects (their addresses)
 };
@@ -242,19 +271,19 @@ inline int lane_id() {
   return current().linear % kWarpSize;
 }
 
-inline void sync_threads() {
-  current().block->sync.arrive_and_wait(/*orders_memory=*/true);
+inline void sync_threads(const Site& site) {
+  current().block->sync.arrive_and_wait(site, "a block", /*orders_memory=*/true);
 }
 
-inline void sync_warp() {
+inline void sync_warp(const Site& site) {
   Thread& self = current();
-  self.block->warps[self.linear / kWarpSize].arrive_and_wait(/*orders_memory=*/true);
+  self.block->warps[self.linear / kWarpSize].arrive_and_wait(site, "a warp", /*orders_memory=*/true);
 }
 
 // The value `source_lane` of this warp passed in; the caller's own value for a lane outside the warp.
-// Every lane of the warp must call it, as with a full mask on a GPU.
+// Every lane of the warp must call it, from the same call, as with a full mask on a GPU.
 template <typename T>
-T shuffle(T value, int source_lane) {
+T shuffle(T value, int source_lane, const Site& site) {
   static_assert(std::is_trivially_copyable<T>::value && sizeof(T) <= sizeof(unsigned long long),
                 "shuffles move values of at most 8 bytes");
   Thread& self = current();
@@ -264,14 +293,14 @@ T shuffle(T value, int source_lane) {
     race_check::Unchecked slots;
     std::memcpy(&block.shuffle_slots[self.linear], &value, sizeof(T));
   }
-  block.warps[warp].arrive_and_wait(/*orders_memory=*/false);
+  block.warps[warp].arrive_and_wait(site, "a warp", /*orders_memory=*/false);
   T result = value;
   if (source_lane >= 0 && source_lane < block.warp_size(warp)) {
     race_check::Unchecked slots;
     std::memcpy(&result, &block.shuffle_slots[warp * kWarpSize + source_lane], sizeof(T));
   }
   // No lane overwrites its slot before every lane has read.
-  block.warps[warp].arrive_and_wait(/*orders_memory=*/false);
+  block.warps[warp].arrive_and_wait(site, "a warp", /*orders_memory=*/false);
   return result;
 }
 
@@ -441,16 +470,21 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block_dim, size_t /*share
 #define blockIdx (::posemamba::simt::current().block->block_index)
 #define blockDim (::posemamba::simt::current().block->block_dim)
 #define gridDim (::posemamba::simt::current().block->grid_dim)
-#define __syncthreads() ::posemamba::simt::sync_threads()
+#define POSEMAMBA_SIMT_SITE(call) (::posemamba::simt::Site{call, __FILE__, __LINE__})
+#define __syncthreads() ::posemamba::simt::sync_threads(POSEMAMBA_SIMT_SITE("__syncthreads"))
 // Full-warp only (no mask argument), as the kernels use it.
-#define __syncwarp() ::posemamba::simt::sync_warp()
+#define __syncwarp() ::posemamba::simt::sync_warp(POSEMAMBA_SIMT_SITE("__syncwarp"))
 // Full-warp shuffles only (no width argument): the kernels never use a narrower one.
-#define __shfl_sync(mask, value, source_lane) ::posemamba::simt::shuffle((value), (source_lane) % 32)
-#define __shfl_xor_sync(mask, value, lane_mask) \
-  ::posemamba::simt::shuffle((value), ::posemamba::simt::lane_id() ^ (lane_mask))
-#define __shfl_up_sync(mask, value, delta) \
-  ::posemamba::simt::shuffle((value), ::posemamba::simt::lane_id() - static_cast<int>(delta))
-#define __shfl_down_sync(mask, value, delta) \
-  ::posemamba::simt::shuffle((value), ::posemamba::simt::lane_id() + static_cast<int>(delta))
+#define __shfl_sync(mask, value, source_lane) \
+  ::posemamba::simt::shuffle((value), (source_lane) % 32, POSEMAMBA_SIMT_SITE("__shfl_sync"))
+#define __shfl_xor_sync(mask, value, lane_mask)                                      \
+  ::posemamba::simt::shuffle((value), ::posemamba::simt::lane_id() ^ (lane_mask), \
+                             POSEMAMBA_SIMT_SITE("__shfl_xor_sync"))
+#define __shfl_up_sync(mask, value, delta)                                                        \
+  ::posemamba::simt::shuffle((value), ::posemamba::simt::lane_id() - static_cast<int>(delta), \
+                             POSEMAMBA_SIMT_SITE("__shfl_up_sync"))
+#define __shfl_down_sync(mask, value, delta)                                                      \
+  ::posemamba::simt::shuffle((value), ::posemamba::simt::lane_id() + static_cast<int>(delta), \
+                             POSEMAMBA_SIMT_SITE("__shfl_down_sync"))
 #define POSEMAMBA_DEVICE_ASSERT(cond) \
   ((cond) ? static_cast<void>(0) : ::posemamba::simt::device_assert_failed(#cond, __FILE__, __LINE__))

@@ -1,6 +1,6 @@
 // Kernels that check the emulation itself (tests/test_cuda_emulation.py): shuffles, barriers with
-// shared memory, block indices, and that a deadlock, a failed device assert, a thread past its stack
-// or (in the race check's build) a race is reported.
+// shared memory, block indices, and that a deadlock, threads at different barriers, a failed device
+// assert, a thread past its stack or (in the race check's build) a race is reported.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -61,6 +61,17 @@ __global__ void warp_barrier_kernel(int64_t* out) {
   out[t] = values[t ^ 1];
 }
 
+// The block's warps reach different __syncthreads: an error (simt_emulation.h's Barrier).
+__global__ void divergent_barriers_kernel(int64_t* out) {
+  const int t = threadIdx.x;
+  if (t < 32) {
+    __syncthreads();
+  } else {
+    __syncthreads();
+  }
+  out[t] = t;
+}
+
 // Half the warp waits at __syncthreads, the other half at a shuffle: neither can go on.
 __global__ void deadlock_kernel(int64_t* out) {
   const int t = threadIdx.x;
@@ -105,6 +116,8 @@ inline at::Tensor run(const std::string& name) {
     simt::launch(shuffle_ordered_shared_memory_kernel, 1, kThreads, 0, data);
   } else if (name == "warp_barrier") {
     simt::launch(warp_barrier_kernel, 1, kThreads, 0, data);
+  } else if (name == "divergent_barriers") {
+    simt::launch(divergent_barriers_kernel, 1, kThreads, 0, data);
   } else if (name == "deadlock") {
     simt::launch(deadlock_kernel, 1, 32, 0, data);
   } else if (name == "stack_overflow") {
