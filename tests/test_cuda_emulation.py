@@ -162,6 +162,18 @@ def test_emulated_warp_span_split_matches_cpu_kernels(emulated, shape, span_leng
     assert_close_scaled(actual, forward_and_backward(torch.ops.posemamba, inputs, grad_out), dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=dtype_id)
+@pytest.mark.parametrize("span_length", [0, 64], ids=["chunked", "warp_spans"])
+def test_emulated_kernels_at_the_largest_state_size(emulated, span_length, dtype):
+    # N = 64 (kMaxStateDim): B and C staged in 4 groups of 16 entries (16 of 4 in float64) in the
+    # chunked splits, 4 walks of 16 register entries a lane in the warp splits, each after the first
+    # adding to the outputs.
+    inputs = random_scan_inputs(1, 33, 130, 2, 64, dtype)
+    grad_out = torch.randn(1, 33, 130, dtype=torch.float64).to(dtype)
+    actual = forward_and_backward(emulated, inputs, grad_out, span_lengths=span_length)
+    assert_close_scaled(actual, forward_and_backward(torch.ops.posemamba, inputs, grad_out), dtype)
+
+
 def test_emulated_warp_span_split_on_pose_paths_with_threads_reversed(emulated):
     # PoseMamba's paths with their own hint (T = 20 frames a span), the mix included, and the warps'
     # lanes taking turns in reverse: a missing __syncwarp shows.
@@ -425,6 +437,8 @@ SANITIZED_TESTS = [
     "test_emulated_warp_span_split_matches_cpu_kernels[(1, 3, 150, 8, 40)-100-float64]",
     "test_emulated_warp_span_split_matches_cpu_kernels[(1, 40, 300, 2, 20)-64-bfloat16]",
     "test_emulated_warp_span_split_on_pose_paths_with_threads_reversed",
+    "test_emulated_kernels_at_the_largest_state_size[chunked-float32]",
+    "test_emulated_kernels_at_the_largest_state_size[warp_spans-float64]",
     "test_emulated_kernels_split_paths_by_their_hints[float32]",
     *(f"test_emulated_kernels_on_random_configurations[{seed}]" for seed in range(4)),
     "test_emulated_cuda_kernels_on_empty_inputs[empty_length]",
