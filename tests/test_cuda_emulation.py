@@ -460,10 +460,12 @@ SANITIZED_TESTS = [
 # thread ran first. But two tests: the stack guard's, whose thread writes over a finished thread's stack
 # on purpose, and paths that are not permutations, where two threads of invert_paths_kernel write the
 # same entry of the inverse (either value: the position no step visits keeps -1, which path_step
-# asserts on).
-RACE_CHECKED_TESTS = [name for name in SANITIZED_TESTS
-                      if name not in ("test_emulation_reports_a_thread_past_its_stack",
-                                      "test_emulated_cuda_kernels_assert_on_paths_that_are_not_permutations")]
+# asserts on). And every random configuration: the race check does not depend on the threads' order,
+# so each draw of shape, options and splits checks all of its barriers.
+RACE_CHECKED_TESTS = [*(name for name in SANITIZED_TESTS
+                        if name not in ("test_emulation_reports_a_thread_past_its_stack",
+                                        "test_emulated_cuda_kernels_assert_on_paths_that_are_not_permutations")),
+                      *(f"test_emulated_kernels_on_random_configurations[{seed}]" for seed in range(4, 12))]
 # The race check's own test kernels (simt_selftest.h), each with a race it must report.
 RACES = ("unordered_shared_memory", "shuffle_ordered_shared_memory")
 
