@@ -121,7 +121,9 @@ inline void switch_to_thread(void*) {}
 inline void switch_to_scheduler(void*) {}
 inline void release(void*) {}
 inline void acquire(void*) {}
-struct Unchecked {};
+struct Unchecked {
+  Unchecked() {}  // user-provided, so that a scope's unused guard draws no warning
+};
 #endif
 }  // namespace race_check
 
@@ -366,8 +368,8 @@ POSEMAMBA_NOT_RACE_CHECKED inline void fiber_main() {
 }
 
 // Runs kernel(args...) over the grid: blocks in order, each block's threads as fibers. Throws on an
-// invalid launch configuration (as the CUDA launch check would), a failed device assert or a
-// deadlock.
+// invalid launch configuration (as the CUDA launch check would), a failed device assert, a deadlock
+// or threads meeting at different barriers.
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block_dim, size_t /*shared_bytes*/, Args&&... args) {
   const long long n_threads = static_cast<long long>(block_dim.x) * block_dim.y * block_dim.z;
