@@ -493,8 +493,7 @@ def sanitized_environment(sanitizer, runtime, **options):
     says nothing of the kernels, as gpu_report.py skips a compute-sanitizer that cannot run."""
     preloads = sanitizer_preloads(runtime)
     assert preloads, f"POSEMAMBA_TEST_SANITIZERS=1 needs the C++ compiler's {runtime} (c++ -print-file-name found none)"
-    # One CPU thread: torch's own threads are not instrumented, and their synchronisation is not seen.
-    env = dict(os.environ, LD_PRELOAD=preloads, OMP_NUM_THREADS="1", **options, **{SANITIZED: sanitizer})
+    env = dict(os.environ, LD_PRELOAD=preloads, **options, **{SANITIZED: sanitizer})
     probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True,
                            timeout=600)
     if probe.returncode != 0:
@@ -525,8 +524,11 @@ def test_emulated_cuda_kernels_under_sanitizers():
 
 @sanitizers_asked_for
 def test_emulated_cuda_kernels_under_race_check():
-    env = sanitized_environment("thread", "libtsan.so", TSAN_OPTIONS="halt_on_error=1:exitcode=66")
-    # First that it finds races: each test kernel's, at the line of its unordered access.
+    # One CPU thread: torch's own threads are not instrumented, so ThreadSanitizer would not see their
+    # synchronisation.
+    env = sanitized_environment("thread", "libtsan.so", TSAN_OPTIONS="halt_on_error=1:exitcode=66",
+                                OMP_NUM_THREADS="1")
+    # First that it finds races: each test kernel's, reported in that kernel.
     for race in RACES:
         check = f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); " \
                 f"import test_cuda_emulation as t; t.load_emulation().simt_selftest({race!r})"
