@@ -17,5 +17,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "posemamba::multi_path_scan_bwd by the CUDA kernels, emulated on the host");
   m.def("simt_selftest", &posemamba::simt_selftest::run, "runs one of the emulation's own test kernels");
   m.def("set_schedule_reversed", [](bool reversed) { posemamba::simt::schedule_reversed = reversed; },
-        "the order in which a block's threads take turns between barriers: reversed, or in thread order");
+        "the order in which a launch's blocks run and a block's threads take turns between barriers: "
+        "reversed, or in index order");
 }

@@ -1,7 +1,7 @@
 // Runs the CUDA kernels on the host, so that their indexing, work split, barriers, shuffles and
 // partial sums are tested on machines without a GPU (tests/test_cuda_emulation.py).
 //
-// A launch runs the grid's blocks one after another. Each CUDA thread of a block is a fiber (POSIX
+// A launch runs the grid's blocks one after another (in index order, or reversed: schedule_reversed). Each CUDA thread of a block is a fiber (POSIX
 // ucontext) with its own stack, and the block's fibers take turns on the calling thread: a fiber
 // runs until it reaches a barrier (__syncthreads, or the two halves of a warp shuffle) and the next
 // one runs; a barrier releases its fibers once every thread it counts has arrived. A thread that
@@ -329,11 +329,14 @@ inline int multiprocessor_count() {
                            std::to_string(line));
 }
 
-// The order in which the threads of a block take turns. By default in thread order, round-robin:
-// between two barriers every thread runs on to its next one. Reversed, the highest thread that can
-// run always goes next, so the last warps run ahead to the next block barrier before the first warps
-// move at all. A read left unordered with another thread's write by a missing barrier sees the write
-// in one schedule and not in the other; the tests run both.
+// The order in which a launch's blocks run and a block's threads take turns. By default blocks in
+// index order, and threads in thread order, round-robin: between two barriers every thread runs on to
+// its next one. Reversed, blocks run from the last, and the highest thread that can run always goes
+// next, so the last warps run ahead to the next block barrier before the first warps move at all. A
+// read left unordered with another thread's write by a missing barrier sees the write in one schedule
+// and not in the other, and so does a block's read of what another block of the launch writes (a GPU
+// runs blocks in any order, and at once); two blocks' writes to one place leave the other's last. The
+// tests run both schedules and compare their results to the bit.
 inline bool schedule_reversed = false;
 
 // The kernel call of the running launch and its first error, for the fibers' entry function.
@@ -395,7 +398,8 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block_dim, size_t /*share
   scheduler_context = &scheduler;
   scheduler_fiber = race_check::current_fiber();
 
-  for (long long k = 0; k < n_blocks && launch_state.first_error.empty(); ++k) {
+  for (long long i = 0; i < n_blocks && launch_state.first_error.empty(); ++i) {
+    const long long k = schedule_reversed ? n_blocks - 1 - i : i;
     block.block_index = dim3(static_cast<unsigned>(k % grid.x), static_cast<unsigned>((k / grid.x) % grid.y),
                              static_cast<unsigned>(k / (static_cast<long long>(grid.x) * grid.y)));
     block.reset_barriers();
