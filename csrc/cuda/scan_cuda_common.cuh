@@ -215,18 +215,31 @@ struct PathChannel {
     for (int k = 0; k < kStepsPerThread; ++k) tile[k][lane] = value[k];
     __syncwarp();
     if (step >= from && step < to) {
-      out_t* out_at = simt::opaque_pointer(out_steps + step);
-#pragma unroll
-      for (int r = 0; r < kStepsPerThread; ++r) {
-        const int channel = tile_channel(lane, r);
-        if (channel <= last_block_channel) {
-          out_t* out = out_at + static_cast<uint32_t>(channel) * row_length;
-          const weight_t before = accumulate ? static_cast<weight_t>(*out) : weight_t(0);
-          simt::store_streaming(out, static_cast<out_t>(before + tile[step][channel]));
-        }
+      // Each case its own loop (accumulate is the same for the whole warp): stores alone are predicated
+      // rather than branched around, and an address serves both the load and the store.
+      if (accumulate) {
+        store_rows</*kAccumulate=*/true>(tile[step], simt::opaque_pointer(out_steps + step));
+      } else {
+        store_rows</*kAccumulate=*/false>(tile[step], simt::opaque_pointer(out_steps + step));
       }
     }
     __syncwarp();
+  }
+
+  // out_at[channel row] = row[channel] (plus what is there, with kAccumulate) for the block's channels
+  // tile_channel(lane, r) below D: a tile row's values, one store a round.
+  template <bool kAccumulate, typename out_t>
+  __device__ __forceinline__ void store_rows(const weight_t* row, out_t* out_at) const {
+    const int lane = static_cast<int>(threadIdx.x);
+#pragma unroll
+    for (int r = 0; r < kStepsPerThread; ++r) {
+      const int channel = tile_channel(lane, r);
+      if (channel <= last_block_channel) {
+        out_t* out = out_at + static_cast<uint32_t>(channel) * row_length;
+        const weight_t stored = kAccumulate ? static_cast<weight_t>(*out) + row[channel] : row[channel];
+        simt::store_streaming(out, static_cast<out_t>(stored));
+      }
+    }
   }
 
   int64_t L, N;
