@@ -1,6 +1,6 @@
 """benchmarks/cuda_resources.py's parts that need no toolkit: the README's static instruction counts
-come from its reading of cuobjdump's SASS, so that reading, and how it finds its tools, are checked
-here on made-up listings and stand-in tools."""
+come from its reading of cuobjdump's SASS (and, by source line, of nvdisasm's), so that reading, and
+how it finds its tools, are checked here on made-up listings and stand-in tools."""
 import os
 import shutil
 import stat
@@ -50,9 +50,10 @@ def test_state_entry_loop_is_the_innermost_loop_around_a_barrier_inside_the_chun
             + entry_loop + [branch_to(2)]                         # 2-6: the loop over state entries
             + ["BAR.SYNC.DEFER_BLOCKING 0x0", branch_to(0)]       # 7-8: the chunk's last barrier
             + [branch_to(10), "EXIT"])                            # cold code: a loop of its own, no barrier
-    [(kernel, template_args, counts)] = cuda_resources.state_entry_loops(listing(CHUNKED, body))
+    [(kernel, template_args, counts, span)] = cuda_resources.state_entry_loops(listing(CHUNKED, body))
     assert kernel == "scan_span_kernel"
     assert counts == {"MUFU": 1, "FFMA": 1, "BAR": 1, "LDS": 1, "BRA": 1}
+    assert span == (2, 6)
 
 
 @requires_cxxfilt
@@ -63,12 +64,50 @@ def test_tile_loops_take_barrier_free_loops_of_a_tile_or_of_one_entry():
             + ["MOV R0, R1"] + entry + [branch_to(386)] + ["IADD3 R7, R7, 1, RZ", branch_to(385)]  # one entry's 8
             + ["EXIT"])
     rows = cuda_resources.tile_loops(listing(WARP, body))
-    assert [(kernel, updates) for kernel, _, updates, _, _ in rows] == [("scan_warp_spans_kernel", 128),
-                                                                        ("scan_warp_spans_kernel", 8)]
-    assert rows[0][3]["MUFU"] == 128 and rows[0][4] is None
+    assert [(kernel, updates) for kernel, _, updates, _, _, _ in rows] == [("scan_warp_spans_kernel", 128),
+                                                                           ("scan_warp_spans_kernel", 8)]
+    assert rows[0][3]["MUFU"] == 128 and rows[0][4] is None and rows[0][5] == (0, 384)
     assert sum(rows[1][3].values()) == 13 and rows[1][4] == 16  # the tile's loop around the entry's
+    assert rows[1][5] == (386, 398)
     # A kernel with a barrier is the chunked split's, counted by state_entry_loops instead.
     assert cuda_resources.tile_loops(listing(WARP, ["BAR.SYNC 0x0"] + tile + [branch_to(1)])) == []
+
+
+def line_info_listing(name, lines):
+    """nvdisasm -g -c's layout for one function: its section banner, then per (source, text) a line
+    comment where the source changes and the instruction, or a label line for text ".L_x_N:"."""
+    out = [f"//--------------------- .text.{name} --------------------------",
+           f"\t.section\t.text.{name},\"ax\",@progbits", f"{name}:", f".text.{name}:"]
+    source, address = None, 0
+    for where, text in lines:
+        if text.endswith(":"):
+            out.append(text)
+            continue
+        if where != source:
+            file, line = where.split(":")
+            out.append(f'\t//## File "/src/csrc/{file}", line {line}')
+            source = where
+        out.append(f"        /*{address:04x}*/                   {text} ;")
+        address += 16
+    return "\n".join(out) + "\n"
+
+
+@requires_cxxfilt
+def test_line_listing_reads_nvdisasm_labels_and_source_lines():
+    # A loop over two source lines, its back edge to a label; a forward branch past it.
+    body = [("a.cuh:10", "MOV R0, R1"), ("", ".L_x_1:"), ("multi_path_scan.h:172", "MUFU.EX2 R1, R1"),
+            ("multi_path_scan.h:172", "MUFU.EX2 R2, R2"), ("a.cuh:11", "FFMA R3, R1, R2, R3"),
+            ("a.cuh:11", "@P0 BRA `(.L_x_1)"), ("a.cuh:12", "@!P1 BRA `(.L_x_2)"), ("a.cuh:12", "NOP"),
+            ("", ".L_x_2:"), ("a.cuh:13", "EXIT")]
+    sass, sources = cuda_resources.line_listing(line_info_listing(WARP, body))
+    [(kernel, template_args, opcodes, loops)] = list(cuda_resources.sass_functions(sass))
+    assert (kernel, template_args) == ("scan_warp_spans_kernel", "float")
+    assert opcodes == ["MOV", "MUFU", "MUFU", "FFMA", "BRA", "BRA", "NOP", "EXIT"]
+    assert loops == [(1, 4)]  # the back edge only; the forward branch went to 0x70, past it
+    assert sources[(kernel, template_args)] == ["a.cuh:10", "multi_path_scan.h:172", "multi_path_scan.h:172",
+                                                "a.cuh:11", "a.cuh:11", "a.cuh:12", "a.cuh:12", "a.cuh:13"]
+    lines = cuda_resources.lines_of_loop(sass, sources, kernel, template_args, 1, 4)
+    assert lines == [("a.cuh:11", 2, {"FFMA": 1, "BRA": 1}), ("multi_path_scan.h:172", 2, {"MUFU": 2})]
 
 
 def stand_in(folder, name, script):

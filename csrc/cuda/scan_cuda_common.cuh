@@ -264,14 +264,18 @@ template <typename input_t>
 struct OutputGradsAt {
   using weight_t = at::opmath_type<input_t>;
   const input_t* grad_out;
-  const input_t* z;  // null without a gate
+  // z's rows, or (without a gate) grad_out's, never read: a pointer that is global on every path, so
+  // that its loads stay global (LDG) where a select with null would make them generic (LD).
+  const input_t* z;
+  bool gated;
 
   __device__ OutputGradsAt(const MultiPathScanBwdParams& p, int64_t block, uint32_t l)
       : grad_out(simt::opaque_pointer(static_cast<const input_t*>(p.grad_out) + block + l)),
-        z(p.z ? simt::opaque_pointer(static_cast<const input_t*>(p.z) + block + l) : nullptr) {}
+        z(simt::opaque_pointer(static_cast<const input_t*>(p.z ? p.z : p.grad_out) + block + l)),
+        gated(p.z != nullptr) {}
   __device__ weight_t operator()(uint32_t row) const {
     const weight_t g = static_cast<weight_t>(grad_out[row]);
-    return z ? g * silu(static_cast<weight_t>(z[row])) : g;
+    return gated ? g * silu(static_cast<weight_t>(z[row])) : g;
   }
 };
 
