@@ -144,7 +144,9 @@ def line_listing(listing):
     for function in functions:
         sass.append(f"\n\t\tFunction : {function['name']}")
         for i, (text, _) in enumerate(function["instructions"]):
-            text = NVDISASM_TARGET.sub(lambda m: f"0x{function['labels'].get(m.group(1), 0):x}", text)
+            labels = function["labels"]
+            text = NVDISASM_TARGET.sub(lambda m: f"0x{labels[m.group(1)]:x}" if m.group(1) in labels else m.group(0),
+                                       text)
             sass.append(f"        /*{16 * i:04x}*/ {text} ;")
         sources[demangle(function["name"])] = [source for _, source in function["instructions"]]
     return "\n".join(sass) + "\n", sources

@@ -112,7 +112,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       if constexpr (summary) warp_dt_sums[warp][lane] = dt_sum;
       // Where the last warp saves the chunk's start state per entry (pass 3): the chunk's part taken
       // once, so that an entry's address is one multiply-add on the path that holds up the barrier.
-      weight_t* const chunk_start_states = chunk_states + chunk * N * p.dim;
+      weight_t* const chunk_states_at = chunk_states + chunk * N * p.dim;
       for (int group = 0; group < n_states; group += Projections::kStates) {
         const int group_end = projections.template enter_group</*kWithB=*/true, /*kWithC=*/!summary>(c, chunk, group, n_states);
 #pragma unroll 1
@@ -153,7 +153,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
           }
           if (last_warp) {  // the state after the chunk, and the one before it saved for the backward
             chunk_start_state[n][lane] = h;
-            if (active) simt::store_streaming(chunk_start_states + n * p.dim, h_start);  // the backward's
+            if (active) simt::store_streaming(chunk_states_at + n * p.dim, h_start);  // the backward's
           }
         }
       }

@@ -1,14 +1,15 @@
 // Runs the CUDA kernels on the host, so that their indexing, work split, barriers, shuffles and
 // partial sums are tested on machines without a GPU (tests/test_cuda_emulation.py).
 //
-// A launch runs the grid's blocks one after another (in index order, or reversed: schedule_reversed). Each CUDA thread of a block is a fiber (POSIX
-// ucontext) with its own stack, and the block's fibers take turns on the calling thread: a fiber
-// runs until it reaches a barrier (__syncthreads, or the two halves of a warp shuffle) and the next
-// one runs; a barrier releases its fibers once every thread it counts has arrived. A thread that
-// returns from the kernel drops out of the barriers, as exited threads do on a GPU. Runs are
-// deterministic, a failed device assert ends the launch at once with an exception naming it, threads
-// that wait at different barriers are reported as a deadlock the moment no fiber can go on (never a
-// hang), and threads that meet at one barrier from different calls in the kernel as an error (Barrier).
+// A launch runs the grid's blocks one after another (in index order, or reversed: schedule_reversed).
+// Each CUDA thread of a block is a fiber (POSIX ucontext) with its own stack, and the block's fibers
+// take turns on the calling thread: a fiber runs until it reaches a barrier (__syncthreads, or the two
+// halves of a warp shuffle) and the next one runs; a barrier releases its fibers once every thread it
+// counts has arrived. A thread that returns from the kernel drops out of the barriers, as exited
+// threads do on a GPU. Runs are deterministic, a failed device assert ends the launch at once with an
+// exception naming it, threads that wait at different barriers are reported as a deadlock the moment
+// no fiber can go on (never a hang), and threads that meet at one barrier from different calls in the
+// kernel as an error (Barrier).
 // __shared__ variables are function statics, exact because blocks never overlap in time.
 //
 // Built with AddressSanitizer and UBSan (POSEMAMBA_TEST_SANITIZERS=1, tests/test_cuda_emulation.py), it
@@ -26,7 +27,7 @@
 // is reported whichever thread ran first, and so is a write that another thread's read or write is
 // not ordered with; the thread orders (schedule_reversed) show such a race only where it changes a
 // result. Blocks run one after another, each after the last, so a race between two blocks of a
-// launch is not reported.
+// launch is not reported (one that changes a result shows between the two schedules instead).
 //
 // What this does not show: speed, and register or shared-memory limits. Only what
 // csrc/cuda/simt.cuh promises is emulated.
