@@ -124,6 +124,19 @@ def test_emulated_results_do_not_depend_on_the_schedule(emulated, seed):
     # blocks and threads in reverse, every output and saved state is bitwise the same. A block reading
     # what another block of the launch writes, or two blocks or threads writing one place, shows here.
     inputs, grad_out, softplus, span_lengths = random_scan_configuration(seed)
+    assert_same_in_both_schedules(emulated, inputs, grad_out, softplus, span_lengths)
+
+
+def test_emulated_pose_paths_do_not_depend_on_the_schedule(emulated):
+    # The model's own configuration: PoseMamba's four paths with the mix, the joint-major ones in spans
+    # of T frames (the warp splits, several blocks a pass), the others chunked.
+    T, J = 20, 5
+    inputs = random_pose_scan_inputs(2, 40, T, J, 16)
+    grad_out = torch.randn(2, 40, T * J)
+    assert_same_in_both_schedules(emulated, inputs, grad_out, True, span_lengths_hint(inputs["paths"]))
+
+
+def assert_same_in_both_schedules(emulated, inputs, grad_out, softplus, span_lengths):
     in_order = forward_and_backward(emulated, inputs, grad_out, softplus, span_lengths)
     reversed_order = forward_and_backward_reversed(emulated, inputs, grad_out, softplus, span_lengths)
     for index, (a, b) in enumerate(zip(in_order, reversed_order, strict=True)):
