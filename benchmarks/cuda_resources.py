@@ -223,12 +223,12 @@ def tile_loops(sass):
     return rows
 
 
-def lines_of_loop(sass, sources, kernel, template_args, first, last):
-    """The loop [first, last] of a kernel in sass (line_listing's) by source line (sources: line_listing's):
-    (source, instructions, counts by opcode) per line, most instructions first."""
-    opcodes = next(o for k, a, o, _ in sass_functions(sass) if (k, a) == (kernel, template_args))
+def lines_of_loop(opcodes, sources, first, last):
+    """The loop [first, last] of a kernel by source line, from its instructions' opcodes (sass_functions)
+    and sources (line_listing's): (source, instructions, counts by opcode) per line, most instructions
+    first."""
     by_line = {}
-    for opcode, source in zip(opcodes[first:last + 1], sources[(kernel, template_args)][first:last + 1]):
+    for opcode, source in zip(opcodes[first:last + 1], sources[first:last + 1]):
         counts = by_line.setdefault(source, {})
         counts[opcode] = counts.get(opcode, 0) + 1
     return sorted(((source, sum(counts.values()), counts) for source, counts in by_line.items()),
@@ -286,12 +286,15 @@ def main():
                 continue
             if args.lines:
                 sass, sources = line_listing(disassemble_with_lines(cuobjdump, environment, binary, scratch))
+                opcodes = {(kernel, template_args): ops for kernel, template_args, ops, _ in sass_functions(sass)}
             else:
                 sass, sources = disassemble(cuobjdump, environment, binary), None
 
             def with_lines(row):
-                kernel, template_args, (first, last) = row[0], row[1], row[-1]
-                return row, sources and lines_of_loop(sass, sources, kernel, template_args, first, last)
+                if not sources:
+                    return row, None
+                kernel_id, (first, last) = (row[0], row[1]), row[-1]
+                return row, lines_of_loop(opcodes[kernel_id], sources[kernel_id], first, last)
 
             loops += [with_lines(loop) for loop in state_entry_loops(sass) if wanted(loop[1])]
             tiles += [with_lines(loop) for loop in tile_loops(sass) if wanted(loop[1])]

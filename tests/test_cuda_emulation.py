@@ -93,6 +93,21 @@ def test_emulated_cuda_kernels_match_cpu_kernels(emulated, shape, dtype):
     assert_close_scaled(actual, expected, dtype)
 
 
+def forward_and_backward_reversed(emulated, *args, reversed_schedule=True, **kwargs):
+    """forward_and_backward on the emulation with its blocks and threads run in reverse order (or, with
+    reversed_schedule false, in index order)."""
+    emulated.set_schedule_reversed(reversed_schedule)
+    try:
+        return forward_and_backward(emulated, *args, **kwargs)
+    finally:
+        emulated.set_schedule_reversed(False)
+
+
+def assert_bitwise_equal(results, other_results):
+    for index, (a, b) in enumerate(zip(results, other_results, strict=True)):
+        assert torch.equal(a, b), index
+
+
 @pytest.mark.parametrize("shape", [(2, 33, 70, 2, 3), (1, 4, 200, 2, 1), (1, 2, 700, 1, 5), (1, 5, 130, 2, 20)],
                          ids=lambda s: "b{}_d{}_l{}_p{}_n{}".format(*s))
 def test_emulated_cuda_kernels_match_cpu_kernels_with_threads_reversed(emulated, shape):
@@ -100,21 +115,8 @@ def test_emulated_cuda_kernels_match_cpu_kernels_with_threads_reversed(emulated,
     # with another thread's write by a missing barrier sees what it did not in thread order.
     inputs = random_scan_inputs(*shape, torch.float32)
     grad_out = torch.randn(shape[0], shape[1], shape[2])
-    emulated.set_schedule_reversed(True)
-    try:
-        actual = forward_and_backward(emulated, inputs, grad_out)
-    finally:
-        emulated.set_schedule_reversed(False)
+    actual = forward_and_backward_reversed(emulated, inputs, grad_out)
     assert_close_scaled(actual, forward_and_backward(torch.ops.posemamba, inputs, grad_out), torch.float32)
-
-
-def forward_and_backward_reversed(emulated, *args, **kwargs):
-    """forward_and_backward on the emulation with its blocks and threads run in reverse order."""
-    emulated.set_schedule_reversed(True)
-    try:
-        return forward_and_backward(emulated, *args, **kwargs)
-    finally:
-        emulated.set_schedule_reversed(False)
 
 
 # Configurations of random_scan_configuration whose grids have several blocks in each split and pass.
@@ -124,23 +126,8 @@ def test_emulated_results_do_not_depend_on_the_schedule(emulated, seed):
     # blocks and threads in reverse, every output and saved state is bitwise the same. A block reading
     # what another block of the launch writes, or two blocks or threads writing one place, shows here.
     inputs, grad_out, softplus, span_lengths = random_scan_configuration(seed)
-    assert_same_in_both_schedules(emulated, inputs, grad_out, softplus, span_lengths)
-
-
-def test_emulated_pose_paths_do_not_depend_on_the_schedule(emulated):
-    # The model's own configuration: PoseMamba's four paths with the mix, the joint-major ones in spans
-    # of T frames (the warp splits, several blocks a pass), the others chunked.
-    T, J = 20, 5
-    inputs = random_pose_scan_inputs(2, 40, T, J, 16)
-    grad_out = torch.randn(2, 40, T * J)
-    assert_same_in_both_schedules(emulated, inputs, grad_out, True, span_lengths_hint(inputs["paths"]))
-
-
-def assert_same_in_both_schedules(emulated, inputs, grad_out, softplus, span_lengths):
     in_order = forward_and_backward(emulated, inputs, grad_out, softplus, span_lengths)
-    reversed_order = forward_and_backward_reversed(emulated, inputs, grad_out, softplus, span_lengths)
-    for index, (a, b) in enumerate(zip(in_order, reversed_order, strict=True)):
-        assert torch.equal(a, b), index
+    assert_bitwise_equal(in_order, forward_and_backward_reversed(emulated, inputs, grad_out, softplus, span_lengths))
 
 
 # span_length 9: the warp splits, 8 spans a path.
@@ -211,16 +198,16 @@ def test_emulated_kernels_at_the_largest_state_size(emulated, span_length, dtype
 
 def test_emulated_warp_span_split_on_pose_paths_with_threads_reversed(emulated):
     # PoseMamba's paths with their own hint (T = 20 frames a span), the mix included, and the warps'
-    # lanes taking turns in reverse: a missing __syncwarp shows.
+    # lanes taking turns in reverse: a missing __syncwarp shows. The model's own configuration (the
+    # joint-major paths through the warp splits, several blocks a pass) is also bitwise the same in the
+    # two schedules.
     T, J = 20, 5
     inputs = random_pose_scan_inputs(2, 35, T, J, 16)
     grad_out = torch.randn(2, 35, T * J)
-    emulated.set_schedule_reversed(True)
-    try:
-        actual = forward_and_backward(emulated, inputs, grad_out, span_lengths=span_lengths_hint(inputs["paths"]))
-    finally:
-        emulated.set_schedule_reversed(False)
+    span_lengths = span_lengths_hint(inputs["paths"])
+    actual = forward_and_backward_reversed(emulated, inputs, grad_out, span_lengths=span_lengths)
     assert_close_scaled(actual, forward_and_backward(torch.ops.posemamba, inputs, grad_out), torch.float32)
+    assert_bitwise_equal(forward_and_backward(emulated, inputs, grad_out, span_lengths=span_lengths), actual)
 
 
 @pytest.mark.parametrize("span_length", [0, 7, 70, 1000])
@@ -273,11 +260,8 @@ def test_emulated_kernels_give_each_path_its_own_split(emulated):
 @pytest.mark.parametrize("seed", range(12))
 def test_emulated_kernels_on_random_configurations(emulated, seed):
     inputs, grad_out, softplus, span_lengths = random_scan_configuration(seed)
-    emulated.set_schedule_reversed(seed % 3 == 2)
-    try:
-        actual = forward_and_backward(emulated, inputs, grad_out, softplus, span_lengths)
-    finally:
-        emulated.set_schedule_reversed(False)
+    actual = forward_and_backward_reversed(emulated, inputs, grad_out, softplus, span_lengths,
+                                           reversed_schedule=seed % 3 == 2)
     expected = forward_and_backward(torch.ops.posemamba, inputs, grad_out, softplus)
     assert_close_scaled(actual, expected, inputs["u"].dtype)
 

@@ -106,7 +106,7 @@ def test_line_listing_reads_nvdisasm_labels_and_source_lines():
     assert loops == [(1, 4)]  # the back edge only; the forward branch went to 0x70, past it
     assert sources[(kernel, template_args)] == ["a.cuh:10", "multi_path_scan.h:172", "multi_path_scan.h:172",
                                                 "a.cuh:11", "a.cuh:11", "a.cuh:12", "a.cuh:12", "a.cuh:13"]
-    lines = cuda_resources.lines_of_loop(sass, sources, kernel, template_args, 1, 4)
+    lines = cuda_resources.lines_of_loop(opcodes, sources[(kernel, template_args)], 1, 4)
     assert lines == [("a.cuh:11", 2, {"FFMA": 1, "BRA": 1}), ("multi_path_scan.h:172", 2, {"MUFU": 2})]
 
 
