@@ -307,6 +307,17 @@ POSEMAMBA_MATH T step_size(T raw_delta, T bias, bool use_softplus) {
   return use_softplus ? softplus(x) : x;
 }
 
+// step_size for a run of steps of one channel (one bias), in place: the softplus choice made once for
+// the run, where a kernel's loop over the steps would otherwise branch on it at every step.
+template <typename T, int kSteps>
+POSEMAMBA_MATH void step_sizes(T (&raw_delta)[kSteps], T bias, bool use_softplus) {
+  if (use_softplus) {
+    for (int k = 0; k < kSteps; ++k) raw_delta[k] = step_size(raw_delta[k], bias, true);
+  } else {
+    for (int k = 0; k < kSteps; ++k) raw_delta[k] = step_size(raw_delta[k], bias, false);
+  }
+}
+
 // d dt / d (raw_delta + bias): sigmoid under softplus (1 above its threshold), else 1.
 template <typename T>
 POSEMAMBA_MATH T step_size_grad(T raw_delta, T bias, bool use_softplus) {

@@ -184,8 +184,7 @@ struct PathChannel {
     for (int r = 0; r < kStepsPerThread; ++r) u_own[r] = has_mixed ? u_own[r] + u_mixed[r] : u_own[r];
     rounds_to_lanes(tile, u_own, v);
     rounds_to_lanes(tile, delta, dt);
-#pragma unroll
-    for (int k = 0; k < kStepsPerThread; ++k) dt[k] = step_size<weight_t>(dt[k], bias, delta_softplus);
+    step_sizes(dt, bias, delta_softplus);
   }
 
   // value[k] = row_value(channel row) for this lane's channel and the warp's steps, read by the tile's

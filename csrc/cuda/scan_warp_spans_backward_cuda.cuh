@@ -122,11 +122,12 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
         tile.projections.template stage</*kWithB=*/false, /*kWithC=*/true>(c, l, staged, group);
         weight_t dt[kStepsPerThread], dy[kStepsPerThread];
         c.gather_steps(steps, dt, RowsAt<input_t>(c.delta_block, l));
+        step_sizes(dt, c.bias, c.delta_softplus);
         output_grads(l, dy);
 #pragma unroll
         for (int k = kStepsPerThread - 1; k >= 0; --k) {
           const bool valid = in_span(first + k);
-          const weight_t step_dt = valid ? step_size<weight_t>(dt[k], c.bias, c.delta_softplus) : weight_t(0);
+          const weight_t step_dt = valid ? dt[k] : weight_t(0);
           const weight_t step_dy = valid ? dy[k] : weight_t(0);
           span_dt += step_dt;
 #pragma unroll
