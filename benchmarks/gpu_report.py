@@ -180,13 +180,33 @@ def median_ms(fn, repeats=20):
 
 
 def floor_bytes(batch, dim, backward):
-    """fp32 bytes read and written once: u, z, out, delta, B, C (forward); plus grad_out, the saved
-    ungated output, du, dz, ddelta, dB, dC (backward)."""
+    """fp32 bytes read and written once: u, z, delta, B, C read and out written (forward); plus, with the
+    backward, a call of its own: the same inputs read again, grad_out and the saved ungated output
+    read, du, dz, ddelta, dB and dC written."""
     L = T * J
     forward = 4 * (3 * batch * dim * L + batch * P * dim * L + 2 * batch * P * N * L)
     if not backward:
         return forward
-    return forward + 4 * (5 * batch * dim * L + 2 * batch * P * dim * L + 4 * batch * P * N * L)
+    return forward + 4 * (6 * batch * dim * L + 2 * batch * P * dim * L + 4 * batch * P * N * L)
+
+
+def design_bytes(batch, dim, backward):
+    """fp32 bytes these kernels move at the least, as designed: floor_bytes, plus what they write for a
+    later kernel to read once. The forward: each path's output in path order (batch, P, D, L), written by
+    the scan and read by the merge (one writer per value and a fixed order of the paths' sum, so no
+    atomics and a bitwise-repeatable result); the saved ungated output; and the state before every
+    64th step (batch, P, chunks, N, D), written for the backward. The backward: those states read; dv
+    and ddelta per path in path order, written and read by the merge; dB and dC per block of 32
+    channels (the fixed-order sum over channels), written and read by their sum."""
+    L, chunks, channel_blocks = T * J, -(-T * J // 64), -(-dim // 32)
+    per_path = batch * P * dim * L
+    saved_states = batch * P * chunks * N * dim
+    forward = floor_bytes(batch, dim, False) + 4 * (2 * per_path + batch * dim * L + saved_states)
+    if not backward:
+        return forward
+    channel_partials = batch * channel_blocks * P * L * N
+    return (forward + floor_bytes(batch, dim, True) - floor_bytes(batch, dim, False)
+            + 4 * (saved_states + 2 * 2 * per_path + 2 * 2 * channel_partials))
 
 
 def write_timing_table(table_path, with_reference=True):
@@ -211,7 +231,7 @@ def write_timing_table(table_path, with_reference=True):
 
         emit(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, float32, T={T} J={J} N={N} P={P}")
         emit(f"{'shape':8} {'pass':8} {'fused ms':>9} {'unfused ms':>11} {'x':>5} {'reference ms':>13} {'x':>6} "
-             f"{'GB/s':>7}")
+             f"{'GB/s':>7} {'design GB/s':>11}")
         for name, dim in SHAPES.items():
             for batch in BATCHES:
                 inputs, leaves, grad_out = pose_block_inputs(batch, dim)
@@ -225,11 +245,14 @@ def write_timing_table(table_path, with_reference=True):
                         times[impl] = median_ms(step, repeats=5 if impl == "reference" else 20)
                     fused, unfused, reference = times["fused"], times["unfused"], times.get("reference")
                     gbps = floor_bytes(batch, dim, backward) / (fused * 1e-3) / 1e9
+                    design_gbps = design_bytes(batch, dim, backward) / (fused * 1e-3) / 1e9
                     ref_cells = f"{reference:13.2f} {reference / fused:6.1f}" if reference else f"{'-':>13} {'-':>6}"
                     emit(f"{f'{name} b{batch}':8} {'fwd+bwd' if backward else 'fwd':8} {fused:9.3f} {unfused:11.3f} "
-                         f"{unfused / fused:5.2f} {ref_cells} {gbps:7.0f}")
-        emit("GB/s: the floor's bytes (read and written once) over the fused time; H200 HBM3e copies at about "
-             "4300 (measured there), H100 HBM3 at about 3000. Batch 1 fits the 50-60 MB L2: timed in cache.")
+                         f"{unfused / fused:5.2f} {ref_cells} {gbps:7.0f} {design_gbps:11.0f}")
+        emit("GB/s: the floor's bytes (read and written once) over the fused time; design GB/s: the bytes these "
+             "kernels move at the least (the floor's, their per-path workspaces and saved states) over the same; "
+             "H200 HBM3e copies at about 4300 (measured there), H100 HBM3 at about 3000. Batch 1 fits the "
+             "50-60 MB L2: timed in cache.")
 
 
 # The work splits, each in a process of its own (the kernels read their settings once): the chunked

@@ -72,8 +72,28 @@ def test_timing_table_rows(monkeypatch, tmp_path):
                                                       ["S", "b16", "fwd"], ["S", "b16", "fwd+bwd"]]
     assert rows[2].split()[3:8] == ["2.000", "2.000", "1.00", "2.00", "1.0"]
     assert rows[4].split()[6:8] == ["-", "-"]  # no reference above batch 4
+    assert [int(v) for v in rows[2].split()[8:10]] == [round(gpu_report.floor_bytes(1, 8, False) / 2e-3 / 1e9),
+                                                      round(gpu_report.design_bytes(1, 8, False) / 2e-3 / 1e9)]
     gpu_report.write_timing_table(tmp_path / "quick.txt", with_reference=False)
     assert (tmp_path / "quick.txt").read_text().splitlines()[2].split()[3:8] == ["2.000", "2.000", "1.00", "-", "-"]
+
+
+def test_design_bytes_count_each_tensor_the_kernels_move():
+    # PoseMamba-L at batch 16, tensor by tensor, as the kernels allocate and pass them (float32).
+    batch, dim, L, chunks, channel_blocks = 16, 256, 243 * 17, 65, 8
+    P, N = gpu_report.P, gpu_report.N
+    natural, per_path, projection = batch * dim * L, batch * P * dim * L, batch * P * N * L
+    saved_states, channel_partials = batch * P * chunks * N * dim, batch * channel_blocks * P * L * N
+    forward = {"u, z": 2 * natural, "out, out_ungated": 2 * natural, "delta": per_path, "B, C": 2 * projection,
+               "y_paths written and read": 2 * per_path, "chunk_states written": saved_states}
+    backward = {"grad_out, out_ungated, u, z read; du, dz written": 6 * natural, "delta read, ddelta written": 2 * per_path,
+                "B, C read; dB, dC written": 4 * projection, "chunk_states read": saved_states,
+                "dv_paths, ddelta_paths written and read": 4 * per_path,
+                "dB, dC partials written and read": 4 * channel_partials}
+    assert gpu_report.design_bytes(batch, dim, backward=False) == 4 * sum(forward.values())
+    assert gpu_report.design_bytes(batch, dim, backward=True) == 4 * (sum(forward.values()) + sum(backward.values()))
+    # The forward's 1.19 GB are 2.33 times the floor's: at an H100's 3350 GB/s, 0.35 ms at the least.
+    assert gpu_report.design_bytes(batch, dim, False) / gpu_report.floor_bytes(batch, dim, False) == pytest.approx(2.33, abs=0.01)
 
 
 def test_span_sweep_rows(monkeypatch, tmp_path):
