@@ -192,21 +192,23 @@ def floor_bytes(batch, dim, backward):
 
 def design_bytes(batch, dim, backward):
     """fp32 bytes these kernels move at the least, as designed: floor_bytes, plus what they write for a
-    later kernel to read once. The forward: each path's output in path order (batch, P, D, L), written by
-    the scan and read by the merge (one writer per value and a fixed order of the paths' sum, so no
-    atomics and a bitwise-repeatable result); the saved ungated output; and the state before every
-    64th step (batch, P, chunks, N, D), written for the backward. The backward: those states read; dv
-    and ddelta per path in path order, written and read by the merge; dB and dC per block of 32
-    channels (the fixed-order sum over channels), written and read by their sum."""
+    later kernel to read once. The forward (timed without autograd, as inference): each path's output in
+    path order (batch, P, D, L), written by the scan and read by the merge (one writer per value and a
+    fixed order of the paths' sum, so no atomics and a bitwise-repeatable result). With the backward,
+    the forward also writes the ungated output and the state before every 64th step (batch, P, chunks,
+    N, D), which the backward reads; and the backward writes dv and ddelta per path in path order, read
+    by their merge, and dB and dC per block of 32 channels (the fixed-order sum over channels), read by
+    their sum."""
     L, chunks, channel_blocks = T * J, -(-T * J // 64), -(-dim // 32)
     per_path = batch * P * dim * L
-    saved_states = batch * P * chunks * N * dim
-    forward = floor_bytes(batch, dim, False) + 4 * (2 * per_path + batch * dim * L + saved_states)
+    forward = floor_bytes(batch, dim, False) + 4 * 2 * per_path
     if not backward:
         return forward
+    states = batch * P * chunks * N * dim
     channel_partials = batch * channel_blocks * P * L * N
-    return (forward + floor_bytes(batch, dim, True) - floor_bytes(batch, dim, False)
-            + 4 * (saved_states + 2 * 2 * per_path + 2 * 2 * channel_partials))
+    # (The floor's backward reads the ungated output already.)
+    return forward + floor_bytes(batch, dim, True) - floor_bytes(batch, dim, False) + 4 * (
+        batch * dim * L + 2 * states + 2 * 2 * per_path + 2 * 2 * channel_partials)
 
 
 def write_timing_table(table_path, with_reference=True):

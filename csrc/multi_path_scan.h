@@ -68,6 +68,7 @@ struct MultiPathScanParams {
 
   // Written by the forward, read by the backward.
   void* out = nullptr;           // (batch, D, L)
+  // Both null where the forward keeps nothing for a backward (save_for_backward false).
   void* out_ungated = nullptr;   // (batch, D, L) y before the z gate; null when z is null
   void* chunk_states = nullptr;  // (batch, P, n_chunks, N, D) state before each chunk's first step
 };

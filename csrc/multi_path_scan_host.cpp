@@ -119,18 +119,22 @@ ScanForward prepare_scan_forward(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
     const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
-    const std::optional<at::Tensor>& mix, bool delta_softplus, at::IntArrayRef span_lengths) {
+    const std::optional<at::Tensor>& mix, bool delta_softplus, at::IntArrayRef span_lengths,
+    bool save_for_backward) {
   ScanForward f;
   MultiPathScanParams& p = f.params;
   f.inputs = prepare_scan_inputs(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, p);
   set_span_lengths(span_lengths, p);
   f.out = at::empty({p.batch, p.dim, p.seqlen}, u.options());
-  f.out_ungated = at::empty(z.has_value() ? at::IntArrayRef{p.batch, p.dim, p.seqlen} : at::IntArrayRef{0},
+  const bool keeps_ungated = z.has_value() && save_for_backward;
+  f.out_ungated = at::empty(keeps_ungated ? at::IntArrayRef{p.batch, p.dim, p.seqlen} : at::IntArrayRef{0},
                             u.options());
-  f.chunk_states = at::empty({p.batch, p.n_paths, p.n_chunks, p.d_state, p.dim}, A.options());
+  f.chunk_states = at::empty(save_for_backward ? at::IntArrayRef{p.batch, p.n_paths, p.n_chunks, p.d_state, p.dim}
+                                               : at::IntArrayRef{0},
+                             A.options());
   p.out = f.out.mutable_data_ptr();
-  p.out_ungated = z.has_value() ? f.out_ungated.mutable_data_ptr() : nullptr;
-  p.chunk_states = f.chunk_states.mutable_data_ptr();
+  p.out_ungated = keeps_ungated ? f.out_ungated.mutable_data_ptr() : nullptr;
+  p.chunk_states = save_for_backward ? f.chunk_states.mutable_data_ptr() : nullptr;
   return f;
 }
 

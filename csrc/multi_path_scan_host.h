@@ -62,11 +62,14 @@ using ScanGradients =
 // The op's outputs (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) once the partials are reduced.
 ScanGradients finish_scan_backward(const ScanBackward& g);
 
+// The forward's params and outputs; without save_for_backward, out_ungated and chunk_states empty and
+// their params pointers null (nothing kept for a backward).
 ScanForward prepare_scan_forward(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
     const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
-    const std::optional<at::Tensor>& mix, bool delta_softplus, at::IntArrayRef span_lengths);
+    const std::optional<at::Tensor>& mix, bool delta_softplus, at::IntArrayRef span_lengths,
+    bool save_for_backward);
 
 // channel_block: the channels summed into one dB/dC partial; the partials are laid out (batch,
 // channel blocks, P, N, L) where positions_minor (a GPU's, whose threads write a path's consecutive

@@ -13,11 +13,12 @@ TORCH_LIBRARY(posemamba, m) {
   // out: the gated sum of all paths; out_ungated: that sum before the z gate (empty without z), kept
   // for the backward; chunk_states: each path's state before every kScanChunk-th step. span_lengths:
   // hints for the GPU's work split, per path (path p cut into spans of span_lengths[p] steps; 0: no
-  // hint; empty: none for any path), never changing the result beyond rounding.
+  // hint; empty: none for any path), never changing the result beyond rounding. save_for_backward
+  // false (inference): out_ungated and chunk_states empty, neither computed nor written.
   m.def(
       "multi_path_scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor paths, "
-      "Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? mix, bool delta_softplus, int[] span_lengths=[]) "
-      "-> (Tensor out, Tensor out_ungated, Tensor chunk_states)");
+      "Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? mix, bool delta_softplus, int[] span_lengths=[], "
+      "bool save_for_backward=True) -> (Tensor out, Tensor out_ungated, Tensor chunk_states)");
   // Gradients of every input; dD, dz and ddelta_bias are empty where D, z or delta_bias is None.
   // span_lengths: the forward's hints, for the GPU backward's work split.
   m.def(

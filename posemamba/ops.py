@@ -89,8 +89,11 @@ def multi_path_selective_scan(
         return multi_path_selective_scan_ref(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus)
     if hints is None:
         hints = _span_lengths_of(paths)
+    # Without a backward to come, the kernels skip the states and the ungated output it would read.
+    save_for_backward = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
     out, _, _ = torch.ops.posemamba.multi_path_scan_fwd(
-        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, hints)
+        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, hints, save_for_backward)
     return out
 
 
@@ -210,7 +213,8 @@ def _kernel_available(device: torch.device) -> bool:
 
 if HAS_EXTENSION:
     @torch.library.register_fake("posemamba::multi_path_scan_fwd")
-    def _multi_path_scan_fwd_fake(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths=()):
+    def _multi_path_scan_fwd_fake(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths=(),
+                                  save_for_backward=True):
         batch, dim, seqlen = u.shape
         n_paths, _, d_state = A.shape
         torch._check(delta.shape == (batch, n_paths, dim, seqlen), lambda: "delta must be (batch, P, D, L)")
@@ -218,8 +222,9 @@ if HAS_EXTENSION:
         torch._check(C.shape == (batch, n_paths, d_state, seqlen), lambda: "C must be (batch, P, N, L)")
         n_chunks = (seqlen + SCAN_CHUNK - 1) // SCAN_CHUNK
         out = u.new_empty(u.shape)
-        out_ungated = u.new_empty(u.shape if z is not None else (0,))
-        chunk_states = u.new_empty((batch, n_paths, n_chunks, d_state, dim), dtype=A.dtype)
+        out_ungated = u.new_empty(u.shape if z is not None and save_for_backward else (0,))
+        chunk_states = u.new_empty((batch, n_paths, n_chunks, d_state, dim) if save_for_backward else (0,),
+                                   dtype=A.dtype)
         return out, out_ungated, chunk_states
 
     @torch.library.register_fake("posemamba::multi_path_scan_bwd")
@@ -234,14 +239,18 @@ if HAS_EXTENSION:
                 like_or_absent(delta_bias, A))
 
     def _multi_path_scan_setup_context(ctx, inputs, output):
-        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths = inputs
+        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths, *save = inputs
         _, out_ungated, chunk_states = output
         ctx.save_for_backward(u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states)
         ctx.delta_softplus = delta_softplus
         ctx.span_lengths = span_lengths
+        ctx.saved_for_backward = save[0] if save else True
         ctx.mark_non_differentiable(out_ungated, chunk_states)
 
     def _multi_path_scan_backward(ctx, grad_out, _grad_out_ungated, _grad_chunk_states):
+        if not ctx.saved_for_backward:
+            raise RuntimeError("multi_path_scan_fwd: no gradient with save_for_backward=False, which keeps nothing "
+                               "for a backward (posemamba.ops.multi_path_selective_scan sets it from requires_grad)")
         u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states = ctx.saved_tensors
         du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = torch.ops.posemamba.multi_path_scan_bwd(
             grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states,
@@ -250,7 +259,7 @@ if HAS_EXTENSION:
                 dD if D is not None else None,
                 dz if z is not None else None,
                 ddelta_bias if delta_bias is not None else None,
-                None, None, None)
+                None, None, None, None)
 
     torch.library.register_autograd(
         "posemamba::multi_path_scan_fwd", _multi_path_scan_backward,

@@ -134,6 +134,15 @@ def test_cuda_whole_path_blocks_match_cpu_kernels():
                         torch.float32)
 
 
+@pytest.mark.parametrize("span_lengths", [[], [16, 0]], ids=["chunked", "warp_and_chunked"])
+def test_cuda_forward_without_saving_gives_the_same_output(span_lengths):
+    inputs = to_cuda(random_scan_inputs(2, 33, 150, 2, 16, torch.float32))
+    args = [inputs[k] for k in FORWARD_ARGS]
+    out, _, _ = torch.ops.posemamba.multi_path_scan_fwd(*args, True, span_lengths)
+    lean_out, lean_ungated, lean_states = torch.ops.posemamba.multi_path_scan_fwd(*args, True, span_lengths, False)
+    assert torch.equal(lean_out, out) and lean_ungated.numel() == 0 and lean_states.numel() == 0
+
+
 def test_cuda_empty_batch():
     inputs = random_scan_inputs(0, 3, 5, 2, 4, torch.float32)
     grad_out = torch.randn(0, 3, 5)
@@ -217,6 +226,7 @@ def test_cuda_opcheck():
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_fwd.default, args)
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_fwd.default, args + ([16, 16],))  # the warp split
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_fwd.default, args + ([16, 0],))  # and the chunked one
+    torch.library.opcheck(torch.ops.posemamba.multi_path_scan_fwd.default, args + ([16, 0], False))  # inference
     out, out_ungated, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(*args, [16, 0])
     backward_args = (torch.randn_like(out), *args[:-1], out_ungated, chunk_states, True)
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_bwd.default, backward_args)

@@ -276,6 +276,18 @@ def test_emulated_cuda_kernels_on_empty_inputs(emulated, shape):
     assert torch.equal(dA, torch.zeros_like(dA))  # sums over nothing
 
 
+@pytest.mark.parametrize("span_lengths", [[], [16, 0]], ids=["chunked", "warp_and_chunked"])
+def test_emulated_forward_without_saving_gives_the_same_output(emulated, span_lengths):
+    # Inference: the scan kernels skip the saved states and the merge the ungated output, bitwise the
+    # same out (each split: spans of 16 steps by warps for path 0, chunks for path 1).
+    inputs = random_scan_inputs(2, 33, 150, 2, 16, torch.float32, with_mix=True)
+    args = [inputs[name] for name in FORWARD_ARGS]
+    out, out_ungated, chunk_states = emulated.multi_path_scan_fwd(*args, True, span_lengths)
+    lean = emulated.multi_path_scan_fwd(*args, True, span_lengths, save_for_backward=False)
+    assert torch.equal(lean[0], out) and out_ungated.shape == out.shape and chunk_states.shape == (2, 2, 3, 16, 33)
+    assert lean[1].shape == (0,) and lean[2].shape == (0,)
+
+
 def test_emulated_cuda_kernel_asserts_on_a_bad_path_index(emulated):
     inputs = random_scan_inputs(1, 2, 8, 1, 2, torch.float32)
     inputs["paths"][0, 3] = 8

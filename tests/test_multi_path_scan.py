@@ -123,7 +123,8 @@ def test_forward_is_deterministic():
     assert torch.equal(first, multi_path_selective_scan(**inputs))
 
 
-@pytest.mark.parametrize("with_z, span_lengths", [(False, ()), (True, ()), (True, ([0, 10],))])
+@pytest.mark.parametrize("with_z, span_lengths", [(False, ()), (True, ()), (True, ([0, 10],)),
+                                                  (True, ([0, 10], False))])  # inference: nothing saved
 def test_opcheck_forward(with_z, span_lengths):
     # span_lengths: the GPU work split's hints, an optional trailing argument that CPUs take and ignore.
     inputs = random_scan_inputs(2, 3, 70, 2, 4, torch.float32, with_z=with_z)
@@ -131,6 +132,38 @@ def test_opcheck_forward(with_z, span_lengths):
             inputs["D"], inputs["z"], inputs["delta_bias"], inputs["mix"], True) + span_lengths
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_fwd.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
+@pytest.mark.parametrize("with_z", [False, True])
+def test_forward_without_saving_gives_the_same_output_and_keeps_nothing(with_z):
+    inputs = random_scan_inputs(2, 5, 150, 3, 16, torch.float32, with_z=with_z, with_mix=True)
+    args = [inputs[k] for k in ("u", "delta", "A", "B", "C", "paths", "D", "z", "delta_bias", "mix")]
+    out, out_ungated, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(*args, True, [])
+    lean_out, lean_ungated, lean_states = torch.ops.posemamba.multi_path_scan_fwd(*args, True, [], False)
+    assert torch.equal(lean_out, out)
+    assert chunk_states.shape == (2, 3, 3, 16, 5) and lean_states.shape == (0,)
+    assert out_ungated.shape == ((2, 5, 150) if with_z else (0,)) and lean_ungated.shape == (0,)
+    with pytest.raises(RuntimeError, match="no gradient with save_for_backward=False"):
+        leaf = inputs["u"].requires_grad_(True)
+        torch.ops.posemamba.multi_path_scan_fwd(leaf, *args[1:], True, [], False)[0].sum().backward()
+
+
+def test_entry_point_saves_states_only_for_a_backward(monkeypatch):
+    saved = []
+    forward = torch.ops.posemamba.multi_path_scan_fwd
+
+    def spy(*args):
+        saved.append(args[-1])
+        return forward(*args)
+
+    monkeypatch.setattr(torch.ops.posemamba, "multi_path_scan_fwd", spy)
+    inputs = random_scan_inputs(1, 3, 40, 2, 4, torch.float32)
+    multi_path_selective_scan(**inputs)  # nothing requires grad
+    inputs["A"].requires_grad_(True)
+    with torch.no_grad():
+        multi_path_selective_scan(**inputs)
+    multi_path_selective_scan(**inputs).sum().backward()
+    assert saved == [False, False, True] and inputs["A"].grad is not None
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

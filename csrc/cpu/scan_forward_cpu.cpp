@@ -188,9 +188,11 @@ void multi_path_scan_fwd_kernel(const MultiPathScanParams& p, const at::Tensor& 
         run_path_block_scan(scan);
 
         // (chunk, state entry) rows of channels, as saved: the block's channels of each row.
-        weight_t* path_states = static_cast<weight_t*>(p.chunk_states) + batch_path * p.n_chunks * N * p.dim;
-        for (int64_t i = 0; i < p.n_chunks * N; ++i) {
-          copy_channels(saved + i * W, width, path_states + i * p.dim + d_begin);
+        if (p.chunk_states) {
+          weight_t* path_states = static_cast<weight_t*>(p.chunk_states) + batch_path * p.n_chunks * N * p.dim;
+          for (int64_t i = 0; i < p.n_chunks * N; ++i) {
+            copy_channels(saved + i * W, width, path_states + i * p.dim + d_begin);
+          }
         }
       }
 
@@ -204,7 +206,7 @@ void multi_path_scan_fwd_kernel(const MultiPathScanParams& p, const at::Tensor& 
           const input_t* z_input = static_cast<const input_t*>(p.z) + row;
           for (int64_t l = 0; l < L; ++l) z_row[l] = z_input[l];
           run_gate(y_row, z_row, L);
-          std::copy(y_row, y_row + L, static_cast<input_t*>(p.out_ungated) + row);
+          if (p.out_ungated) std::copy(y_row, y_row + L, static_cast<input_t*>(p.out_ungated) + row);
           std::copy(z_row, z_row + L, out_row);
         } else {
           std::copy(y_row, y_row + L, out_row);
@@ -226,9 +228,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_path_scan_fwd_cpu(
     const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix,
     bool delta_softplus,
-    at::IntArrayRef span_lengths) {  // hints for GPUs' work split only
-  ScanForward f =
-      prepare_scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths);
+    at::IntArrayRef span_lengths,  // hints for GPUs' work split only
+    bool save_for_backward) {
+  ScanForward f = prepare_scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths,
+                                       save_for_backward);
   check_scan_indices_on_host(f.inputs, f.params.seqlen);
   const at::Tensor B_by_position = transpose_to_positions_major(f.inputs.B, A.scalar_type());
   const at::Tensor C_by_position = transpose_to_positions_major(f.inputs.C, A.scalar_type());

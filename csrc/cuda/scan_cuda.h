@@ -53,8 +53,9 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_forward(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
     const at::Tensor& paths, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
     const std::optional<at::Tensor>& delta_bias, const std::optional<at::Tensor>& mix, bool delta_softplus,
-    at::IntArrayRef span_lengths) {
-  ScanForward f = prepare_scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths);
+    at::IntArrayRef span_lengths, bool save_for_backward) {
+  ScanForward f = prepare_scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths,
+                                       save_for_backward);
   check_length(f.params.seqlen);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "multi_path_scan_fwd_cuda",
                                   [&] { run_scan_forward_as<scalar_t>(f); });

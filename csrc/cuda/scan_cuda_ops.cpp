@@ -24,9 +24,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_path_scan_fwd_cuda(
     const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix,
     bool delta_softplus,
-    at::IntArrayRef span_lengths) {
+    at::IntArrayRef span_lengths,
+    bool save_for_backward) {
   const c10::cuda::CUDAGuard device_guard(u.device());
-  return scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths);
+  return scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths,
+                      save_for_backward);
 }
 
 ScanGradients multi_path_scan_bwd_cuda(

@@ -22,7 +22,8 @@
 //      path order into each span's start state;
 //   3. each span from its start state, writing the path's outputs.
 // Pass 1 costs a second exp per state update, for up to n_chunks times the parallelism. Pass 3 saves
-// every chunk's start state: the chunk_states the backward restarts from. Each path's outputs go to
+// every chunk's start state (unless the forward keeps nothing for a backward): the chunk_states the
+// backward restarts from. Each path's outputs go to
 // its own row of a (batch, P, D, L) float workspace in path order (whole sectors, where a joint-major
 // path's positions would take a sector a value), and a last kernel gathers them back to natural
 // order (through the paths' inverse), sums the paths in index order and applies the gate: no
@@ -63,8 +64,10 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   // The block's first channel's row of the (batch, P, D, L) workspace.
   const int64_t first_row = (task.b * p.n_paths + task.path) * p.dim + task.first_channel;
   const int64_t span_entry = span_entries(p, n_spans, task.b, task.path, span) + task.d;  // this lane's
-  weight_t* chunk_states =
-      static_cast<weight_t*>(p.chunk_states) + chunk_states_offset(p, task.b, task.path, task.d);  // this lane's
+  // This lane's saved states; null where the forward keeps none.
+  weight_t* const chunk_states =
+      p.chunk_states ? static_cast<weight_t*>(p.chunk_states) + chunk_states_offset(p, task.b, task.path, task.d)
+                     : nullptr;
   using Projections = ChunkProjections<weight_t>;
   __shared__ Map warp_maps[2][kSegmentWarps][kWarp];  // two buffers, used in turn (see below)
   __shared__ Projections projections;
@@ -112,7 +115,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       if constexpr (summary) warp_dt_sums[warp][lane] = dt_sum;
       // Where the last warp saves the chunk's start state per entry (pass 3): the chunk's part taken
       // once, so that an entry's address is one multiply-add on the path that holds up the barrier.
-      weight_t* const chunk_states_at = chunk_states + chunk * N * p.dim;
+      weight_t* const chunk_states_at = chunk_states ? chunk_states + chunk * N * p.dim : nullptr;
       for (int group = 0; group < n_states; group += Projections::kStates) {
         const int group_end = projections.template enter_group</*kWithB=*/true, /*kWithC=*/!summary>(c, chunk, group, n_states);
 #pragma unroll 1
@@ -153,7 +156,9 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
           }
           if (last_warp) {  // the state after the chunk, and the one before it saved for the backward
             chunk_start_state[n][lane] = h;
-            if (active) simt::store_streaming(chunk_states_at + n * p.dim, h_start);  // the backward's
+            if (active && chunk_states_at) {
+              simt::store_streaming(chunk_states_at + n * p.dim, h_start);  // the backward's
+            }
           }
         }
       }
@@ -192,7 +197,7 @@ __global__ void merge_paths_kernel(MultiPathScanParams p, const at::opmath_type<
     y += y_paths[(b * p.n_paths + path) * per_batch + row_start + path_step(inverse, path, p.seqlen, l)];
   }
   if (p.z) {
-    static_cast<input_t*>(p.out_ungated)[i] = static_cast<input_t>(y);
+    if (p.out_ungated) static_cast<input_t*>(p.out_ungated)[i] = static_cast<input_t>(y);
     y = gate_output<weight_t>(y, static_cast<weight_t>(static_cast<const input_t*>(p.z)[i]));
   }
   static_cast<input_t*>(p.out)[i] = static_cast<input_t>(y);

@@ -57,7 +57,10 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const PathChannel<input_t> c(p, task.b, task.path, task.d, task.first_channel);
   const int64_t N = p.d_state, L = p.seqlen;
   const int64_t span_entry = span_entries(p, n_spans, task.b, task.path, task.span) + task.d;  // this lane's
-  weight_t* chunk_states = static_cast<weight_t*>(p.chunk_states) + chunk_states_offset(p, task.b, task.path, task.d);
+  // This lane's saved states; null where the forward keeps none.
+  weight_t* const chunk_states =
+      p.chunk_states ? static_cast<weight_t*>(p.chunk_states) + chunk_states_offset(p, task.b, task.path, task.d)
+                     : nullptr;
   weight_t* y_steps = y_paths ? y_paths + ((task.b * p.n_paths + task.path) * p.dim + task.first_channel) * L : nullptr;
   __shared__ WarpSpanTile<weight_t> tiles[kSegmentWarps];
   WarpSpanTile<weight_t>& tile = tiles[warp];
@@ -95,7 +98,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
           span_dt += dt[k];
         }
         // The state before every kScanChunk-th step, for the backward (warp-uniform: one tile in 8).
-        if (!summary && first % kScanChunk == 0 && first >= begin && task.active) {
+        if (!summary && chunk_states && first % kScanChunk == 0 && first >= begin && task.active) {
           weight_t* states_at = simt::opaque_pointer(chunk_states + (first / kScanChunk * N + group) * p.dim);
 #pragma unroll
           for (int n = 0; n < kWarpStates; ++n, states_at += p.dim) {
