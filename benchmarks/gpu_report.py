@@ -330,7 +330,7 @@ def sweep_times(sweep_text):
 
 def split_verdicts(sweep_text, shape="L b16"):
     """What the sweep says of the defaults at the training shape, a line each: whether the warp splits
-    beat the chunked ones there (else set them off in warp_spans_allowed, csrc/cuda/scan_cuda_common.cuh),
+    beat the chunked ones there (else set them off in warp_spans_allowed, csrc/cuda/scan_warp_split_cuda.cuh),
     what the per-path choice gains over the warp splits for every path, and whether spans help the
     chunked split there."""
     times = sweep_times(sweep_text)

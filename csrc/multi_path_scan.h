@@ -48,10 +48,10 @@ struct MultiPathScanParams {
   int64_t n_chunks = 0;
   bool delta_softplus = true;
   // Hints for the CUDA kernels' work split, never for the result: path p cut into spans of
-  // span_lengths[p] steps (0: no hint). See the warp splits in csrc/cuda/scan_cuda_common.cuh.
+  // span_lengths[p] steps (0: no hint). See the warp splits in csrc/cuda/scan_warp_split_cuda.cuh.
   int64_t span_lengths[kMaxPaths] = {};
   // The paths a CUDA launch takes, split_paths[0 .. n_split_paths) in increasing order: all P, or
-  // those of one work split where the hints give the paths different splits (cuda/scan_cuda_common.cuh).
+  // those of one work split where the hints give the paths different splits (path_splits, cuda/scan_warp_split_cuda.cuh).
   int64_t n_split_paths = 0;
   int8_t split_paths[kMaxPaths] = {};
 

@@ -62,7 +62,7 @@ def pose_mix(T: int, J: int, joint_order: Union[torch.Tensor, Sequence[int]]) ->
 
 def span_lengths_hint(paths: torch.Tensor) -> List[int]:
     """The span lengths for the CUDA kernels' warp splits (forward and backward; see
-    csrc/cuda/scan_cuda_common.cuh), one per row of paths: S, or 0 for none.
+    csrc/cuda/scan_warp_split_cuda.cuh), one per row of paths: S, or 0 for none.
 
     A row has span length S when its step s + S visits a position next to step s's, for every s
     (|paths[p, s + S] - paths[p, s]| = 1): warps walking consecutive spans of S steps then read

@@ -1,6 +1,6 @@
 // CUDA backward of posemamba::multi_path_scan_bwd: the kernels and their launches.
 //
-// The same split as the forward (scan_forward_cuda.cuh, scan_cuda_common.cuh): a block takes 32
+// The same split as the forward (scan_forward_cuda.cuh, scan_chunked_split_cuda.cuh): a block takes 32
 // channels of one (batch, path) and walks a span of the path's chunks, here last to first, its warps
 // sharing each chunk, kStepsPerThread consecutive steps a thread, B and C staged per chunk in shared
 // memory. Per chunk and state entry, with each step's exp taken once:
@@ -42,7 +42,9 @@
 #include <vector>
 
 #include "scan_cuda.h"
+#include "scan_chunked_split_cuda.cuh"
 #include "scan_cuda_common.cuh"
+#include "scan_warp_split_cuda.cuh"
 
 namespace posemamba {
 namespace cuda {

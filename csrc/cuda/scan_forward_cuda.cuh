@@ -39,6 +39,7 @@
 #include <type_traits>
 
 #include "scan_cuda.h"
+#include "scan_chunked_split_cuda.cuh"
 #include "scan_cuda_common.cuh"
 #include "scan_warp_spans_cuda.cuh"
 

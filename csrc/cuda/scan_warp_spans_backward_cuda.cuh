@@ -1,7 +1,7 @@
 // The CUDA backward's warp split, for paths cut into spans (the forward's warp split and its span
 // length, path_splits): a warp walks one span of one (batch, path)'s 32 channels alone, last
 // step first, 8 steps a tile, each lane its own channel; a block's warps take consecutive spans, whose
-// reads of a joint-major path share sectors (scan_cuda_common.cuh). No block-wide barriers, and no map
+// reads of a joint-major path share sectors (scan_warp_split_cuda.cuh). No block-wide barriers, and no map
 // compositions in pass 3: a state update backwards is state_update_backward, as on a CPU.
 //
 // Passes, as the chunked backward's (scan_backward_cuda.cuh):
@@ -35,6 +35,7 @@
 
 #include "scan_cuda.h"
 #include "scan_cuda_common.cuh"
+#include "scan_warp_split_cuda.cuh"
 
 namespace posemamba {
 namespace cuda {

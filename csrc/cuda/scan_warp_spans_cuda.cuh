@@ -1,4 +1,4 @@
-// The CUDA forward's warp split (scan_cuda_common.cuh), for paths cut into spans of a given length: a
+// The CUDA forward's warp split (scan_warp_split_cuda.cuh), for paths cut into spans of a given length: a
 // warp walks one span of one (batch, path)'s 32 channels alone, 8 steps a tile, each lane holding its
 // channel's state entries in registers (16 at a time). No barriers and no map composition: a state
 // update is an exp, two multiplies and two FMAs, as in a sequential scan.
@@ -26,6 +26,7 @@
 
 #include "scan_cuda.h"
 #include "scan_cuda_common.cuh"
+#include "scan_warp_split_cuda.cuh"
 
 namespace posemamba {
 namespace cuda {
