@@ -331,7 +331,7 @@ def test_emulated_warp_splits_assert_on_bad_indices(emulated, bad):
         emulated.multi_path_scan_bwd(torch.randn_like(out), *args, out_ungated, chunk_states, True, [16])
 
 
-def test_emulated_warp_shuffles_follow_cuda(emulated):
+def test_emulated_warp_shuffles_and_votes_follow_cuda(emulated):
     out = emulated.simt_selftest("shuffles")
     threads = torch.arange(64)
     lane, warp_base = threads % 32, threads - threads % 32
@@ -341,6 +341,8 @@ def test_emulated_warp_shuffles_follow_cuda(emulated):
         torch.where(up >= 0, warp_base + up, threads),       # lanes without a source keep their value
         torch.where(down < 32, warp_base + down, threads),
         warp_base + (7 * lane) % 32,
+        (warp_base == 32).long(),  # only the second warp has thread 40
+        torch.zeros(64, dtype=torch.long),
     ])
     assert torch.equal(out, expected)
 

@@ -121,8 +121,9 @@ struct PathChannel {
 
   // The scan inputs v (u, plus u at the mixed-in position where mix names one) and the step sizes dt
   // at the warp's kStepsPerThread steps (at `position`, mixing in `mixed_position`), for this lane's
-  // channel, loaded through the warp's tile. No branch on the data separates the loads, so that they
-  // are all in flight together: a step with nothing mixed in reads u at its own position again.
+  // channel, loaded through the warp's tile. The loads are all in flight together: where a step of the
+  // tile mixes, every step reads a mixed-in u (at its own position again where it has none); where
+  // none does (the whole tile, as on a path without a mix), none reads one.
   __device__ void load_steps(const uint32_t* position, const uint32_t* mixed_position, StepTile<weight_t> tile,
                              weight_t (&v)[kStepsPerThread], weight_t (&dt)[kStepsPerThread]) const {
     const int step = tile_step(static_cast<int>(threadIdx.x));
@@ -135,18 +136,28 @@ struct PathChannel {
                                 weight_t (&dt)[kStepsPerThread]) const {
     const int lane = static_cast<int>(threadIdx.x);
     const bool has_mixed = mixed != kNoMixedPosition;
-    const uint32_t source = has_mixed ? mixed : l;
-    weight_t u_own[kStepsPerThread], u_mixed[kStepsPerThread], delta[kStepsPerThread];
-    const RowsAt<input_t> u_own_at(u_block, l), u_mixed_at(u_block, source), delta_at(delta_block, l);
+    weight_t u_own[kStepsPerThread], delta[kStepsPerThread];
+    const RowsAt<input_t> u_own_at(u_block, l), delta_at(delta_block, l);
+    if (__any_sync(0xffffffffu, has_mixed)) {
+      weight_t u_mixed[kStepsPerThread];
+      const RowsAt<input_t> u_mixed_at(u_block, has_mixed ? mixed : l);
 #pragma unroll
-    for (int r = 0; r < kStepsPerThread; ++r) {
-      const uint32_t row = channel_row(tile_channel(lane, r));
-      u_own[r] = u_own_at(row);
-      u_mixed[r] = u_mixed_at(row);
-      delta[r] = delta_at(row);
+      for (int r = 0; r < kStepsPerThread; ++r) {
+        const uint32_t row = channel_row(tile_channel(lane, r));
+        u_own[r] = u_own_at(row);
+        u_mixed[r] = u_mixed_at(row);
+        delta[r] = delta_at(row);
+      }
+#pragma unroll
+      for (int r = 0; r < kStepsPerThread; ++r) u_own[r] = has_mixed ? u_own[r] + u_mixed[r] : u_own[r];
+    } else {
+#pragma unroll
+      for (int r = 0; r < kStepsPerThread; ++r) {
+        const uint32_t row = channel_row(tile_channel(lane, r));
+        u_own[r] = u_own_at(row);
+        delta[r] = delta_at(row);
+      }
     }
-#pragma unroll
-    for (int r = 0; r < kStepsPerThread; ++r) u_own[r] = has_mixed ? u_own[r] + u_mixed[r] : u_own[r];
     rounds_to_lanes(tile, u_own, v);
     rounds_to_lanes(tile, delta, dt);
     step_sizes(dt, bias, delta_softplus);

@@ -307,6 +307,27 @@ T shuffle(T value, int source_lane, const Site& site) {
   return result;
 }
 
+// Whether the predicate of any lane of this warp is true; every lane of the warp must call it, from
+// the same call, as with a full mask on a GPU.
+inline bool vote_any(bool predicate, const Site& site) {
+  Thread& self = current();
+  Block& block = *self.block;
+  const int warp = self.linear / kWarpSize;
+  {
+    race_check::Unchecked slots;
+    block.shuffle_slots[self.linear] = predicate ? 1 : 0;
+  }
+  block.warps[warp].arrive_and_wait(site, "a warp", /*orders_memory=*/false);
+  bool any = false;
+  {
+    race_check::Unchecked slots;
+    for (int lane = 0; lane < block.warp_size(warp); ++lane) any = any || block.shuffle_slots[warp * kWarpSize + lane];
+  }
+  // No lane overwrites its slot before every lane has read.
+  block.warps[warp].arrive_and_wait(site, "a warp", /*orders_memory=*/false);
+  return any;
+}
+
 // The eviction hint has no meaning on the host.
 template <typename T>
 inline void store_streaming(T* address, T value) {
@@ -493,5 +514,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block_dim, size_t /*share
 #define __shfl_down_sync(mask, value, delta)                                                      \
   ::posemamba::simt::shuffle((value), ::posemamba::simt::lane_id() + static_cast<int>(delta), \
                              POSEMAMBA_SIMT_SITE("__shfl_down_sync"))
+// Full-warp votes only, as the kernels use them.
+#define __any_sync(mask, predicate) ::posemamba::simt::vote_any((predicate), POSEMAMBA_SIMT_SITE("__any_sync"))
 #define POSEMAMBA_DEVICE_ASSERT(cond) \
   ((cond) ? static_cast<void>(0) : ::posemamba::simt::device_assert_failed(#cond, __FILE__, __LINE__))

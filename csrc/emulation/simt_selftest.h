@@ -1,4 +1,4 @@
-// Kernels that check the emulation itself (tests/test_cuda_emulation.py): shuffles, barriers with
+// Kernels that check the emulation itself (tests/test_cuda_emulation.py): shuffles and votes, barriers with
 // shared memory, block indices, and that a deadlock, threads at different barriers, a failed device
 // assert, a thread past its stack or (in the race check's build) a race is reported.
 #pragma once
@@ -16,14 +16,17 @@ namespace simt_selftest {
 
 constexpr int kThreads = 64;  // two warps
 
-// Row k of out (4, kThreads): what each thread gets from xor 5, up 3, down 3 and lane (7 lane) % 32
-// shuffles of its own index.
+// Row k of out (6, kThreads): what each thread gets from xor 5, up 3, down 3 and lane (7 lane) % 32
+// shuffles of its own index, then from votes on whether any lane is thread 40 and any lane's index is
+// negative.
 __global__ void shuffles_kernel(int64_t* out) {
   const int t = threadIdx.x, lane = t % 32;
   out[0 * kThreads + t] = __shfl_xor_sync(0xffffffffu, t, 5);
   out[1 * kThreads + t] = __shfl_up_sync(0xffffffffu, t, 3);
   out[2 * kThreads + t] = __shfl_down_sync(0xffffffffu, t, 3);
   out[3 * kThreads + t] = __shfl_sync(0xffffffffu, t, (7 * lane) % 32);
+  out[4 * kThreads + t] = __any_sync(0xffffffffu, t == 40);
+  out[5 * kThreads + t] = __any_sync(0xffffffffu, t < 0);
 }
 
 // out[block, t] = 1000 block + (kThreads - 1 - t)^2, through shared memory: each thread reads what
@@ -100,10 +103,10 @@ __global__ void stack_overflow_kernel(int64_t* out) {
   if (threadIdx.x == 1) out[1] = deep_frames(static_cast<int>(simt::kFiberStackBytes / 4096) + 8);
 }
 
-// Runs the named kernel and returns its int64 output: (4, kThreads) for "shuffles", (3, kThreads)
+// Runs the named kernel and returns its int64 output: (6, kThreads) for "shuffles", (3, kThreads)
 // for "shared_memory" (three blocks), (1, kThreads) otherwise.
 inline at::Tensor run(const std::string& name) {
-  const int64_t rows = name == "shuffles" ? 4 : name == "shared_memory" ? 3 : 1;
+  const int64_t rows = name == "shuffles" ? 6 : name == "shared_memory" ? 3 : 1;
   const at::Tensor out = at::zeros({rows, kThreads}, at::kLong);
   int64_t* data = out.mutable_data_ptr<int64_t>();
   if (name == "shuffles") {
