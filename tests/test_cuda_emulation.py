@@ -11,7 +11,7 @@ import torch
 from conftest import (CSRC, FORWARD_ARGS, GRADIENTS, dtype_id, random_pose_scan_inputs, random_scan_configuration,
                       random_scan_inputs, requires_extension, requires_sources, sources_digest)
 from conftest import scan_ops_forward_and_backward as forward_and_backward
-from posemamba.paths import span_lengths_hint
+from posemamba.paths import bidirectional_paths, span_lengths_hint
 from posemamba.reference import multi_path_selective_scan_ref
 
 pytestmark = [requires_extension, requires_sources]
@@ -91,6 +91,22 @@ def test_emulated_cuda_kernels_match_cpu_kernels(emulated, shape, dtype):
     actual = forward_and_backward(emulated, inputs, grad_out)
     expected = forward_and_backward(torch.ops.posemamba, inputs, grad_out)
     assert_close_scaled(actual, expected, dtype)
+
+
+@pytest.mark.parametrize("span_lengths", [(), 16], ids=["chunked", "warp"])
+def test_emulated_tiles_with_and_without_mixed_steps(emulated, span_lengths):
+    # A warp loads the mixed-in u only for a tile where some step mixes: path 0 (positions in order)
+    # mixes in its second half only, so its walk takes both kinds of tile, a tile where one step of 8
+    # mixes and one where 4 do; path 1 (in reverse) never mixes.
+    inputs = random_scan_inputs(1, 40, 120, 2, 16, torch.float32)
+    inputs["paths"] = bidirectional_paths(torch.arange(120))
+    mix = torch.full((2, 120), -1, dtype=torch.int64)
+    mix[0, 60:] = torch.randint(0, 120, (60,))
+    mix[0, 20] = 7  # alone in its tile
+    inputs["mix"] = mix
+    grad_out = torch.randn(1, 40, 120)
+    actual = forward_and_backward(emulated, inputs, grad_out, span_lengths=span_lengths)
+    assert_close_scaled(actual, forward_and_backward(torch.ops.posemamba, inputs, grad_out), torch.float32)
 
 
 def forward_and_backward_reversed(emulated, *args, reversed_schedule=True, **kwargs):
