@@ -118,11 +118,27 @@ NVDISASM_LABEL = re.compile(r"^(\.L\w+):")
 NVDISASM_TARGET = re.compile(r"`\((\.L\w+)\)")
 
 
+def source_label(path, line, line_counts):
+    """ "file:line" for a line comment of nvdisasm's, or "file:line?" where the file (found on disk) has
+    fewer lines: the line table sometimes names the wrong file for an inlined function's line (its
+    number right, the file another header's), which a line past the end gives away; line_counts caches
+    the files' lengths."""
+    if path not in line_counts:
+        try:
+            with open(path, "rb") as source:
+                line_counts[path] = source.read().count(b"\n")
+        except OSError:
+            line_counts[path] = None
+    count = line_counts[path]
+    return f"{os.path.basename(path)}:{line}" + ("?" if count is not None and int(line) > count else "")
+
+
 def line_listing(listing):
     """nvdisasm -g's listing as cuobjdump -sass lays it out (a "Function :" header per kernel, branch
     targets as addresses, for sass_functions), and per kernel (kernel, template arguments) the source of
-    each instruction in order, as "file:line" (the innermost: the inlined function's own line)."""
-    functions, sources, current = [], {}, None
+    each instruction in order, as "file:line" (the innermost: the inlined function's own line; see
+    source_label for a "?" after it)."""
+    functions, sources, current, line_counts = [], {}, None, {}
     for text in listing.splitlines():
         function = NVDISASM_FUNCTION.match(text.strip())
         if function:
@@ -135,7 +151,7 @@ def line_listing(listing):
         label = NVDISASM_LABEL.match(text.strip())
         instruction = SASS_LINE.search(text)
         if line:
-            current["source"] = f"{os.path.basename(line.group(1))}:{line.group(2)}"
+            current["source"] = source_label(line.group(1), line.group(2), line_counts)
         elif label:
             current["labels"][label.group(1)] = 16 * len(current["instructions"])
         elif instruction:

@@ -110,6 +110,16 @@ def test_line_listing_reads_nvdisasm_labels_and_source_lines():
     assert lines == [("a.cuh:11", 2, {"FFMA": 1, "BRA": 1}), ("multi_path_scan.h:172", 2, {"MUFU": 2})]
 
 
+def test_line_listing_marks_a_line_past_its_files_end(tmp_path):
+    # nvdisasm's line table can name the wrong file for an inlined line: one past the file's end shows it.
+    header = tmp_path / "short.cuh"
+    header.write_text("a\nb\nc\n")
+    listing = line_info_listing(WARP, [("a.cuh:1", "MOV R0, R1"), ("a.cuh:2", "EXIT")]).replace(
+        '"/src/csrc/a.cuh", line 1', f'"{header}", line 2').replace('"/src/csrc/a.cuh", line 2', f'"{header}", line 5')
+    _, sources = cuda_resources.line_listing(listing)
+    assert list(sources.values()) == [["short.cuh:2", "short.cuh:5?"]]
+
+
 def stand_in(folder, name, script):
     path = os.path.join(folder, name)
     with open(path, "w") as f:
