@@ -496,7 +496,8 @@ SANITIZED_TESTS = [
     "test_emulated_cuda_kernels_assert_on_paths_that_are_not_permutations",
     "test_emulated_warp_splits_assert_on_bad_indices[path]",
     "test_emulated_warp_splits_assert_on_bad_indices[mix]",
-    "test_emulated_warp_shuffles_follow_cuda",
+    "test_emulated_warp_shuffles_and_votes_follow_cuda",
+    "test_emulated_tiles_with_and_without_mixed_steps[warp]",
     "test_emulated_barriers_order_shared_memory",
     "test_emulation_reports_deadlocks_and_device_asserts",
     "test_emulation_reports_a_thread_past_its_stack",
@@ -559,6 +560,15 @@ def run_tests_in(env, names):
     output = result.stdout + result.stderr
     # An unknown test name fails the run too.
     assert result.returncode == 0 and f"{len(names)} passed" in output, output[-6000:]
+
+
+def test_sanitized_samples_name_tests_of_this_file():
+    # The sanitizer runs are asked for (CI): a renamed test would only fail there, minutes in.
+    result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                             os.path.abspath(__file__)], capture_output=True, text=True)
+    collected = {line.split("::", 1)[1] for line in result.stdout.splitlines() if "::" in line}
+    wanted = {*SANITIZED_TESTS, *RACE_CHECKED_TESTS, "test_emulated_warp_barrier_orders_shared_memory"}
+    assert wanted <= collected, sorted(wanted - collected)
 
 
 sanitizers_asked_for = pytest.mark.skipif(os.environ.get("POSEMAMBA_TEST_SANITIZERS") != "1",
