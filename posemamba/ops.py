@@ -76,6 +76,9 @@ def multi_path_selective_scan(
     Returns:
         out: (batch, D, L) in u's dtype; y, times silu(z) when z is given.
 
+    Where no gradient is wanted (torch.no_grad, torch.inference_mode, or no input requiring one), the
+    kernels keep nothing for a backward: the op's save_for_backward=False, the same out.
+
     The values of paths and mix are checked the first time each tensor is passed and after an
     in-place change (a sort and host synchronisations for CUDA tensors; skipped under torch.compile
     and for meta tensors, where the kernels still bound-check every index): build them once. For
