@@ -51,7 +51,8 @@ struct MultiPathScanParams {
   // span_lengths[p] steps (0: no hint). See the warp splits in csrc/cuda/scan_warp_split_cuda.cuh.
   int64_t span_lengths[kMaxPaths] = {};
   // The paths a CUDA launch takes, split_paths[0 .. n_split_paths) in increasing order: all P, or
-  // those of one work split where the hints give the paths different splits (path_splits, cuda/scan_warp_split_cuda.cuh).
+  // those of one work split where the hints give the paths different splits (path_splits in
+  // cuda/scan_warp_split_cuda.cuh).
   int64_t n_split_paths = 0;
   int8_t split_paths[kMaxPaths] = {};
 

@@ -242,12 +242,12 @@ if HAS_EXTENSION:
                 like_or_absent(delta_bias, A))
 
     def _multi_path_scan_setup_context(ctx, inputs, output):
-        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths, *save = inputs
+        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths, save_for_backward = inputs
         _, out_ungated, chunk_states = output
         ctx.save_for_backward(u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states)
         ctx.delta_softplus = delta_softplus
         ctx.span_lengths = span_lengths
-        ctx.saved_for_backward = save[0] if save else True
+        ctx.saved_for_backward = save_for_backward
         ctx.mark_non_differentiable(out_ungated, chunk_states)
 
     def _multi_path_scan_backward(ctx, grad_out, _grad_out_ungated, _grad_chunk_states):

@@ -46,7 +46,7 @@ struct PathBlockScan {
   int64_t seqlen;
   int64_t d_state;
   weight_t* y;              // (L, W) this path's output is added here
-  weight_t* saved_states;   // (n_chunks, N, W) the state before each chunk's first step
+  weight_t* saved_states;   // (n_chunks, N, W) the state before each chunk's first step; null: not kept
 };
 
 // The pointers arrive as restrict parameters and the state lives in a local array: then the compiler
@@ -66,7 +66,7 @@ POSEMAMBA_ALWAYS_INLINE void scan_path_block(
   weight_t h[kMaxStateDim * W];
   for (int64_t i = 0; i < N * W; ++i) h[i] = weight_t(0);
   for (int64_t s = 0; s < seqlen; ++s) {
-    if (s % kScanChunk == 0) {
+    if (saved_states != nullptr && s % kScanChunk == 0) {
       weight_t* saved = saved_states + (s / kScanChunk) * N * W;
       for (int64_t i = 0; i < N * W; ++i) saved[i] = h[i];
     }
@@ -184,7 +184,7 @@ void multi_path_scan_fwd_kernel(const MultiPathScanParams& p, const at::Tensor& 
         const PathBlockScan<weight_t> scan{
             dt, path_inputs(u_block, p.mix ? p.mix + path * L : nullptr, L, v_mixed),
             B_pos + batch_path * L * N, C_pos + batch_path * L * N, A_block, D_block,
-            p.paths + path * L, L, N, y, saved};
+            p.paths + path * L, L, N, y, p.chunk_states ? saved : nullptr};
         run_path_block_scan(scan);
 
         // (chunk, state entry) rows of channels, as saved: the block's channels of each row.

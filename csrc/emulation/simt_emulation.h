@@ -283,49 +283,47 @@ inline void sync_warp(const Site& site) {
   self.block->warps[self.linear / kWarpSize].arrive_and_wait(site, "a warp", /*orders_memory=*/true);
 }
 
-// The value `source_lane` of this warp passed in; the caller's own value for a lane outside the warp.
-// Every lane of the warp must call it, from the same call, as with a full mask on a GPU.
-template <typename T>
-T shuffle(T value, int source_lane, const Site& site) {
-  static_assert(std::is_trivially_copyable<T>::value && sizeof(T) <= sizeof(unsigned long long),
-                "shuffles move values of at most 8 bytes");
+// What shuffles and votes share: each lane of this warp puts `mine` in its slot, then, once every lane
+// has, read(the warp's slots, its lane count) on each lane, whose result it returns; no lane writes its
+// slot again before every lane has read. Every lane of the warp must call it, from the same call, as
+// with a full mask on a GPU. It orders no memory, as a shuffle or a vote does not on a GPU.
+template <typename Read>
+auto exchange_in_warp(unsigned long long mine, const Site& site, Read read) {
   Thread& self = current();
   Block& block = *self.block;
   const int warp = self.linear / kWarpSize;
   {
     race_check::Unchecked slots;
-    std::memcpy(&block.shuffle_slots[self.linear], &value, sizeof(T));
+    block.shuffle_slots[self.linear] = mine;
   }
   block.warps[warp].arrive_and_wait(site, "a warp", /*orders_memory=*/false);
-  T result = value;
-  if (source_lane >= 0 && source_lane < block.warp_size(warp)) {
+  const auto result = [&] {
     race_check::Unchecked slots;
-    std::memcpy(&result, &block.shuffle_slots[warp * kWarpSize + source_lane], sizeof(T));
-  }
-  // No lane overwrites its slot before every lane has read.
+    return read(&block.shuffle_slots[warp * kWarpSize], block.warp_size(warp));
+  }();
   block.warps[warp].arrive_and_wait(site, "a warp", /*orders_memory=*/false);
   return result;
 }
 
-// Whether the predicate of any lane of this warp is true; every lane of the warp must call it, from
-// the same call, as with a full mask on a GPU.
+// The value `source_lane` of this warp passed in; the caller's own value for a lane outside the warp.
+template <typename T>
+T shuffle(T value, int source_lane, const Site& site) {
+  static_assert(std::is_trivially_copyable<T>::value && sizeof(T) <= sizeof(unsigned long long),
+                "shuffles move values of at most 8 bytes");
+  unsigned long long mine = 0;
+  std::memcpy(&mine, &value, sizeof(T));
+  return exchange_in_warp(mine, site, [&](const unsigned long long* slots, int lanes) {
+    T result = value;
+    if (source_lane >= 0 && source_lane < lanes) std::memcpy(&result, &slots[source_lane], sizeof(T));
+    return result;
+  });
+}
+
+// Whether the predicate of any lane of this warp is true.
 inline bool vote_any(bool predicate, const Site& site) {
-  Thread& self = current();
-  Block& block = *self.block;
-  const int warp = self.linear / kWarpSize;
-  {
-    race_check::Unchecked slots;
-    block.shuffle_slots[self.linear] = predicate ? 1 : 0;
-  }
-  block.warps[warp].arrive_and_wait(site, "a warp", /*orders_memory=*/false);
-  bool any = false;
-  {
-    race_check::Unchecked slots;
-    for (int lane = 0; lane < block.warp_size(warp); ++lane) any = any || block.shuffle_slots[warp * kWarpSize + lane];
-  }
-  // No lane overwrites its slot before every lane has read.
-  block.warps[warp].arrive_and_wait(site, "a warp", /*orders_memory=*/false);
-  return any;
+  return exchange_in_warp(predicate ? 1ull : 0ull, site, [](const unsigned long long* slots, int lanes) {
+    return std::any_of(slots, slots + lanes, [](unsigned long long slot) { return slot != 0; });
+  });
 }
 
 // The eviction hint has no meaning on the host.
