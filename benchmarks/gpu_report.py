@@ -196,9 +196,9 @@ def design_bytes(batch, dim, backward):
     path order (batch, P, D, L), written by the scan and read by the merge (one writer per value and a
     fixed order of the paths' sum, so no atomics and a bitwise-repeatable result). With the backward,
     the forward also writes the ungated output and the state before every 64th step (batch, P, chunks,
-    N, D), which the backward reads; and the backward writes dv and ddelta per path in path order, read
-    by their merge, and dB and dC per block of 32 channels (the fixed-order sum over channels), read by
-    their sum."""
+    N, D), which the backward reads; and the backward writes dv per path in path order, read by their
+    merge (the fixed-order sum over paths), and dB and dC per block of 32 channels (the fixed-order sum
+    over channels), read by their sum; ddelta it writes once, in place."""
     L, chunks, channel_blocks = T * J, -(-T * J // 64), -(-dim // 32)
     per_path = batch * P * dim * L
     forward = floor_bytes(batch, dim, False) + 4 * 2 * per_path
@@ -208,7 +208,7 @@ def design_bytes(batch, dim, backward):
     channel_partials = batch * channel_blocks * P * L * N
     # (The floor's backward reads the ungated output already.)
     return forward + floor_bytes(batch, dim, True) - floor_bytes(batch, dim, False) + 4 * (
-        batch * dim * L + 2 * states + 2 * 2 * per_path + 2 * 2 * channel_partials)
+        batch * dim * L + 2 * states + 2 * per_path + 2 * 2 * channel_partials)
 
 
 def write_timing_table(table_path, with_reference=True):

@@ -89,7 +89,7 @@ def test_design_bytes_count_each_tensor_the_kernels_move():
     training = {"out_ungated, chunk_states written": natural + saved_states,
                 "grad_out, out_ungated, u, z read; du, dz written": 6 * natural,
                 "delta read, ddelta written": 2 * per_path, "B, C read; dB, dC written": 4 * projection,
-                "chunk_states read": saved_states, "dv_paths, ddelta_paths written and read": 4 * per_path,
+                "chunk_states read": saved_states, "dv_paths written and read": 2 * per_path,
                 "dB, dC partials written and read": 4 * channel_partials}
     assert gpu_report.design_bytes(batch, dim, backward=False) == 4 * sum(inference.values())
     assert gpu_report.design_bytes(batch, dim, backward=True) == 4 * (sum(inference.values()) + sum(training.values()))

@@ -14,11 +14,11 @@
 // GPU), a first pass composes each span's adjoint map from a zero inflow and carry_across_spans turns
 // those into the adjoint entering each span: a second exp per state update there.
 // Inputs and per-element gradients move through each warp's tile (StepTile), so that global accesses
-// run along positions. Per-element gradients go to rows the block owns, in path order (whole-sector
-// stores, where a joint-major path's positions would take a sector a value): ddelta, and the gradient
-// of each step's scan input (v = u[l] + u[mix[l]]) per path. A last kernel puts ddelta in natural
-// order and gathers du in a fixed order (paths, then the steps that mixed each position in, through
-// an inverse index of mix), both through the paths' inverse.
+// run along positions. ddelta goes straight to its place in natural order, where the tile read delta
+// (the same sectors). The gradient of each step's scan input (v = u[l] + u[mix[l]]) goes to rows per
+// path that the block owns, in path order (whole-sector stores, where a joint-major path's positions
+// would take a sector a value): a last kernel gathers du from them in a fixed order (paths, then the
+// steps that mixed each position in, through an inverse index of mix), through the paths' inverse.
 // dB and dC sum over a warp's channels in a fixed order through shared memory into per-(32 channels)
 // partials, (.., N, L) with each path's steps in path order (whole-sector stores on any path), which
 // the pass that adds them reads back through the paths' inverse; dA, dD and ddelta_bias into
@@ -59,7 +59,7 @@ template <typename input_t>
 __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiprocessor)
     scan_span_backward_kernel(MultiPathScanBwdParams p, int64_t chunks_per_span, int64_t first_span,
                               at::opmath_type<input_t>* adjoint, StateMap<at::opmath_type<input_t>>* span_maps,
-                              at::opmath_type<input_t>* dv_paths, input_t* ddelta_paths) {
+                              at::opmath_type<input_t>* dv_paths) {
   using weight_t = at::opmath_type<input_t>;
   using Map = StateMap<weight_t>;
   const SpanTask task = span_task(p, first_span);
@@ -73,6 +73,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const int64_t row = (b * p.n_paths + path) * p.dim + d;
   const int64_t first_row = row - d + task.first_channel;  // the block's first channel's
   const int64_t first_output = b * p.dim * L + task.first_channel * L;  // its row of dout and z
+  input_t* const ddelta_block = static_cast<input_t*>(p.ddelta) + first_row * L;  // its row of ddelta
   // Per state entry: the adjoint entering the chunk from its right, which warp 0 (whose steps begin the
   // chunk) updates in pass 3; in pass 1 the span's map so far (its drive is that adjoint).
   // Entry n of this lane's at [n * D] (span_entries).
@@ -227,8 +228,8 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
             ddelta_bias += d_step[k];
           }
         }
-        // In path order, for merge_input_grads.
-        c.store_steps(0, end - first, tiles[warp], d_step, ddelta_paths + first_row * L + first);
+        // ddelta in natural order, where the tile read delta; dv in path order, for merge_input_grads.
+        c.scatter_steps(0, end - first, tiles[warp], d_step, ddelta_block, lane_step_position(position));
         c.store_steps(0, end - first, tiles[warp], dv, dv_paths + first_row * L + first);
       }
       __syncthreads();  // every thread is done with the chunk's staged values before the next chunk's
@@ -246,11 +247,11 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
 }
 
 // du[b, d, l] = the paths' dv at l, then the dv of every step that mixed position l into its input
-// (in mix_sources order); ddelta[b, path, d, l] = ddelta_paths at l; dz = dout * y * silu'(z).
-// dv_paths and ddelta_paths rows are in path order: position l of path p is at step inverse[p, l].
+// (in mix_sources order); dz = dout * y * silu'(z). dv_paths rows are in path order: position l of
+// path p is at step inverse[p, l].
 template <typename input_t>
 __global__ void merge_input_grads_kernel(MultiPathScanBwdParams p, const at::opmath_type<input_t>* dv_paths,
-                                         const input_t* ddelta_paths, const int32_t* inverse,
+                                         const int32_t* inverse,
                                          const int64_t* mix_sources, const int64_t* mix_offsets) {
   using weight_t = at::opmath_type<input_t>;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -260,9 +261,7 @@ __global__ void merge_input_grads_kernel(MultiPathScanBwdParams p, const at::opm
   weight_t du = 0;
   for (int64_t path = 0; path < p.n_paths; ++path) {
     const int64_t row = (b * p.n_paths + path) * per_batch + d * L;  // of (batch, P, D, L)
-    const int64_t step = path_step(inverse, path, L, l);
-    du += dv_paths[row + step];
-    static_cast<input_t*>(p.ddelta)[row + l] = ddelta_paths[row + step];
+    du += dv_paths[row + path_step(inverse, path, L, l)];
   }
   if (mix_sources) {
     for (int64_t k = mix_offsets[l]; k < mix_offsets[l + 1]; ++k) {
@@ -320,11 +319,11 @@ void sum_path_order_partials(const MultiPathScanParams& p, const T* partial, int
                n_channel_blocks, inverse.const_data_ptr<int32_t>(), out);
 }
 
-// The chunked split's launches for input dtype scalar_t, over p's split_paths: their rows of dv_paths,
-// ddelta_paths and every partial filled. weights: the options of the float workspaces.
+// The chunked split's launches for input dtype scalar_t, over p's split_paths: their rows of ddelta,
+// dv_paths and every partial filled. weights: the options of the float workspaces.
 template <typename scalar_t>
 void run_chunked_backward(const MultiPathScanBwdParams& p, const at::TensorOptions& weights,
-                          at::opmath_type<scalar_t>* dv_paths, scalar_t* ddelta_paths) {
+                          at::opmath_type<scalar_t>* dv_paths) {
   using weight_t = at::opmath_type<scalar_t>;
   const int64_t span_chunks = chunks_per_span(p), n_spans = num_spans(p, span_chunks);
   // The adjoint entering each span from its right: zero for the last, from the carry pass for the others
@@ -337,11 +336,11 @@ void run_chunked_backward(const MultiPathScanBwdParams& p, const at::TensorOptio
     const at::Tensor span_maps = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim, 2}, weights);
     auto* maps = reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>());
     simt::launch(scan_span_backward_kernel<scalar_t>, path_channel_grid(p, n_spans - 1), block, 0, p, span_chunks,
-                 /*first_span=*/int64_t{1}, adjoint_data, maps, nullptr, nullptr);
+                 /*first_span=*/int64_t{1}, adjoint_data, maps, nullptr);
     carry_across_spans<weight_t>(p, n_spans, maps, adjoint_data, /*forward=*/false);
   }
   simt::launch(scan_span_backward_kernel<scalar_t>, path_channel_grid(p, n_spans), block, 0, p, span_chunks,
-               /*first_span=*/int64_t{0}, adjoint_data, nullptr, dv_paths, ddelta_paths);
+               /*first_span=*/int64_t{0}, adjoint_data, nullptr, dv_paths);
 }
 
 // run_scan_backward_as (scan_cuda.h): the backward's launches for input dtype scalar_t, each work
@@ -369,21 +368,17 @@ void run_scan_backward_as(ScanBackward& g) {
   if (!empty) {
     const auto weights = g.inputs.A.options();
     const at::Tensor dv_paths = at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, weights);
-    const at::Tensor ddelta_paths = at::empty(g.ddelta.sizes(), g.ddelta.options());
     const MixSources mix = g.inputs.mix.defined() ? invert_mix(g.inputs.mix, p.seqlen) : MixSources{};
     for (const PathSplit& split : splits) {
       if (split.span_length) {
         run_warp_spans_backward<scalar_t>(split.params_of(p), split.span_length, weights,
-                                          dv_paths.mutable_data_ptr<weight_t>(),
-                                          ddelta_paths.mutable_data_ptr<scalar_t>());
+                                          dv_paths.mutable_data_ptr<weight_t>());
       } else {
-        run_chunked_backward<scalar_t>(split.params_of(p), weights, dv_paths.mutable_data_ptr<weight_t>(),
-                                       ddelta_paths.mutable_data_ptr<scalar_t>());
+        run_chunked_backward<scalar_t>(split.params_of(p), weights, dv_paths.mutable_data_ptr<weight_t>());
       }
     }
     simt::launch(merge_input_grads_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen),
-                 kElementwiseThreads, 0, p, dv_paths.const_data_ptr<weight_t>(),
-                 ddelta_paths.const_data_ptr<scalar_t>(), inverse.const_data_ptr<int32_t>(),
+                 kElementwiseThreads, 0, p, dv_paths.const_data_ptr<weight_t>(), inverse.const_data_ptr<int32_t>(),
                  mix.sources.defined() ? mix.sources.const_data_ptr<int64_t>() : nullptr,
                  mix.offsets.defined() ? mix.offsets.const_data_ptr<int64_t>() : nullptr);
   }

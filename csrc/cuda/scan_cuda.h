@@ -38,12 +38,11 @@ template <typename scalar_t>
 void run_scan_backward_as(ScanBackward& g);
 
 // The backward's warp split (scan_warp_spans_backward_cuda.cuh, compiled in a .cu of its own): its
-// passes over spans of span_length steps of p's split_paths, into their rows of the per-path
-// workspaces dv_paths and ddelta_paths and of p's partials; weights: the options of the float
-// workspaces.
+// passes over spans of span_length steps of p's split_paths, into their rows of ddelta, of the per-path
+// workspace dv_paths and of p's partials; weights: the options of the float workspaces.
 template <typename scalar_t>
 void run_warp_spans_backward(const MultiPathScanBwdParams& p, int64_t span_length, const at::TensorOptions& weights,
-                             at::opmath_type<scalar_t>* dv_paths, scalar_t* ddelta_paths);
+                             at::opmath_type<scalar_t>* dv_paths);
 
 // The ops' CUDA implementations on the current device, without its guard: inputs prepared with the
 // CUDA work split (dB/dC partials per warp of channels, dA/dD/ddelta_bias partials per span and warp), the

@@ -185,6 +185,28 @@ struct PathChannel {
   __device__ void store_steps(int64_t from, int64_t to, StepTile<weight_t> tile,
                               const weight_t (&value)[kStepsPerThread], out_t* out_steps,
                               bool accumulate = false) const {
+    store_lane_steps</*kStreaming=*/true>(from, to, tile, value, out_steps + tile_step(static_cast<int>(threadIdx.x)),
+                                          accumulate);
+  }
+
+  // The same into a (..., D, L) row block from the block's first channel in natural order: step k at
+  // its position, l being the position of the lane's own step on the tile's global side (as
+  // gather_steps reads), so that the stores touch the sectors a tile's loads of the same block read.
+  // Plain stores, not streaming: on a joint-major path a store instruction fills a value of each of
+  // several sectors, whose other values neighbouring warps write at about the same time; L2 keeps them
+  // to be completed there rather than written back in parts.
+  template <typename out_t>
+  __device__ void scatter_steps(int64_t from, int64_t to, StepTile<weight_t> tile,
+                                const weight_t (&value)[kStepsPerThread], out_t* out_block, uint32_t l,
+                                bool accumulate = false) const {
+    store_lane_steps</*kStreaming=*/false>(from, to, tile, value, out_block + l, accumulate);
+  }
+
+  // store_steps and scatter_steps, by where the lane's own step goes in the block's first row.
+  template <bool kStreaming, typename out_t>
+  __device__ void store_lane_steps(int64_t from, int64_t to, StepTile<weight_t> tile,
+                                   const weight_t (&value)[kStepsPerThread], out_t* out_lane_step,
+                                   bool accumulate) const {
     const int lane = static_cast<int>(threadIdx.x), step = tile_step(lane);
 #pragma unroll
     for (int k = 0; k < kStepsPerThread; ++k) tile[k][lane] = value[k];
@@ -193,17 +215,17 @@ struct PathChannel {
       // Each case its own loop (accumulate is the same for the whole warp): stores alone are predicated
       // rather than branched around, and an address serves both the load and the store.
       if (accumulate) {
-        store_rows</*kAccumulate=*/true>(tile[step], simt::opaque_pointer(out_steps + step));
+        store_rows</*kAccumulate=*/true, kStreaming>(tile[step], simt::opaque_pointer(out_lane_step));
       } else {
-        store_rows</*kAccumulate=*/false>(tile[step], simt::opaque_pointer(out_steps + step));
+        store_rows</*kAccumulate=*/false, kStreaming>(tile[step], simt::opaque_pointer(out_lane_step));
       }
     }
     __syncwarp();
   }
 
   // out_at[channel row] = row[channel] (plus what is there, with kAccumulate) for the block's channels
-  // tile_channel(lane, r) below D: a tile row's values, one store a round.
-  template <bool kAccumulate, typename out_t>
+  // tile_channel(lane, r) below D: a tile row's values, one store a round, streaming (kStreaming) or not.
+  template <bool kAccumulate, bool kStreaming, typename out_t>
   __device__ __forceinline__ void store_rows(const weight_t* row, out_t* out_at) const {
     const int lane = static_cast<int>(threadIdx.x);
 #pragma unroll
@@ -212,7 +234,11 @@ struct PathChannel {
       if (channel <= last_block_channel) {
         out_t* out = out_at + static_cast<uint32_t>(channel) * row_length;
         const weight_t stored = kAccumulate ? static_cast<weight_t>(*out) + row[channel] : row[channel];
-        simt::store_streaming(out, static_cast<out_t>(stored));
+        if constexpr (kStreaming) {
+          simt::store_streaming(out, static_cast<out_t>(stored));
+        } else {
+          *out = static_cast<out_t>(stored);
+        }
       }
     }
   }

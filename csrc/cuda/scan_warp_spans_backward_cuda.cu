@@ -7,13 +7,13 @@ namespace posemamba {
 namespace cuda {
 
 template void run_warp_spans_backward<double>(const MultiPathScanBwdParams&, int64_t,
-                                              const at::TensorOptions&, double*, double*);
+                                              const at::TensorOptions&, double*);
 template void run_warp_spans_backward<float>(const MultiPathScanBwdParams&, int64_t,
-                                             const at::TensorOptions&, float*, float*);
+                                             const at::TensorOptions&, float*);
 template void run_warp_spans_backward<c10::Half>(const MultiPathScanBwdParams&, int64_t,
-                                                 const at::TensorOptions&, float*, c10::Half*);
+                                                 const at::TensorOptions&, float*);
 template void run_warp_spans_backward<c10::BFloat16>(const MultiPathScanBwdParams&, int64_t,
-                                                     const at::TensorOptions&, float*, c10::BFloat16*);
+                                                     const at::TensorOptions&, float*);
 
 }  // namespace cuda
 }  // namespace posemamba

@@ -19,9 +19,10 @@
 // and one in pass 1 (spans but the first): the price of walking spans that do not start at a chunk,
 // without a block's barrier.
 //
-// Outputs as the chunked backward's: ddelta and dv per path in path order (merge_input_grads then puts
-// them in natural order), dB and dC summed over the warp's channels into per-(32 channels) partials in
-// path order, dA, dD and ddelta_bias into one partial per span; all added in fixed orders.
+// Outputs as the chunked backward's: ddelta in natural order, dv per path in path order (merge_input_grads
+// then sums the paths' in natural order), dB and dC summed over the warp's channels into per-(32
+// channels) partials in path order, dA, dD and ddelta_bias into one partial per span; all added in
+// fixed orders.
 //
 // Included by the .cu of the same name (nvcc: the instantiations for every input dtype) and by the
 // host emulation build (../emulation/).
@@ -74,8 +75,7 @@ template <typename input_t>
 __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlocksPerMultiprocessor)
     scan_warp_spans_backward_kernel(MultiPathScanBwdParams p, int64_t span_length, int64_t n_spans,
                                     int64_t first_span, int64_t pass_spans, const at::opmath_type<input_t>* adjoint,
-                                    StateMap<at::opmath_type<input_t>>* span_maps, at::opmath_type<input_t>* dv_paths,
-                                    input_t* ddelta_paths) {
+                                    StateMap<at::opmath_type<input_t>>* span_maps, at::opmath_type<input_t>* dv_paths) {
   using weight_t = at::opmath_type<input_t>;
   using Tile = WarpBackwardTile<weight_t>;
   constexpr int kStates = Tile::kStates;
@@ -156,6 +156,7 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
   weight_t* dB_partial = static_cast<weight_t*>(p.dB_partial) + partial;  // (N, steps in path order)
   weight_t* dC_partial = static_cast<weight_t*>(p.dC_partial) + partial;
   const int64_t first_row = ((task.b * p.n_paths + task.path) * p.dim + task.first_channel) * L;
+  input_t* const ddelta_block = static_cast<input_t*>(p.ddelta) + first_row;
   const weight_t* saved_states = static_cast<const weight_t*>(p.chunk_states) +
                                  chunk_states_offset(p, task.b, task.path, d);  // chunk k's entry n at [(k N + n) D]
   weight_t dD = 0, ddelta_bias = 0;
@@ -293,10 +294,11 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
               ddelta_bias += d_step[k];
             }
           }
-          // In path order, for merge_input_grads; a later group adds its share (ddelta's workspace is in the
-          // input dtype: for N above one group, float16 and bfloat16 round each group's sum once more).
+          // ddelta in natural order, where the tile read delta; dv in path order, for merge_input_grads. A
+          // later group adds its share (ddelta is in the input dtype: for N above one group, float16 and
+          // bfloat16 round each group's sum once more).
           const int from = begin > first ? begin - first : 0, to = end - first;
-          c.store_steps(from, to, steps, d_step, ddelta_paths + first_row + first, /*accumulate=*/group > 0);
+          c.scatter_steps(from, to, steps, d_step, ddelta_block, l, /*accumulate=*/group > 0);
           c.store_steps(from, to, steps, dv, dv_paths + first_row + first, /*accumulate=*/group > 0);
         }
       }
@@ -311,11 +313,11 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
   }
 }
 
-// The warp split's launches for input dtype scalar_t, over p's split_paths: their rows of dv_paths,
-// ddelta_paths and every partial filled. weights: the options of the float workspaces.
+// The warp split's launches for input dtype scalar_t, over p's split_paths: their rows of ddelta,
+// dv_paths and every partial filled. weights: the options of the float workspaces.
 template <typename scalar_t>
 void run_warp_spans_backward(const MultiPathScanBwdParams& p, int64_t span_length, const at::TensorOptions& weights,
-                             at::opmath_type<scalar_t>* dv_paths, scalar_t* ddelta_paths) {
+                             at::opmath_type<scalar_t>* dv_paths) {
   using weight_t = at::opmath_type<scalar_t>;
   const int64_t n_spans = num_warp_spans(p, span_length);
   const auto blocks = [&](int64_t pass_spans) { return warp_span_blocks(p, pass_spans, kBackwardSpanWarps); };
@@ -328,12 +330,12 @@ void run_warp_spans_backward(const MultiPathScanBwdParams& p, int64_t span_lengt
     const at::Tensor span_maps = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim, 2}, weights);
     auto* maps = reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>());
     simt::launch(scan_warp_spans_backward_kernel<scalar_t>, blocks(n_spans - 1), block, 0, p, span_length, n_spans,
-                 /*first_span=*/int64_t{1}, n_spans - 1, nullptr, maps, nullptr, nullptr);
+                 /*first_span=*/int64_t{1}, n_spans - 1, nullptr, maps, nullptr);
     carry_across_spans<weight_t>(p, n_spans, maps, adjoint.mutable_data_ptr<weight_t>(), /*forward=*/false);
   }
   simt::launch(scan_warp_spans_backward_kernel<scalar_t>, blocks(n_spans), block, 0, p, span_length, n_spans,
                /*first_span=*/int64_t{0}, n_spans, n_spans > 1 ? adjoint.mutable_data_ptr<weight_t>() : nullptr,
-               nullptr, dv_paths, ddelta_paths);
+               nullptr, dv_paths);
 }
 
 }  // namespace cuda
