@@ -43,12 +43,16 @@ class PerTensorCache:
     Index tensors are reused call after call (a model's paths and mix), and reading their values takes
     host syncs, which on a GPU would stall every call. Entries are keyed by id(tensor) with a weak
     reference (dropped with the tensor) and its version (an in-place change bumps it: computed again).
+    A tensor made under torch.inference_mode has no version to tell an in-place change by, so its
+    values are read again every call: build index tensors outside it, as the model does.
     """
 
     def __init__(self):
         self._entries = {}
 
     def get(self, t: torch.Tensor, compute: Callable[[], Any]) -> Any:
+        if t.is_inference():
+            return compute()
         key = id(t)
         entry = self._entries.get(key)
         if entry is not None and entry[0]() is t and entry[1] == t._version:

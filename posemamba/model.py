@@ -99,13 +99,18 @@ class BiSTSSM(nn.Module):
         """The op's `paths`, `mix` and `span_lengths` for a T x J clip, built on the host once per (T, J,
         device) rather than copied to the device every forward. The span lengths (the GPU's work-split
         hints, [0, T, 0, T]) are given rather than left to the op, which could not read them from the
-        paths under torch.compile."""
+        paths under torch.compile. Built as normal tensors even under torch.inference_mode, so that the
+        op checks their values once, not every call (inference tensors have no version counter)."""
         key = (T, J, device)
         if key not in self._path_index_cache:
-            paths = pose_paths(T, J)
-            self._path_index_cache[key] = (paths.to(device), pose_mix(T, J, self.limb_order).to(device),
-                                           span_lengths_hint(paths))
+            with torch.inference_mode(False):
+                self._path_index_cache[key] = self._build_path_indices(T, J, device)
         return self._path_index_cache[key]
+
+    @torch.compiler.disable  # host-side index building, once per clip shape: nothing to trace
+    def _build_path_indices(self, T: int, J: int, device: torch.device):
+        paths = pose_paths(T, J)
+        return paths.to(device), pose_mix(T, J, self.limb_order).to(device), span_lengths_hint(paths)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, T, J, _ = x.shape

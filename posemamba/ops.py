@@ -192,8 +192,10 @@ def selective_scan(
 @functools.lru_cache(maxsize=16)
 def _in_order(seqlen: int, device: torch.device) -> torch.Tensor:
     """The one path of selective_scan, (1, L): one tensor per length and device, so that its values are
-    checked once (_checks.check_values_once), not at every call."""
-    return torch.arange(seqlen, device=device).unsqueeze(0)
+    checked once (_checks.check_values_once), not at every call. A normal tensor even when first made
+    under torch.inference_mode: an inference tensor could not be saved for a later call's backward."""
+    with torch.inference_mode(False):
+        return torch.arange(seqlen, device=device).unsqueeze(0)
 
 
 _WARNED_DEVICE_TYPES = set()

@@ -88,6 +88,25 @@ def test_index_values_are_checked_once_per_tensor_and_again_after_a_change(monke
     assert len(calls) == 2
 
 
+def test_index_tensors_made_under_inference_mode_are_checked_every_call(monkeypatch):
+    # Inference tensors have no version counter to tell an in-place change by: no cache for them.
+    import posemamba._checks as checks
+
+    calls = []
+    check = checks.check_paths_values
+    monkeypatch.setattr(checks, "check_paths_values", lambda paths: (calls.append(1), check(paths)))
+    inputs = good_inputs()
+    expected = multi_path_selective_scan(**inputs)
+    with torch.inference_mode():
+        inference_inputs = {name: t.clone() if isinstance(t, torch.Tensor) else t for name, t in inputs.items()}
+        assert inference_inputs["paths"].is_inference()
+        torch.testing.assert_close(multi_path_selective_scan(**inference_inputs), expected, rtol=0, atol=0)
+        inference_inputs["paths"][1, :2] = 0
+        with pytest.raises(ValueError, match=r"paths\[1\] must be a permutation"):
+            multi_path_selective_scan(**inference_inputs)
+    assert len(calls) == 3
+
+
 @pytest.mark.parametrize("span_lengths", [-1, 2.5, "243", True, [9], [9, -1], [9, 2.5], (9, 9, 9)])
 def test_span_length_hints_must_be_step_counts_one_per_path(span_lengths):
     with pytest.raises(ValueError, match=r"span_lengths must be None, a number of steps or P=2 of them, one per "

@@ -144,6 +144,28 @@ def test_path_indices_are_built_once_per_clip_shape():
     assert op._path_indices(6, 17, torch.device("cpu"))[0].shape == (4, 6 * 17)
 
 
+def test_model_runs_under_inference_mode():
+    # Its index tensors are built as normal tensors there (checked once, not every call) and the
+    # outputs are no_grad's, bitwise.
+    model = tiny().eval()
+    clip = torch.randn(2, 5, 17, 2)
+    with torch.inference_mode():
+        out = model(clip)
+        assert not model.STEblocks[0].op._path_indices(5, 17, torch.device("cpu"))[0].is_inference()
+    with torch.no_grad():
+        torch.testing.assert_close(model(clip), out, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not posemamba.HAS_EXTENSION, reason="compiled kernels missing")
+def test_compiled_model_matches_eager_under_inference_mode():
+    # The first compiled call builds the clip's index tensors on the host (not traced).
+    model = tiny().eval()
+    clip = torch.randn(2, 5, 17, 2)
+    with torch.inference_mode():
+        compiled = torch.compile(model)(clip)
+        torch.testing.assert_close(compiled, model(clip), rtol=1e-5, atol=1e-5)
+
+
 def test_model_gives_the_op_its_span_lengths(monkeypatch):
     # The GPU's work-split hints come from the model, which knows its paths: under torch.compile the op
     # cannot read them from the paths.

@@ -77,3 +77,15 @@ def test_selective_scan_errors_name_arguments():
         selective_scan(**{**inputs, "B": inputs["B"][0]})
     with pytest.raises(ValueError, match="groups G dividing D=4"):
         selective_scan(**{**inputs, "B": torch.randn(1, 3, 2, 5), "C": torch.randn(1, 3, 2, 5)})
+
+
+def test_selective_scan_trains_after_a_call_under_inference_mode():
+    # Its one path is made once per length and device: the first call, under inference_mode here,
+    # must not leave an inference tensor that a later call's backward would have to save.
+    g = torch.Generator().manual_seed(3)
+    inputs = mamba_inputs(1, 3, 11, 2, 0, torch.float64, g)
+    with torch.inference_mode():
+        selective_scan(**inputs)
+    inputs["u"].requires_grad_(True)
+    selective_scan(**inputs).sum().backward()
+    assert inputs["u"].grad is not None
