@@ -77,7 +77,8 @@ def multi_path_selective_scan(
         out: (batch, D, L) in u's dtype; y, times silu(z) when z is given.
 
     Where no gradient is wanted (torch.no_grad, torch.inference_mode, or no input requiring one), the
-    kernels keep nothing for a backward: the op's save_for_backward=False, the same out.
+    kernels keep nothing for a backward: the op's save_for_backward=False, the same out. Derivatives
+    are first-order: a backward through the gradients raises an error.
 
     The values of paths and mix are checked the first time each tensor is passed and after an
     in-place change (a sort and host synchronisations for CUDA tensors; skipped under torch.compile
@@ -269,3 +270,15 @@ if HAS_EXTENSION:
     torch.library.register_autograd(
         "posemamba::multi_path_scan_fwd", _multi_path_scan_backward,
         setup_context=_multi_path_scan_setup_context)
+
+    def _multi_path_scan_double_backward(ctx, *grads):
+        raise RuntimeError("posemamba: the multi-path scan has first derivatives only: its backward "
+                           "(multi_path_scan_bwd) is not differentiable, so a second derivative through it "
+                           "(create_graph=True, then a backward through those gradients) is not available")
+
+    # Without it a backward through the gradients would run on, with a warning, as if they were
+    # constants: second derivatives silently wrong. With it, such a backward stops, naming the op;
+    # one without create_graph records nothing.
+    torch.library.register_autograd(
+        "posemamba::multi_path_scan_bwd", _multi_path_scan_double_backward,
+        setup_context=lambda ctx, inputs, output: None)

@@ -158,3 +158,19 @@ def test_compiled_graph_gives_the_op_its_span_lengths():
                              fullgraph=True)
     torch.testing.assert_close(compiled(**inputs), multi_path_selective_scan(**inputs))
     assert len(graphs) == 1 and "multi_path_scan_fwd" in graphs[0] and "[0, 10]" in graphs[0]
+
+
+def test_second_derivatives_stop_with_an_error_naming_the_op():
+    # The backward kernels have no derivative of their own: a backward through the gradients must
+    # stop, not treat them as constants (silently wrong second derivatives).
+    inputs = random_scan_inputs(1, 3, 30, 2, 4, torch.float64)
+    leaves = [inputs[name] for name in differentiable_inputs(inputs)]
+    out = multi_path_selective_scan(**inputs)
+    grad_out = torch.randn_like(out)
+    first = torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
+    with_graph = torch.autograd.grad(out, leaves, grad_out, create_graph=True)
+    for a, b in zip(first, with_graph):
+        assert torch.equal(a, b)
+    with pytest.raises(RuntimeError, match=r"multi-path scan has first derivatives only: its backward "
+                                           r"\(multi_path_scan_bwd\) is not differentiable"):
+        sum(g.sum() for g in with_graph).backward()
