@@ -5,7 +5,7 @@
 import functools
 import numbers
 import warnings
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -87,18 +87,26 @@ def multi_path_selective_scan(
     are found then too.
     """
     check_multi_path_scan_args(u, delta, A, B, C, paths, D, z, delta_bias, mix)
+    return _scan(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths)[0]
+
+
+def _scan(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths,
+          keep_states: bool = False):
+    """multi_path_selective_scan on checked arguments: out, and (keep_states, where the kernels run)
+    the state before every SCAN_CHUNK-th step of each path, (batch, P, chunks, N, D) in A's dtype,
+    not differentiable; else None."""
     hints = _checked_span_lengths(span_lengths, n_paths=A.shape[0])
     if not _kernel_available(u.device):
         _warn_reference_once(u.device)
-        return multi_path_selective_scan_ref(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus)
+        return multi_path_selective_scan_ref(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus), None
     if hints is None:
         hints = _span_lengths_of(paths)
     # Without a backward to come, the kernels skip the states and the ungated output it would read.
-    save_for_backward = torch.is_grad_enabled() and any(
+    save_for_backward = keep_states or torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
-    out, _, _ = torch.ops.posemamba.multi_path_scan_fwd(
+    out, _, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(
         u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, hints, save_for_backward)
-    return out
+    return out, chunk_states if keep_states else None
 
 
 def _is_step_count(value) -> bool:
@@ -139,7 +147,8 @@ def selective_scan(
     z: Optional[torch.Tensor] = None,
     delta_bias: Optional[torch.Tensor] = None,
     delta_softplus: bool = False,
-) -> torch.Tensor:
+    return_last_state: bool = False,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """mamba_ssm's `selective_scan_fn` (single path, natural order) on posemamba's kernels, CPU included.
 
     Args (batch, D channels, L positions, N state size, G groups of channels sharing B and C):
@@ -149,8 +158,10 @@ def selective_scan(
         D, delta_bias: optional (D,).  z: optional (batch, D, L), the gate.
         delta_softplus: as in mamba, off by default.
     delta, B, C and z are used in u's dtype, A, D and delta_bias in float32 (float64 with float64 u),
-    as mamba's kernels compute. Returns out (batch, D, L) in u's dtype (mamba's return_last_state is
-    not offered).
+    as mamba's kernels compute. Returns out (batch, D, L) in u's dtype; with return_last_state, also
+    the state after the last position, (batch, D, N) in A's compute dtype and not differentiable, as
+    mamba's: the kernels' saved state before the last 64-step chunk, carried through that chunk's
+    steps here (at most 64 small steps of elementwise ops).
     """
     if not isinstance(u, torch.Tensor) or u.dim() != 3:
         raise ValueError(f"u must be a tensor of shape (batch, D, L), got {getattr(u, 'shape', type(u).__name__)}")
@@ -177,17 +188,45 @@ def selective_scan(
 
     in_order = _in_order(seqlen, u.device)
     group_dim = dim // groups
-    outputs = []
+    outputs, last_states = [], []
     for g in range(groups):
         channels = slice(g * group_dim, (g + 1) * group_dim)
-        outputs.append(multi_path_selective_scan(
-            u[:, channels], delta[:, channels].unsqueeze(1), A[channels].unsqueeze(0),
-            B[:, g:g + 1], C[:, g:g + 1], in_order,
-            D=None if D is None else D[channels].unsqueeze(0),
-            z=None if z is None else z[:, channels],
-            delta_bias=None if delta_bias is None else delta_bias[channels].unsqueeze(0),
-            delta_softplus=delta_softplus))
-    return outputs[0] if groups == 1 else torch.cat(outputs, dim=1)
+        args = (u[:, channels], delta[:, channels].unsqueeze(1), A[channels].unsqueeze(0),
+                B[:, g:g + 1], C[:, g:g + 1], in_order,
+                None if D is None else D[channels].unsqueeze(0),
+                None if z is None else z[:, channels],
+                None if delta_bias is None else delta_bias[channels].unsqueeze(0))
+        check_multi_path_scan_args(*args, None)
+        out, chunk_states = _scan(*args, None, delta_softplus, None, keep_states=return_last_state)
+        outputs.append(out)
+        if return_last_state:
+            last_states.append(_state_after_last_step(
+                u[:, channels], delta[:, channels], A[channels], B[:, g],
+                None if delta_bias is None else delta_bias[channels], delta_softplus, chunk_states))
+    out = outputs[0] if groups == 1 else torch.cat(outputs, dim=1)
+    return (out, torch.cat(last_states, dim=1)) if return_last_state else out
+
+
+@torch.no_grad()
+def _state_after_last_step(u, delta, A, B, delta_bias, delta_softplus, chunk_states):
+    """The state after a single natural-order path's last step, (batch, D, N) in A's dtype: from the
+    kernels' saved state before the last chunk (chunk_states, (batch, 1, chunks, N, D)), or from zero
+    where none was saved (the reference ran), through the remaining steps by the kernels' recurrence."""
+    batch, dim, seqlen = u.shape
+    if chunk_states is None:
+        first_step, state = 0, A.new_zeros(batch, dim, A.shape[1])
+    else:
+        first_step, state = (chunk_states.shape[2] - 1) * SCAN_CHUNK, chunk_states[:, 0, -1].transpose(1, 2)
+    dt = delta[..., first_step:].to(A.dtype)
+    if delta_bias is not None:
+        dt = dt + delta_bias[:, None]
+    if delta_softplus:
+        dt = torch.nn.functional.softplus(dt)
+    dt_u = dt * u[..., first_step:].to(A.dtype)
+    B = B[..., first_step:].to(A.dtype)
+    for k in range(seqlen - first_step):  # h = exp(dt A) h + dt u B, as in every kernel
+        state = torch.exp(dt[..., k, None] * A) * state + dt_u[..., k, None] * B[:, None, :, k]
+    return state
 
 
 @functools.lru_cache(maxsize=16)

@@ -143,6 +143,17 @@ def test_cuda_forward_without_saving_gives_the_same_output(span_lengths):
     assert torch.equal(lean_out, out) and lean_ungated.numel() == 0 and lean_states.numel() == 0
 
 
+@pytest.mark.parametrize("seqlen", [37, 200])
+def test_cuda_selective_scan_last_state_matches_cpu(seqlen):
+    from posemamba.ops import selective_scan
+
+    inputs = random_scan_inputs(2, 6, seqlen, 1, 5, torch.float32)
+    args = dict(u=inputs["u"], delta=inputs["delta"][:, 0], A=inputs["A"][0], B=inputs["B"][:, 0],
+                C=inputs["C"][:, 0], D=inputs["D"][0], delta_bias=inputs["delta_bias"][0], delta_softplus=True)
+    cpu = selective_scan(**args, return_last_state=True)
+    assert_close_scaled(selective_scan(**to_cuda(args), return_last_state=True), cpu, torch.float32)
+
+
 def test_cuda_empty_batch():
     inputs = random_scan_inputs(0, 3, 5, 2, 4, torch.float32)
     grad_out = torch.randn(0, 3, 5)

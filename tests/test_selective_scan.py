@@ -6,8 +6,9 @@ import torch.nn.functional as F
 from posemamba.ops import selective_scan
 
 
-def mamba_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """Step by step, in float64: x = exp(dt A) x + dt B u;  y = C x (+ D u), gated by silu(z)."""
+def mamba_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
+    """Step by step, in float64: x = exp(dt A) x + dt B u;  y = C x (+ D u), gated by silu(z); and x
+    after the last step with return_last_state."""
     u, delta, A, B, C = (t.double() for t in (u, delta, A, B, C))
     batch, dim, seqlen = u.shape
     if delta_bias is not None:
@@ -28,7 +29,7 @@ def mamba_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplu
         y = y + D.double()[:, None] * u
     if z is not None:
         y = y * F.silu(z.double())
-    return y
+    return (y, x) if return_last_state else y
 
 
 def mamba_inputs(batch, dim, seqlen, d_state, groups, dtype, g):
@@ -89,3 +90,43 @@ def test_selective_scan_trains_after_a_call_under_inference_mode():
     inputs["u"].requires_grad_(True)
     selective_scan(**inputs).sum().backward()
     assert inputs["u"].grad is not None
+
+
+@pytest.mark.parametrize("seqlen", [37, 64, 130, 200])  # a partial chunk, one whole, three, and four
+@pytest.mark.parametrize("groups, delta_softplus", [(0, False), (2, True)])
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-10), (torch.float32, 2e-4)])
+def test_selective_scan_returns_the_last_state_as_mamba(seqlen, groups, delta_softplus, dtype, tolerance):
+    g = torch.Generator().manual_seed(seqlen + groups)
+    inputs = mamba_inputs(2, 4, seqlen, 5, groups, dtype, g)
+    out, last_state = selective_scan(**inputs, delta_softplus=delta_softplus, return_last_state=True)
+    expected_out, expected_state = mamba_loop(**inputs, delta_softplus=delta_softplus, return_last_state=True)
+    assert torch.equal(out, selective_scan(**inputs, delta_softplus=delta_softplus))
+    assert last_state.shape == (2, 4, 5) and last_state.dtype == inputs["A"].dtype
+    torch.testing.assert_close(last_state.double(), expected_state, rtol=tolerance,
+                               atol=tolerance * expected_state.abs().max().item())
+
+
+def test_last_state_is_not_differentiable_and_out_still_is():
+    g = torch.Generator().manual_seed(11)
+    inputs = mamba_inputs(1, 3, 70, 2, 0, torch.float64, g)
+    inputs["u"].requires_grad_(True)
+    out, last_state = selective_scan(**inputs, return_last_state=True)
+    assert not last_state.requires_grad
+    out.sum().backward()
+    expected = inputs["u"].grad.clone()
+    inputs["u"].grad = None
+    selective_scan(**inputs).sum().backward()
+    assert torch.equal(inputs["u"].grad, expected)
+
+
+def test_last_state_where_the_reference_runs(monkeypatch):
+    # No kernel for the device: the state comes from zero through every step.
+    import posemamba.ops as ops
+
+    monkeypatch.setattr(ops, "_kernel_available", lambda device: False)
+    monkeypatch.setattr(ops, "_warn_reference_once", lambda device: None)
+    g = torch.Generator().manual_seed(5)
+    inputs = mamba_inputs(2, 4, 90, 3, 0, torch.float64, g)
+    _, last_state = selective_scan(**inputs, delta_softplus=True, return_last_state=True)
+    _, expected = mamba_loop(**inputs, delta_softplus=True, return_last_state=True)
+    torch.testing.assert_close(last_state, expected, rtol=1e-10, atol=1e-10)
