@@ -1,5 +1,6 @@
 """Loading PoseMamba weights: the official checkpoints (weights under `model_pos`, keys possibly
-prefixed `module.` by DataParallel) and posemamba's own (a plain state_dict or one under `model`)."""
+prefixed `module.` by DataParallel) and posemamba's own (a plain state_dict or one under `model`),
+also as saved from a torch.compile'd model (keys prefixed `_orig_mod.`)."""
 import os
 from typing import Mapping, Union
 
@@ -8,10 +9,13 @@ import torch
 __all__ = ["extract_state_dict", "read_checkpoint_file", "load_checkpoint"]
 
 _CONTAINER_KEYS = ("model_pos", "model", "state_dict")
+# What wrappers put before the model's own names: DataParallel / DistributedDataParallel, torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def extract_state_dict(checkpoint: Mapping, source: str = "checkpoint") -> dict:
-    """The model's tensors from a loaded checkpoint, without DataParallel's `module.` prefix."""
+    """The model's tensors from a loaded checkpoint, without the wrappers' prefixes (`module.`,
+    `_orig_mod.`, in any nesting)."""
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{source}: expected a dict of tensors, got {type(checkpoint).__name__}")
     for key in _CONTAINER_KEYS:
@@ -23,8 +27,14 @@ def extract_state_dict(checkpoint: Mapping, source: str = "checkpoint") -> dict:
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"{source}: entry {name!r} is a {type(value).__name__}, not a tensor "
                              f"(expected the weights under one of {_CONTAINER_KEYS} or at the top level)")
-        state[name[len("module."):] if name.startswith("module.") else name] = value
+        state[_unwrapped(name)] = value
     return state
+
+
+def _unwrapped(name: str) -> str:
+    while name.startswith(_WRAPPER_PREFIXES):
+        name = name.split(".", 1)[1]
+    return name
 
 
 def read_checkpoint_file(path: str):

@@ -11,12 +11,14 @@ def tiny(**overrides):
     return PoseMamba(**{**dict(num_frame=9, dim=16, depth=2), **overrides}).eval()
 
 
-@pytest.mark.parametrize("layout", ["official", "plain", "ours"])
+@pytest.mark.parametrize("layout", ["official", "plain", "ours", "compiled", "compiled_ddp"])
 def test_checkpoint_layouts_load_and_reproduce_outputs(tmp_path, layout):
     source = tiny()
     state = source.state_dict()
     wrapped = {"official": {"model_pos": {f"module.{k}": v for k, v in state.items()}, "epoch": 3},
-               "plain": state, "ours": {"model": state}}[layout]
+               "plain": state, "ours": {"model": state},
+               "compiled": torch.compile(source).state_dict(),  # keys under _orig_mod.
+               "compiled_ddp": {f"_orig_mod.module.{k}": v for k, v in state.items()}}[layout]
     path = tmp_path / "weights.bin"
     torch.save(wrapped, path)
     target = tiny()
