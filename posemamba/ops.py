@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ._checks import PerTensorCache, check_multi_path_scan_args
+from ._checks import PerTensorCache, check_multi_path_scan_args, weight_dtype_for
 from ._extension import HAS_EXTENSION
 from .paths import bidirectional_paths, pose_mix, pose_paths, span_lengths_hint
 from .reference import multi_path_selective_scan_ref
@@ -76,6 +76,9 @@ def multi_path_selective_scan(
     Returns:
         out: (batch, D, L) in u's dtype; y, times silu(z) when z is given.
 
+    Under torch.autocast (for u's device) the other inputs follow u: delta, B, C and z are cast to
+    u's dtype, A, D and delta_bias to float32 (float64 with float64 u), as the kernels take them.
+
     Where no gradient is wanted (torch.no_grad, torch.inference_mode, or no input requiring one), the
     kernels keep nothing for a backward: the op's save_for_backward=False, the same out. Derivatives
     are first-order: a backward through the gradients raises an error.
@@ -86,8 +89,22 @@ def multi_path_selective_scan(
     CUDA tensors the paths' span lengths (paths.span_lengths_hint), hints for the GPU's work split,
     are found then too.
     """
+    if _under_autocast(u):
+        delta, B, C, z = (_as_dtype(t, u.dtype) for t in (delta, B, C, z))
+        A, D, delta_bias = (_as_dtype(t, weight_dtype_for(u.dtype)) for t in (A, D, delta_bias))
     check_multi_path_scan_args(u, delta, A, B, C, paths, D, z, delta_bias, mix)
     return _scan(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths)[0]
+
+
+def _under_autocast(u) -> bool:
+    device_type = u.device.type if isinstance(u, torch.Tensor) else None
+    return (device_type is not None and torch.amp.is_autocast_available(device_type)
+            and torch.is_autocast_enabled(device_type))
+
+
+def _as_dtype(t, dtype: torch.dtype):
+    """t in dtype where it is a floating tensor (autocast's casts); anything else as it is, for the checks."""
+    return t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
 
 
 def _scan(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths,

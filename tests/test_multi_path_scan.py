@@ -190,3 +190,22 @@ def test_nan_in_a_step_size_or_weight_propagates():
         out = multi_path_selective_scan(**broken)
         expected = multi_path_selective_scan_ref(**broken)
         assert torch.equal(out.isnan(), expected.isnan()) and out.isnan().any(), name
+
+
+def test_autocast_inputs_follow_u():
+    # Under autocast a projection comes out in bfloat16 beside a float32 u: the op casts the other
+    # inputs to u's dtype (A, D, delta_bias to float32) rather than refusing them, and gradients flow
+    # back through the casts.
+    inputs = random_scan_inputs(2, 6, 40, 2, 4, torch.float32)
+    project = torch.nn.Linear(40, 40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        B = project(inputs["B"])
+        assert B.dtype == torch.bfloat16
+        out = multi_path_selective_scan(**{**inputs, "B": B, "D": inputs["D"].double()})
+    assert out.dtype == torch.float32
+    expected = multi_path_selective_scan(**{**inputs, "B": B.float()})
+    assert torch.equal(out, expected)
+    out.sum().backward()
+    assert project.weight.grad is not None and project.weight.grad.abs().sum() > 0
+    with pytest.raises(TypeError, match="B must have dtype torch.float32, got torch.bfloat16"):
+        multi_path_selective_scan(**{**inputs, "B": B.detach()})  # outside autocast: named, not cast
