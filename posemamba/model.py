@@ -119,21 +119,19 @@ class BiSTSSM(nn.Module):
         u = x.flatten(2)                                    # (batch, d_inner, L), l = t*J + j
         paths, mix, span_lengths = self._path_indices(T, J, x.device)
 
-        # The projections of the spatial-first paths (0, 2) see the global-local input, as in the
-        # official code; the op reads that same mixed input through `mix`. Partner positions repeat, so
-        # the gather's backward scatters with repeats: advanced indexing's is deterministic on a GPU
-        # (sorted), index_select's on a CPU (and a quarter of the time there).
-        partners = u.index_select(-1, mix[0]) if u.device.type == "cpu" else u[..., mix[0]]
-        u_mixed = u + partners
-        # One matmul per input for the two paths that read it, in u's (batch, d_inner, L) layout: no
-        # copy of u per path.
+        # One matmul projects u for all four paths, in u's (batch, d_inner, L) layout (no copy of u per
+        # path). The spatial-first paths (0, 2) project the global-local input u + u[mix] in the
+        # official code (the op reads that same input through `mix`); by linearity that is W u +
+        # (W u)[mix], so the gather runs over their projections' rows, not d_inner channels of u, and
+        # no mixed copy of u is made or kept for the backward.
+        # Partner positions repeat, so the gather's backward scatters with repeats: advanced indexing's
+        # is deterministic on a GPU (sorted), index_select's on a CPU (and a quarter of the time there).
         n_proj = self.x_proj_weight.shape[1]                                    # dt_rank + 2 N
-
-        def project(inputs, first_path):  # -> (batch, 2, n_proj, L): paths first_path, first_path + 2
-            weight = self.x_proj_weight[first_path::2].reshape(2 * n_proj, self.d_inner)
-            return torch.matmul(weight, inputs).view(batch, 2, n_proj, T * J)
-
-        x_dbl = torch.stack([project(u_mixed, 0), project(u, 1)], dim=2).view(batch, 4, n_proj, T * J)
+        projected = torch.matmul(self.x_proj_weight.view(4 * n_proj, self.d_inner), u)
+        projected = projected.view(batch, 2, 2, n_proj, T * J)                  # (.., path // 2, path % 2, ..)
+        spatial = projected[:, :, 0]                                            # paths 0 and 2
+        partners = spatial.index_select(-1, mix[0]) if u.device.type == "cpu" else spatial[..., mix[0]]
+        x_dbl = torch.stack([spatial + partners, projected[:, :, 1]], dim=2).view(batch, 4, n_proj, T * J)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.matmul(self.dt_projs_weight, dts.contiguous())              # (batch, 4, d_inner, L)
         # A, D and the dt bias stay in float32 under half-precision inputs (float64 with float64 ones).
