@@ -87,6 +87,7 @@ def check_multi_path_scan_args(
     z: Optional[torch.Tensor],
     delta_bias: Optional[torch.Tensor],
     mix: Optional[torch.Tensor],
+    delta_proj_weight: Optional[torch.Tensor] = None,
 ) -> None:
     if not isinstance(u, torch.Tensor) or u.dim() != 3:
         got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
@@ -108,7 +109,17 @@ def check_multi_path_scan_args(
     weight_dtype = weight_dtype_for(u.dtype)
     device = u.device
     _check_tensor(A, "A", (n_paths, dim, d_state), "(P, D, N)", weight_dtype, device)
-    _check_tensor(delta, "delta", (batch, n_paths, dim, seqlen), "(batch, P, D, L)", u.dtype, device)
+    if delta_proj_weight is None:
+        _check_tensor(delta, "delta", (batch, n_paths, dim, seqlen), "(batch, P, D, L)", u.dtype, device)
+    else:  # delta is low-rank, projected to (batch, P, D, L) by the weight
+        if not isinstance(delta_proj_weight, torch.Tensor) or delta_proj_weight.dim() != 3:
+            got = tuple(delta_proj_weight.shape) if isinstance(delta_proj_weight, torch.Tensor) else \
+                type(delta_proj_weight).__name__
+            raise ValueError(f"delta_proj_weight must have shape (P, D, R), got {got}")
+        rank = delta_proj_weight.shape[-1]
+        _check_tensor(delta_proj_weight, "delta_proj_weight", (n_paths, dim, rank), "(P, D, R)", u.dtype, device)
+        _check_tensor(delta, "delta", (batch, n_paths, rank, seqlen), "(batch, P, R, L) with delta_proj_weight",
+                      u.dtype, device)
     _check_tensor(B, "B", (batch, n_paths, d_state, seqlen), "(batch, P, N, L)", u.dtype, device)
     _check_tensor(C, "C", (batch, n_paths, d_state, seqlen), "(batch, P, N, L)", u.dtype, device)
     _check_tensor(paths, "paths", (n_paths, seqlen), "(P, L)", torch.int64, device)

@@ -133,7 +133,6 @@ class BiSTSSM(nn.Module):
         partners = spatial.index_select(-1, mix[0]) if u.device.type == "cpu" else spatial[..., mix[0]]
         x_dbl = torch.stack([spatial + partners, projected[:, :, 1]], dim=2).view(batch, 4, n_proj, T * J)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.matmul(self.dt_projs_weight, dts.contiguous())              # (batch, 4, d_inner, L)
         # A, D and the dt bias stay in float32 under half-precision inputs (float64 with float64 ones).
         weight_dtype = weight_dtype_for(u.dtype)
         A = -torch.exp(self.A_logs.to(weight_dtype)).view(4, self.d_inner, self.d_state)
@@ -142,11 +141,13 @@ class BiSTSSM(nn.Module):
             scan = multi_path_selective_scan_ref
         else:
             scan = functools.partial(multi_path_selective_scan, span_lengths=span_lengths)
-        # Under autocast the projections may come out in another dtype than u; the op takes one.
+        # Under autocast the projections may come out in another dtype than u; the op takes one. The
+        # step sizes go in low-rank, (batch, 4, dt_rank, L), with their projection: the op makes the
+        # (batch, 4, d_inner, L) ones itself, and again for the backward rather than keeping them.
         dts, Bs, Cs = (t.to(u.dtype).contiguous() for t in (dts, Bs, Cs))
         y = scan(u, dts, A, Bs, Cs, paths,
                  D=self.Ds.to(weight_dtype).view(4, self.d_inner), delta_bias=self.dt_projs_bias.to(weight_dtype),
-                 mix=mix, delta_softplus=True)
+                 mix=mix, delta_softplus=True, delta_proj_weight=self.dt_projs_weight.to(u.dtype))
         y = self.out_norm(y.transpose(1, 2).reshape(batch, T, J, self.d_inner))
         return self.out_proj(y * F.silu(z))
 

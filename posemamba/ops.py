@@ -42,6 +42,8 @@ def multi_path_selective_scan(
     mix: Optional[torch.Tensor] = None,
     delta_softplus: bool = True,
     span_lengths: Optional[Union[int, Sequence[int]]] = None,
+    *,
+    delta_proj_weight: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """P selective scans over one sequence in different orders, summed back in natural order.
 
@@ -67,6 +69,10 @@ def multi_path_selective_scan(
             0: no hint), or one number for every path. None finds them in paths, once per tensor,
             except under torch.compile, which cannot read the values: give them there ([0, T, 0, T]
             for pose_paths(T, J)).
+        delta_proj_weight: optional (P, D, R), u's dtype; mamba's low-rank step sizes: delta is then
+            (batch, P, R, L) and the raw step sizes are delta_proj_weight[p] @ delta[b, p]. The full
+            (batch, P, D, L) step sizes are made for the forward and again for the backward, never
+            kept: a training step keeps R / D of their memory (mamba's delta_proj recomputation).
 
     For each batch b, channel d and path p, with h = 0 and l = paths[p, s] for s = 0..L-1:
         dt = softplus(delta[b,p,d,l] + delta_bias[p,d]);  v = u[b,d,l] (+ u[b,d,mix[p,l]])
@@ -90,10 +96,23 @@ def multi_path_selective_scan(
     are found then too.
     """
     if _under_autocast(u):
-        delta, B, C, z = (_as_dtype(t, u.dtype) for t in (delta, B, C, z))
+        delta, B, C, z, delta_proj_weight = (_as_dtype(t, u.dtype) for t in (delta, B, C, z, delta_proj_weight))
         A, D, delta_bias = (_as_dtype(t, weight_dtype_for(u.dtype)) for t in (A, D, delta_bias))
-    check_multi_path_scan_args(u, delta, A, B, C, paths, D, z, delta_bias, mix)
+    check_multi_path_scan_args(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_proj_weight)
+    if delta_proj_weight is not None and _kernel_available(u.device) and _wants_backward(
+            u, delta, A, B, C, D, z, delta_bias, delta_proj_weight):
+        hints = _checked_span_lengths(span_lengths, n_paths=A.shape[0])
+        return _ScanWithDeltaProjection.apply(
+            u, delta, delta_proj_weight, A, B, C, paths, D, z, delta_bias, mix, delta_softplus,
+            _span_lengths_of(paths) if hints is None else hints)
+    if delta_proj_weight is not None:  # nothing kept for a backward, or autograd through the reference
+        delta = torch.matmul(delta_proj_weight, delta)
     return _scan(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths)[0]
+
+
+def _wants_backward(*inputs) -> bool:
+    """Whether autograd will want gradients of the op's inputs."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
 
 
 def _under_autocast(u) -> bool:
@@ -119,8 +138,7 @@ def _scan(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_
     if hints is None:
         hints = _span_lengths_of(paths)
     # Without a backward to come, the kernels skip the states and the ungated output it would read.
-    save_for_backward = keep_states or torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
+    save_for_backward = keep_states or _wants_backward(u, delta, A, B, C, D, z, delta_bias)
     out, _, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(
         u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, hints, save_for_backward)
     return out, chunk_states if keep_states else None
@@ -326,6 +344,38 @@ if HAS_EXTENSION:
     torch.library.register_autograd(
         "posemamba::multi_path_scan_fwd", _multi_path_scan_backward,
         setup_context=_multi_path_scan_setup_context)
+
+    class _ScanWithDeltaProjection(torch.autograd.Function):
+        """The scan with delta = delta_proj_weight @ delta_low (multi_path_selective_scan's
+        delta_proj_weight): the full step sizes are computed here and again in the backward, not saved."""
+
+        @staticmethod
+        def forward(ctx, u, delta_low, delta_proj_weight, A, B, C, paths, D, z, delta_bias, mix, delta_softplus,
+                    span_lengths):
+            delta = torch.matmul(delta_proj_weight, delta_low)
+            out, out_ungated, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(
+                u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths, True)
+            ctx.save_for_backward(u, delta_low, delta_proj_weight, A, B, C, paths, D, z, delta_bias, mix,
+                                  out_ungated, chunk_states)
+            ctx.delta_softplus, ctx.span_lengths = delta_softplus, span_lengths
+            return out
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            (u, delta_low, delta_proj_weight, A, B, C, paths, D, z, delta_bias, mix, out_ungated,
+             chunk_states) = ctx.saved_tensors
+            delta = torch.matmul(delta_proj_weight, delta_low)
+            du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = torch.ops.posemamba.multi_path_scan_bwd(
+                grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states,
+                ctx.delta_softplus, ctx.span_lengths)
+            del delta
+            d_delta_low = torch.matmul(delta_proj_weight.transpose(-1, -2), ddelta)
+            d_delta_proj_weight = torch.matmul(ddelta, delta_low.transpose(-1, -2)).sum(0)
+            return (du, d_delta_low, d_delta_proj_weight, dA, dB, dC, None,
+                    dD if D is not None else None,
+                    dz if z is not None else None,
+                    ddelta_bias if delta_bias is not None else None,
+                    None, None, None)
 
     def _multi_path_scan_double_backward(ctx, *grads):
         raise RuntimeError("posemamba: the multi-path scan has first derivatives only: its backward "

@@ -31,8 +31,12 @@ def multi_path_selective_scan_ref(
     delta_bias: Optional[torch.Tensor] = None,
     mix: Optional[torch.Tensor] = None,
     delta_softplus: bool = True,
+    *,
+    delta_proj_weight: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Same arguments and result as posemamba.ops.multi_path_selective_scan (see its docstring)."""
+    if delta_proj_weight is not None:  # delta is low-rank: (batch, P, R, L) -> (batch, P, D, L)
+        delta = torch.matmul(delta_proj_weight, delta)
     input_dtype = u.dtype
     compute_dtype = torch.float64 if input_dtype == torch.float64 else torch.float32
     batch, dim, seqlen = u.shape

@@ -143,6 +143,21 @@ def test_cuda_forward_without_saving_gives_the_same_output(span_lengths):
     assert torch.equal(lean_out, out) and lean_ungated.numel() == 0 and lean_states.numel() == 0
 
 
+def test_cuda_low_rank_step_sizes_match_cpu():
+    inputs = random_scan_inputs(2, 40, 130, 4, 16, torch.float32)
+    weight = torch.randn(4, 40, 3) / 3 ** 0.5
+    inputs["delta"] = torch.randn(2, 4, 3, 130)
+
+    def run(inputs, weight):
+        names = [n for n in DIFFERENTIABLE if inputs[n] is not None]
+        leaves = {n: inputs[n].detach().requires_grad_(True) for n in names}
+        weight = weight.detach().requires_grad_(True)
+        out = multi_path_selective_scan(**{**inputs, **leaves}, delta_proj_weight=weight)
+        return [out, *torch.autograd.grad(out, [*leaves.values(), weight], torch.ones_like(out))]
+
+    assert_close_scaled(run(to_cuda(inputs), weight.cuda()), run(inputs, weight), torch.float32)
+
+
 @pytest.mark.parametrize("seqlen", [37, 200])
 def test_cuda_selective_scan_last_state_matches_cpu(seqlen):
     from posemamba.ops import selective_scan

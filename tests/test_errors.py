@@ -46,6 +46,19 @@ def test_bad_argument_is_named(name, bad, message):
         call_with(**{name: bad})
 
 
+def test_low_rank_step_size_shapes_are_named():
+    low = torch.zeros(2, 2, 5, 10)
+    with pytest.raises(ValueError, match=r"delta_proj_weight must have shape \(P, D, R\) = \(2, 3, 5\), got \(2, 4, 5\)"):
+        call_with(delta=low, delta_proj_weight=torch.zeros(2, 4, 5))
+    with pytest.raises(ValueError, match=r"delta_proj_weight must have shape \(P, D, R\), got \(3, 5\)"):
+        call_with(delta=low, delta_proj_weight=torch.zeros(3, 5))
+    with pytest.raises(ValueError, match=r"delta must have shape \(batch, P, R, L\) with delta_proj_weight = "
+                                         r"\(2, 2, 4, 10\), got \(2, 2, 5, 10\)"):
+        call_with(delta=low, delta_proj_weight=torch.zeros(2, 3, 4))
+    with pytest.raises(TypeError, match="delta_proj_weight must have dtype torch.float32, got torch.float64"):
+        call_with(delta=low, delta_proj_weight=torch.zeros(2, 3, 5, dtype=torch.float64))
+
+
 def test_device_mismatch_is_named():
     meta_D = torch.zeros(2, 3, device="meta")
     with pytest.raises(ValueError, match=r"D must be on cpu \(u's device\), got meta"):

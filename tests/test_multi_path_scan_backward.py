@@ -174,3 +174,59 @@ def test_second_derivatives_stop_with_an_error_naming_the_op():
     with pytest.raises(RuntimeError, match=r"multi-path scan has first derivatives only: its backward "
                                            r"\(multi_path_scan_bwd\) is not differentiable"):
         sum(g.sum() for g in with_graph).backward()
+
+
+def low_rank_step_sizes(inputs, rank, seed=0):
+    """inputs with delta replaced by mamba's low-rank step sizes and their (P, D, R) projection."""
+    g = torch.Generator().manual_seed(seed)
+    batch, n_paths, dim, seqlen = inputs["delta"].shape
+    dtype = inputs["u"].dtype
+    weight = (torch.randn(n_paths, dim, rank, generator=g, dtype=torch.float64) * rank ** -0.5).to(dtype)
+    low = torch.randn(batch, n_paths, rank, seqlen, generator=g, dtype=torch.float64).to(dtype)
+    return {**inputs, "delta": low}, weight
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_low_rank_step_sizes_match_the_reference_and_the_full_ones(dtype):
+    inputs, weight = low_rank_step_sizes(random_scan_inputs(2, 6, 130, 3, 4, dtype), rank=3)
+    names = differentiable_inputs(inputs)
+    weight.requires_grad_(True)
+    grad_out = torch.randn_like(inputs["u"])
+    leaves = [inputs[name] for name in names] + [weight]
+    out = multi_path_selective_scan(**inputs, delta_proj_weight=weight)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    reference = multi_path_selective_scan_ref(**inputs, delta_proj_weight=weight)
+    expected = torch.autograd.grad(reference, leaves, grad_out)
+    rtol, atol = BACKWARD_TOLERANCE[dtype]
+    for actual, wanted in zip((out, *grads), (reference, *expected)):
+        torch.testing.assert_close(actual, wanted, rtol=rtol, atol=atol * wanted.abs().max().item())
+    # The same numbers as the op given the projected step sizes, to the bit.
+    full = {**inputs, "delta": torch.matmul(weight, inputs["delta"])}
+    full_out = multi_path_selective_scan(**full)
+    assert torch.equal(out, full_out)
+    full_grads = torch.autograd.grad(full_out, leaves, grad_out)
+    for actual, wanted in zip(grads, full_grads):
+        assert torch.equal(actual, wanted)
+
+
+def test_low_rank_step_sizes_gradcheck():
+    inputs, weight = low_rank_step_sizes(random_scan_inputs(1, 3, 20, 2, 3, torch.float64), rank=2, seed=1)
+    names = differentiable_inputs(inputs)
+    weight.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda *leaves: multi_path_selective_scan(**{**inputs, **dict(zip(names, leaves))}, delta_proj_weight=leaves[-1]),
+        (*[inputs[name] for name in names], weight))
+
+
+@requires_extension
+def test_low_rank_step_sizes_are_not_kept_for_the_backward():
+    # The full (batch, P, D, L) step sizes are made again in the backward: nothing of that shape is saved.
+    inputs, weight = low_rank_step_sizes(random_scan_inputs(2, 6, 70, 3, 4, torch.float32), rank=2)
+    differentiable_inputs(inputs)
+    weight.requires_grad_(True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: (saved.append(tuple(t.shape)), t)[1], lambda t: t):
+        out = multi_path_selective_scan(**inputs, delta_proj_weight=weight)
+    assert saved and (2, 3, 6, 70) not in saved
+    out.sum().backward()
+    assert weight.grad is not None and inputs["delta"].grad.shape == (2, 3, 2, 70)
