@@ -129,12 +129,18 @@ def test_opcheck_forward_and_backward(with_optionals):
                           (torch.randn_like(out), *detached, out_ungated, chunk_states, True, [16, 0]))
 
 
-@pytest.mark.parametrize("span_lengths", [None, [0, 10]], ids=["no_hints", "hints"])
-def test_torch_compile_fullgraph(span_lengths):
+@pytest.mark.parametrize("span_lengths, rank", [(None, 0), ([0, 10], 0), ([0, 10], 3)],
+                         ids=["no_hints", "hints", "hints_low_rank"])
+def test_torch_compile_fullgraph(span_lengths, rank):
     # Also with the GPU's work-split hints given, as under torch.compile they must be (the op cannot
-    # read paths there).
+    # read paths there); and with low-rank step sizes, whose autograd.Function compiles too.
     inputs = random_scan_inputs(2, 4, 30, 2, 8, torch.float32)
-    names = differentiable_inputs(inputs)
+    if rank:
+        inputs, weight = low_rank_step_sizes(inputs, rank)
+        inputs["delta_proj_weight"] = weight
+    names = differentiable_inputs(inputs) + (["delta_proj_weight"] if rank else [])
+    if rank:
+        inputs["delta_proj_weight"].requires_grad_(True)
     compiled = torch.compile(functools.partial(multi_path_selective_scan, span_lengths=span_lengths), fullgraph=True)
     out = compiled(**inputs)
     expected = multi_path_selective_scan(**inputs)
