@@ -119,6 +119,23 @@ def apply_overrides(config: Dict[str, Any], overrides: Iterable[str]) -> Dict[st
     return config
 
 
+# Numbers that only make sense in a range: (lowest, whether the lowest itself is allowed).
+_RANGES = {
+    "data.frames": (1, True), "train.epochs": (1, True), "train.batch_size": (1, True), "train.lr": (0, False),
+    "train.weight_decay": (0, True), "train.lr_decay": (0, False), "train.num_workers": (0, True),
+    "train.max_minutes": (0, False), "evaluate.every": (1, True), "evaluate.batch_size": (1, True),
+}
+
+
+def _check_ranges(config: Dict[str, Any], source: str) -> None:
+    for dotted, (lowest, inclusive) in _RANGES.items():
+        section, key = dotted.split(".")
+        value = config[section][key]
+        if value is not None and (value < lowest if inclusive else value <= lowest):
+            bound = f">= {lowest}" if inclusive else f"> {lowest}"
+            raise ValueError(f"{source}: '{dotted}' must be {bound}, got {value!r}")
+
+
 def load_config(source: Optional[str] = None, overrides: Iterable[str] = ()) -> Dict[str, Any]:
     """The defaults, updated by the YAML at `source` (a path, or the name of a bundled config such as
     'h36m_s'), then by `overrides`."""
@@ -136,4 +153,6 @@ def load_config(source: Optional[str] = None, overrides: Iterable[str] = ()) -> 
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
         _merge(config, loaded, "", path)
-    return apply_overrides(config, overrides)
+    config = apply_overrides(config, overrides)
+    _check_ranges(config, source if source is not None else "config")
+    return config
