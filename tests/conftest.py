@@ -1,5 +1,6 @@
 import hashlib
 import os
+import pathlib
 import random
 
 import pytest
@@ -19,7 +20,7 @@ def sources_digest():
     build: torch's extension cache is shared, and a module built from other sources or against another
     torch must not be reused."""
     sources = sorted(os.path.join(root, name) for root, _, names in os.walk(CSRC) for name in names)
-    contents = b"".join(open(path, "rb").read() for path in sources) + torch.__version__.encode()
+    contents = b"".join(pathlib.Path(path).read_bytes() for path in sources) + torch.__version__.encode()
     return hashlib.sha256(contents).hexdigest()[:12]
 
 

@@ -35,7 +35,7 @@ def test_overrides_parse_values_and_merge_free_form_keys():
     (["train.flip=1"], "must be true or false"),
     (["train.batch_size=0"], r"demo: 'train.batch_size' must be >= 1, got 0"),
     (["train.lr=0"], r"demo: 'train.lr' must be > 0, got 0"),
-    (["train.max_minutes=-1"], r"'train.max_minutes' must be > 0, got -1"),
+    (["train.max_minutes=-1"], r"'train.max_minutes' must be >= 0, got -1"),
     (["evaluate.every=0"], r"'evaluate.every' must be >= 1, got 0"),
 ])
 def test_bad_overrides_are_named(overrides, message):

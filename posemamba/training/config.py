@@ -123,7 +123,7 @@ def apply_overrides(config: Dict[str, Any], overrides: Iterable[str]) -> Dict[st
 _RANGES = {
     "data.frames": (1, True), "train.epochs": (1, True), "train.batch_size": (1, True), "train.lr": (0, False),
     "train.weight_decay": (0, True), "train.lr_decay": (0, False), "train.num_workers": (0, True),
-    "train.max_minutes": (0, False), "evaluate.every": (1, True), "evaluate.batch_size": (1, True),
+    "train.max_minutes": (0, True), "evaluate.every": (1, True), "evaluate.batch_size": (1, True),
 }
 
 
