@@ -60,6 +60,8 @@ def lift_sequence(model: PoseMamba, keypoints: np.ndarray, flip: bool = False, b
     total = np.zeros((len(padded), model.num_joints, 3))
     weight_sum = np.zeros(len(padded))
     model = model.eval().to(device)
+    parameter = next(model.parameters(), None)  # a half-precision model takes its clips in its dtype
+    dtype = parameter.dtype if parameter is not None else torch.float32
     batches = range(0, len(starts), batch_size)
     # tqdm's disable=None: a bar on a terminal only; short inputs get none unless asked for.
     if progress is None:
@@ -68,7 +70,7 @@ def lift_sequence(model: PoseMamba, keypoints: np.ndarray, flip: bool = False, b
         disable = not progress
     for begin in tqdm(batches, desc="lifting", unit="batch", disable=disable):
         chunk = starts[begin:begin + batch_size]
-        clips = torch.from_numpy(np.stack([padded[s:s + window] for s in chunk])).to(device)
+        clips = torch.from_numpy(np.stack([padded[s:s + window] for s in chunk])).to(device, dtype)
         pred = (predict_with_flip(model, clips) if flip else model(clips)).float().cpu().numpy()
         for start, clip in zip(chunk, pred):
             total[start:start + window] += weights[:, None, None] * clip

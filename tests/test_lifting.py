@@ -28,6 +28,13 @@ def test_windows_blend_to_the_per_frame_answer(frames):
     np.testing.assert_allclose(lifted, expected - expected[:, :1], rtol=1e-5, atol=1e-6)
 
 
+def test_a_bfloat16_model_lifts_float_keypoints():
+    model = PoseMamba(num_frame=9, dim=16, depth=1).eval()
+    keypoints = np.random.default_rng(0).normal(size=(12, 17, 2)).astype(np.float32)
+    lifted = lift_sequence(model.to(torch.bfloat16), keypoints)
+    assert lifted.shape == (12, 17, 3) and lifted.dtype == np.float32 and np.isfinite(lifted).all()
+
+
 def test_window_starts_cover_everything():
     assert window_starts(5, 8) == [0]
     assert window_starts(23, 8) == [0, 4, 8, 12, 15]
