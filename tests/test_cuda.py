@@ -143,6 +143,34 @@ def test_cuda_forward_without_saving_gives_the_same_output(span_lengths):
     assert torch.equal(lean_out, out) and lean_ungated.numel() == 0 and lean_states.numel() == 0
 
 
+def model_outputs_and_grads(model, clip, device):
+    model = model.to(device)
+    model.zero_grad()
+    out = model(clip.to(device))
+    out.square().sum().backward()
+    return [out.detach().cpu()] + [p.grad.detach().cpu() for p in model.parameters()]
+
+
+def test_cuda_model_training_step_matches_cpu(monkeypatch):
+    # The whole model on the GPU (its index tensors on the device, the gather by advanced indexing, the
+    # low-rank step sizes' autograd.Function) against the same model on the CPU kernels; in full float32
+    # (no TF32 in cuDNN's convolution).
+    from posemamba.model import PoseMamba
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.manual_seed(0)
+    model = PoseMamba(num_frame=27, dim=32, depth=2, drop_path_rate=0.0)
+    with torch.no_grad():  # move every parameter off its initial value, so that each term matters
+        for parameter in model.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter))
+    clip = torch.randn(2, 27, 17, 2)
+    cpu = model_outputs_and_grads(model, clip, "cpu")
+    gpu = model_outputs_and_grads(model, clip, "cuda")
+    for a, e in zip(gpu, cpu):
+        scale = max(1.0, e.abs().max().item())
+        torch.testing.assert_close(a, e, rtol=1e-3, atol=1e-3 * scale)
+
+
 def test_cuda_low_rank_step_sizes_match_cpu():
     inputs = random_scan_inputs(2, 40, 130, 4, 16, torch.float32)
     weight = torch.randn(4, 40, 3) / 3 ** 0.5
