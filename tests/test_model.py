@@ -166,6 +166,18 @@ def test_compiled_model_matches_eager_under_inference_mode():
         torch.testing.assert_close(compiled, model(clip), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(not posemamba.HAS_EXTENSION, reason="compiled kernels missing")
+def test_training_keeps_no_full_step_sizes():
+    # The op gets the step sizes low-rank and makes the (batch, 4, d_inner, L) ones again for the
+    # backward: autograd keeps nothing of that shape (per block, 4 times the size of u).
+    model = tiny().train()
+    op = model.STEblocks[0].op
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: (saved.append(tuple(t.shape)), t)[1], lambda t: t):
+        model(torch.randn(2, 5, 17, 2)).sum().backward()
+    assert saved and (2, 4, op.d_inner, 5 * 17) not in saved
+
+
 def test_model_gives_the_op_its_span_lengths(monkeypatch):
     # The GPU's work-split hints come from the model, which knows its paths: under torch.compile the op
     # cannot read them from the paths.
