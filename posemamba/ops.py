@@ -99,15 +99,8 @@ def multi_path_selective_scan(
         delta, B, C, z, delta_proj_weight = (_as_dtype(t, u.dtype) for t in (delta, B, C, z, delta_proj_weight))
         A, D, delta_bias = (_as_dtype(t, weight_dtype_for(u.dtype)) for t in (A, D, delta_bias))
     check_multi_path_scan_args(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_proj_weight)
-    if delta_proj_weight is not None and _kernel_available(u.device) and _wants_backward(
-            u, delta, A, B, C, D, z, delta_bias, delta_proj_weight):
-        hints = _checked_span_lengths(span_lengths, n_paths=A.shape[0])
-        return _ScanWithDeltaProjection.apply(
-            u, delta, delta_proj_weight, A, B, C, paths, D, z, delta_bias, mix, delta_softplus,
-            _span_lengths_of(paths) if hints is None else hints)
-    if delta_proj_weight is not None:  # nothing kept for a backward, or autograd through the reference
-        delta = torch.matmul(delta_proj_weight, delta)
-    return _scan(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths)[0]
+    return _scan(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths,
+                 delta_proj_weight)[0]
 
 
 def _wants_backward(*inputs) -> bool:
@@ -127,20 +120,26 @@ def _as_dtype(t, dtype: torch.dtype):
 
 
 def _scan(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths,
-          keep_states: bool = False):
-    """multi_path_selective_scan on checked arguments: out, and (keep_states, where the kernels run)
-    the state before every SCAN_CHUNK-th step of each path, (batch, P, chunks, N, D) in A's dtype,
-    not differentiable; else None."""
+          delta_proj_weight=None, keep_states: bool = False):
+    """multi_path_selective_scan on checked arguments: out, and (keep_states, where the kernels run,
+    without delta_proj_weight) the state before every SCAN_CHUNK-th step of each path, (batch, P,
+    chunks, N, D) in A's dtype, not differentiable; else None."""
     hints = _checked_span_lengths(span_lengths, n_paths=A.shape[0])
     if not _kernel_available(u.device):
         _warn_reference_once(u.device)
-        return multi_path_selective_scan_ref(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus), None
+        return multi_path_selective_scan_ref(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus,
+                                             delta_proj_weight=delta_proj_weight), None
     if hints is None:
         hints = _span_lengths_of(paths)
+    wants_backward = _wants_backward(u, delta, A, B, C, D, z, delta_bias, delta_proj_weight)
+    if delta_proj_weight is not None:
+        if wants_backward:  # the full step sizes made here and again for the backward, never kept
+            return _ScanWithDeltaProjection.apply(u, delta, delta_proj_weight, A, B, C, paths, D, z, delta_bias, mix,
+                                                  delta_softplus, hints), None
+        delta = torch.matmul(delta_proj_weight, delta)
     # Without a backward to come, the kernels skip the states and the ungated output it would read.
-    save_for_backward = keep_states or _wants_backward(u, delta, A, B, C, D, z, delta_bias)
     out, _, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(
-        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, hints, save_for_backward)
+        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, hints, keep_states or wants_backward)
     return out, chunk_states if keep_states else None
 
 
