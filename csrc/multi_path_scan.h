@@ -56,8 +56,13 @@ struct MultiPathScanParams {
   int64_t n_split_paths = 0;
   int8_t split_paths[kMaxPaths] = {};
 
+  // Mamba's low-rank step sizes: where delta_rank R > 0, delta holds (batch, P, R, L) and the raw step
+  // size of channel d is sum_r delta_proj_weight[p, d, r] * delta[b, p, r, l] (low_rank_step_size).
+  int64_t delta_rank = 0;
+
   const void* u = nullptr;           // (batch, D, L)
-  const void* delta = nullptr;       // (batch, P, D, L)
+  const void* delta = nullptr;       // (batch, P, D, L), or (batch, P, R, L) where delta_rank > 0
+  const void* delta_proj_weight = nullptr;  // (P, D, R) input_t where delta_rank > 0, else null
   const void* A = nullptr;           // (P, D, N)
   const void* B = nullptr;           // (batch, P, N, L)
   const void* C = nullptr;           // (batch, P, N, L)
@@ -98,6 +103,10 @@ struct MultiPathScanBwdParams : MultiPathScanParams {
   void* dA_partial = nullptr;      // (batch, n_length_blocks, P, N, D) weight_t
   void* dD_partial = nullptr;      // (batch, n_length_blocks, P, D) weight_t
   void* ddelta_bias_partial = nullptr;  // (batch, n_length_blocks, P, D) weight_t
+  // Where delta_rank > 0, ddelta is null: the low-rank delta's gradient sums over channels, in
+  // partials per channel block as dB's, and delta_proj_weight's over the batch and L, as dD's.
+  void* d_delta_low_partial = nullptr;  // (batch, n_channel_blocks, P, R, L) weight_t
+  void* d_delta_proj_weight_partial = nullptr;  // (batch, n_length_blocks, P, D, R) weight_t
 };
 
 POSEMAMBA_MATH float bits_to_float(int32_t bits) {
@@ -318,6 +327,15 @@ POSEMAMBA_MATH void step_sizes(T (&raw_delta)[kSteps], T bias, bool use_softplus
   } else {
     for (int k = 0; k < kSteps; ++k) raw_delta[k] = step_size(raw_delta[k], bias, false);
   }
+}
+
+// The raw step size from mamba's low-rank form: the sum over r = 0, 1, ... of low[r * low_stride] *
+// weight[r], rank >= 1, in that order (weight may hold lanes of channels, low one value for them all).
+template <typename T, typename S>
+POSEMAMBA_MATH T low_rank_step_size(const T* weight, const S* low, int64_t low_stride, int64_t rank) {
+  T raw = low[0] * weight[0];
+  for (int64_t r = 1; r < rank; ++r) raw += low[r * low_stride] * weight[r];
+  return raw;
 }
 
 // d dt / d (raw_delta + bias): sigmoid under softplus (1 above its threshold), else 1.

@@ -3,7 +3,9 @@
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/matmul.h>
 #include <ATen/ops/zeros.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <algorithm>
 
@@ -33,7 +35,8 @@ ScanInputs prepare_scan_inputs(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
     const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
-    const std::optional<at::Tensor>& mix, bool delta_softplus, MultiPathScanParams& p) {
+    const std::optional<at::Tensor>& mix, bool delta_softplus, const std::optional<at::Tensor>& delta_proj_weight,
+    DeltaProjection projection, MultiPathScanParams& p) {
   TORCH_CHECK(u.dim() == 3, "u must be (batch, D, L), got shape ", u.sizes());
   TORCH_CHECK(A.dim() == 3, "A must be (P, D, N), got shape ", A.sizes());
   const int64_t batch = u.size(0), dim = u.size(1), seqlen = u.size(2);
@@ -43,7 +46,17 @@ ScanInputs prepare_scan_inputs(
 
   const at::ScalarType input_dtype = u.scalar_type();
   const at::ScalarType weight_dtype = at::toOpMathType(input_dtype);
-  check_shape(delta, "delta", {batch, n_paths, dim, seqlen});
+  int64_t delta_rank = 0;
+  if (delta_proj_weight.has_value()) {
+    TORCH_CHECK(delta_proj_weight->dim() == 3 && delta_proj_weight->size(2) >= 1,
+                "delta_proj_weight must be (P, D, R) with R >= 1, got shape ", delta_proj_weight->sizes());
+    delta_rank = delta_proj_weight->size(2);
+    check_shape(*delta_proj_weight, "delta_proj_weight", {n_paths, dim, delta_rank});
+    check_like(*delta_proj_weight, "delta_proj_weight", u, input_dtype);
+    check_shape(delta, "delta (low rank, with delta_proj_weight)", {batch, n_paths, delta_rank, seqlen});
+  } else {
+    check_shape(delta, "delta", {batch, n_paths, dim, seqlen});
+  }
   check_shape(A, "A", {n_paths, dim, d_state});
   check_shape(B, "B", {batch, n_paths, d_state, seqlen});
   check_shape(C, "C", {batch, n_paths, d_state, seqlen});
@@ -73,6 +86,19 @@ ScanInputs prepare_scan_inputs(
   ScanInputs t;
   t.u = u.contiguous();
   t.delta = delta.contiguous();
+  if (delta_proj_weight.has_value()) {
+    t.delta_proj_weight = delta_proj_weight->contiguous();
+    if (projection == DeltaProjection::kOnHost) {
+      // Inside the op the matmul must not follow an autocast region around the call: the kernels read
+      // delta in u's dtype.
+      const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+      t.delta_low = t.delta;
+      t.delta = at::matmul(t.delta_proj_weight, t.delta_low);  // (P, D, R) @ (batch, P, R, L)
+    } else {
+      p.delta_rank = delta_rank;
+      p.delta_proj_weight = t.delta_proj_weight.const_data_ptr();
+    }
+  }
   t.A = A.contiguous();
   t.B = B.contiguous();
   t.C = C.contiguous();
@@ -120,10 +146,11 @@ ScanForward prepare_scan_forward(
     const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, bool delta_softplus, at::IntArrayRef span_lengths,
-    bool save_for_backward) {
+    bool save_for_backward, const std::optional<at::Tensor>& delta_proj_weight, DeltaProjection projection) {
   ScanForward f;
   MultiPathScanParams& p = f.params;
-  f.inputs = prepare_scan_inputs(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, p);
+  f.inputs = prepare_scan_inputs(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, delta_proj_weight,
+                                 projection, p);
   set_span_lengths(span_lengths, p);
   f.out = at::empty({p.batch, p.dim, p.seqlen}, u.options());
   const bool keeps_ungated = z.has_value() && save_for_backward;
@@ -143,10 +170,12 @@ ScanBackward prepare_scan_backward(
     const at::Tensor& B, const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
-    bool delta_softplus, at::IntArrayRef span_lengths, int64_t channel_block, bool positions_minor) {
+    bool delta_softplus, at::IntArrayRef span_lengths, const std::optional<at::Tensor>& delta_proj_weight,
+    DeltaProjection projection, int64_t channel_block, bool positions_minor) {
   ScanBackward g;
   MultiPathScanBwdParams& p = g.params;
-  g.inputs = prepare_scan_inputs(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, p);
+  g.inputs = prepare_scan_inputs(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, delta_proj_weight,
+                                 projection, p);
   set_span_lengths(span_lengths, p);
   check_shape(grad_out, "grad_out", {p.batch, p.dim, p.seqlen});
   check_like(grad_out, "grad_out", u, u.scalar_type());
@@ -164,7 +193,9 @@ ScanBackward prepare_scan_backward(
   p.n_channel_blocks = (p.dim + channel_block - 1) / channel_block;
   const auto weights = A.options();
   g.du = at::empty_like(g.inputs.u);
-  g.ddelta = at::empty_like(g.inputs.delta);
+  // With the projection in the kernels no full ddelta exists: its sums over channels and over the
+  // batch and L are taken as the kernels go.
+  g.ddelta = p.delta_rank > 0 ? at::Tensor() : at::empty_like(g.inputs.delta);
   g.dz = z.has_value() ? at::empty_like(g.inputs.z) : at::empty({0}, u.options());
   g.positions_minor = positions_minor;
   const int64_t minor = positions_minor ? p.seqlen : p.d_state, major = positions_minor ? p.d_state : p.seqlen;
@@ -175,12 +206,18 @@ ScanBackward prepare_scan_backward(
   g.dA_by_state = at::empty({p.n_paths, p.d_state, p.dim}, weights);
   g.dD = at::empty({p.n_paths, p.dim}, weights);
   g.ddelta_bias = at::empty_like(g.dD);
+  if (p.delta_rank > 0) {
+    g.d_delta_low_partial = at::empty({p.batch, p.n_channel_blocks, p.n_paths, p.delta_rank, p.seqlen}, weights);
+    g.d_delta_low_sum = at::empty({p.batch, p.n_paths, p.delta_rank, p.seqlen}, weights);
+    g.d_delta_proj_weight = at::empty({p.n_paths, p.dim, p.delta_rank}, weights);
+    p.d_delta_low_partial = g.d_delta_low_partial.mutable_data_ptr();
+  }
 
   p.grad_out = g.grad_out.const_data_ptr();
   p.out_ungated = z.has_value() ? const_cast<void*>(g.out_ungated.const_data_ptr()) : nullptr;
   p.chunk_states = const_cast<void*>(g.chunk_states.const_data_ptr());
   p.du = g.du.mutable_data_ptr();
-  p.ddelta = g.ddelta.mutable_data_ptr();
+  p.ddelta = g.ddelta.defined() ? g.ddelta.mutable_data_ptr() : nullptr;
   p.dz = z.has_value() ? g.dz.mutable_data_ptr() : nullptr;
   p.dB_partial = g.dB_partial.mutable_data_ptr();
   p.dC_partial = g.dC_partial.mutable_data_ptr();
@@ -200,20 +237,44 @@ void allocate_length_partials(ScanBackward& g, int64_t n_length_blocks, bool zer
   p.dA_partial = g.dA_partial.mutable_data_ptr();
   p.dD_partial = g.dD_partial.mutable_data_ptr();
   p.ddelta_bias_partial = g.ddelta_bias_partial.mutable_data_ptr();
+  if (p.delta_rank > 0) {
+    g.d_delta_proj_weight_partial = allocate({p.batch, n_length_blocks, p.n_paths, p.dim, p.delta_rank});
+    p.d_delta_proj_weight_partial = g.d_delta_proj_weight_partial.mutable_data_ptr();
+  }
 }
+
+namespace {
+
+// The gradients of the low-rank delta and of delta_proj_weight (in the input dtype), where the
+// projection was taken: by the kernels (the sums of their partials), or on the host (from ddelta).
+std::tuple<at::Tensor, at::Tensor> delta_projection_gradients(const ScanBackward& g) {
+  const at::ScalarType input_dtype = g.inputs.u.scalar_type();
+  if (g.d_delta_low_sum.defined()) {
+    return {g.d_delta_low_sum.to(input_dtype), g.d_delta_proj_weight.to(input_dtype)};
+  }
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // as in the forward
+  const at::Tensor& weight = g.inputs.delta_proj_weight;
+  return {at::matmul(weight.transpose(-1, -2), g.ddelta),
+          at::matmul(g.ddelta, g.inputs.delta_low.transpose(-1, -2)).sum(0)};
+}
+
+}  // namespace
 
 ScanGradients finish_scan_backward(const ScanBackward& g) {
   const at::ScalarType input_dtype = g.inputs.u.scalar_type();
   const auto weights = g.inputs.A.options();
+  at::Tensor d_delta = g.ddelta, d_delta_proj_weight = at::empty({0}, g.inputs.u.options());
+  if (g.inputs.delta_proj_weight.defined()) std::tie(d_delta, d_delta_proj_weight) = delta_projection_gradients(g);
   // Absent inputs get distinct empty gradients: outputs of an op must not alias each other.
   return {g.du,
-          g.ddelta,
+          d_delta,
           g.dA_by_state.transpose(-1, -2).reshape(g.inputs.A.sizes()).contiguous(),
           (g.positions_minor ? g.dB_sum : g.dB_sum.transpose(-1, -2)).to(input_dtype).contiguous(),
           (g.positions_minor ? g.dC_sum : g.dC_sum.transpose(-1, -2)).to(input_dtype).contiguous(),
           g.inputs.D.defined() ? g.dD : at::empty({0}, weights),
           g.dz,
-          g.inputs.delta_bias.defined() ? g.ddelta_bias : at::empty({0}, weights)};
+          g.inputs.delta_bias.defined() ? g.ddelta_bias : at::empty({0}, weights),
+          d_delta_proj_weight};
 }
 
 void check_scan_indices_on_host(const ScanInputs& inputs, int64_t seqlen) {

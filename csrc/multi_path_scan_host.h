@@ -16,7 +16,15 @@ namespace posemamba {
 // Contiguous inputs, kept alive while a kernel reads them through params' pointers.
 struct ScanInputs {
   at::Tensor u, delta, A, B, C, D, z, delta_bias, paths, mix;
+  // With low-rank step sizes: the weight, and where the host made the full delta for the kernels
+  // (DeltaProjection::kOnHost), the low-rank delta it came from.
+  at::Tensor delta_proj_weight, delta_low;
 };
+
+// Who projects mamba's low-rank step sizes (delta_proj_weight) to the full delta: the device's kernels
+// as they read them, or the host before they run (a full (batch, P, D, L) delta made for the kernels,
+// and the gradients through the projection taken from its gradient afterwards).
+enum class DeltaProjection { kInKernels, kOnHost };
 
 struct ScanForward {
   ScanInputs inputs;
@@ -31,6 +39,9 @@ struct ScanBackward {
   // The sums of the partials: dB and dC in the partials' layout (PartialsLayout), dA by state entry,
   // (P, N, D), then dD and ddelta_bias.
   at::Tensor dB_sum, dC_sum, dA_by_state, dD, ddelta_bias;
+  // With the projection in the kernels, its gradients' partials and sums (d_delta_low_sum (batch, P,
+  // R, L), d_delta_proj_weight (P, D, R)).
+  at::Tensor d_delta_low_partial, d_delta_proj_weight_partial, d_delta_low_sum, d_delta_proj_weight;
   bool positions_minor = false;  // dB_sum and dC_sum are (batch, P, N, L), else (batch, P, L, N)
   MultiPathScanBwdParams params;
 };
@@ -54,12 +65,19 @@ void reduce_backward_partials(ScanBackward& g, SumChannelBlocks&& sum_channel_bl
   sum(g.dD_partial.const_data_ptr<weight_t>(), 1, n_partials, g.dD.numel(), g.dD.mutable_data_ptr<weight_t>());
   sum(g.ddelta_bias_partial.const_data_ptr<weight_t>(), 1, n_partials, g.ddelta_bias.numel(),
       g.ddelta_bias.mutable_data_ptr<weight_t>());
+  if (g.d_delta_low_partial.defined()) {
+    sum_channel_blocks(g.d_delta_low_partial.const_data_ptr<weight_t>(), p.batch, p.n_channel_blocks,
+                       p.n_paths * p.seqlen * p.delta_rank, g.d_delta_low_sum.mutable_data_ptr<weight_t>());
+    sum(g.d_delta_proj_weight_partial.const_data_ptr<weight_t>(), 1, n_partials, g.d_delta_proj_weight.numel(),
+        g.d_delta_proj_weight.mutable_data_ptr<weight_t>());
+  }
 }
 
-using ScanGradients =
-    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using ScanGradients = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                 at::Tensor, at::Tensor>;
 
-// The op's outputs (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) once the partials are reduced.
+// The op's outputs (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, ddelta_proj_weight) once the partials
+// are reduced; ddelta is the low-rank delta's gradient where delta_proj_weight was given.
 ScanGradients finish_scan_backward(const ScanBackward& g);
 
 // The forward's params and outputs; without save_for_backward, out_ungated and chunk_states empty and
@@ -69,7 +87,7 @@ ScanForward prepare_scan_forward(
     const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, bool delta_softplus, at::IntArrayRef span_lengths,
-    bool save_for_backward);
+    bool save_for_backward, const std::optional<at::Tensor>& delta_proj_weight, DeltaProjection projection);
 
 // channel_block: the channels summed into one dB/dC partial; the partials are laid out (batch,
 // channel blocks, P, N, L) where positions_minor (a GPU's, whose threads write a path's consecutive
@@ -81,9 +99,10 @@ ScanBackward prepare_scan_backward(
     const at::Tensor& B, const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
-    bool delta_softplus, at::IntArrayRef span_lengths, int64_t channel_block, bool positions_minor);
+    bool delta_softplus, at::IntArrayRef span_lengths, const std::optional<at::Tensor>& delta_proj_weight,
+    DeltaProjection projection, int64_t channel_block, bool positions_minor);
 
-// The dA, dD and ddelta_bias partials: n_length_blocks per batch element (MultiPathScanBwdParams),
+// The dA, dD, ddelta_bias (and delta_proj_weight's) partials: n_length_blocks per batch element (MultiPathScanBwdParams),
 // zero-filled where the kernels leave some unwritten (zeroed).
 void allocate_length_partials(ScanBackward& g, int64_t n_length_blocks, bool zeroed);
 

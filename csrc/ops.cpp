@@ -15,17 +15,22 @@ TORCH_LIBRARY(posemamba, m) {
   // hints for the GPU's work split, per path (path p cut into spans of span_lengths[p] steps; 0: no
   // hint; empty: none for any path), never changing the result beyond rounding. save_for_backward
   // false (inference): out_ungated and chunk_states empty, neither computed nor written.
+  // delta_proj_weight (P, D, R): mamba's low-rank step sizes, delta then (batch, P, R, L) and the raw
+  // step sizes delta_proj_weight[p] @ delta[b, p], projected by the kernels as they read them.
   m.def(
       "multi_path_scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor paths, "
       "Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? mix, bool delta_softplus, int[] span_lengths=[], "
-      "bool save_for_backward=True) -> (Tensor out, Tensor out_ungated, Tensor chunk_states)");
-  // Gradients of every input; dD, dz and ddelta_bias are empty where D, z or delta_bias is None.
-  // span_lengths: the forward's hints, for the GPU backward's work split.
+      "bool save_for_backward=True, Tensor? delta_proj_weight=None) "
+      "-> (Tensor out, Tensor out_ungated, Tensor chunk_states)");
+  // Gradients of every input; dD, dz, ddelta_bias and ddelta_proj_weight are empty where D, z,
+  // delta_bias or delta_proj_weight is None. span_lengths: the forward's hints, for the GPU
+  // backward's work split.
   m.def(
       "multi_path_scan_bwd(Tensor grad_out, Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, "
       "Tensor paths, Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? mix, Tensor out_ungated, "
-      "Tensor chunk_states, bool delta_softplus, int[] span_lengths=[]) "
-      "-> (Tensor du, Tensor ddelta, Tensor dA, Tensor dB, Tensor dC, Tensor dD, Tensor dz, Tensor ddelta_bias)");
+      "Tensor chunk_states, bool delta_softplus, int[] span_lengths=[], Tensor? delta_proj_weight=None) "
+      "-> (Tensor du, Tensor ddelta, Tensor dA, Tensor dB, Tensor dC, Tensor dD, Tensor dz, Tensor ddelta_bias, "
+      "Tensor ddelta_proj_weight)");
   // The scan's own exp, log1p or softplus, elementwise, for testing their accuracy.
   m.def("_scan_math(Tensor x, str function) -> Tensor");
 }

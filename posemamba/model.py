@@ -142,8 +142,8 @@ class BiSTSSM(nn.Module):
         else:
             scan = functools.partial(multi_path_selective_scan, span_lengths=span_lengths)
         # Under autocast the projections may come out in another dtype than u; the op takes one. The
-        # step sizes go in low-rank, (batch, 4, dt_rank, L), with their projection: the op makes the
-        # (batch, 4, d_inner, L) ones itself, and again for the backward rather than keeping them.
+        # step sizes go in low-rank, (batch, 4, dt_rank, L), with their projection, which the op applies
+        # as it reads them: the (batch, 4, d_inner, L) ones are never kept for the backward.
         dts, Bs, Cs = (t.to(u.dtype).contiguous() for t in (dts, Bs, Cs))
         y = scan(u, dts, A, Bs, Cs, paths,
                  D=self.Ds.to(weight_dtype).view(4, self.d_inner), delta_bias=self.dt_projs_bias.to(weight_dtype),

@@ -70,9 +70,11 @@ def multi_path_selective_scan(
             except under torch.compile, which cannot read the values: give them there ([0, T, 0, T]
             for pose_paths(T, J)).
         delta_proj_weight: optional (P, D, R), u's dtype; mamba's low-rank step sizes: delta is then
-            (batch, P, R, L) and the raw step sizes are delta_proj_weight[p] @ delta[b, p]. The full
-            (batch, P, D, L) step sizes are made for the forward and again for the backward, never
-            kept: a training step keeps R / D of their memory (mamba's delta_proj recomputation).
+            (batch, P, R, L) and the raw step sizes are delta_proj_weight[p] @ delta[b, p]. The CPU
+            kernels project them as they read them, forward and backward: the full (batch, P, D, L)
+            step sizes and their gradient never exist. On CUDA they are made for the forward and
+            again for the backward, never kept. Either way a training step keeps R / D of their
+            memory (mamba's delta_proj recomputation).
 
     For each batch b, channel d and path p, with h = 0 and l = paths[p, s] for s = 0..L-1:
         dt = softplus(delta[b,p,d,l] + delta_bias[p,d]);  v = u[b,d,l] (+ u[b,d,mix[p,l]])
@@ -121,9 +123,9 @@ def _as_dtype(t, dtype: torch.dtype):
 
 def _scan(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths,
           delta_proj_weight=None, keep_states: bool = False):
-    """multi_path_selective_scan on checked arguments: out, and (keep_states, where the kernels run,
-    without delta_proj_weight) the state before every SCAN_CHUNK-th step of each path, (batch, P,
-    chunks, N, D) in A's dtype, not differentiable; else None."""
+    """multi_path_selective_scan on checked arguments: out, and (keep_states, where the kernels run)
+    the state before every SCAN_CHUNK-th step of each path, (batch, P, chunks, N, D) in A's dtype,
+    not differentiable; else None."""
     hints = _checked_span_lengths(span_lengths, n_paths=A.shape[0])
     if not _kernel_available(u.device):
         _warn_reference_once(u.device)
@@ -132,14 +134,10 @@ def _scan(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_
     if hints is None:
         hints = _span_lengths_of(paths)
     wants_backward = _wants_backward(u, delta, A, B, C, D, z, delta_bias, delta_proj_weight)
-    if delta_proj_weight is not None:
-        if wants_backward:  # the full step sizes made here and again for the backward, never kept
-            return _ScanWithDeltaProjection.apply(u, delta, delta_proj_weight, A, B, C, paths, D, z, delta_bias, mix,
-                                                  delta_softplus, hints), None
-        delta = torch.matmul(delta_proj_weight, delta)
     # Without a backward to come, the kernels skip the states and the ungated output it would read.
     out, _, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(
-        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, hints, keep_states or wants_backward)
+        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, hints, keep_states or wants_backward,
+        delta_proj_weight)
     return out, chunk_states if keep_states else None
 
 
@@ -293,10 +291,17 @@ def _kernel_available(device: torch.device) -> bool:
 if HAS_EXTENSION:
     @torch.library.register_fake("posemamba::multi_path_scan_fwd")
     def _multi_path_scan_fwd_fake(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths=(),
-                                  save_for_backward=True):
+                                  save_for_backward=True, delta_proj_weight=None):
         batch, dim, seqlen = u.shape
         n_paths, _, d_state = A.shape
-        torch._check(delta.shape == (batch, n_paths, dim, seqlen), lambda: "delta must be (batch, P, D, L)")
+        if delta_proj_weight is None:
+            torch._check(delta.shape == (batch, n_paths, dim, seqlen), lambda: "delta must be (batch, P, D, L)")
+        else:
+            rank = delta_proj_weight.shape[-1]
+            torch._check(delta_proj_weight.shape == (n_paths, dim, rank),
+                         lambda: "delta_proj_weight must be (P, D, R)")
+            torch._check(delta.shape == (batch, n_paths, rank, seqlen),
+                         lambda: "delta must be (batch, P, R, L) with delta_proj_weight")
         torch._check(B.shape == (batch, n_paths, d_state, seqlen), lambda: "B must be (batch, P, N, L)")
         torch._check(C.shape == (batch, n_paths, d_state, seqlen), lambda: "C must be (batch, P, N, L)")
         n_chunks = (seqlen + SCAN_CHUNK - 1) // SCAN_CHUNK
@@ -308,19 +313,20 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("posemamba::multi_path_scan_bwd")
     def _multi_path_scan_bwd_fake(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated,
-                                  chunk_states, delta_softplus, span_lengths=()):
+                                  chunk_states, delta_softplus, span_lengths=(), delta_proj_weight=None):
         def like_or_absent(t, reference):
-            return reference.new_empty(t.shape) if t is not None else A.new_empty((0,))
+            return reference.new_empty(t.shape) if t is not None else reference.new_empty((0,))
 
-        dz = u.new_empty(u.shape) if z is not None else u.new_empty((0,))
         return (u.new_empty(u.shape), delta.new_empty(delta.shape), A.new_empty(A.shape),
-                B.new_empty(B.shape), C.new_empty(C.shape), like_or_absent(D, A), dz,
-                like_or_absent(delta_bias, A))
+                B.new_empty(B.shape), C.new_empty(C.shape), like_or_absent(D, A), like_or_absent(z, u),
+                like_or_absent(delta_bias, A), like_or_absent(delta_proj_weight, u))
 
     def _multi_path_scan_setup_context(ctx, inputs, output):
-        u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths, save_for_backward = inputs
+        (u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths, save_for_backward,
+         delta_proj_weight) = inputs
         _, out_ungated, chunk_states = output
-        ctx.save_for_backward(u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states)
+        ctx.save_for_backward(u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states,
+                              delta_proj_weight)
         ctx.delta_softplus = delta_softplus
         ctx.span_lengths = span_lengths
         ctx.saved_for_backward = save_for_backward
@@ -330,51 +336,21 @@ if HAS_EXTENSION:
         if not ctx.saved_for_backward:
             raise RuntimeError("multi_path_scan_fwd: no gradient with save_for_backward=False, which keeps nothing "
                                "for a backward (posemamba.ops.multi_path_selective_scan sets it from requires_grad)")
-        u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states = ctx.saved_tensors
-        du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = torch.ops.posemamba.multi_path_scan_bwd(
+        u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states, delta_proj_weight = (
+            ctx.saved_tensors)
+        du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, ddelta_proj_weight = torch.ops.posemamba.multi_path_scan_bwd(
             grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states,
-            ctx.delta_softplus, ctx.span_lengths)
+            ctx.delta_softplus, ctx.span_lengths, delta_proj_weight)
         return (du, ddelta, dA, dB, dC, None,
                 dD if D is not None else None,
                 dz if z is not None else None,
                 ddelta_bias if delta_bias is not None else None,
-                None, None, None, None)
+                None, None, None, None,
+                ddelta_proj_weight if delta_proj_weight is not None else None)
 
     torch.library.register_autograd(
         "posemamba::multi_path_scan_fwd", _multi_path_scan_backward,
         setup_context=_multi_path_scan_setup_context)
-
-    class _ScanWithDeltaProjection(torch.autograd.Function):
-        """The scan with delta = delta_proj_weight @ delta_low (multi_path_selective_scan's
-        delta_proj_weight): the full step sizes are computed here and again in the backward, not saved."""
-
-        @staticmethod
-        def forward(ctx, u, delta_low, delta_proj_weight, A, B, C, paths, D, z, delta_bias, mix, delta_softplus,
-                    span_lengths):
-            delta = torch.matmul(delta_proj_weight, delta_low)
-            out, out_ungated, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(
-                u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths, True)
-            ctx.save_for_backward(u, delta_low, delta_proj_weight, A, B, C, paths, D, z, delta_bias, mix,
-                                  out_ungated, chunk_states)
-            ctx.delta_softplus, ctx.span_lengths = delta_softplus, span_lengths
-            return out
-
-        @staticmethod
-        def backward(ctx, grad_out):
-            (u, delta_low, delta_proj_weight, A, B, C, paths, D, z, delta_bias, mix, out_ungated,
-             chunk_states) = ctx.saved_tensors
-            delta = torch.matmul(delta_proj_weight, delta_low)
-            du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = torch.ops.posemamba.multi_path_scan_bwd(
-                grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states,
-                ctx.delta_softplus, ctx.span_lengths)
-            del delta
-            d_delta_low = torch.matmul(delta_proj_weight.transpose(-1, -2), ddelta)
-            d_delta_proj_weight = torch.matmul(ddelta, delta_low.transpose(-1, -2)).sum(0)
-            return (du, d_delta_low, d_delta_proj_weight, dA, dB, dC, None,
-                    dD if D is not None else None,
-                    dz if z is not None else None,
-                    ddelta_bias if delta_bias is not None else None,
-                    None, None, None)
 
     def _multi_path_scan_double_backward(ctx, *grads):
         raise RuntimeError("posemamba: the multi-path scan has first derivatives only: its backward "

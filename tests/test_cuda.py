@@ -286,3 +286,10 @@ def test_cuda_opcheck():
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_bwd.default, backward_args)
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_bwd.default, backward_args + ([16, 16],))
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_bwd.default, backward_args + ([16, 0],))
+    # Low-rank step sizes, projected on the host side of the launches.
+    weight = torch.randn(2, 3, 2, device="cuda")
+    low_rank = (args[0], torch.randn(2, 2, 2, 70, device="cuda"), *args[2:])
+    torch.library.opcheck(torch.ops.posemamba.multi_path_scan_fwd.default, low_rank + ([16, 0], True, weight))
+    out, out_ungated, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(*low_rank, [16, 0], True, weight)
+    torch.library.opcheck(torch.ops.posemamba.multi_path_scan_bwd.default,
+                          (torch.randn_like(out), *low_rank[:-1], out_ungated, chunk_states, True, [16, 0], weight))

@@ -304,6 +304,46 @@ def test_emulated_forward_without_saving_gives_the_same_output(emulated, span_le
     assert lean[1].shape == (0,) and lean[2].shape == (0,)
 
 
+@pytest.mark.parametrize("span_lengths", [[], [16, 0]], ids=["chunked", "warp_and_chunked"])
+def test_emulated_low_rank_step_sizes_match_cpu_kernels(emulated, span_lengths):
+    # The CUDA op projects low-rank step sizes on the host side of its launches (a full delta for the
+    # kernels, its gradient taken back through the projection), the CPU kernels as they read them: the
+    # same outputs and gradients, the low-rank delta's and the weight's included, to rounding.
+    inputs = random_scan_inputs(2, 33, 150, 2, 4, torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    inputs["delta"] = torch.randn(2, 2, 3, 150, generator=generator)
+    weight = torch.randn(2, 33, 3, generator=generator) / 3 ** 0.5
+    args = [inputs[name] for name in FORWARD_ARGS]
+    grad_out = torch.randn(2, 33, 150, generator=generator)
+    results = []
+    for ops in (emulated, torch.ops.posemamba):
+        out, out_ungated, chunk_states = ops.multi_path_scan_fwd(*args, True, span_lengths, True, weight)
+        grads = ops.multi_path_scan_bwd(grad_out, *args, out_ungated, chunk_states, True, span_lengths, weight)
+        results.append([out, out_ungated, chunk_states, *grads])
+    d_delta_low, d_weight = results[0][4], results[0][-1]
+    assert d_delta_low.shape == (2, 2, 3, 150) and d_weight.shape == (2, 33, 3)
+    assert_close_scaled(results[0], results[1], torch.float32)
+
+
+def test_emulated_low_rank_projection_ignores_autocast(emulated):
+    # The projection on the host side of the launches is an ATen matmul inside the op: an autocast
+    # region around the call must not turn it into another dtype than the kernels read.
+    inputs = random_scan_inputs(1, 20, 40, 2, 4, torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    inputs["delta"] = torch.randn(1, 2, 3, 40, generator=generator)
+    weight = torch.randn(2, 20, 3, generator=generator)
+    args = [inputs[name] for name in FORWARD_ARGS]
+    out, out_ungated, chunk_states = emulated.multi_path_scan_fwd(*args, True, [], True, weight)
+    grad_out = torch.randn_like(out)
+    grads = emulated.multi_path_scan_bwd(grad_out, *args, out_ungated, chunk_states, True, [], weight)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = emulated.multi_path_scan_fwd(*args, True, [], True, weight)
+        grads_under_autocast = emulated.multi_path_scan_bwd(grad_out, *args, out_ungated, chunk_states, True, [],
+                                                            weight)
+    assert_bitwise_equal([out, out_ungated, chunk_states], under_autocast)
+    assert_bitwise_equal(grads, grads_under_autocast)
+
+
 def test_emulated_cuda_kernel_asserts_on_a_bad_path_index(emulated):
     inputs = random_scan_inputs(1, 2, 8, 1, 2, torch.float32)
     inputs["paths"][0, 3] = 8

@@ -153,7 +153,7 @@ def test_entry_point_saves_states_only_for_a_backward(monkeypatch):
     forward = torch.ops.posemamba.multi_path_scan_fwd
 
     def spy(*args):
-        saved.append(args[-1])
+        saved.append(args[12])  # save_for_backward
         return forward(*args)
 
     monkeypatch.setattr(torch.ops.posemamba, "multi_path_scan_fwd", spy)

@@ -256,6 +256,65 @@ void run_path_block_backward(const PathBlockBackward<double>& a) {
   scan_path_block_backward(a);
 }
 
+// Ranks whose weight gradients low_rank_step_sizes_backward keeps in registers at once.
+constexpr int64_t kRankGroup = 8;
+
+// The gradients through a block's low-rank step sizes (low_rank_step_size), from ddelta (L, W), its raw
+// step sizes' gradient. The low-rank delta's, weights[r][w] * ddelta summed over the channels w = 0, 1,
+// ... in order, into d_low (R, L) (added to where accumulate_sums), 16 positions at a time: the ddelta
+// tile transposed so that its rows are channels and its lanes positions, one multiply-add a channel
+// then gives 16 positions' sums (summed across lanes, a position would take a tree of shuffles). The
+// weights', low[r] * ddelta summed over the positions in order, into d_weights (R, W), kRankGroup ranks'
+// sums at a time in registers.
+template <typename weight_t>
+POSEMAMBA_ALWAYS_INLINE void low_rank_step_sizes_backward(
+    const weight_t* POSEMAMBA_RESTRICT ddelta, const weight_t* POSEMAMBA_RESTRICT low,
+    const weight_t* POSEMAMBA_RESTRICT weights, int64_t rank, int64_t seqlen, bool accumulate_sums,
+    weight_t* POSEMAMBA_RESTRICT d_low, weight_t* POSEMAMBA_RESTRICT d_weights) {
+  constexpr int64_t W = kCpuChannelBlock;
+  for (int64_t l0 = 0; l0 < seqlen; l0 += W) {
+    const int64_t count = std::min(W, seqlen - l0);
+    weight_t tile[W * W];  // tile[w * W + i]: channel w's gradient at position l0 + i (0 past count)
+    transpose_tile(ddelta + l0 * W, W, count, tile, W);
+    for (int64_t r = 0; r < rank; ++r) {
+      ChannelLanes<weight_t> sums, row;
+      load_lanes(row, tile);
+      sums = weights[r * W] * row;
+      for (int64_t w = 1; w < W; ++w) {
+        load_lanes(row, tile + w * W);
+        sums += weights[r * W + w] * row;
+      }
+      weight_t values[W];
+      store_lanes(values, sums);
+      add_or_copy(values, count, accumulate_sums, d_low + r * seqlen + l0);
+    }
+  }
+  for (int64_t first = 0; first < rank; first += kRankGroup) {
+    const int64_t group = std::min(kRankGroup, rank - first);
+    ChannelLanes<weight_t> sums[kRankGroup];
+    for (int64_t k = 0; k < kRankGroup; ++k) broadcast_lanes(sums[k], weight_t(0));
+    for (int64_t l = 0; l < seqlen; ++l) {
+      ChannelLanes<weight_t> d_raw;
+      load_lanes(d_raw, ddelta + l * W);
+      for (int64_t k = 0; k < kRankGroup; ++k) {
+        if (k < group) sums[k] += low[(first + k) * seqlen + l] * d_raw;
+      }
+    }
+    for (int64_t k = 0; k < group; ++k) store_lanes(d_weights + (first + k) * W, sums[k]);
+  }
+}
+
+POSEMAMBA_CPU_MULTIVERSION void run_low_rank_step_sizes_backward(const float* ddelta, const float* low,
+                                                                 const float* weights, int64_t rank, int64_t seqlen,
+                                                                 bool accumulate_sums, float* d_low, float* d_weights) {
+  low_rank_step_sizes_backward(ddelta, low, weights, rank, seqlen, accumulate_sums, d_low, d_weights);
+}
+
+void run_low_rank_step_sizes_backward(const double* ddelta, const double* low, const double* weights, int64_t rank,
+                                      int64_t seqlen, bool accumulate_sums, double* d_low, double* d_weights) {
+  low_rank_step_sizes_backward(ddelta, low, weights, rank, seqlen, accumulate_sums, d_low, d_weights);
+}
+
 // dt (L, W) holds raw deltas: turns them into step sizes in place and writes d dt / d delta.
 template <typename weight_t>
 POSEMAMBA_ALWAYS_INLINE void step_sizes_and_grads(weight_t* POSEMAMBA_RESTRICT dt, weight_t* POSEMAMBA_RESTRICT dt_grad,
@@ -324,7 +383,8 @@ int64_t channel_blocks_per_task(int64_t batch, int64_t n_blocks) {
 template <typename input_t>
 void channel_block_backward(const MultiPathScanBwdParams& p, const at::opmath_type<input_t>* B_pos,
                             const at::opmath_type<input_t>* C_pos, int64_t b, int64_t block, int64_t partial_block,
-                            bool accumulate_sums, std::vector<at::opmath_type<input_t>>& scratch) {
+                            bool accumulate_sums, std::vector<at::opmath_type<input_t>>& scratch,
+                            LowRankStepSizes<at::opmath_type<input_t>>& low_rank) {
   using weight_t = at::opmath_type<input_t>;
   constexpr int64_t W = kCpuChannelBlock;
   const int64_t L = p.seqlen, N = p.d_state;
@@ -363,6 +423,8 @@ void channel_block_backward(const MultiPathScanBwdParams& p, const at::opmath_ty
     gather_channel_block(static_cast<const input_t*>(p.grad_out) + rows * L, d_begin, width, L, dy);
   }
   std::fill(du, du + L * W, weight_t(0));
+  const int64_t R = p.delta_rank;
+  std::vector<weight_t> d_weights(R * W);  // (R, W) with low-rank step sizes
 
   for (int64_t path = 0; path < p.n_paths; ++path) {
     const int64_t batch_path = b * p.n_paths + path;
@@ -370,7 +432,7 @@ void channel_block_backward(const MultiPathScanBwdParams& p, const at::opmath_ty
                  p.D ? static_cast<const weight_t*>(p.D) + path * p.dim : nullptr,
                  p.delta_bias ? static_cast<const weight_t*>(p.delta_bias) + path * p.dim : nullptr,
                  d_begin, width, N, A_block, D_block, bias_block);
-    gather_channel_block(static_cast<const input_t*>(p.delta) + batch_path * p.dim * L, d_begin, width, L, dt);
+    raw_step_sizes<input_t>(p, b, path, d_begin, width, low_rank, dt);
     run_step_sizes_and_grads(dt, dt_grad, bias_block, L, p.delta_softplus);
     std::fill(saved, saved + p.n_chunks * N * W, weight_t(0));
     const weight_t* path_states = static_cast<const weight_t*>(p.chunk_states) + batch_path * p.n_chunks * N * p.dim;
@@ -389,7 +451,19 @@ void channel_block_backward(const MultiPathScanBwdParams& p, const at::opmath_ty
         accumulate_sums, dA_block, dD_block, ddelta_bias_block};
     run_path_block_backward(backward);
 
-    scatter_channel_block(ddelta, d_begin, width, L, static_cast<input_t*>(p.ddelta) + batch_path * p.dim * L);
+    if (R == 0) {
+      scatter_channel_block(ddelta, d_begin, width, L, static_cast<input_t*>(p.ddelta) + batch_path * p.dim * L);
+    } else {
+      const int64_t d_low_partial = ((b * p.n_channel_blocks + partial_block) * p.n_paths + path) * R * L;
+      run_low_rank_step_sizes_backward(ddelta, low_rank.low, low_rank.weight_values.data(), R, L, accumulate_sums,
+                                       static_cast<weight_t*>(p.d_delta_low_partial) + d_low_partial,
+                                       d_weights.data());
+      // (batch, 1, P, D, R): the block's channels' rows.
+      weight_t* d_weight_path = static_cast<weight_t*>(p.d_delta_proj_weight_partial) + batch_path * p.dim * R;
+      for (int64_t w = 0; w < width; ++w) {
+        for (int64_t r = 0; r < R; ++r) d_weight_path[(d_begin + w) * R + r] = d_weights[r * W + w];
+      }
+    }
     weight_t* dA_path = static_cast<weight_t*>(p.dA_partial) + batch_path * N * p.dim;  // (N, D)
     for (int64_t n = 0; n < N; ++n) {
       copy_channels(dA_block + n * W, width, dA_path + n * p.dim + d_begin);
@@ -438,12 +512,14 @@ ScanGradients multi_path_scan_bwd_cpu(
     const at::Tensor& out_ungated,
     const at::Tensor& chunk_states,
     bool delta_softplus,
-    at::IntArrayRef span_lengths) {  // hints for GPUs' work split only
+    at::IntArrayRef span_lengths,  // hints for GPUs' work split only
+    const std::optional<at::Tensor>& delta_proj_weight) {
   // (A u of the wrong rank gets prepare_scan_backward's error.)
   const int64_t blocks_per_task = u.dim() == 3 ? channel_blocks_per_task(u.size(0), num_channel_blocks(u.size(1))) : 1;
   ScanBackward g = prepare_scan_backward(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix,
-                                         out_ungated, chunk_states, delta_softplus, span_lengths,
-                                         blocks_per_task * kCpuChannelBlock, /*positions_minor=*/false);
+                                         out_ungated, chunk_states, delta_softplus, span_lengths, delta_proj_weight,
+                                         DeltaProjection::kInKernels, blocks_per_task * kCpuChannelBlock,
+                                         /*positions_minor=*/false);
   allocate_length_partials(g, /*n_length_blocks=*/1, /*zeroed=*/false);
   check_scan_indices_on_host(g.inputs, g.params.seqlen);
   const MultiPathScanBwdParams& p = g.params;
@@ -453,6 +529,7 @@ ScanGradients multi_path_scan_bwd_cpu(
     using weight_t = at::opmath_type<scalar_t>;
     at::parallel_for(0, p.batch * p.n_channel_blocks, 1, [&](int64_t task_begin, int64_t task_end) {
       std::vector<weight_t> scratch;
+      LowRankStepSizes<weight_t> low_rank;
       for (int64_t task = task_begin; task < task_end; ++task) {
         const int64_t b = task / p.n_channel_blocks, partial_block = task % p.n_channel_blocks;
         const int64_t first = partial_block * blocks_per_task;
@@ -460,7 +537,7 @@ ScanGradients multi_path_scan_bwd_cpu(
         for (int64_t block = first; block < last; ++block) {
           channel_block_backward<scalar_t>(p, B_by_position.const_data_ptr<weight_t>(),
                                            C_by_position.const_data_ptr<weight_t>(), b, block, partial_block,
-                                           /*accumulate_sums=*/block > first, scratch);
+                                           /*accumulate_sums=*/block > first, scratch, low_rank);
         }
       }
     });

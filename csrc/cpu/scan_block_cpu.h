@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -216,6 +217,75 @@ void gather_channel_block(const input_t* rows, int64_t d_begin, int64_t width, i
 template <typename weight_t, typename output_t>
 void scatter_channel_block(const weight_t* block, int64_t d_begin, int64_t width, int64_t seqlen, output_t* rows) {
   scatter_channel_block_impl(block, d_begin, width, seqlen, rows);
+}
+
+// Mamba's low-rank step sizes (MultiPathScanParams::delta_rank > 0) for one path and channel block:
+// the weights delta_proj_weight[p, d_begin + w, r], (R, W), as values and as one lane vector per r (zero
+// past the block's width, so the padded channels' raw step sizes are 0), and the path's low-rank delta
+// (R, L) in the math type (the input itself where that is its dtype).
+template <typename weight_t>
+struct LowRankStepSizes {
+  int64_t rank = 0;
+  std::vector<weight_t> weight_values;                // (R, W)
+  std::unique_ptr<ChannelLanes<weight_t>[]> weights;  // (R) lanes; new[] aligns them for their type
+  const weight_t* low = nullptr;                      // (R, L)
+  std::vector<weight_t> converted;                    // low's storage where the input is another dtype
+
+  template <typename input_t>
+  void load(const input_t* weight_path, const input_t* low_path, int64_t rank_, int64_t d_begin, int64_t width,
+            int64_t seqlen) {
+    constexpr int64_t W = kCpuChannelBlock;
+    if (rank != rank_) {
+      rank = rank_;
+      weights.reset(new ChannelLanes<weight_t>[rank]);
+    }
+    weight_values.assign(rank * W, weight_t(0));
+    for (int64_t r = 0; r < rank; ++r) {
+      weight_t* values = weight_values.data() + r * W;
+      for (int64_t w = 0; w < width; ++w) values[w] = static_cast<weight_t>(weight_path[(d_begin + w) * rank + r]);
+      load_lanes(weights[r], values);
+    }
+    if constexpr (std::is_same_v<input_t, weight_t>) {
+      low = low_path;
+    } else {
+      converted.assign(low_path, low_path + rank * seqlen);
+      low = converted.data();
+    }
+  }
+};
+
+// The block's raw step sizes, (L, W) as gather_channel_block lays delta out: low_rank_step_size at
+// every position.
+template <typename weight_t>
+POSEMAMBA_ALWAYS_INLINE void project_step_sizes_impl(const weight_t* POSEMAMBA_RESTRICT low,
+                                                     const ChannelLanes<weight_t>* POSEMAMBA_RESTRICT weights,
+                                                     int64_t rank, int64_t seqlen, weight_t* POSEMAMBA_RESTRICT dt) {
+  constexpr int64_t W = kCpuChannelBlock;
+  for (int64_t l = 0; l < seqlen; ++l) store_lanes(dt + l * W, low_rank_step_size(weights, low + l, seqlen, rank));
+}
+
+// As called: float's compiled once per ISA level (scan_forward_cpu.cpp), double's as it comes.
+void project_step_sizes(const float* low, const ChannelLanes<float>* weights, int64_t rank, int64_t seqlen, float* dt);
+
+inline void project_step_sizes(const double* low, const ChannelLanes<double>* weights, int64_t rank, int64_t seqlen,
+                               double* dt) {
+  project_step_sizes_impl(low, weights, rank, seqlen, dt);
+}
+
+// The raw step sizes (L, W) of path `path` of batch element b, channels [d_begin, d_begin + width): delta's
+// rows gathered, or projected from its low-rank form (loaded into low_rank, which the backward reads again).
+template <typename input_t, typename weight_t>
+void raw_step_sizes(const MultiPathScanParams& p, int64_t b, int64_t path, int64_t d_begin, int64_t width,
+                    LowRankStepSizes<weight_t>& low_rank, weight_t* dt) {
+  const int64_t L = p.seqlen, batch_path = b * p.n_paths + path;
+  if (p.delta_rank == 0) {
+    gather_channel_block(static_cast<const input_t*>(p.delta) + batch_path * p.dim * L, d_begin, width, L, dt);
+    return;
+  }
+  const int64_t R = p.delta_rank;
+  low_rank.load(static_cast<const input_t*>(p.delta_proj_weight) + path * p.dim * R,
+                static_cast<const input_t*>(p.delta) + batch_path * R * L, R, d_begin, width, L);
+  project_step_sizes(low_rank.low, low_rank.weights.get(), R, L, dt);
 }
 
 // The input each position of a path reads, (L, W): u, or u[l] + u[mix[l]] where mix[l] >= 0.

@@ -31,6 +31,11 @@ POSEMAMBA_CPU_MULTIVERSION void scatter_channel_block(const float* block, int64_
   scatter_channel_block_impl(block, d_begin, width, seqlen, rows);
 }
 
+POSEMAMBA_CPU_MULTIVERSION void project_step_sizes(const float* low, const ChannelLanes<float>* weights, int64_t rank,
+                                                   int64_t seqlen, float* dt) {
+  project_step_sizes_impl(low, weights, rank, seqlen, dt);
+}
+
 namespace {
 
 // One path's whole scan for a block of W channels.
@@ -167,6 +172,7 @@ void multi_path_scan_fwd_kernel(const MultiPathScanParams& p, const at::Tensor& 
     weight_t* A_block = saved + p.n_chunks * N * W;
     weight_t* D_block = A_block + N * W;
     weight_t* bias_block = D_block + W;
+    LowRankStepSizes<weight_t> low_rank;
 
     for (int64_t task = task_begin; task < task_end; ++task) {
       const int64_t b = task / n_blocks, d_begin = (task % n_blocks) * W;
@@ -179,7 +185,7 @@ void multi_path_scan_fwd_kernel(const MultiPathScanParams& p, const at::Tensor& 
                      p.D ? static_cast<const weight_t*>(p.D) + path * p.dim : nullptr,
                      p.delta_bias ? static_cast<const weight_t*>(p.delta_bias) + path * p.dim : nullptr,
                      d_begin, width, N, A_block, D_block, bias_block);
-        gather_channel_block(static_cast<const input_t*>(p.delta) + batch_path * p.dim * L, d_begin, width, L, dt);
+        raw_step_sizes<input_t>(p, b, path, d_begin, width, low_rank, dt);
         run_step_sizes(dt, bias_block, L, p.delta_softplus);
         const PathBlockScan<weight_t> scan{
             dt, path_inputs(u_block, p.mix ? p.mix + path * L : nullptr, L, v_mixed),
@@ -229,9 +235,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_path_scan_fwd_cpu(
     const std::optional<at::Tensor>& mix,
     bool delta_softplus,
     at::IntArrayRef span_lengths,  // hints for GPUs' work split only
-    bool save_for_backward) {
+    bool save_for_backward,
+    const std::optional<at::Tensor>& delta_proj_weight) {
   ScanForward f = prepare_scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths,
-                                       save_for_backward);
+                                       save_for_backward, delta_proj_weight, DeltaProjection::kInKernels);
   check_scan_indices_on_host(f.inputs, f.params.seqlen);
   const at::Tensor B_by_position = transpose_to_positions_major(f.inputs.B, A.scalar_type());
   const at::Tensor C_by_position = transpose_to_positions_major(f.inputs.C, A.scalar_type());

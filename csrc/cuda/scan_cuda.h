@@ -46,15 +46,16 @@ void run_warp_spans_backward(const MultiPathScanBwdParams& p, int64_t span_lengt
 
 // The ops' CUDA implementations on the current device, without its guard: inputs prepared with the
 // CUDA work split (dB/dC partials per warp of channels, dA/dD/ddelta_bias partials per span and warp), the
-// dtype's kernels run, outputs collected. scan_cuda_ops.cpp registers them behind a device guard; the
+// dtype's kernels run, outputs collected. Low-rank step sizes are projected on the host (a full delta
+// for the kernels, made again for the backward; not kept between them). scan_cuda_ops.cpp registers them behind a device guard; the
 // emulation tests (../emulation/) call them directly.
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_forward(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
     const at::Tensor& paths, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
     const std::optional<at::Tensor>& delta_bias, const std::optional<at::Tensor>& mix, bool delta_softplus,
-    at::IntArrayRef span_lengths, bool save_for_backward) {
+    at::IntArrayRef span_lengths, bool save_for_backward, const std::optional<at::Tensor>& delta_proj_weight) {
   ScanForward f = prepare_scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths,
-                                       save_for_backward);
+                                       save_for_backward, delta_proj_weight, DeltaProjection::kOnHost);
   check_length(f.params.seqlen);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "multi_path_scan_fwd_cuda",
                                   [&] { run_scan_forward_as<scalar_t>(f); });
@@ -66,9 +67,10 @@ inline ScanGradients scan_backward(
     const at::Tensor& B, const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
-    bool delta_softplus, at::IntArrayRef span_lengths) {
+    bool delta_softplus, at::IntArrayRef span_lengths, const std::optional<at::Tensor>& delta_proj_weight) {
   ScanBackward g = prepare_scan_backward(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated,
-                                         chunk_states, delta_softplus, span_lengths, kWarp, /*positions_minor=*/true);
+                                         chunk_states, delta_softplus, span_lengths, delta_proj_weight,
+                                         DeltaProjection::kOnHost, kWarp, /*positions_minor=*/true);
   check_length(g.params.seqlen);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "multi_path_scan_bwd_cuda",
                                   [&] { run_scan_backward_as<scalar_t>(g); });

@@ -25,10 +25,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_path_scan_fwd_cuda(
     const std::optional<at::Tensor>& mix,
     bool delta_softplus,
     at::IntArrayRef span_lengths,
-    bool save_for_backward) {
+    bool save_for_backward,
+    const std::optional<at::Tensor>& delta_proj_weight) {
   const c10::cuda::CUDAGuard device_guard(u.device());
   return scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths,
-                      save_for_backward);
+                      save_for_backward, delta_proj_weight);
 }
 
 ScanGradients multi_path_scan_bwd_cuda(
@@ -46,10 +47,11 @@ ScanGradients multi_path_scan_bwd_cuda(
     const at::Tensor& out_ungated,
     const at::Tensor& chunk_states,
     bool delta_softplus,
-    at::IntArrayRef span_lengths) {
+    at::IntArrayRef span_lengths,
+    const std::optional<at::Tensor>& delta_proj_weight) {
   const c10::cuda::CUDAGuard device_guard(u.device());
   return scan_backward(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states,
-                       delta_softplus, span_lengths);
+                       delta_softplus, span_lengths, delta_proj_weight);
 }
 
 }  // namespace
