@@ -47,6 +47,9 @@ struct MultiPathScanParams {
   int64_t seqlen = 0;   // L
   int64_t n_chunks = 0;
   bool delta_softplus = true;
+  // u, z and the backward's grad_out are (batch, L, D) in memory: u came as a (batch, L, D) tensor's
+  // transpose (CPU kernels only); else (batch, D, L) as below. The outputs are (batch, D, L) either way.
+  bool positions_major = false;
   // Hints for the CUDA kernels' work split, never for the result: path p cut into spans of
   // span_lengths[p] steps (0: no hint). See the warp splits in csrc/cuda/scan_warp_split_cuda.cuh.
   int64_t span_lengths[kMaxPaths] = {};

@@ -29,6 +29,17 @@ const void* optional_data(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr() : nullptr;
 }
 
+// A (batch, D, L) tensor that is a (batch, L, D) one's transpose (and not also contiguous, as where D
+// or L is 1).
+bool is_positions_major(const at::Tensor& t) {
+  return t.dim() == 3 && !t.is_contiguous() && t.transpose(1, 2).is_contiguous();
+}
+
+// t, a (batch, D, L) tensor, positions-major or contiguous (copied where it is not so already).
+at::Tensor in_layout(const at::Tensor& t, bool positions_major) {
+  return positions_major ? t.transpose(1, 2).contiguous().transpose(1, 2) : t.contiguous();
+}
+
 // Checks every input against u and A (which fix batch, D, L, P and N), makes them contiguous, and fills
 // params' sizes and input pointers.
 ScanInputs prepare_scan_inputs(
@@ -36,7 +47,7 @@ ScanInputs prepare_scan_inputs(
     const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, bool delta_softplus, const std::optional<at::Tensor>& delta_proj_weight,
-    DeltaProjection projection, MultiPathScanParams& p) {
+    const KernelTraits& kernels, MultiPathScanParams& p) {
   TORCH_CHECK(u.dim() == 3, "u must be (batch, D, L), got shape ", u.sizes());
   TORCH_CHECK(A.dim() == 3, "A must be (P, D, N), got shape ", A.sizes());
   const int64_t batch = u.size(0), dim = u.size(1), seqlen = u.size(2);
@@ -84,11 +95,12 @@ ScanInputs prepare_scan_inputs(
   }
 
   ScanInputs t;
-  t.u = u.contiguous();
+  p.positions_major = kernels.positions_major_activations && is_positions_major(u);
+  t.u = in_layout(u, p.positions_major);
   t.delta = delta.contiguous();
   if (delta_proj_weight.has_value()) {
     t.delta_proj_weight = delta_proj_weight->contiguous();
-    if (projection == DeltaProjection::kOnHost) {
+    if (!kernels.projects_delta) {
       // Inside the op the matmul must not follow an autocast region around the call: the kernels read
       // delta in u's dtype.
       const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
@@ -104,7 +116,7 @@ ScanInputs prepare_scan_inputs(
   t.C = C.contiguous();
   t.paths = paths.contiguous();
   t.D = optional_contiguous(D);
-  t.z = optional_contiguous(z);
+  t.z = z.has_value() ? in_layout(*z, p.positions_major) : at::Tensor();
   t.delta_bias = optional_contiguous(delta_bias);
   t.mix = optional_contiguous(mix);
 
@@ -146,11 +158,11 @@ ScanForward prepare_scan_forward(
     const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, bool delta_softplus, at::IntArrayRef span_lengths,
-    bool save_for_backward, const std::optional<at::Tensor>& delta_proj_weight, DeltaProjection projection) {
+    bool save_for_backward, const std::optional<at::Tensor>& delta_proj_weight, const KernelTraits& kernels) {
   ScanForward f;
   MultiPathScanParams& p = f.params;
   f.inputs = prepare_scan_inputs(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, delta_proj_weight,
-                                 projection, p);
+                                 kernels, p);
   set_span_lengths(span_lengths, p);
   f.out = at::empty({p.batch, p.dim, p.seqlen}, u.options());
   const bool keeps_ungated = z.has_value() && save_for_backward;
@@ -171,11 +183,11 @@ ScanBackward prepare_scan_backward(
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
     bool delta_softplus, at::IntArrayRef span_lengths, const std::optional<at::Tensor>& delta_proj_weight,
-    DeltaProjection projection, int64_t channel_block, bool positions_minor) {
+    const KernelTraits& kernels, int64_t channel_block, bool positions_minor) {
   ScanBackward g;
   MultiPathScanBwdParams& p = g.params;
   g.inputs = prepare_scan_inputs(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, delta_proj_weight,
-                                 projection, p);
+                                 kernels, p);
   set_span_lengths(span_lengths, p);
   check_shape(grad_out, "grad_out", {p.batch, p.dim, p.seqlen});
   check_like(grad_out, "grad_out", u, u.scalar_type());
@@ -185,18 +197,18 @@ ScanBackward prepare_scan_backward(
     check_shape(out_ungated, "out_ungated", {p.batch, p.dim, p.seqlen});
     check_like(out_ungated, "out_ungated", u, u.scalar_type());
   }
-  g.grad_out = grad_out.contiguous();
+  g.grad_out = in_layout(grad_out, p.positions_major);
   g.chunk_states = chunk_states.contiguous();
   g.out_ungated = z.has_value() ? out_ungated.contiguous() : at::Tensor();
 
   p.channel_block = channel_block;
   p.n_channel_blocks = (p.dim + channel_block - 1) / channel_block;
   const auto weights = A.options();
-  g.du = at::empty_like(g.inputs.u);
+  g.du = at::empty({p.batch, p.dim, p.seqlen}, u.options());
   // With the projection in the kernels no full ddelta exists: its sums over channels and over the
   // batch and L are taken as the kernels go.
   g.ddelta = p.delta_rank > 0 ? at::Tensor() : at::empty_like(g.inputs.delta);
-  g.dz = z.has_value() ? at::empty_like(g.inputs.z) : at::empty({0}, u.options());
+  g.dz = at::empty(z.has_value() ? at::IntArrayRef{p.batch, p.dim, p.seqlen} : at::IntArrayRef{0}, u.options());
   g.positions_minor = positions_minor;
   const int64_t minor = positions_minor ? p.seqlen : p.d_state, major = positions_minor ? p.d_state : p.seqlen;
   g.dB_partial = at::empty({p.batch, p.n_channel_blocks, p.n_paths, major, minor}, weights);

@@ -17,14 +17,20 @@ namespace posemamba {
 struct ScanInputs {
   at::Tensor u, delta, A, B, C, D, z, delta_bias, paths, mix;
   // With low-rank step sizes: the weight, and where the host made the full delta for the kernels
-  // (DeltaProjection::kOnHost), the low-rank delta it came from.
+  // (KernelTraits::projects_delta false), the low-rank delta it came from.
   at::Tensor delta_proj_weight, delta_low;
 };
 
-// Who projects mamba's low-rank step sizes (delta_proj_weight) to the full delta: the device's kernels
-// as they read them, or the host before they run (a full (batch, P, D, L) delta made for the kernels,
-// and the gradients through the projection taken from its gradient afterwards).
-enum class DeltaProjection { kInKernels, kOnHost };
+// What a device's kernels take, where the devices differ.
+struct KernelTraits {
+  // Whether they project mamba's low-rank step sizes (delta_proj_weight) to the full delta as they read
+  // them; else the host does before they run (a full (batch, P, D, L) delta made for the kernels, and the
+  // gradients through the projection taken from its gradient afterwards).
+  bool projects_delta;
+  // Whether they read u, z and grad_out positions-major, (batch, L, D) in memory, where u comes so
+  // (MultiPathScanParams::positions_major); else those are made contiguous. Outputs are contiguous.
+  bool positions_major_activations;
+};
 
 struct ScanForward {
   ScanInputs inputs;
@@ -87,7 +93,7 @@ ScanForward prepare_scan_forward(
     const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, bool delta_softplus, at::IntArrayRef span_lengths,
-    bool save_for_backward, const std::optional<at::Tensor>& delta_proj_weight, DeltaProjection projection);
+    bool save_for_backward, const std::optional<at::Tensor>& delta_proj_weight, const KernelTraits& kernels);
 
 // channel_block: the channels summed into one dB/dC partial; the partials are laid out (batch,
 // channel blocks, P, N, L) where positions_minor (a GPU's, whose threads write a path's consecutive
@@ -100,7 +106,7 @@ ScanBackward prepare_scan_backward(
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
     bool delta_softplus, at::IntArrayRef span_lengths, const std::optional<at::Tensor>& delta_proj_weight,
-    DeltaProjection projection, int64_t channel_block, bool positions_minor);
+    const KernelTraits& kernels, int64_t channel_block, bool positions_minor);
 
 // The dA, dD, ddelta_bias (and delta_proj_weight's) partials: n_length_blocks per batch element (MultiPathScanBwdParams),
 // zero-filled where the kernels leave some unwritten (zeroed).

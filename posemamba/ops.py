@@ -52,7 +52,9 @@ def multi_path_selective_scan(
     natural position l; the op reads it in path order.
 
     Args (batch, D channels, L positions, P paths, N state size):
-        u: (batch, D, L) float16, bfloat16, float32 or float64; the input.
+        u: (batch, D, L) float16, bfloat16, float32 or float64; the input. Contiguous, or (read as it
+            is by the CPU kernels; copied elsewhere) the transpose of a contiguous (batch, L, D) tensor,
+            as mamba layers hold activations: z and the incoming gradient are then read that way too.
         delta: (batch, P, D, L), u's dtype; the raw step sizes.
         A: (P, D, N) float32 (float64 with float64 inputs); the state matrix (diagonal), usually < 0.
         B, C: (batch, P, N, L), u's dtype; the input-dependent input and output matrices.

@@ -390,7 +390,9 @@ void channel_block_backward(const MultiPathScanBwdParams& p, const at::opmath_ty
   const int64_t L = p.seqlen, N = p.d_state;
   const int64_t d_begin = block * W, width = std::min(W, p.dim - d_begin);
 
-  scratch.resize((p.z ? 8 : 7) * L * W + p.n_chunks * N * W + (2 * kScanChunk + 1) * N * W + 2 * N * W + 4 * W);
+  // With a gate, positions-major: grad_out, z, the ungated output and dz as (L, W) blocks.
+  const int64_t gate_blocks = p.z ? (p.positions_major ? 4 : 1) : 0;
+  scratch.resize((7 + gate_blocks) * L * W + p.n_chunks * N * W + (2 * kScanChunk + 1) * N * W + 2 * N * W + 4 * W);
   weight_t* u_block = scratch.data();
   weight_t* v_mixed = u_block + L * W;
   weight_t* dt = v_mixed + L * W;
@@ -407,11 +409,24 @@ void channel_block_backward(const MultiPathScanBwdParams& p, const at::opmath_ty
   weight_t* bias_block = D_block + W;
   weight_t* dD_block = bias_block + W;
   weight_t* ddelta_bias_block = dD_block + W;
-  weight_t* gated_rows = ddelta_bias_block + W;  // (W, L), with a gate: dy along each channel's row
+  // With a gate: dy along each channel's row (W, L); positions-major, the gate's (L, W) blocks instead.
+  weight_t* gated_rows = ddelta_bias_block + W;
 
-  const int64_t rows = b * p.dim;
-  gather_channel_block(static_cast<const input_t*>(p.u) + rows * L, d_begin, width, L, u_block);
-  if (p.z) {
+  const int64_t rows = b * p.dim, element = rows * L;  // the batch element's start in every (batch, D, L) tensor
+  gather_activation_block(static_cast<const input_t*>(p.u) + element, p.positions_major, p.dim, d_begin, width, L,
+                          u_block);
+  if (p.z && p.positions_major) {  // the gate's gradients over the blocks as they are
+    weight_t* grad_block = gated_rows;
+    weight_t* z_block = grad_block + L * W;
+    weight_t* ungated_block = z_block + L * W;
+    weight_t* dz_block = ungated_block + L * W;
+    gather_activation_block(static_cast<const input_t*>(p.grad_out) + element, true, p.dim, d_begin, width, L,
+                            grad_block);
+    gather_activation_block(static_cast<const input_t*>(p.z) + element, true, p.dim, d_begin, width, L, z_block);
+    gather_channel_block(static_cast<const input_t*>(p.out_ungated) + element, d_begin, width, L, ungated_block);
+    run_gate_gradients(grad_block, z_block, ungated_block, L * W, dy, dz_block);
+    scatter_channel_block(dz_block, d_begin, width, L, static_cast<input_t*>(p.dz) + element);
+  } else if (p.z) {
     for (int64_t w = 0; w < width; ++w) {
       const int64_t row = (rows + d_begin + w) * L;
       run_gate_gradients(static_cast<const input_t*>(p.grad_out) + row, static_cast<const input_t*>(p.z) + row,
@@ -420,7 +435,8 @@ void channel_block_backward(const MultiPathScanBwdParams& p, const at::opmath_ty
     }
     gather_channel_block(gated_rows, 0, width, L, dy);
   } else {
-    gather_channel_block(static_cast<const input_t*>(p.grad_out) + rows * L, d_begin, width, L, dy);
+    gather_activation_block(static_cast<const input_t*>(p.grad_out) + element, p.positions_major, p.dim, d_begin,
+                            width, L, dy);
   }
   std::fill(du, du + L * W, weight_t(0));
   const int64_t R = p.delta_rank;
@@ -474,7 +490,7 @@ void channel_block_backward(const MultiPathScanBwdParams& p, const at::opmath_ty
       static_cast<weight_t*>(p.ddelta_bias_partial)[channel] = ddelta_bias_block[w];
     }
   }
-  scatter_channel_block(du, d_begin, width, L, static_cast<input_t*>(p.du) + rows * L);
+  scatter_channel_block(du, d_begin, width, L, static_cast<input_t*>(p.du) + element);
 }
 
 // out[o, i] = sum over k of partial[o, k, i], k in index order, for o < n_outer and i < count: the
@@ -518,7 +534,7 @@ ScanGradients multi_path_scan_bwd_cpu(
   const int64_t blocks_per_task = u.dim() == 3 ? channel_blocks_per_task(u.size(0), num_channel_blocks(u.size(1))) : 1;
   ScanBackward g = prepare_scan_backward(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix,
                                          out_ungated, chunk_states, delta_softplus, span_lengths, delta_proj_weight,
-                                         DeltaProjection::kInKernels, blocks_per_task * kCpuChannelBlock,
+                                         kCpuKernels, blocks_per_task * kCpuChannelBlock,
                                          /*positions_minor=*/false);
   allocate_length_partials(g, /*n_length_blocks=*/1, /*zeroed=*/false);
   check_scan_indices_on_host(g.inputs, g.params.seqlen);

@@ -14,11 +14,16 @@
 #include <vector>
 
 #include "../multi_path_scan.h"
+#include "../multi_path_scan_host.h"
 #include "cpu_dispatch.h"
 
 namespace posemamba {
 
 constexpr int64_t kCpuChannelBlock = 16;
+
+// The CPU kernels project low-rank step sizes as they read them, and read u, z and grad_out either
+// way, gathering a block's channels from rows or from positions (gather_activation_block).
+constexpr KernelTraits kCpuKernels{/*projects_delta=*/true, /*positions_major_activations=*/true};
 
 inline int64_t num_channel_blocks(int64_t dim) {
   return (dim + kCpuChannelBlock - 1) / kCpuChannelBlock;
@@ -217,6 +222,23 @@ void gather_channel_block(const input_t* rows, int64_t d_begin, int64_t width, i
 template <typename weight_t, typename output_t>
 void scatter_channel_block(const weight_t* block, int64_t d_begin, int64_t width, int64_t seqlen, output_t* rows) {
   scatter_channel_block_impl(block, d_begin, width, seqlen, rows);
+}
+
+// Channels [d_begin, d_begin + width) of one batch element of a (batch, D, L) tensor as a (L, W) block
+// in the math type (zero past width), from either layout (MultiPathScanParams::positions_major): channel
+// rows (D, L), transposed by gather_channel_block, or positions (L, D), each position's channels copied.
+template <typename weight_t, typename input_t>
+void gather_activation_block(const input_t* element, bool positions_major, int64_t dim, int64_t d_begin,
+                             int64_t width, int64_t seqlen, weight_t* block) {
+  constexpr int64_t W = kCpuChannelBlock;
+  if (!positions_major) {
+    gather_channel_block(element, d_begin, width, seqlen, block);
+    return;
+  }
+  for (int64_t l = 0; l < seqlen; ++l) {
+    const input_t* channels = element + l * dim + d_begin;
+    for (int64_t w = 0; w < W; ++w) block[l * W + w] = w < width ? static_cast<weight_t>(channels[w]) : weight_t(0);
+  }
 }
 
 // Mamba's low-rank step sizes (MultiPathScanParams::delta_rank > 0) for one path and channel block:

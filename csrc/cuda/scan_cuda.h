@@ -26,6 +26,9 @@ constexpr int kWarp = 32;
 // arithmetic where a 64-bit one takes several. Checked once per op call, for all the kernels.
 constexpr int64_t kMaxLength = int64_t{1} << 26;
 
+// Low-rank step sizes projected on the host side of the launches, the (batch, D, L) tensors contiguous.
+constexpr KernelTraits kCudaKernels{/*projects_delta=*/false, /*positions_major_activations=*/false};
+
 inline void check_length(int64_t seqlen) {
   TORCH_CHECK(seqlen <= kMaxLength, "u: the CUDA kernels take L of at most 2^26 = ", kMaxLength, ", got ", seqlen);
 }
@@ -55,7 +58,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_forward(
     const std::optional<at::Tensor>& delta_bias, const std::optional<at::Tensor>& mix, bool delta_softplus,
     at::IntArrayRef span_lengths, bool save_for_backward, const std::optional<at::Tensor>& delta_proj_weight) {
   ScanForward f = prepare_scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths,
-                                       save_for_backward, delta_proj_weight, DeltaProjection::kOnHost);
+                                       save_for_backward, delta_proj_weight, kCudaKernels);
   check_length(f.params.seqlen);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "multi_path_scan_fwd_cuda",
                                   [&] { run_scan_forward_as<scalar_t>(f); });
@@ -70,7 +73,7 @@ inline ScanGradients scan_backward(
     bool delta_softplus, at::IntArrayRef span_lengths, const std::optional<at::Tensor>& delta_proj_weight) {
   ScanBackward g = prepare_scan_backward(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated,
                                          chunk_states, delta_softplus, span_lengths, delta_proj_weight,
-                                         DeltaProjection::kOnHost, kWarp, /*positions_minor=*/true);
+                                         kCudaKernels, kWarp, /*positions_minor=*/true);
   check_length(g.params.seqlen);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "multi_path_scan_bwd_cuda",
                                   [&] { run_scan_backward_as<scalar_t>(g); });
