@@ -47,9 +47,14 @@ struct MultiPathScanParams {
   int64_t seqlen = 0;   // L
   int64_t n_chunks = 0;
   bool delta_softplus = true;
-  // u, z and the backward's grad_out are (batch, L, D) in memory: u came as a (batch, L, D) tensor's
-  // transpose (CPU kernels only); else (batch, D, L) as below. The outputs are (batch, D, L) either way.
-  bool positions_major = false;
+  // Layouts of the (batch, D, L) tensors below: each of u, z, out and the backward's grad_out is
+  // (batch, D, L) in memory, or channels-last, (batch, L, D) in memory (the transpose of a contiguous
+  // (batch, L, D) tensor): the CPU kernels read u, z and grad_out as they come and write out so where
+  // the caller asks; other kernels take them all (batch, D, L). out_ungated, du and dz: (batch, D, L).
+  bool u_channels_last = false;
+  bool z_channels_last = false;
+  bool out_channels_last = false;
+  bool grad_out_channels_last = false;
   // Hints for the CUDA kernels' work split, never for the result: path p cut into spans of
   // span_lengths[p] steps (0: no hint). See the warp splits in csrc/cuda/scan_warp_split_cuda.cuh.
   int64_t span_lengths[kMaxPaths] = {};

@@ -29,15 +29,15 @@ const void* optional_data(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr() : nullptr;
 }
 
-// A (batch, D, L) tensor that is a (batch, L, D) one's transpose (and not also contiguous, as where D
-// or L is 1).
-bool is_positions_major(const at::Tensor& t) {
+// A (batch, D, L) tensor that is a contiguous (batch, L, D) one's transpose (and not also contiguous,
+// as where D or L is 1).
+bool is_channels_last(const at::Tensor& t) {
   return t.dim() == 3 && !t.is_contiguous() && t.transpose(1, 2).is_contiguous();
 }
 
-// t, a (batch, D, L) tensor, positions-major or contiguous (copied where it is not so already).
-at::Tensor in_layout(const at::Tensor& t, bool positions_major) {
-  return positions_major ? t.transpose(1, 2).contiguous().transpose(1, 2) : t.contiguous();
+// t, a (batch, D, L) tensor, channels-last or contiguous (copied where it is not so already).
+at::Tensor in_layout(const at::Tensor& t, bool channels_last) {
+  return channels_last ? t.transpose(1, 2).contiguous().transpose(1, 2) : t.contiguous();
 }
 
 // Checks every input against u and A (which fix batch, D, L, P and N), makes them contiguous, and fills
@@ -95,8 +95,8 @@ ScanInputs prepare_scan_inputs(
   }
 
   ScanInputs t;
-  p.positions_major = kernels.positions_major_activations && is_positions_major(u);
-  t.u = in_layout(u, p.positions_major);
+  p.u_channels_last = kernels.channels_last_activations && is_channels_last(u);
+  t.u = in_layout(u, p.u_channels_last);
   t.delta = delta.contiguous();
   if (delta_proj_weight.has_value()) {
     t.delta_proj_weight = delta_proj_weight->contiguous();
@@ -116,7 +116,8 @@ ScanInputs prepare_scan_inputs(
   t.C = C.contiguous();
   t.paths = paths.contiguous();
   t.D = optional_contiguous(D);
-  t.z = z.has_value() ? in_layout(*z, p.positions_major) : at::Tensor();
+  p.z_channels_last = z.has_value() && kernels.channels_last_activations && is_channels_last(*z);
+  t.z = z.has_value() ? in_layout(*z, p.z_channels_last) : at::Tensor();
   t.delta_bias = optional_contiguous(delta_bias);
   t.mix = optional_contiguous(mix);
 
@@ -158,13 +159,16 @@ ScanForward prepare_scan_forward(
     const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, bool delta_softplus, at::IntArrayRef span_lengths,
-    bool save_for_backward, const std::optional<at::Tensor>& delta_proj_weight, const KernelTraits& kernels) {
+    bool save_for_backward, const std::optional<at::Tensor>& delta_proj_weight, bool channels_last_out,
+    const KernelTraits& kernels) {
   ScanForward f;
   MultiPathScanParams& p = f.params;
   f.inputs = prepare_scan_inputs(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, delta_proj_weight,
                                  kernels, p);
   set_span_lengths(span_lengths, p);
-  f.out = at::empty({p.batch, p.dim, p.seqlen}, u.options());
+  p.out_channels_last = channels_last_out && kernels.channels_last_activations;
+  f.out = p.out_channels_last ? at::empty({p.batch, p.seqlen, p.dim}, u.options()).transpose(1, 2)
+                              : at::empty({p.batch, p.dim, p.seqlen}, u.options());
   const bool keeps_ungated = z.has_value() && save_for_backward;
   f.out_ungated = at::empty(keeps_ungated ? at::IntArrayRef{p.batch, p.dim, p.seqlen} : at::IntArrayRef{0},
                             u.options());
@@ -197,7 +201,8 @@ ScanBackward prepare_scan_backward(
     check_shape(out_ungated, "out_ungated", {p.batch, p.dim, p.seqlen});
     check_like(out_ungated, "out_ungated", u, u.scalar_type());
   }
-  g.grad_out = in_layout(grad_out, p.positions_major);
+  p.grad_out_channels_last = kernels.channels_last_activations && is_channels_last(grad_out);
+  g.grad_out = in_layout(grad_out, p.grad_out_channels_last);
   g.chunk_states = chunk_states.contiguous();
   g.out_ungated = z.has_value() ? out_ungated.contiguous() : at::Tensor();
 
@@ -234,6 +239,10 @@ ScanBackward prepare_scan_backward(
   p.dB_partial = g.dB_partial.mutable_data_ptr();
   p.dC_partial = g.dC_partial.mutable_data_ptr();
   return g;
+}
+
+at::Tensor to_channels_last(const at::Tensor& t) {
+  return in_layout(t, true);
 }
 
 void allocate_length_partials(ScanBackward& g, int64_t n_length_blocks, bool zeroed) {

@@ -27,9 +27,9 @@ struct KernelTraits {
   // them; else the host does before they run (a full (batch, P, D, L) delta made for the kernels, and the
   // gradients through the projection taken from its gradient afterwards).
   bool projects_delta;
-  // Whether they read u, z and grad_out positions-major, (batch, L, D) in memory, where u comes so
-  // (MultiPathScanParams::positions_major); else those are made contiguous. Outputs are contiguous.
-  bool positions_major_activations;
+  // Whether they read u, z and grad_out channels-last where they come so, and write out channels-last
+  // where asked (MultiPathScanParams::u_channels_last, ...); else those are made (batch, D, L).
+  bool channels_last_activations;
 };
 
 struct ScanForward {
@@ -93,7 +93,12 @@ ScanForward prepare_scan_forward(
     const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, bool delta_softplus, at::IntArrayRef span_lengths,
-    bool save_for_backward, const std::optional<at::Tensor>& delta_proj_weight, const KernelTraits& kernels);
+    bool save_for_backward, const std::optional<at::Tensor>& delta_proj_weight, bool channels_last_out,
+    const KernelTraits& kernels);
+
+// A (batch, D, L) tensor laid out channels-last (copied where it is not so already): the op's out where
+// the caller asks for it and the device's kernels write (batch, D, L).
+at::Tensor to_channels_last(const at::Tensor& t);
 
 // channel_block: the channels summed into one dB/dC partial; the partials are laid out (batch,
 // channel blocks, P, N, L) where positions_minor (a GPU's, whose threads write a path's consecutive

@@ -17,10 +17,11 @@ TORCH_LIBRARY(posemamba, m) {
   // false (inference): out_ungated and chunk_states empty, neither computed nor written.
   // delta_proj_weight (P, D, R): mamba's low-rank step sizes, delta then (batch, P, R, L) and the raw
   // step sizes delta_proj_weight[p] @ delta[b, p], projected by the kernels as they read them.
+  // channels_last_out: out comes as the transpose of a contiguous (batch, L, D) tensor (else contiguous).
   m.def(
       "multi_path_scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor paths, "
       "Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? mix, bool delta_softplus, int[] span_lengths=[], "
-      "bool save_for_backward=True, Tensor? delta_proj_weight=None) "
+      "bool save_for_backward=True, Tensor? delta_proj_weight=None, bool channels_last_out=False) "
       "-> (Tensor out, Tensor out_ungated, Tensor chunk_states)");
   // Gradients of every input; dD, dz, ddelta_bias and ddelta_proj_weight are empty where D, z,
   // delta_bias or delta_proj_weight is None. span_lengths: the forward's hints, for the GPU

@@ -147,7 +147,8 @@ class BiSTSSM(nn.Module):
         dts, Bs, Cs = (t.to(u.dtype).contiguous() for t in (dts, Bs, Cs))
         y = scan(u, dts, A, Bs, Cs, paths,
                  D=self.Ds.to(weight_dtype).view(4, self.d_inner), delta_bias=self.dt_projs_bias.to(weight_dtype),
-                 mix=mix, delta_softplus=True, delta_proj_weight=self.dt_projs_weight.to(u.dtype))
+                 mix=mix, delta_softplus=True, delta_proj_weight=self.dt_projs_weight.to(u.dtype),
+                 channels_last_out=True)  # y.transpose(1, 2) then is (batch, L, d_inner) without a copy
         y = self.out_norm(y.transpose(1, 2).reshape(batch, T, J, self.d_inner))
         return self.out_proj(y * F.silu(z))
 

@@ -44,6 +44,7 @@ def multi_path_selective_scan(
     span_lengths: Optional[Union[int, Sequence[int]]] = None,
     *,
     delta_proj_weight: Optional[torch.Tensor] = None,
+    channels_last_out: bool = False,
 ) -> torch.Tensor:
     """P selective scans over one sequence in different orders, summed back in natural order.
 
@@ -52,9 +53,9 @@ def multi_path_selective_scan(
     natural position l; the op reads it in path order.
 
     Args (batch, D channels, L positions, P paths, N state size):
-        u: (batch, D, L) float16, bfloat16, float32 or float64; the input. Contiguous, or (read as it
-            is by the CPU kernels; copied elsewhere) the transpose of a contiguous (batch, L, D) tensor,
-            as mamba layers hold activations: z and the incoming gradient are then read that way too.
+        u: (batch, D, L) float16, bfloat16, float32 or float64; the input. Contiguous, or channels-last:
+            the transpose of a contiguous (batch, L, D) tensor, as mamba layers hold activations (read
+            as it is by the CPU kernels, copied elsewhere). z and the incoming gradient likewise.
         delta: (batch, P, D, L), u's dtype; the raw step sizes.
         A: (P, D, N) float32 (float64 with float64 inputs); the state matrix (diagonal), usually < 0.
         B, C: (batch, P, N, L), u's dtype; the input-dependent input and output matrices.
@@ -77,6 +78,9 @@ def multi_path_selective_scan(
             step sizes and their gradient never exist. On CUDA they are made for the forward and
             again for the backward, never kept. Either way a training step keeps R / D of their
             memory (mamba's delta_proj recomputation).
+        channels_last_out: return out as the transpose of a contiguous (batch, L, D) tensor, so that
+            out.transpose(1, 2), the (batch, L, D) a mamba layer goes on with, is free: the CPU
+            kernels write it so, other devices copy it so.
 
     For each batch b, channel d and path p, with h = 0 and l = paths[p, s] for s = 0..L-1:
         dt = softplus(delta[b,p,d,l] + delta_bias[p,d]);  v = u[b,d,l] (+ u[b,d,mix[p,l]])
@@ -104,7 +108,7 @@ def multi_path_selective_scan(
         A, D, delta_bias = (_as_dtype(t, weight_dtype_for(u.dtype)) for t in (A, D, delta_bias))
     check_multi_path_scan_args(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_proj_weight)
     return _scan(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths,
-                 delta_proj_weight)[0]
+                 delta_proj_weight, channels_last_out)[0]
 
 
 def _wants_backward(*inputs) -> bool:
@@ -124,7 +128,7 @@ def _as_dtype(t, dtype: torch.dtype):
 
 
 def _scan(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths,
-          delta_proj_weight=None, keep_states: bool = False):
+          delta_proj_weight=None, channels_last_out: bool = False, keep_states: bool = False):
     """multi_path_selective_scan on checked arguments: out, and (keep_states, where the kernels run)
     the state before every SCAN_CHUNK-th step of each path, (batch, P, chunks, N, D) in A's dtype,
     not differentiable; else None."""
@@ -132,14 +136,15 @@ def _scan(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_
     if not _kernel_available(u.device):
         _warn_reference_once(u.device)
         return multi_path_selective_scan_ref(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus,
-                                             delta_proj_weight=delta_proj_weight), None
+                                             delta_proj_weight=delta_proj_weight,
+                                             channels_last_out=channels_last_out), None
     if hints is None:
         hints = _span_lengths_of(paths)
     wants_backward = _wants_backward(u, delta, A, B, C, D, z, delta_bias, delta_proj_weight)
     # Without a backward to come, the kernels skip the states and the ungated output it would read.
     out, _, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(
         u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, hints, keep_states or wants_backward,
-        delta_proj_weight)
+        delta_proj_weight, channels_last_out)
     return out, chunk_states if keep_states else None
 
 
@@ -293,7 +298,7 @@ def _kernel_available(device: torch.device) -> bool:
 if HAS_EXTENSION:
     @torch.library.register_fake("posemamba::multi_path_scan_fwd")
     def _multi_path_scan_fwd_fake(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths=(),
-                                  save_for_backward=True, delta_proj_weight=None):
+                                  save_for_backward=True, delta_proj_weight=None, channels_last_out=False):
         batch, dim, seqlen = u.shape
         n_paths, _, d_state = A.shape
         if delta_proj_weight is None:
@@ -307,7 +312,7 @@ if HAS_EXTENSION:
         torch._check(B.shape == (batch, n_paths, d_state, seqlen), lambda: "B must be (batch, P, N, L)")
         torch._check(C.shape == (batch, n_paths, d_state, seqlen), lambda: "C must be (batch, P, N, L)")
         n_chunks = (seqlen + SCAN_CHUNK - 1) // SCAN_CHUNK
-        out = u.new_empty(u.shape)
+        out = u.new_empty((batch, seqlen, dim)).transpose(1, 2) if channels_last_out else u.new_empty(u.shape)
         out_ungated = u.new_empty(u.shape if z is not None and save_for_backward else (0,))
         chunk_states = u.new_empty((batch, n_paths, n_chunks, d_state, dim) if save_for_backward else (0,),
                                    dtype=A.dtype)
@@ -325,7 +330,7 @@ if HAS_EXTENSION:
 
     def _multi_path_scan_setup_context(ctx, inputs, output):
         (u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths, save_for_backward,
-         delta_proj_weight) = inputs
+         delta_proj_weight, _channels_last_out) = inputs
         _, out_ungated, chunk_states = output
         ctx.save_for_backward(u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states,
                               delta_proj_weight)
@@ -348,7 +353,7 @@ if HAS_EXTENSION:
                 dz if z is not None else None,
                 ddelta_bias if delta_bias is not None else None,
                 None, None, None, None,
-                ddelta_proj_weight if delta_proj_weight is not None else None)
+                ddelta_proj_weight if delta_proj_weight is not None else None, None)
 
     torch.library.register_autograd(
         "posemamba::multi_path_scan_fwd", _multi_path_scan_backward,

@@ -33,6 +33,7 @@ def multi_path_selective_scan_ref(
     delta_softplus: bool = True,
     *,
     delta_proj_weight: Optional[torch.Tensor] = None,
+    channels_last_out: bool = False,
 ) -> torch.Tensor:
     """Same arguments and result as posemamba.ops.multi_path_selective_scan (see its docstring)."""
     if delta_proj_weight is not None:  # delta is low-rank: (batch, P, R, L) -> (batch, P, D, L)
@@ -80,4 +81,6 @@ def multi_path_selective_scan_ref(
     y = torch.zeros_like(y_s).scatter(-1, scatter_index, y_s).sum(dim=1)
     if z is not None:
         y = y * F.silu(z.to(compute_dtype))
+    if channels_last_out:  # the transpose of a contiguous (batch, L, D) tensor
+        return y.transpose(1, 2).to(input_dtype).contiguous().transpose(1, 2)
     return y.to(input_dtype)

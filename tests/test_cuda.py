@@ -286,6 +286,8 @@ def test_cuda_opcheck():
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_bwd.default, backward_args)
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_bwd.default, backward_args + ([16, 16],))
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_bwd.default, backward_args + ([16, 0],))
+    # out channels-last (copied so from the kernels' output).
+    torch.library.opcheck(torch.ops.posemamba.multi_path_scan_fwd.default, args + ([16, 0], True, None, True))
     # Low-rank step sizes, projected on the host side of the launches.
     weight = torch.randn(2, 3, 2, device="cuda")
     low_rank = (args[0], torch.randn(2, 2, 2, 70, device="cuda"), *args[2:])

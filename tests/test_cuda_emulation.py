@@ -325,6 +325,18 @@ def test_emulated_low_rank_step_sizes_match_cpu_kernels(emulated, span_lengths):
     assert_close_scaled(results[0], results[1], torch.float32)
 
 
+def test_emulated_channels_last_out(emulated):
+    # The CUDA kernels write out (batch, D, L); asked for channels-last, the op copies it so: the same
+    # values, laid out as the CPU kernels write them.
+    inputs = random_scan_inputs(2, 33, 70, 2, 4, torch.float32)
+    args = [inputs[name] for name in FORWARD_ARGS]
+    out = emulated.multi_path_scan_fwd(*args, True, [])[0]
+    out_last = emulated.multi_path_scan_fwd(*args, True, [], channels_last_out=True)[0]
+    cpu_last = torch.ops.posemamba.multi_path_scan_fwd(*args, True, [], True, None, True)[0]
+    assert out_last.stride() == cpu_last.stride() and out_last.transpose(1, 2).is_contiguous()
+    assert torch.equal(out_last, out)
+
+
 def test_emulated_low_rank_projection_ignores_autocast(emulated):
     # The projection on the host side of the launches is an ATen matmul inside the op: an autocast
     # region around the call must not turn it into another dtype than the kernels read.

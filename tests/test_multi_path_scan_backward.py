@@ -279,17 +279,17 @@ def test_low_rank_step_sizes_are_not_kept_for_the_backward():
     assert weight.grad is not None and inputs["delta"].grad.shape == (2, 3, 2, 70)
 
 
-def positions_major(t):
-    """t, (batch, D, L), as the transpose of a (batch, L, D) tensor: the same values, positions-major."""
+def channels_last(t):
+    """t, (batch, D, L), as the transpose of a contiguous (batch, L, D) tensor: the same values."""
     return t.transpose(1, 2).contiguous().transpose(1, 2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("with_z, rank", [(True, 0), (False, 0), (True, 3)], ids=["gate", "no_gate", "gate_low_rank"])
-def test_positions_major_activations_give_the_same_results(with_z, rank, dtype):
-    # u (and z, and the gradient coming back) given positions-major, as the transpose of a (batch, L, D)
-    # tensor (as mamba layers hold activations; PoseMamba's conv gives u so), are read as they are, not
-    # copied: bitwise the results of contiguous inputs but dz, which the gate's gradient then computes
+def test_channels_last_activations_give_the_same_results(with_z, rank, dtype):
+    # u (and z, and the gradient coming back) given channels-last, as the transpose of a contiguous
+    # (batch, L, D) tensor (as mamba layers hold activations; PoseMamba's conv gives u so), are read as
+    # they are, not copied: bitwise the results of contiguous inputs but dz, which the gate's gradient then computes
     # over (L, 16) blocks rather than rows (the vector clones' fused multiply-adds fall on other
     # elements): within a few ulps. bfloat16's gate gradients run on float blocks there, on its rows'
     # own dtype here: all within a few bfloat16 ulps. The batch of 4 and D = 40 take blocks narrower
@@ -301,9 +301,9 @@ def test_positions_major_activations_give_the_same_results(with_z, rank, dtype):
     names = differentiable_inputs(inputs) + (["delta_proj_weight"] if rank else [])
     grad_out = torch.randn_like(inputs["u"])
     out, grads = gradients(multi_path_selective_scan, inputs, names, grad_out)
-    laid_out = {**inputs, **{name: positions_major(inputs[name].detach()).requires_grad_(True)
+    laid_out = {**inputs, **{name: channels_last(inputs[name].detach()).requires_grad_(True)
                              for name in ("u", "z") if inputs[name] is not None}}
-    laid_out_out, laid_out_grads = gradients(multi_path_selective_scan, laid_out, names, positions_major(grad_out))
+    laid_out_out, laid_out_grads = gradients(multi_path_selective_scan, laid_out, names, channels_last(grad_out))
     inexact = ["out"] + names if dtype == torch.bfloat16 else ["z"]
     assert_layouts_agree(["out"] + names, [laid_out_out, *laid_out_grads], [out, *grads], inexact)
 
@@ -318,24 +318,23 @@ def assert_layouts_agree(names, results, expected, inexact=("z",)):
             assert torch.equal(a, b), name
 
 
-def test_positions_major_u_with_other_layouts_around_it():
-    # z and grad_out contiguous while u is positions-major: they are read in u's layout all the same
-    # (copied to it).
+def test_channels_last_u_with_other_layouts_around_it():
+    # z and grad_out contiguous while u is channels-last: each is read in its own layout.
     inputs = random_scan_inputs(2, 20, 50, 2, 4, torch.float32)
     names = differentiable_inputs(inputs)
     grad_out = torch.randn_like(inputs["u"])
     out, grads = gradients(multi_path_selective_scan, inputs, names, grad_out)
-    mixed = {**inputs, "u": positions_major(inputs["u"].detach()).requires_grad_(True)}
+    mixed = {**inputs, "u": channels_last(inputs["u"].detach()).requires_grad_(True)}
     mixed_out, mixed_grads = gradients(multi_path_selective_scan, mixed, names, grad_out)
     assert_layouts_agree(["out"] + names, [mixed_out, *mixed_grads], [out, *grads])
 
 
 @pytest.mark.parametrize("with_z", [False, True])
-def test_positions_major_opcheck(with_z):
+def test_channels_last_opcheck(with_z):
     inputs = random_scan_inputs(2, 18, 70, 2, 4, torch.float32, with_z=with_z)
-    inputs["u"] = positions_major(inputs["u"])
+    inputs["u"] = channels_last(inputs["u"])
     if with_z:
-        inputs["z"] = positions_major(inputs["z"])
+        inputs["z"] = channels_last(inputs["z"])
     differentiable_inputs(inputs)
     args = (inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], inputs["paths"],
             inputs["D"], inputs["z"], inputs["delta_bias"], inputs["mix"], True)
@@ -343,4 +342,24 @@ def test_positions_major_opcheck(with_z):
     detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args[:-1]]
     out, out_ungated, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(*detached, True)
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_bwd.default,
-                          (positions_major(torch.randn_like(out)), *detached, out_ungated, chunk_states, True))
+                          (channels_last(torch.randn_like(out)), *detached, out_ungated, chunk_states, True))
+
+
+@pytest.mark.parametrize("with_z", [False, True])
+def test_channels_last_out(with_z):
+    # out written as the transpose of a contiguous (batch, L, D) tensor: the same values (bitwise), the
+    # same gradients (its own gradient coming back channels-last, as out.transpose(1, 2)'s does).
+    inputs = random_scan_inputs(2, 40, 67, 2, 4, torch.float32, with_z=with_z)
+    names = differentiable_inputs(inputs)
+    grad_out = torch.randn_like(inputs["u"])
+    out, grads = gradients(multi_path_selective_scan, inputs, names, grad_out)
+    out_last = multi_path_selective_scan(**inputs, channels_last_out=True)
+    assert out_last.transpose(1, 2).is_contiguous() and not out_last.is_contiguous()
+    grads_last = torch.autograd.grad(out_last, [inputs[name] for name in names], channels_last(grad_out))
+    assert_layouts_agree(["out"] + names, [out_last, *grads_last], [out, *grads])
+    # The reference lays its out the same way.
+    reference = multi_path_selective_scan_ref(**inputs, channels_last_out=True)
+    assert reference.transpose(1, 2).is_contiguous()
+    torch.library.opcheck(torch.ops.posemamba.multi_path_scan_fwd.default,
+                          tuple(inputs[name] for name in ("u", "delta", "A", "B", "C", "paths", "D", "z",
+                                                          "delta_bias", "mix")) + (True, [], True, None, True))

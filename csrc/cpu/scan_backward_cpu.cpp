@@ -390,8 +390,10 @@ void channel_block_backward(const MultiPathScanBwdParams& p, const at::opmath_ty
   const int64_t L = p.seqlen, N = p.d_state;
   const int64_t d_begin = block * W, width = std::min(W, p.dim - d_begin);
 
-  // With a gate, positions-major: grad_out, z, the ungated output and dz as (L, W) blocks.
-  const int64_t gate_blocks = p.z ? (p.positions_major ? 4 : 1) : 0;
+  // With a gate: its gradients along each channel's row (dy there, (W, L)); where z or grad_out is
+  // channels-last, over (L, W) blocks instead: grad_out, z, the ungated output and dz.
+  const bool gate_over_blocks = p.z && (p.z_channels_last || p.grad_out_channels_last);
+  const int64_t gate_blocks = gate_over_blocks ? 4 : (p.z ? 1 : 0);
   scratch.resize((7 + gate_blocks) * L * W + p.n_chunks * N * W + (2 * kScanChunk + 1) * N * W + 2 * N * W + 4 * W);
   weight_t* u_block = scratch.data();
   weight_t* v_mixed = u_block + L * W;
@@ -409,20 +411,20 @@ void channel_block_backward(const MultiPathScanBwdParams& p, const at::opmath_ty
   weight_t* bias_block = D_block + W;
   weight_t* dD_block = bias_block + W;
   weight_t* ddelta_bias_block = dD_block + W;
-  // With a gate: dy along each channel's row (W, L); positions-major, the gate's (L, W) blocks instead.
-  weight_t* gated_rows = ddelta_bias_block + W;
+  weight_t* gated_rows = ddelta_bias_block + W;  // the gate's scratch (gate_blocks of L W)
 
   const int64_t rows = b * p.dim, element = rows * L;  // the batch element's start in every (batch, D, L) tensor
-  gather_activation_block(static_cast<const input_t*>(p.u) + element, p.positions_major, p.dim, d_begin, width, L,
+  gather_activation_block(static_cast<const input_t*>(p.u) + element, p.u_channels_last, p.dim, d_begin, width, L,
                           u_block);
-  if (p.z && p.positions_major) {  // the gate's gradients over the blocks as they are
+  if (gate_over_blocks) {
     weight_t* grad_block = gated_rows;
     weight_t* z_block = grad_block + L * W;
     weight_t* ungated_block = z_block + L * W;
     weight_t* dz_block = ungated_block + L * W;
-    gather_activation_block(static_cast<const input_t*>(p.grad_out) + element, true, p.dim, d_begin, width, L,
-                            grad_block);
-    gather_activation_block(static_cast<const input_t*>(p.z) + element, true, p.dim, d_begin, width, L, z_block);
+    gather_activation_block(static_cast<const input_t*>(p.grad_out) + element, p.grad_out_channels_last, p.dim,
+                            d_begin, width, L, grad_block);
+    gather_activation_block(static_cast<const input_t*>(p.z) + element, p.z_channels_last, p.dim, d_begin, width, L,
+                            z_block);
     gather_channel_block(static_cast<const input_t*>(p.out_ungated) + element, d_begin, width, L, ungated_block);
     run_gate_gradients(grad_block, z_block, ungated_block, L * W, dy, dz_block);
     scatter_channel_block(dz_block, d_begin, width, L, static_cast<input_t*>(p.dz) + element);
@@ -435,8 +437,8 @@ void channel_block_backward(const MultiPathScanBwdParams& p, const at::opmath_ty
     }
     gather_channel_block(gated_rows, 0, width, L, dy);
   } else {
-    gather_activation_block(static_cast<const input_t*>(p.grad_out) + element, p.positions_major, p.dim, d_begin,
-                            width, L, dy);
+    gather_activation_block(static_cast<const input_t*>(p.grad_out) + element, p.grad_out_channels_last, p.dim,
+                            d_begin, width, L, dy);
   }
   std::fill(du, du + L * W, weight_t(0));
   const int64_t R = p.delta_rank;

@@ -21,9 +21,9 @@ namespace posemamba {
 
 constexpr int64_t kCpuChannelBlock = 16;
 
-// The CPU kernels project low-rank step sizes as they read them, and read u, z and grad_out either
-// way, gathering a block's channels from rows or from positions (gather_activation_block).
-constexpr KernelTraits kCpuKernels{/*projects_delta=*/true, /*positions_major_activations=*/true};
+// The CPU kernels project low-rank step sizes as they read them, and read u, z and grad_out (and write
+// out) either way, a block's channels from rows or at each position (gather_activation_block).
+constexpr KernelTraits kCpuKernels{/*projects_delta=*/true, /*channels_last_activations=*/true};
 
 inline int64_t num_channel_blocks(int64_t dim) {
   return (dim + kCpuChannelBlock - 1) / kCpuChannelBlock;
@@ -225,19 +225,35 @@ void scatter_channel_block(const weight_t* block, int64_t d_begin, int64_t width
 }
 
 // Channels [d_begin, d_begin + width) of one batch element of a (batch, D, L) tensor as a (L, W) block
-// in the math type (zero past width), from either layout (MultiPathScanParams::positions_major): channel
-// rows (D, L), transposed by gather_channel_block, or positions (L, D), each position's channels copied.
+// in the math type (zero past width), from either layout (MultiPathScanParams::u_channels_last, ...):
+// channel rows (D, L), transposed by gather_channel_block, or channels-last (L, D), each position's
+// channels copied.
 template <typename weight_t, typename input_t>
-void gather_activation_block(const input_t* element, bool positions_major, int64_t dim, int64_t d_begin,
+void gather_activation_block(const input_t* element, bool channels_last, int64_t dim, int64_t d_begin,
                              int64_t width, int64_t seqlen, weight_t* block) {
   constexpr int64_t W = kCpuChannelBlock;
-  if (!positions_major) {
+  if (!channels_last) {
     gather_channel_block(element, d_begin, width, seqlen, block);
     return;
   }
   for (int64_t l = 0; l < seqlen; ++l) {
     const input_t* channels = element + l * dim + d_begin;
     for (int64_t w = 0; w < W; ++w) block[l * W + w] = w < width ? static_cast<weight_t>(channels[w]) : weight_t(0);
+  }
+}
+
+// The reverse: a (L, W) block's first width channels into one batch element of a (batch, D, L) tensor.
+template <typename weight_t, typename output_t>
+void scatter_activation_block(const weight_t* block, bool channels_last, int64_t dim, int64_t d_begin,
+                              int64_t width, int64_t seqlen, output_t* element) {
+  constexpr int64_t W = kCpuChannelBlock;
+  if (!channels_last) {
+    scatter_channel_block(block, d_begin, width, seqlen, element);
+    return;
+  }
+  for (int64_t l = 0; l < seqlen; ++l) {
+    output_t* channels = element + l * dim + d_begin;
+    for (int64_t w = 0; w < width; ++w) channels[w] = static_cast<output_t>(block[l * W + w]);
   }
 }
 

@@ -178,8 +178,8 @@ void multi_path_scan_fwd_kernel(const MultiPathScanParams& p, const at::Tensor& 
       const int64_t b = task / n_blocks, d_begin = (task % n_blocks) * W;
       const int64_t width = std::min(W, p.dim - d_begin);
       const int64_t element = b * p.dim * L;  // the batch element's start in every (batch, D, L) tensor
-      gather_activation_block(static_cast<const input_t*>(p.u) + element, p.positions_major, p.dim, d_begin, width, L,
-                              u_block);
+      gather_activation_block(static_cast<const input_t*>(p.u) + element, p.u_channels_last, p.dim, d_begin, width,
+                              L, u_block);
       std::fill(y, y + L * W, weight_t(0));
       for (int64_t path = 0; path < p.n_paths; ++path) {
         const int64_t batch_path = b * p.n_paths + path;
@@ -204,12 +204,18 @@ void multi_path_scan_fwd_kernel(const MultiPathScanParams& p, const at::Tensor& 
         }
       }
 
-      if (p.z && p.positions_major) {  // z by positions: the gate over the blocks, then the rows out
+      if (p.z_channels_last || p.out_channels_last) {  // the gate over the blocks, out in its layout
         weight_t* gated = y_rows;
-        gather_activation_block(static_cast<const input_t*>(p.z) + element, true, p.dim, d_begin, width, L, gated);
-        run_gate(y, gated, L * W);
-        if (p.out_ungated) scatter_channel_block(y, d_begin, width, L, static_cast<input_t*>(p.out_ungated) + element);
-        scatter_channel_block(gated, d_begin, width, L, static_cast<input_t*>(p.out) + element);
+        if (p.z) {
+          gather_activation_block(static_cast<const input_t*>(p.z) + element, p.z_channels_last, p.dim, d_begin,
+                                  width, L, gated);
+          run_gate(y, gated, L * W);
+          if (p.out_ungated) {
+            scatter_channel_block(y, d_begin, width, L, static_cast<input_t*>(p.out_ungated) + element);
+          }
+        }
+        scatter_activation_block(p.z ? gated : y, p.out_channels_last, p.dim, d_begin, width, L,
+                                 static_cast<input_t*>(p.out) + element);
         continue;
       }
       // Each channel's row back in natural layout, then the gate over contiguous rows (vectorised).
@@ -246,9 +252,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_path_scan_fwd_cpu(
     bool delta_softplus,
     at::IntArrayRef span_lengths,  // hints for GPUs' work split only
     bool save_for_backward,
-    const std::optional<at::Tensor>& delta_proj_weight) {
+    const std::optional<at::Tensor>& delta_proj_weight,
+    bool channels_last_out) {
   ScanForward f = prepare_scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths,
-                                       save_for_backward, delta_proj_weight, kCpuKernels);
+                                       save_for_backward, delta_proj_weight, channels_last_out, kCpuKernels);
   check_scan_indices_on_host(f.inputs, f.params.seqlen);
   const at::Tensor B_by_position = transpose_to_positions_major(f.inputs.B, A.scalar_type());
   const at::Tensor C_by_position = transpose_to_positions_major(f.inputs.C, A.scalar_type());

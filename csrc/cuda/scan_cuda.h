@@ -26,7 +26,8 @@ constexpr int kWarp = 32;
 // arithmetic where a 64-bit one takes several. Checked once per op call, for all the kernels.
 constexpr int64_t kMaxLength = int64_t{1} << 26;
 
-// Low-rank step sizes projected on the host side of the launches, the (batch, D, L) tensors contiguous.
+// Low-rank step sizes projected on the host side of the launches, the (batch, D, L) tensors contiguous
+// (a channels-last out copied from the kernels').
 constexpr KernelTraits kCudaKernels{/*projects_delta=*/false, /*positions_major_activations=*/false};
 
 inline void check_length(int64_t seqlen) {
@@ -56,13 +57,14 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_forward(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
     const at::Tensor& paths, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
     const std::optional<at::Tensor>& delta_bias, const std::optional<at::Tensor>& mix, bool delta_softplus,
-    at::IntArrayRef span_lengths, bool save_for_backward, const std::optional<at::Tensor>& delta_proj_weight) {
+    at::IntArrayRef span_lengths, bool save_for_backward, const std::optional<at::Tensor>& delta_proj_weight,
+    bool channels_last_out) {
   ScanForward f = prepare_scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths,
-                                       save_for_backward, delta_proj_weight, kCudaKernels);
+                                       save_for_backward, delta_proj_weight, channels_last_out, kCudaKernels);
   check_length(f.params.seqlen);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "multi_path_scan_fwd_cuda",
                                   [&] { run_scan_forward_as<scalar_t>(f); });
-  return {f.out, f.out_ungated, f.chunk_states};
+  return {channels_last_out ? to_channels_last(f.out) : f.out, f.out_ungated, f.chunk_states};
 }
 
 inline ScanGradients scan_backward(

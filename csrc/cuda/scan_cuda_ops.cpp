@@ -26,10 +26,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_path_scan_fwd_cuda(
     bool delta_softplus,
     at::IntArrayRef span_lengths,
     bool save_for_backward,
-    const std::optional<at::Tensor>& delta_proj_weight) {
+    const std::optional<at::Tensor>& delta_proj_weight,
+    bool channels_last_out) {
   const c10::cuda::CUDAGuard device_guard(u.device());
   return scan_forward(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths,
-                      save_for_backward, delta_proj_weight);
+                      save_for_backward, delta_proj_weight, channels_last_out);
 }
 
 ScanGradients multi_path_scan_bwd_cuda(

@@ -16,7 +16,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("delta"), pybind11::arg("A"), pybind11::arg("B"), pybind11::arg("C"), pybind11::arg("paths"),
         pybind11::arg("D"), pybind11::arg("z"), pybind11::arg("delta_bias"), pybind11::arg("mix"),
         pybind11::arg("delta_softplus"), pybind11::arg("span_lengths"), pybind11::arg("save_for_backward") = true,
-        pybind11::arg("delta_proj_weight") = pybind11::none());
+        pybind11::arg("delta_proj_weight") = pybind11::none(), pybind11::arg("channels_last_out") = false);
   m.def("multi_path_scan_bwd", &posemamba::cuda::scan_backward,
         "posemamba::multi_path_scan_bwd by the CUDA kernels, emulated on the host", pybind11::arg("grad_out"),
         pybind11::arg("u"), pybind11::arg("delta"), pybind11::arg("A"), pybind11::arg("B"), pybind11::arg("C"),
