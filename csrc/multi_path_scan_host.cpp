@@ -40,8 +40,9 @@ at::Tensor in_layout(const at::Tensor& t, bool channels_last) {
   return channels_last ? t.transpose(1, 2).contiguous().transpose(1, 2) : t.contiguous();
 }
 
-// Checks every input against u and A (which fix batch, D, L, P and N), makes them contiguous, and fills
-// params' sizes and input pointers.
+// Checks every input against u and A (which fix batch, D, L, P and N), makes them contiguous (u and z
+// left channels-last where the kernels read them so; delta made full where the host projects it), and
+// fills params' sizes, layouts and input pointers.
 ScanInputs prepare_scan_inputs(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
     const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
