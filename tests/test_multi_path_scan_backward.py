@@ -289,10 +289,9 @@ def channels_last(t):
 def test_channels_last_activations_give_the_same_results(with_z, rank, dtype):
     # u (and z, and the gradient coming back) given channels-last, as the transpose of a contiguous
     # (batch, L, D) tensor (as mamba layers hold activations; PoseMamba's conv gives u so), are read as
-    # they are, not copied: bitwise the results of contiguous inputs but dz, which the gate's gradient then computes
-    # over (L, 16) blocks rather than rows (the vector clones' fused multiply-adds fall on other
-    # elements): within a few ulps. bfloat16's gate gradients run on float blocks there, on its rows'
-    # own dtype here: all within a few bfloat16 ulps. The batch of 4 and D = 40 take blocks narrower
+    # they are, not copied: the results of contiguous inputs, bitwise (the gate's gradients run over the
+    # same (L, 16) blocks either way; dz, and bfloat16's results, are held to a few ulps only, which the
+    # vector clones' fused multiply-adds would allow). The batch of 4 and D = 40 take blocks narrower
     # than 16 channels and tasks of two blocks.
     inputs = random_scan_inputs(4, 40, 67, 2, 4, dtype, with_z=with_z)
     if rank:

@@ -339,29 +339,29 @@ void run_step_sizes_and_grads(double* dt, double* dt_grad, const double* bias, i
   step_sizes_and_grads(dt, dt_grad, bias, seqlen, use_softplus);
 }
 
-// The gate's gradients along one channel's row, out = y * silu(z): dy = dout * silu(z) (the gradient
-// of the ungated y) and dz = dout * y * silu'(z). Along rows, where the values are contiguous, it
-// vectorises (the exps are scan_exp's polynomial); in the (L, W) block it ran one value at a time.
-template <typename input_t, typename weight_t>
-POSEMAMBA_ALWAYS_INLINE void gate_gradients(const input_t* POSEMAMBA_RESTRICT grad_out, const input_t* POSEMAMBA_RESTRICT z,
-                                            const input_t* POSEMAMBA_RESTRICT y, int64_t seqlen,
-                                            weight_t* POSEMAMBA_RESTRICT dy, input_t* POSEMAMBA_RESTRICT dz) {
-  for (int64_t l = 0; l < seqlen; ++l) {
-    const weight_t z_l = z[l], g = grad_out[l];
-    dz[l] = g * weight_t(y[l]) * silu_grad(z_l);
-    dy[l] = g * silu(z_l);
+// The gate's gradients over count values (a block's, in the math type), out = y * silu(z): dy = dout *
+// silu(z) (the gradient of the ungated y) and dz = dout * y * silu'(z). One flat loop, which vectorises
+// (the exps are scan_exp's polynomial); a loop over the block's positions and lanes ran one value at a time.
+template <typename weight_t>
+POSEMAMBA_ALWAYS_INLINE void gate_gradients(const weight_t* POSEMAMBA_RESTRICT grad_out,
+                                            const weight_t* POSEMAMBA_RESTRICT z, const weight_t* POSEMAMBA_RESTRICT y,
+                                            int64_t count, weight_t* POSEMAMBA_RESTRICT dy,
+                                            weight_t* POSEMAMBA_RESTRICT dz) {
+  for (int64_t i = 0; i < count; ++i) {
+    const weight_t z_i = z[i], g = grad_out[i];
+    dz[i] = g * y[i] * silu_grad(z_i);
+    dy[i] = g * silu(z_i);
   }
 }
 
-POSEMAMBA_CPU_MULTIVERSION void run_gate_gradients(const float* grad_out, const float* z, const float* y, int64_t seqlen,
+POSEMAMBA_CPU_MULTIVERSION void run_gate_gradients(const float* grad_out, const float* z, const float* y, int64_t count,
                                                    float* dy, float* dz) {
-  gate_gradients(grad_out, z, y, seqlen, dy, dz);
+  gate_gradients(grad_out, z, y, count, dy, dz);
 }
 
-template <typename input_t, typename weight_t>
-void run_gate_gradients(const input_t* grad_out, const input_t* z, const input_t* y, int64_t seqlen, weight_t* dy,
-                        input_t* dz) {
-  gate_gradients(grad_out, z, y, seqlen, dy, dz);
+void run_gate_gradients(const double* grad_out, const double* z, const double* y, int64_t count, double* dy,
+                        double* dz) {
+  gate_gradients(grad_out, z, y, count, dy, dz);
 }
 
 // A backward task takes channel blocks one after another, all of their dB and dC going into one partial
@@ -390,10 +390,8 @@ void channel_block_backward(const MultiPathScanBwdParams& p, const at::opmath_ty
   const int64_t L = p.seqlen, N = p.d_state;
   const int64_t d_begin = block * W, width = std::min(W, p.dim - d_begin);
 
-  // With a gate: its gradients along each channel's row (dy there, (W, L)); where z or grad_out is
-  // channels-last, over (L, W) blocks instead: grad_out, z, the ungated output and dz.
-  const bool gate_over_blocks = p.z && (p.z_channels_last || p.grad_out_channels_last);
-  const int64_t gate_blocks = gate_over_blocks ? 4 : (p.z ? 1 : 0);
+  // With a gate, its gradients over (L, W) blocks: grad_out, z, the ungated output and dz.
+  const int64_t gate_blocks = p.z ? 4 : 0;
   scratch.resize((7 + gate_blocks) * L * W + p.n_chunks * N * W + (2 * kScanChunk + 1) * N * W + 2 * N * W + 4 * W);
   weight_t* u_block = scratch.data();
   weight_t* v_mixed = u_block + L * W;
@@ -411,13 +409,13 @@ void channel_block_backward(const MultiPathScanBwdParams& p, const at::opmath_ty
   weight_t* bias_block = D_block + W;
   weight_t* dD_block = bias_block + W;
   weight_t* ddelta_bias_block = dD_block + W;
-  weight_t* gated_rows = ddelta_bias_block + W;  // the gate's scratch (gate_blocks of L W)
+  weight_t* gate_scratch = ddelta_bias_block + W;  // gate_blocks of L W
 
-  const int64_t rows = b * p.dim, element = rows * L;  // the batch element's start in every (batch, D, L) tensor
+  const int64_t element = b * p.dim * L;  // the batch element's start in every (batch, D, L) tensor
   gather_activation_block(static_cast<const input_t*>(p.u) + element, p.u_channels_last, p.dim, d_begin, width, L,
                           u_block);
-  if (gate_over_blocks) {
-    weight_t* grad_block = gated_rows;
+  if (p.z) {
+    weight_t* grad_block = gate_scratch;
     weight_t* z_block = grad_block + L * W;
     weight_t* ungated_block = z_block + L * W;
     weight_t* dz_block = ungated_block + L * W;
@@ -428,14 +426,6 @@ void channel_block_backward(const MultiPathScanBwdParams& p, const at::opmath_ty
     gather_channel_block(static_cast<const input_t*>(p.out_ungated) + element, d_begin, width, L, ungated_block);
     run_gate_gradients(grad_block, z_block, ungated_block, L * W, dy, dz_block);
     scatter_channel_block(dz_block, d_begin, width, L, static_cast<input_t*>(p.dz) + element);
-  } else if (p.z) {
-    for (int64_t w = 0; w < width; ++w) {
-      const int64_t row = (rows + d_begin + w) * L;
-      run_gate_gradients(static_cast<const input_t*>(p.grad_out) + row, static_cast<const input_t*>(p.z) + row,
-                         static_cast<const input_t*>(p.out_ungated) + row, L, gated_rows + w * L,
-                         static_cast<input_t*>(p.dz) + row);
-    }
-    gather_channel_block(gated_rows, 0, width, L, dy);
   } else {
     gather_activation_block(static_cast<const input_t*>(p.grad_out) + element, p.grad_out_channels_last, p.dim,
                             d_begin, width, L, dy);

@@ -161,14 +161,13 @@ void multi_path_scan_fwd_kernel(const MultiPathScanParams& p, const at::Tensor& 
   const weight_t* C_pos = C_by_position.const_data_ptr<weight_t>();
 
   at::parallel_for(0, p.batch * n_blocks, 1, [&](int64_t task_begin, int64_t task_end) {
-    std::vector<weight_t> scratch(5 * L * W + L + p.n_chunks * N * W + N * W + 2 * W);
+    std::vector<weight_t> scratch(5 * L * W + p.n_chunks * N * W + N * W + 2 * W);
     weight_t* u_block = scratch.data();
     weight_t* v_mixed = u_block + L * W;
     weight_t* dt = v_mixed + L * W;
     weight_t* y = dt + L * W;
-    weight_t* y_rows = y + L * W;  // (W, L)
-    weight_t* z_row = y_rows + L * W;
-    weight_t* saved = z_row + L;
+    weight_t* y_gated = y + L * W;
+    weight_t* saved = y_gated + L * W;
     weight_t* A_block = saved + p.n_chunks * N * W;
     weight_t* D_block = A_block + N * W;
     weight_t* bias_block = D_block + W;
@@ -204,36 +203,17 @@ void multi_path_scan_fwd_kernel(const MultiPathScanParams& p, const at::Tensor& 
         }
       }
 
-      if (p.z_channels_last || p.out_channels_last) {  // the gate over the blocks, out in its layout
-        weight_t* gated = y_rows;
-        if (p.z) {
-          gather_activation_block(static_cast<const input_t*>(p.z) + element, p.z_channels_last, p.dim, d_begin,
-                                  width, L, gated);
-          run_gate(y, gated, L * W);
-          if (p.out_ungated) {
-            scatter_channel_block(y, d_begin, width, L, static_cast<input_t*>(p.out_ungated) + element);
-          }
-        }
-        scatter_activation_block(p.z ? gated : y, p.out_channels_last, p.dim, d_begin, width, L,
-                                 static_cast<input_t*>(p.out) + element);
-        continue;
+      // The gate over the block (vectorised across it), then out in its layout: (batch, D, L) rows or
+      // channels-last; the ungated output, kept for the backward, as rows.
+      weight_t* gated = y_gated;
+      if (p.z) {
+        gather_activation_block(static_cast<const input_t*>(p.z) + element, p.z_channels_last, p.dim, d_begin, width,
+                                L, gated);
+        run_gate(y, gated, L * W);
+        if (p.out_ungated) scatter_channel_block(y, d_begin, width, L, static_cast<input_t*>(p.out_ungated) + element);
       }
-      // Each channel's row back in natural layout, then the gate over contiguous rows (vectorised).
-      scatter_channel_block(y, 0, width, L, y_rows);
-      for (int64_t w = 0; w < width; ++w) {
-        const int64_t row = (b * p.dim + d_begin + w) * L;
-        weight_t* y_row = y_rows + w * L;
-        input_t* out_row = static_cast<input_t*>(p.out) + row;
-        if (p.z) {
-          const input_t* z_input = static_cast<const input_t*>(p.z) + row;
-          for (int64_t l = 0; l < L; ++l) z_row[l] = z_input[l];
-          run_gate(y_row, z_row, L);
-          if (p.out_ungated) std::copy(y_row, y_row + L, static_cast<input_t*>(p.out_ungated) + row);
-          std::copy(z_row, z_row + L, out_row);
-        } else {
-          std::copy(y_row, y_row + L, out_row);
-        }
-      }
+      scatter_activation_block(p.z ? gated : y, p.out_channels_last, p.dim, d_begin, width, L,
+                               static_cast<input_t*>(p.out) + element);
     }
   });
 }
