@@ -30,6 +30,22 @@ except ImportError:
         "Install torch first, then build without isolation:\n"
         "    pip install torch && pip install --no-build-isolation -e .")
 
+# pip builds a wheel even for an editable install, and without build isolation it does so with this
+# environment's setuptools: one older than 70.1 needs the separate `wheel` package for that, which a
+# venv whose torch does not pull a newer setuptools lacks (pip then stops at "invalid command
+# 'bdist_wheel'", naming nothing). `setup.py build_ext --inplace` builds no wheel and needs neither.
+WHEEL_COMMANDS = {"bdist_wheel", "dist_info", "editable_wheel"}
+if WHEEL_COMMANDS.intersection(sys.argv):
+    try:
+        from setuptools.command.bdist_wheel import bdist_wheel  # noqa: F401  (setuptools >= 70.1)
+    except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("wheel") is None:
+            sys.exit("pip builds posemamba as a wheel with this environment's setuptools, which is older than\n"
+                     "70.1 and has no `wheel` package to do it with. Update it, then build again:\n"
+                     "    pip install -U setuptools && pip install --no-build-isolation -e .")
+
 CSRC = "csrc"
 DEFAULT_CUDA_ARCH_LIST = "8.0;8.6;8.9;9.0+PTX"
 
