@@ -116,10 +116,17 @@ def _wants_backward(*inputs) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
 
 
+# The device types autocast knows (torch.is_autocast_enabled raises for others, such as meta), found
+# once here: torch 2.11's dynamo cannot trace torch.amp.is_autocast_available, and a graph break in the
+# op's wrapper would stop torch.compile(fullgraph=True).
+_AUTOCAST_DEVICE_TYPES = frozenset(
+    device_type for device_type in ("cpu", "cuda", "xpu", "mps", "hpu", "xla", "ipu", "mtia", "privateuseone")
+    if torch.amp.is_autocast_available(device_type))
+
+
 def _under_autocast(u) -> bool:
     device_type = u.device.type if isinstance(u, torch.Tensor) else None
-    return (device_type is not None and torch.amp.is_autocast_available(device_type)
-            and torch.is_autocast_enabled(device_type))
+    return device_type in _AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(device_type)
 
 
 def _as_dtype(t, dtype: torch.dtype):
