@@ -41,7 +41,8 @@ at::Tensor in_layout(const at::Tensor& t, bool channels_last) {
 }
 
 // Checks every input against u and A (which fix batch, D, L, P and N), makes them contiguous (u and z
-// left channels-last where the kernels read them so; delta made full where the host projects it), and
+// left channels-last where the kernels read them so, B and C as given where they lay them out; delta
+// made full where the host projects it), and
 // fills params' sizes, layouts and input pointers.
 ScanInputs prepare_scan_inputs(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
@@ -113,8 +114,8 @@ ScanInputs prepare_scan_inputs(
     }
   }
   t.A = A.contiguous();
-  t.B = B.contiguous();
-  t.C = C.contiguous();
+  t.B = kernels.lays_out_B_C ? B : B.contiguous();
+  t.C = kernels.lays_out_B_C ? C : C.contiguous();
   t.paths = paths.contiguous();
   t.D = optional_contiguous(D);
   p.z_channels_last = z.has_value() && kernels.channels_last_activations && is_channels_last(*z);
@@ -134,8 +135,8 @@ ScanInputs prepare_scan_inputs(
   p.u = t.u.const_data_ptr();
   p.delta = t.delta.const_data_ptr();
   p.A = t.A.const_data_ptr();
-  p.B = t.B.const_data_ptr();
-  p.C = t.C.const_data_ptr();
+  p.B = kernels.lays_out_B_C ? nullptr : t.B.const_data_ptr();
+  p.C = kernels.lays_out_B_C ? nullptr : t.C.const_data_ptr();
   p.D = optional_data(t.D);
   p.z = optional_data(t.z);
   p.delta_bias = optional_data(t.delta_bias);

@@ -30,6 +30,9 @@ struct KernelTraits {
   // Whether they read u, z and grad_out channels-last where they come so, and write out channels-last
   // where asked (MultiPathScanParams::u_channels_last, ...); else those are made (batch, D, L).
   bool channels_last_activations;
+  // Whether they lay B and C out positions-major themselves, one copy from whatever strides they come in
+  // (ScanInputs::B and C then as given, params' B and C null); else the host makes them contiguous.
+  bool lays_out_B_C;
 };
 
 struct ScanForward {

@@ -119,19 +119,22 @@ class BiSTSSM(nn.Module):
         u = x.flatten(2)                                    # (batch, d_inner, L), l = t*J + j
         paths, mix, span_lengths = self._path_indices(T, J, x.device)
 
-        # One matmul projects u for all four paths, in u's (batch, d_inner, L) layout (no copy of u per
-        # path). The spatial-first paths (0, 2) project the global-local input u + u[mix] in the
-        # official code (the op reads that same input through `mix`); by linearity that is W u +
-        # (W u)[mix], so the gather runs over their projections' rows, not d_inner channels of u, and
-        # no mixed copy of u is made or kept for the backward.
-        # Partner positions repeat, so the gather's backward scatters with repeats: advanced indexing's
-        # is deterministic on a GPU (sorted), index_select's on a CPU (and a quarter of the time there).
+        # One matmul projects u for all four paths, as (batch, L, 4 n_proj) rows: u comes channels-last from
+        # the depthwise convolution, so the matmul reads it in place, and each position's projections are
+        # one row (no copy of u per path). The spatial-first paths (0, 2) project the global-local input
+        # u + u[mix] in the official code (the op reads that same input through `mix`); by linearity that
+        # is W u + (W u)[mix], so the gather takes their projections' rows, not d_inner channels of u, and
+        # no mixed copy of u is made or kept for the backward. Partner positions repeat, so the gather's
+        # backward scatters with repeats: advanced indexing's is deterministic on a GPU (sorted),
+        # index_select's on a CPU (and a quarter of the time there).
         n_proj = self.x_proj_weight.shape[1]                                    # dt_rank + 2 N
-        projected = torch.matmul(self.x_proj_weight.view(4 * n_proj, self.d_inner), u)
-        projected = projected.view(batch, 2, 2, n_proj, T * J)                  # (.., path // 2, path % 2, ..)
-        spatial = projected[:, :, 0]                                            # paths 0 and 2
-        partners = spatial.index_select(-1, mix[0]) if u.device.type == "cpu" else spatial[..., mix[0]]
-        x_dbl = torch.stack([spatial + partners, projected[:, :, 1]], dim=2).view(batch, 4, n_proj, T * J)
+        projected = torch.matmul(u.transpose(1, 2), self.x_proj_weight.view(4 * n_proj, self.d_inner).t())
+        projected = projected.view(batch, T * J, 2, 2, n_proj)                  # (.., path // 2, path % 2, ..)
+        spatial = projected[:, :, :, 0]                                         # paths 0 and 2
+        partners = spatial.index_select(1, mix[0]) if u.device.type == "cpu" else spatial[:, mix[0]]
+        spatial.add_(partners)  # in place: the matmul's backward keeps its inputs, not this output
+        # (batch, 4, n_proj, L) views: the op lays delta, B and C out as its kernels read them, one copy.
+        x_dbl = projected.view(batch, T * J, 4, n_proj).permute(0, 2, 3, 1)
         dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         # A, D and the dt bias stay in float32 under half-precision inputs (float64 with float64 ones).
         weight_dtype = weight_dtype_for(u.dtype)
@@ -144,7 +147,7 @@ class BiSTSSM(nn.Module):
         # Under autocast the projections may come out in another dtype than u; the op takes one. The
         # step sizes go in low-rank, (batch, 4, dt_rank, L), with their projection, which the op applies
         # as it reads them: the (batch, 4, d_inner, L) ones are never kept for the backward.
-        dts, Bs, Cs = (t.to(u.dtype).contiguous() for t in (dts, Bs, Cs))
+        dts, Bs, Cs = (t.to(u.dtype) for t in (dts, Bs, Cs))
         y = scan(u, dts, A, Bs, Cs, paths,
                  D=self.Ds.to(weight_dtype).view(4, self.d_inner), delta_bias=self.dt_projs_bias.to(weight_dtype),
                  mix=mix, delta_softplus=True, delta_proj_weight=self.dt_projs_weight.to(u.dtype),

@@ -307,6 +307,33 @@ def test_channels_last_activations_give_the_same_results(with_z, rank, dtype):
     assert_layouts_agree(["out"] + names, [laid_out_out, *laid_out_grads], [out, *grads], inexact)
 
 
+def as_projection_rows(tensors):
+    """(batch, P, k, L) tensors as views of one (batch, L, P, sum of k) tensor, as a model's position-wise
+    projection gives them: the same values, each position's values of every path one row."""
+    rows = torch.cat([t.detach().permute(0, 3, 1, 2) for t in tensors], dim=-1)
+    return torch.split(rows.permute(0, 2, 3, 1), [t.shape[2] for t in tensors], dim=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rank", [0, 3], ids=["full", "low_rank"])
+def test_projection_rows_give_the_same_results(rank, dtype):
+    # delta, B and C given as views of one (batch, L, P, R + 2N) tensor (PoseMamba's model passes them
+    # so): the op lays them out in one copy each, and the results are those of contiguous inputs,
+    # bitwise (the half types' B and C are converted to float in that same copy).
+    inputs = random_scan_inputs(2, 20, 67, 3, 5, dtype)
+    if rank:
+        inputs, inputs["delta_proj_weight"] = low_rank_step_sizes(inputs, rank)
+        inputs["delta_proj_weight"].requires_grad_(True)
+    names = differentiable_inputs(inputs) + (["delta_proj_weight"] if rank else [])
+    grad_out = torch.randn_like(inputs["u"])
+    out, grads = gradients(multi_path_selective_scan, inputs, names, grad_out)
+    views = as_projection_rows([inputs["delta"], inputs["B"], inputs["C"]])
+    assert not any(view.is_contiguous() or view.transpose(-1, -2).is_contiguous() for view in views)
+    laid_out = {**inputs, **{name: view.requires_grad_(True) for name, view in zip(("delta", "B", "C"), views)}}
+    laid_out_out, laid_out_grads = gradients(multi_path_selective_scan, laid_out, names, grad_out)
+    assert_layouts_agree(["out"] + names, [laid_out_out, *laid_out_grads], [out, *grads], inexact=())
+
+
 def assert_layouts_agree(names, results, expected, inexact=("z",)):
     """Bitwise equal, or within a few ulps for the names in inexact."""
     for name, a, b in zip(names, results, expected, strict=True):

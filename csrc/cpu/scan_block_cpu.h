@@ -23,7 +23,8 @@ constexpr int64_t kCpuChannelBlock = 16;
 
 // The CPU kernels project low-rank step sizes as they read them, and read u, z and grad_out (and write
 // out) either way, a block's channels from rows or at each position (gather_activation_block).
-constexpr KernelTraits kCpuKernels{/*projects_delta=*/true, /*channels_last_activations=*/true};
+constexpr KernelTraits kCpuKernels{/*projects_delta=*/true, /*channels_last_activations=*/true,
+                                  /*lays_out_B_C=*/true};
 
 inline int64_t num_channel_blocks(int64_t dim) {
   return (dim + kCpuChannelBlock - 1) / kCpuChannelBlock;
@@ -109,8 +110,9 @@ POSEMAMBA_ALWAYS_INLINE void add_lanes_to(T* values, const ChannelLanes<T>& lane
   store_lanes(values, sum);
 }
 
-// B and C of every (batch, path) transposed to (L, N) in the math type, done once per op call: the
-// scan then reads one position's N values contiguously, whatever order the path visits positions in.
+// B and C of every (batch, path) transposed to (L, N) in the math type, done once per op call from the
+// strides the caller gave (KernelTraits::lays_out_B_C): the scan then reads one position's N values
+// contiguously, whatever order the path visits positions in.
 at::Tensor transpose_to_positions_major(const at::Tensor& BC, at::ScalarType weight_dtype);
 
 #ifdef POSEMAMBA_LANE_SHUFFLES

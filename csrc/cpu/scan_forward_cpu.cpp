@@ -18,7 +18,12 @@
 namespace posemamba {
 
 at::Tensor transpose_to_positions_major(const at::Tensor& BC, at::ScalarType weight_dtype) {
-  return BC.transpose(-1, -2).to(weight_dtype).contiguous();  // (batch, P, L, N)
+  // (batch, P, L, N): one copy from any strides and dtype, none where BC already is so. (Tensor::to
+  // returns its tensor as it is, whatever the memory format asked, unless it must copy.)
+  const at::Tensor by_position = BC.transpose(-1, -2);
+  return by_position.scalar_type() == weight_dtype
+             ? by_position.contiguous()
+             : by_position.to(weight_dtype, /*non_blocking=*/false, /*copy=*/true, at::MemoryFormat::Contiguous);
 }
 
 POSEMAMBA_CPU_MULTIVERSION void gather_channel_block(const float* rows, int64_t d_begin, int64_t width, int64_t seqlen,

@@ -28,7 +28,8 @@ constexpr int64_t kMaxLength = int64_t{1} << 26;
 
 // Low-rank step sizes projected on the host side of the launches, the (batch, D, L) tensors contiguous
 // (a channels-last out copied from the kernels').
-constexpr KernelTraits kCudaKernels{/*projects_delta=*/false, /*positions_major_activations=*/false};
+constexpr KernelTraits kCudaKernels{/*projects_delta=*/false, /*channels_last_activations=*/false,
+                                   /*lays_out_B_C=*/false};
 
 inline void check_length(int64_t seqlen) {
   TORCH_CHECK(seqlen <= kMaxLength, "u: the CUDA kernels take L of at most 2^26 = ", kMaxLength, ", got ", seqlen);
