@@ -305,6 +305,11 @@ def test_channels_last_activations_give_the_same_results(with_z, rank, dtype):
     laid_out_out, laid_out_grads = gradients(multi_path_selective_scan, laid_out, names, channels_last(grad_out))
     inexact = ["out"] + names if dtype == torch.bfloat16 else ["z"]
     assert_layouts_agree(["out"] + names, [laid_out_out, *laid_out_grads], [out, *grads], inexact)
+    # du and dz come back in their inputs' layout, for the backward of whatever made them.
+    for name in ("u", "z"):
+        if name in names:
+            assert laid_out_grads[names.index(name)].transpose(1, 2).is_contiguous(), name
+            assert grads[names.index(name)].is_contiguous(), name
 
 
 def as_projection_rows(tensors):
@@ -353,6 +358,7 @@ def test_channels_last_u_with_other_layouts_around_it():
     mixed = {**inputs, "u": channels_last(inputs["u"].detach()).requires_grad_(True)}
     mixed_out, mixed_grads = gradients(multi_path_selective_scan, mixed, names, grad_out)
     assert_layouts_agree(["out"] + names, [mixed_out, *mixed_grads], [out, *grads])
+    assert mixed_grads[names.index("u")].transpose(1, 2).is_contiguous() and mixed_grads[names.index("z")].is_contiguous()
 
 
 @pytest.mark.parametrize("with_z", [False, True])
