@@ -284,6 +284,19 @@ def channels_last(t):
     return t.transpose(1, 2).contiguous().transpose(1, 2)
 
 
+def contiguous_results(inputs, rank):
+    """inputs, with rank's low-rank step sizes (0: the full ones), the names of those differentiable,
+    a random grad_out, and the op's out and gradients given them all contiguous: what another layout of
+    the same values must give."""
+    if rank:
+        inputs, inputs["delta_proj_weight"] = low_rank_step_sizes(inputs, rank)
+        inputs["delta_proj_weight"].requires_grad_(True)
+    names = differentiable_inputs(inputs) + (["delta_proj_weight"] if rank else [])
+    grad_out = torch.randn_like(inputs["u"])
+    out, grads = gradients(multi_path_selective_scan, inputs, names, grad_out)
+    return inputs, names, grad_out, out, grads
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("with_z, rank", [(True, 0), (False, 0), (True, 3)], ids=["gate", "no_gate", "gate_low_rank"])
 def test_channels_last_activations_give_the_same_results(with_z, rank, dtype):
@@ -293,13 +306,8 @@ def test_channels_last_activations_give_the_same_results(with_z, rank, dtype):
     # same (L, 16) blocks either way; dz, and bfloat16's results, are held to a few ulps only, which the
     # vector clones' fused multiply-adds would allow). The batch of 4 and D = 40 take blocks narrower
     # than 16 channels and tasks of two blocks.
-    inputs = random_scan_inputs(4, 40, 67, 2, 4, dtype, with_z=with_z)
-    if rank:
-        inputs, inputs["delta_proj_weight"] = low_rank_step_sizes(inputs, rank)
-        inputs["delta_proj_weight"].requires_grad_(True)
-    names = differentiable_inputs(inputs) + (["delta_proj_weight"] if rank else [])
-    grad_out = torch.randn_like(inputs["u"])
-    out, grads = gradients(multi_path_selective_scan, inputs, names, grad_out)
+    inputs, names, grad_out, out, grads = contiguous_results(random_scan_inputs(4, 40, 67, 2, 4, dtype, with_z=with_z),
+                                                             rank)
     laid_out = {**inputs, **{name: channels_last(inputs[name].detach()).requires_grad_(True)
                              for name in ("u", "z") if inputs[name] is not None}}
     laid_out_out, laid_out_grads = gradients(multi_path_selective_scan, laid_out, names, channels_last(grad_out))
@@ -325,13 +333,7 @@ def test_projection_rows_give_the_same_results(rank, dtype):
     # delta, B and C given as views of one (batch, L, P, R + 2N) tensor (PoseMamba's model passes them
     # so): the op lays them out in one copy each, and the results are those of contiguous inputs,
     # bitwise (the half types' B and C are converted to float in that same copy).
-    inputs = random_scan_inputs(2, 20, 67, 3, 5, dtype)
-    if rank:
-        inputs, inputs["delta_proj_weight"] = low_rank_step_sizes(inputs, rank)
-        inputs["delta_proj_weight"].requires_grad_(True)
-    names = differentiable_inputs(inputs) + (["delta_proj_weight"] if rank else [])
-    grad_out = torch.randn_like(inputs["u"])
-    out, grads = gradients(multi_path_selective_scan, inputs, names, grad_out)
+    inputs, names, grad_out, out, grads = contiguous_results(random_scan_inputs(2, 20, 67, 3, 5, dtype), rank)
     views = as_projection_rows([inputs["delta"], inputs["B"], inputs["C"]])
     assert not any(view.is_contiguous() or view.transpose(-1, -2).is_contiguous() for view in views)
     laid_out = {**inputs, **{name: view.requires_grad_(True) for name, view in zip(("delta", "B", "C"), views)}}
