@@ -9,7 +9,13 @@ extern "C" PyObject* PyInit__C(void) {
   return PyModule_Create(&module_def);
 }
 
-TORCH_LIBRARY(posemamba, m) {
+// TORCH_LIBRARY through one more macro, so that a namespace renamed by the preprocessor is expanded
+// before TORCH_LIBRARY stringises it, as torch 2.11 and later do themselves (tests/test_portable_build.py
+// builds these sources again with -Dposemamba=posemamba_portable; torch 2.10 and before registered that
+// build's schemas under posemamba:: a second time, which aborts the process).
+#define POSEMAMBA_TORCH_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+
+POSEMAMBA_TORCH_LIBRARY(posemamba, m) {
   // out: the gated sum of all paths; out_ungated: that sum before the z gate (empty without z), kept
   // for the backward; chunk_states: each path's state before every kScanChunk-th step. span_lengths:
   // hints for the GPU's work split, per path (path p cut into spans of span_lengths[p] steps; 0: no
