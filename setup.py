@@ -139,7 +139,7 @@ def main():
         description="PoseMamba 3D human pose lifting around a fused multi-path selective scan (CPU and CUDA)",
         packages=find_packages(include=["posemamba", "posemamba.*"]),
         python_requires=">=3.9",
-        install_requires=["torch", "numpy", "einops", "pyyaml", "tqdm", "matplotlib"],
+        install_requires=["torch>=2.4", "numpy", "einops", "pyyaml", "tqdm", "matplotlib"],
         extras_require={"test": ["pytest", "pytest-benchmark", "expecttest"]},
         package_data={"posemamba": ["configs/*.yaml", "data/*.json"]},
         entry_points={"console_scripts": ["posemamba = posemamba.cli:main"]},
