@@ -11,8 +11,8 @@ In the order of what matters most, so that a run cut short still says the most: 
 extension for the visible GPU's architecture with FORCE_CUDA=1, (2) runs tests/test_cuda.py, (3) times
 the fused kernels, the unfused pipeline (copies + one single-path scan per direction + merge, on our own
 kernels) and the reference at PoseMamba-S/-L block shapes, batch 1, 4 and 16, forward and
-forward+backward, with CUDA events (median of 20), and prints that table (written to DIR/timings.txt
-too), (4) times the fused op at the small batches and batch 16 under each work split (the chunked splits
+forward+backward, with CUDA events (median of 20), then low-rank step sizes projected by the kernels
+against a matmul's full ones, and prints that table (written to DIR/timings.txt too), (4) times the fused op at the small batches and batch 16 under each work split (the chunked splits
 for several POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM settings, the forward's warp split alone, the warp
 splits of both for the joint-major paths, and at batch 16 for every path), and at batch 16 with every
 path frame-major too (DIR/span_sweep.txt), (5) prints each kernel's time in one fused
@@ -255,6 +255,38 @@ def write_timing_table(table_path, with_reference=True):
              "kernels move at the least (the floor's, their per-path workspaces and saved states) over the same; "
              "H200 HBM3e copies at about 4300 (measured there), H100 HBM3 at about 3000. Batch 1 fits the "
              "50-60 MB L2: timed in cache.")
+        write_low_rank_rows(emit)
+
+
+# PoseMamba's ranks of the step sizes' projection (mamba's dt_rank, d_model / 16), by block shape.
+LOW_RANK = {"S": 4, "L": 8}
+
+
+def write_low_rank_rows(emit):
+    """Low-rank step sizes as PoseMamba's blocks pass them (delta_proj_weight): the kernels projecting them
+    as they read them ("fused"), against the full step sizes made by a matmul and passed in ("matmul",
+    what the op did on CUDA before its kernels projected), at batch 1 and 16."""
+    import torch
+
+    from posemamba.ops import multi_path_selective_scan
+
+    def projected(delta_proj_weight, delta, **inputs):
+        return multi_path_selective_scan(delta=torch.matmul(delta_proj_weight, delta), **inputs)
+
+    emit(f"{'low rank':8} {'pass':8} {'fused ms':>9} {'matmul ms':>11} {'x':>5}")
+    for name, dim in SHAPES.items():
+        rank = LOW_RANK[name]
+        for batch in (1, 16):
+            inputs, leaves, grad_out = pose_block_inputs(batch, dim)
+            length, device = inputs["u"].shape[-1], inputs["u"].device
+            inputs["delta"] = torch.randn(batch, P, rank, length, device=device, requires_grad=True)
+            inputs["delta_proj_weight"] = (torch.randn(P, dim, rank, device=device) * rank ** -0.5).requires_grad_()
+            leaves[1:2] = [inputs["delta"], inputs["delta_proj_weight"]]
+            for backward in (False, True):
+                fused, matmul = (median_ms(scan_steps(fn, inputs, leaves, grad_out)[1 if backward else 0])
+                                 for fn in (multi_path_selective_scan, projected))
+                emit(f"{f'{name} b{batch} R{rank}':8} {'fwd+bwd' if backward else 'fwd':8} {fused:9.3f} {matmul:11.3f} "
+                     f"{matmul / fused:5.2f}")
 
 
 # The work splits, each in a process of its own (the kernels read their settings once): the chunked

@@ -337,12 +337,19 @@ POSEMAMBA_MATH void step_sizes(T (&raw_delta)[kSteps], T bias, bool use_softplus
   }
 }
 
+// One term of low_rank_step_size's sum added: kernels that read each low-rank value once for several
+// channels or steps add the terms themselves, rank by rank in the same order.
+template <typename T, typename S>
+POSEMAMBA_MATH T add_low_rank_term(const T& raw, S low, const T& weight) {
+  return raw + low * weight;
+}
+
 // The raw step size from mamba's low-rank form: the sum over r = 0, 1, ... of low[r * low_stride] *
 // weight[r], rank >= 1, in that order (weight may hold lanes of channels, low one value for them all).
 template <typename T, typename S>
 POSEMAMBA_MATH T low_rank_step_size(const T* weight, const S* low, int64_t low_stride, int64_t rank) {
   T raw = low[0] * weight[0];
-  for (int64_t r = 1; r < rank; ++r) raw += low[r * low_stride] * weight[r];
+  for (int64_t r = 1; r < rank; ++r) raw = add_low_rank_term(raw, low[r * low_stride], weight[r]);
   return raw;
 }
 

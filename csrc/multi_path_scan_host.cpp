@@ -41,8 +41,7 @@ at::Tensor in_layout(const at::Tensor& t, bool channels_last) {
 }
 
 // Checks every input against u and A (which fix batch, D, L, P and N), makes them contiguous (u and z
-// left channels-last where the kernels read them so, B and C as given where they lay them out; delta
-// made full where the host projects it), and
+// left channels-last where the kernels read them so, B and C as given where they lay them out), and
 // fills params' sizes, layouts and input pointers.
 ScanInputs prepare_scan_inputs(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
@@ -102,16 +101,8 @@ ScanInputs prepare_scan_inputs(
   t.delta = delta.contiguous();
   if (delta_proj_weight.has_value()) {
     t.delta_proj_weight = delta_proj_weight->contiguous();
-    if (!kernels.projects_delta) {
-      // Inside the op the matmul must not follow an autocast region around the call: the kernels read
-      // delta in u's dtype.
-      const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-      t.delta_low = t.delta;
-      t.delta = at::matmul(t.delta_proj_weight, t.delta_low);  // (P, D, R) @ (batch, P, R, L)
-    } else {
-      p.delta_rank = delta_rank;
-      p.delta_proj_weight = t.delta_proj_weight.const_data_ptr();
-    }
+    p.delta_rank = delta_rank;
+    p.delta_proj_weight = t.delta_proj_weight.const_data_ptr();
   }
   t.A = A.contiguous();
   t.B = kernels.lays_out_B_C ? B : B.contiguous();
@@ -212,9 +203,10 @@ ScanBackward prepare_scan_backward(
   p.n_channel_blocks = (p.dim + channel_block - 1) / channel_block;
   const auto weights = A.options();
   g.du = at::empty({p.batch, p.dim, p.seqlen}, u.options());
-  // With the projection in the kernels no full ddelta exists: its sums over channels and over the
-  // batch and L are taken as the kernels go.
-  g.ddelta = p.delta_rank > 0 ? at::Tensor() : at::empty_like(g.inputs.delta);
+  // Where the kernels take the projection's gradients no full ddelta exists: its sums over channels and
+  // over the batch and L are taken as the kernels go.
+  const bool sums_projection_gradients = p.delta_rank > 0 && kernels.sums_delta_projection_gradients;
+  g.ddelta = sums_projection_gradients ? at::Tensor() : at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, u.options());
   g.dz = at::empty(z.has_value() ? at::IntArrayRef{p.batch, p.dim, p.seqlen} : at::IntArrayRef{0}, u.options());
   g.positions_minor = positions_minor;
   const int64_t minor = positions_minor ? p.seqlen : p.d_state, major = positions_minor ? p.d_state : p.seqlen;
@@ -225,7 +217,7 @@ ScanBackward prepare_scan_backward(
   g.dA_by_state = at::empty({p.n_paths, p.d_state, p.dim}, weights);
   g.dD = at::empty({p.n_paths, p.dim}, weights);
   g.ddelta_bias = at::empty_like(g.dD);
-  if (p.delta_rank > 0) {
+  if (sums_projection_gradients) {
     g.d_delta_low_partial = at::empty({p.batch, p.n_channel_blocks, p.n_paths, p.delta_rank, p.seqlen}, weights);
     g.d_delta_low_sum = at::empty({p.batch, p.n_paths, p.delta_rank, p.seqlen}, weights);
     g.d_delta_proj_weight = at::empty({p.n_paths, p.dim, p.delta_rank}, weights);
@@ -260,7 +252,7 @@ void allocate_length_partials(ScanBackward& g, int64_t n_length_blocks, bool zer
   p.dA_partial = g.dA_partial.mutable_data_ptr();
   p.dD_partial = g.dD_partial.mutable_data_ptr();
   p.ddelta_bias_partial = g.ddelta_bias_partial.mutable_data_ptr();
-  if (p.delta_rank > 0) {
+  if (g.d_delta_low_partial.defined()) {
     g.d_delta_proj_weight_partial = allocate({p.batch, n_length_blocks, p.n_paths, p.dim, p.delta_rank});
     p.d_delta_proj_weight_partial = g.d_delta_proj_weight_partial.mutable_data_ptr();
   }
@@ -268,17 +260,19 @@ void allocate_length_partials(ScanBackward& g, int64_t n_length_blocks, bool zer
 
 namespace {
 
-// The gradients of the low-rank delta and of delta_proj_weight (in the input dtype), where the
-// projection was taken: by the kernels (the sums of their partials), or on the host (from ddelta).
+// The gradients of the low-rank delta and of delta_proj_weight (in the input dtype): the sums of the
+// kernels' partials, or taken on the host from the full ddelta.
 std::tuple<at::Tensor, at::Tensor> delta_projection_gradients(const ScanBackward& g) {
   const at::ScalarType input_dtype = g.inputs.u.scalar_type();
   if (g.d_delta_low_sum.defined()) {
     return {g.d_delta_low_sum.to(input_dtype), g.d_delta_proj_weight.to(input_dtype)};
   }
-  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);  // as in the forward
+  // Inside the op the matmuls must not follow an autocast region around the call: the gradients come
+  // in the inputs' dtypes.
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const at::Tensor& weight = g.inputs.delta_proj_weight;
-  return {at::matmul(weight.transpose(-1, -2), g.ddelta),
-          at::matmul(g.ddelta, g.inputs.delta_low.transpose(-1, -2)).sum(0)};
+  return {at::matmul(weight.transpose(-1, -2), g.ddelta),  // (P, R, D) @ (batch, P, D, L)
+          at::matmul(g.ddelta, g.inputs.delta.transpose(-1, -2)).sum(0)};
 }
 
 }  // namespace

@@ -16,17 +16,16 @@ namespace posemamba {
 // Contiguous inputs, kept alive while a kernel reads them through params' pointers.
 struct ScanInputs {
   at::Tensor u, delta, A, B, C, D, z, delta_bias, paths, mix;
-  // With low-rank step sizes: the weight, and where the host made the full delta for the kernels
-  // (KernelTraits::projects_delta false), the low-rank delta it came from.
-  at::Tensor delta_proj_weight, delta_low;
+  at::Tensor delta_proj_weight;  // with low-rank step sizes (delta then the low-rank delta)
 };
 
 // What a device's kernels take, where the devices differ.
 struct KernelTraits {
-  // Whether they project mamba's low-rank step sizes (delta_proj_weight) to the full delta as they read
-  // them; else the host does before they run (a full (batch, P, D, L) delta made for the kernels, and the
-  // gradients through the projection taken from its gradient afterwards).
-  bool projects_delta;
+  // Every device's kernels project mamba's low-rank step sizes (delta_proj_weight) as they read them.
+  // Whether their backward also takes the gradients through the projection (sums over channels and
+  // positions, in partials); else it writes the full (batch, P, D, L) ddelta, from which the host takes
+  // them by two matmuls.
+  bool sums_delta_projection_gradients;
   // Whether they read u, z and grad_out channels-last where they come so, and write out channels-last
   // where asked (MultiPathScanParams::u_channels_last, ...); else those are made (batch, D, L).
   bool channels_last_activations;
@@ -48,8 +47,8 @@ struct ScanBackward {
   // The sums of the partials: dB and dC in the partials' layout (PartialsLayout), dA by state entry,
   // (P, N, D), then dD and ddelta_bias.
   at::Tensor dB_sum, dC_sum, dA_by_state, dD, ddelta_bias;
-  // With the projection in the kernels, its gradients' partials and sums (d_delta_low_sum (batch, P,
-  // R, L), d_delta_proj_weight (P, D, R)).
+  // Where the kernels take the projection's gradients, their partials and sums (d_delta_low_sum
+  // (batch, P, R, L), d_delta_proj_weight (P, D, R)).
   at::Tensor d_delta_low_partial, d_delta_proj_weight_partial, d_delta_low_sum, d_delta_proj_weight;
   bool positions_minor = false;  // dB_sum and dC_sum are (batch, P, N, L), else (batch, P, L, N)
   MultiPathScanBwdParams params;

@@ -153,7 +153,7 @@ def model_outputs_and_grads(model, clip, device):
 
 def test_cuda_model_training_step_matches_cpu(monkeypatch):
     # The whole model on the GPU (its index tensors on the device, the gather by advanced indexing, the
-    # low-rank step sizes' autograd.Function) against the same model on the CPU kernels; in full float32
+    # low-rank step sizes projected by the kernels) against the same model on the CPU kernels; in full float32
     # (no TF32 in cuDNN's convolution).
     from posemamba.model import PoseMamba
 
@@ -171,19 +171,22 @@ def test_cuda_model_training_step_matches_cpu(monkeypatch):
         torch.testing.assert_close(a, e, rtol=1e-3, atol=1e-3 * scale)
 
 
-def test_cuda_low_rank_step_sizes_match_cpu():
-    inputs = random_scan_inputs(2, 40, 130, 4, 16, torch.float32)
-    weight = torch.randn(4, 40, 3) / 3 ** 0.5
-    inputs["delta"] = torch.randn(2, 4, 3, 130)
+@pytest.mark.parametrize("span_lengths", [None, 16], ids=["chunked", "warp"])
+@pytest.mark.parametrize("rank", [3, 40])  # one tile of ranks, and two (the kernels stage 32 at a time)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_low_rank_step_sizes_match_cpu(rank, span_lengths, dtype):
+    inputs = random_scan_inputs(2, 40, 130, 4, 16, dtype)
+    weight = (torch.randn(4, 40, rank) / rank ** 0.5).to(dtype)
+    inputs["delta"] = torch.randn(2, 4, rank, 130).to(dtype)
 
     def run(inputs, weight):
         names = [n for n in DIFFERENTIABLE if inputs[n] is not None]
         leaves = {n: inputs[n].detach().requires_grad_(True) for n in names}
         weight = weight.detach().requires_grad_(True)
-        out = multi_path_selective_scan(**{**inputs, **leaves}, delta_proj_weight=weight)
+        out = multi_path_selective_scan(**{**inputs, **leaves}, delta_proj_weight=weight, span_lengths=span_lengths)
         return [out, *torch.autograd.grad(out, [*leaves.values(), weight], torch.ones_like(out))]
 
-    assert_close_scaled(run(to_cuda(inputs), weight.cuda()), run(inputs, weight), torch.float32)
+    assert_close_scaled(run(to_cuda(inputs), weight.cuda()), run(inputs, weight), dtype)
 
 
 @pytest.mark.parametrize("seqlen", [37, 200])
@@ -288,7 +291,7 @@ def test_cuda_opcheck():
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_bwd.default, backward_args + ([16, 0],))
     # out channels-last (copied so from the kernels' output).
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_fwd.default, args + ([16, 0], True, None, True))
-    # Low-rank step sizes, projected on the host side of the launches.
+    # Low-rank step sizes (projected by the kernels; their gradients by matmuls from the full ddelta).
     weight = torch.randn(2, 3, 2, device="cuda")
     low_rank = (args[0], torch.randn(2, 2, 2, 70, device="cuda"), *args[2:])
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_fwd.default, low_rank + ([16, 0], True, weight))

@@ -304,25 +304,28 @@ def test_emulated_forward_without_saving_gives_the_same_output(emulated, span_le
     assert lean[1].shape == (0,) and lean[2].shape == (0,)
 
 
+@pytest.mark.parametrize("rank", [3, 40], ids=["one_tile_of_ranks", "two_tiles_of_ranks"])
 @pytest.mark.parametrize("span_lengths", [[], [16, 0]], ids=["chunked", "warp_and_chunked"])
-def test_emulated_low_rank_step_sizes_match_cpu_kernels(emulated, span_lengths):
-    # The CUDA op projects low-rank step sizes on the host side of its launches (a full delta for the
-    # kernels, its gradient taken back through the projection), the CPU kernels as they read them: the
-    # same outputs and gradients, the low-rank delta's and the weight's included, to rounding.
-    inputs = random_scan_inputs(2, 33, 150, 2, 4, torch.float32)
-    generator = torch.Generator().manual_seed(0)
-    inputs["delta"] = torch.randn(2, 2, 3, 150, generator=generator)
-    weight = torch.randn(2, 33, 3, generator=generator) / 3 ** 0.5
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_emulated_low_rank_step_sizes_match_cpu_kernels(emulated, span_lengths, rank, dtype):
+    # Both devices' kernels project low-rank step sizes as they read them (the CUDA ones staging 32 ranks
+    # a tile: R = 40 takes two); the CUDA backward writes the full ddelta and the op takes the
+    # projection's gradients from it by matmuls, the CPU one sums them as it goes: the same outputs and
+    # gradients, the low-rank delta's and the weight's included, to rounding.
+    inputs = random_scan_inputs(2, 33, 150, 2, 4, dtype)
+    generator = torch.Generator().manual_seed(rank)
+    inputs["delta"] = torch.randn(2, 2, rank, 150, generator=generator).to(dtype)
+    weight = (torch.randn(2, 33, rank, generator=generator) / rank ** 0.5).to(dtype)
     args = [inputs[name] for name in FORWARD_ARGS]
-    grad_out = torch.randn(2, 33, 150, generator=generator)
+    grad_out = torch.randn(2, 33, 150, generator=generator).to(dtype)
     results = []
     for ops in (emulated, torch.ops.posemamba):
         out, out_ungated, chunk_states = ops.multi_path_scan_fwd(*args, True, span_lengths, True, weight)
         grads = ops.multi_path_scan_bwd(grad_out, *args, out_ungated, chunk_states, True, span_lengths, weight)
         results.append([out, out_ungated, chunk_states, *grads])
     d_delta_low, d_weight = results[0][4], results[0][-1]
-    assert d_delta_low.shape == (2, 2, 3, 150) and d_weight.shape == (2, 33, 3)
-    assert_close_scaled(results[0], results[1], torch.float32)
+    assert d_delta_low.shape == (2, 2, rank, 150) and d_weight.shape == (2, 33, rank)
+    assert_close_scaled(results[0], results[1], dtype)
 
 
 def test_emulated_channels_last_out(emulated):
@@ -338,8 +341,8 @@ def test_emulated_channels_last_out(emulated):
 
 
 def test_emulated_low_rank_projection_ignores_autocast(emulated):
-    # The projection on the host side of the launches is an ATen matmul inside the op: an autocast
-    # region around the call must not turn it into another dtype than the kernels read.
+    # The gradients through the projection are ATen matmuls inside the op: an autocast region around
+    # the call must not turn them into another dtype than the inputs'.
     inputs = random_scan_inputs(1, 20, 40, 2, 4, torch.float32)
     generator = torch.Generator().manual_seed(0)
     inputs["delta"] = torch.randn(1, 2, 3, 40, generator=generator)

@@ -74,6 +74,10 @@ def test_timing_table_rows(monkeypatch, tmp_path):
     assert rows[4].split()[6:8] == ["-", "-"]  # no reference above batch 4
     assert [int(v) for v in rows[2].split()[8:10]] == [round(gpu_report.floor_bytes(1, 8, False) / 2e-3 / 1e9),
                                                       round(gpu_report.design_bytes(1, 8, False) / 2e-3 / 1e9)]
+    # Then the low-rank step sizes, the kernels' projection against a matmul's, at batch 1 and 16.
+    assert rows[7].split()[:2] == ["low", "rank"]
+    assert [row.split() for row in rows[8:12]] == [
+        ["S", f"b{batch}", "R4", step, "2.000", "2.000", "1.00"] for batch in (1, 16) for step in ("fwd", "fwd+bwd")]
     gpu_report.write_timing_table(tmp_path / "quick.txt", with_reference=False)
     assert (tmp_path / "quick.txt").read_text().splitlines()[2].split()[3:8] == ["2.000", "2.000", "1.00", "-", "-"]
 

@@ -55,7 +55,7 @@ namespace cuda {
 // which pass 3 updates in place chunk by chunk. The walk over chunks takes its pass as a compile-time
 // constant, so that each pass's loop holds only its own work (pass 1 neither recomputes states nor
 // reads the per-entry values).
-template <typename input_t>
+template <typename input_t, bool kLowRank>
 __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiprocessor)
     scan_span_backward_kernel(MultiPathScanBwdParams p, int64_t chunks_per_span, int64_t first_span,
                               at::opmath_type<input_t>* adjoint, StateMap<at::opmath_type<input_t>>* span_maps,
@@ -69,7 +69,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const int n_states = static_cast<int>(N);  // at most kMaxStateDim (checked on the host)
   const int lane = task.lane, warp = task.warp;
   const bool active = task.active, pass_1 = span_maps != nullptr;
-  const PathChannel<input_t> c(p, b, path, d, task.first_channel);
+  const PathChannel<input_t> c(p, b, path, d, task.first_channel, kLowRank);
   const int64_t row = (b * p.n_paths + path) * p.dim + d;
   const int64_t first_row = row - d + task.first_channel;  // the block's first channel's
   const int64_t first_output = b * p.dim * L + task.first_channel * L;  // its row of dout and z
@@ -218,7 +218,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       if constexpr (!summary) {
         // delta again (its registers were the loop's), for the step size's derivative.
         weight_t delta[kStepsPerThread], d_step[kStepsPerThread], dv[kStepsPerThread];
-        c.gather_steps(tiles[warp], delta, RowsAt<input_t>(c.delta_block, lane_step_position(position)));
+        c.gather_raw_step_sizes(tiles[warp], delta, lane_step_position(position));
 #pragma unroll
         for (int k = 0; k < kStepsPerThread; ++k) {
           d_step[k] = (d_dt[k] + d_dt_v[k] * v[k]) * step_size_grad<weight_t>(delta[k], c.bias, p.delta_softplus);
@@ -332,14 +332,16 @@ void run_chunked_backward(const MultiPathScanBwdParams& p, const at::TensorOptio
   const at::Tensor adjoint = n_spans > 1 ? at::empty(adjoint_shape, weights) : at::zeros(adjoint_shape, weights);
   auto* adjoint_data = adjoint.mutable_data_ptr<weight_t>();
   const dim3 block(kWarp, kSegmentWarps);
+  const auto kernel =
+      p.delta_rank > 0 ? scan_span_backward_kernel<scalar_t, true> : scan_span_backward_kernel<scalar_t, false>;
   if (n_spans > 1) {
     const at::Tensor span_maps = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim, 2}, weights);
     auto* maps = reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>());
-    simt::launch(scan_span_backward_kernel<scalar_t>, path_channel_grid(p, n_spans - 1), block, 0, p, span_chunks,
+    simt::launch(kernel, path_channel_grid(p, n_spans - 1), block, 0, p, span_chunks,
                  /*first_span=*/int64_t{1}, adjoint_data, maps, nullptr);
     carry_across_spans<weight_t>(p, n_spans, maps, adjoint_data, /*forward=*/false);
   }
-  simt::launch(scan_span_backward_kernel<scalar_t>, path_channel_grid(p, n_spans), block, 0, p, span_chunks,
+  simt::launch(kernel, path_channel_grid(p, n_spans), block, 0, p, span_chunks,
                /*first_span=*/int64_t{0}, adjoint_data, nullptr, dv_paths);
 }
 

@@ -26,9 +26,9 @@ constexpr int kWarp = 32;
 // arithmetic where a 64-bit one takes several. Checked once per op call, for all the kernels.
 constexpr int64_t kMaxLength = int64_t{1} << 26;
 
-// Low-rank step sizes projected on the host side of the launches, the (batch, D, L) tensors contiguous
-// (a channels-last out copied from the kernels').
-constexpr KernelTraits kCudaKernels{/*projects_delta=*/false, /*channels_last_activations=*/false,
+// The gradients through the low-rank step sizes' projection taken on the host, from the full ddelta;
+// the (batch, D, L) tensors contiguous (a channels-last out copied from the kernels').
+constexpr KernelTraits kCudaKernels{/*sums_delta_projection_gradients=*/false, /*channels_last_activations=*/false,
                                    /*lays_out_B_C=*/false};
 
 inline void check_length(int64_t seqlen) {
@@ -51,8 +51,7 @@ void run_warp_spans_backward(const MultiPathScanBwdParams& p, int64_t span_lengt
 
 // The ops' CUDA implementations on the current device, without its guard: inputs prepared with the
 // CUDA work split (dB/dC partials per warp of channels, dA/dD/ddelta_bias partials per span and warp), the
-// dtype's kernels run, outputs collected. Low-rank step sizes are projected on the host (a full delta
-// for the kernels, made again for the backward; not kept between them). scan_cuda_ops.cpp registers them behind a device guard; the
+// dtype's kernels run, outputs collected. scan_cuda_ops.cpp registers them behind a device guard; the
 // emulation tests (../emulation/) call them directly.
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_forward(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,

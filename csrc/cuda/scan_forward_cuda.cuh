@@ -49,7 +49,7 @@ namespace cuda {
 // Passes 1 and 3 (see above), by pointers: with span_maps, pass 1 (from a zero state; the span's
 // composed maps out, (batch, P, spans, N, D)); else pass 3 (from span_start's states, or zero where it
 // is null; outputs into y_paths and chunk_states).
-template <typename input_t>
+template <typename input_t, bool kLowRank>
 __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiprocessor)
     scan_span_kernel(MultiPathScanParams p, int64_t chunks_per_span, const at::opmath_type<input_t>* span_start,
                      StateMap<at::opmath_type<input_t>>* span_maps, at::opmath_type<input_t>* y_paths) {
@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const int n_states = static_cast<int>(N);  // at most kMaxStateDim (checked on the host)
   const int lane = task.lane, warp = task.warp;
   const bool active = task.active, pass_1 = span_maps != nullptr;
-  const PathChannel<input_t> c(p, task.b, task.path, task.d, task.first_channel);
+  const PathChannel<input_t> c(p, task.b, task.path, task.d, task.first_channel, kLowRank);
   // The block's first channel's row of the (batch, P, D, L) workspace.
   const int64_t first_row = (task.b * p.n_paths + task.path) * p.dim + task.first_channel;
   const int64_t span_entry = span_entries(p, n_spans, task.b, task.path, span) + task.d;  // this lane's
@@ -220,12 +220,13 @@ void run_chunked_forward(const MultiPathScanParams& p, const at::TensorOptions& 
   auto* maps = n_spans > 1 ? reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>()) : nullptr;
   auto* starts = n_spans > 1 ? span_start.mutable_data_ptr<weight_t>() : nullptr;
   const dim3 block(kWarp, kSegmentWarps);
+  const auto kernel = p.delta_rank > 0 ? scan_span_kernel<scalar_t, true> : scan_span_kernel<scalar_t, false>;
   if (n_spans > 1) {
-    simt::launch(scan_span_kernel<scalar_t>, path_channel_grid(p, n_spans - 1), block, 0, p, span_chunks, nullptr, maps,
+    simt::launch(kernel, path_channel_grid(p, n_spans - 1), block, 0, p, span_chunks, nullptr, maps,
                  nullptr);
     carry_across_spans<weight_t>(p, n_spans, maps, starts, /*forward=*/true);
   }
-  simt::launch(scan_span_kernel<scalar_t>, path_channel_grid(p, n_spans), block, 0, p, span_chunks,
+  simt::launch(kernel, path_channel_grid(p, n_spans), block, 0, p, span_chunks,
                static_cast<const weight_t*>(starts), nullptr, y_paths);
 }
 

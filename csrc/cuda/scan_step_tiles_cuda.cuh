@@ -75,13 +75,23 @@ template <typename input_t>
 struct PathChannel {
   using weight_t = at::opmath_type<input_t>;
 
-  __device__ PathChannel(const MultiPathScanParams& p, int64_t b, int64_t path, int64_t d, int64_t first_channel)
+  // low_rank: whether delta comes in mamba's low-rank form (p.delta_rank > 0), a compile-time constant of
+  // the kernel (its kLowRank), so that a kernel for full step sizes holds no code or registers for the
+  // projection.
+  __device__ PathChannel(const MultiPathScanParams& p, int64_t b, int64_t path, int64_t d, int64_t first_channel,
+                         bool low_rank)
       : L(p.seqlen), N(p.d_state), row_length(static_cast<uint32_t>(p.seqlen)), delta_softplus(p.delta_softplus) {
     const int64_t batch_path = b * p.n_paths + path;
     const int64_t path_channel = path * p.dim + d;
     last_block_channel = static_cast<int>(p.dim - 1 - first_channel);
     u_block = static_cast<const input_t*>(p.u) + (b * p.dim + first_channel) * L;
-    delta_block = static_cast<const input_t*>(p.delta) + (batch_path * p.dim + first_channel) * L;
+    delta_rank = low_rank ? static_cast<int>(p.delta_rank) : 0;
+    if (low_rank) {
+      delta_block = static_cast<const input_t*>(p.delta) + batch_path * p.delta_rank * L;
+      delta_proj_row = static_cast<const input_t*>(p.delta_proj_weight) + path_channel * p.delta_rank;
+    } else {
+      delta_block = static_cast<const input_t*>(p.delta) + (batch_path * p.dim + first_channel) * L;
+    }
     B_path = static_cast<const input_t*>(p.B) + batch_path * N * L;
     C_path = static_cast<const input_t*>(p.C) + batch_path * N * L;
     order = p.paths + path * L;
@@ -121,9 +131,10 @@ struct PathChannel {
 
   // The scan inputs v (u, plus u at the mixed-in position where mix names one) and the step sizes dt
   // at the warp's kStepsPerThread steps (at `position`, mixing in `mixed_position`), for this lane's
-  // channel, loaded through the warp's tile. The loads are all in flight together: where a step of the
-  // tile mixes, every step reads a mixed-in u (at its own position again where it has none); where
-  // none does (the whole tile, as on a path without a mix), none reads one.
+  // channel, loaded through the warp's tile. The loads are all in flight together (delta's after u's
+  // where it comes in the low-rank form: gather_raw_step_sizes): where a step of the tile mixes, every
+  // step reads a mixed-in u (at its own position again where it has none); where none does (the whole
+  // tile, as on a path without a mix), none reads one.
   __device__ void load_steps(const uint32_t* position, const uint32_t* mixed_position, StepTile<weight_t> tile,
                              weight_t (&v)[kStepsPerThread], weight_t (&dt)[kStepsPerThread]) const {
     const int step = tile_step(static_cast<int>(threadIdx.x));
@@ -135,7 +146,7 @@ struct PathChannel {
   __device__ void load_steps_at(uint32_t l, uint32_t mixed, StepTile<weight_t> tile, weight_t (&v)[kStepsPerThread],
                                 weight_t (&dt)[kStepsPerThread]) const {
     const int lane = static_cast<int>(threadIdx.x);
-    const bool has_mixed = mixed != kNoMixedPosition;
+    const bool has_mixed = mixed != kNoMixedPosition, full_delta = delta_rank == 0;
     weight_t u_own[kStepsPerThread], delta[kStepsPerThread];
     const RowsAt<input_t> u_own_at(u_block, l), delta_at(delta_block, l);
     if (__any_sync(0xffffffffu, has_mixed)) {
@@ -146,7 +157,7 @@ struct PathChannel {
         const uint32_t row = channel_row(tile_channel(lane, r));
         u_own[r] = u_own_at(row);
         u_mixed[r] = u_mixed_at(row);
-        delta[r] = delta_at(row);
+        if (full_delta) delta[r] = delta_at(row);
       }
 #pragma unroll
       for (int r = 0; r < kStepsPerThread; ++r) u_own[r] = has_mixed ? u_own[r] + u_mixed[r] : u_own[r];
@@ -155,12 +166,65 @@ struct PathChannel {
       for (int r = 0; r < kStepsPerThread; ++r) {
         const uint32_t row = channel_row(tile_channel(lane, r));
         u_own[r] = u_own_at(row);
-        delta[r] = delta_at(row);
+        if (full_delta) delta[r] = delta_at(row);
       }
     }
     rounds_to_lanes(tile, u_own, v);
-    rounds_to_lanes(tile, delta, dt);
+    if (full_delta) {
+      rounds_to_lanes(tile, delta, dt);
+    } else {
+      project_step_sizes(tile, dt, l);
+    }
     step_sizes(dt, bias, delta_softplus);
+  }
+
+  // The raw step sizes (delta before the bias and softplus) for this lane's channel at the warp's steps,
+  // l being the position of the lane's own step on the tile's global side: delta's rows through the
+  // tile, or projected from mamba's low-rank form (project_step_sizes).
+  __device__ void gather_raw_step_sizes(StepTile<weight_t> tile, weight_t (&raw)[kStepsPerThread], uint32_t l) const {
+    if (delta_rank == 0) {
+      gather_steps(tile, raw, RowsAt<input_t>(delta_block, l));
+    } else {
+      project_step_sizes(tile, raw, l);
+    }
+  }
+
+  // low_rank_step_size for this lane's channel at the warp's steps, from the (R, L) low-rank rows at l
+  // (as gather_raw_step_sizes). The tile stages up to 32 ranks at a time, tile[step][rank], each lane
+  // loading ranks of its own step on the tile's global side; each lane then reads them as broadcasts
+  // against its channel's weights: the low-rank values are loaded once for the warp's 32 channels, the
+  // weights once a tile.
+  __device__ void project_step_sizes(StepTile<weight_t> tile, weight_t (&raw)[kStepsPerThread], uint32_t l) const {
+    // A round stages 4 ranks (a quarter of the lanes each) at the 8 steps, so that R <= 16 takes one
+    // set of 4 rounds, their loads in flight together.
+    constexpr int kRounds = 4, kRanksPerRound = kWarp / kStepsPerThread;
+    const int lane = static_cast<int>(threadIdx.x), step = tile_step(lane), quarter = lane / kStepsPerThread;
+#pragma unroll
+    for (int k = 0; k < kStepsPerThread; ++k) raw[k] = 0;  // 0 + the first term is that term
+    for (int first_rank = 0; first_rank < delta_rank; first_rank += kWarp) {
+      const int ranks = delta_rank - first_rank < kWarp ? delta_rank - first_rank : kWarp;
+      // (Offsets below 32 L: 32 bits, as channel rows.)
+      const RowsAt<input_t> low_at(delta_block + static_cast<int64_t>(first_rank) * L, l);
+#pragma unroll 1
+      for (int first_round = 0; first_round * kRanksPerRound < ranks; first_round += kRounds) {
+        weight_t low[kRounds];
+#pragma unroll
+        for (int r = 0; r < kRounds; ++r) {
+          const int rank = (first_round + r) * kRanksPerRound + quarter;
+          low[r] = rank < ranks ? low_at(static_cast<uint32_t>(rank) * row_length) : weight_t(0);
+        }
+#pragma unroll
+        for (int r = 0; r < kRounds; ++r) tile[step][(first_round + r) * kRanksPerRound + quarter] = low[r];
+      }
+      __syncwarp();
+#pragma unroll 4
+      for (int rank = 0; rank < ranks; ++rank) {
+        const weight_t weight = static_cast<weight_t>(delta_proj_row[first_rank + rank]);
+#pragma unroll
+        for (int k = 0; k < kStepsPerThread; ++k) raw[k] = add_low_rank_term(raw[k], tile[k][rank], weight);
+      }
+      __syncwarp();  // the tile is free again
+    }
   }
 
   // value[k] = row_value(channel row) for this lane's channel and the warp's steps, read by the tile's
@@ -247,6 +311,11 @@ struct PathChannel {
   uint32_t row_length;  // L, for 32-bit offsets within a block's rows (check_length, scan_cuda.h)
   bool delta_softplus;
   int last_block_channel;  // D - 1 - first_channel: the last channel of the block below D
+  // R, where delta comes in mamba's low-rank form (MultiPathScanParams::delta_rank), else 0; then
+  // delta_block is the (batch, path)'s (R, L) low-rank rows and delta_proj_row this lane's channel's R
+  // weights, else delta_block is the block's (D, L) rows from first_channel.
+  int delta_rank;
+  const input_t* delta_proj_row = nullptr;
   const input_t *u_block, *delta_block, *B_path, *C_path;
   const int64_t *order, *mix_row;
   const weight_t* A_row;

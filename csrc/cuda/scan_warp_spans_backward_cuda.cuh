@@ -71,7 +71,7 @@ struct WarpBackwardTile {
 // With span_maps, pass 1 over spans [first_span, first_span + pass_spans): each span's adjoint map from a
 // zero inflow out, (batch, P, spans, N, D). Else pass 3 over all spans, from the adjoint entering each
 // (adjoint, (batch, P, spans, N, D); null: zero everywhere, for a single span): every gradient.
-template <typename input_t>
+template <typename input_t, bool kLowRank>
 __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlocksPerMultiprocessor)
     scan_warp_spans_backward_kernel(MultiPathScanBwdParams p, int64_t span_length, int64_t n_spans,
                                     int64_t first_span, int64_t pass_spans, const at::opmath_type<input_t>* adjoint,
@@ -85,7 +85,7 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
   const int64_t d = task.d;
   const bool active = task.active;
   const int begin = task.begin, end = task.end;
-  const PathChannel<input_t> c(p, task.b, task.path, d, task.first_channel);
+  const PathChannel<input_t> c(p, task.b, task.path, d, task.first_channel, kLowRank);
   const int N = static_cast<int>(p.d_state);  // at most kMaxStateDim (checked on the host)
   const int64_t L = p.seqlen;
   const int64_t span_entry = span_entries(p, n_spans, task.b, task.path, task.span) + d;  // this lane's
@@ -122,7 +122,7 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
         const uint32_t l = positions.advance(first).l;
         tile.projections.template stage</*kWithB=*/false, /*kWithC=*/true>(c, l, staged, group);
         weight_t dt[kStepsPerThread], dy[kStepsPerThread];
-        c.gather_steps(steps, dt, RowsAt<input_t>(c.delta_block, l));
+        c.gather_raw_step_sizes(steps, dt, l);
         step_sizes(dt, c.bias, c.delta_softplus);
         output_grads(l, dy);
 #pragma unroll
@@ -284,7 +284,7 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
           }
           // The step size's derivative needs delta again (its registers were the loop's).
           weight_t delta[kStepsPerThread], d_step[kStepsPerThread], dv[kStepsPerThread];
-          c.gather_steps(steps, delta, RowsAt<input_t>(c.delta_block, l));
+          c.gather_raw_step_sizes(steps, delta, l);
 #pragma unroll
           for (int k = 0; k < kStepsPerThread; ++k) {
             d_step[k] = (d_dt[k] + d_dt_v[k] * v[k]) * step_size_grad<weight_t>(delta[k], c.bias, p.delta_softplus);
@@ -322,6 +322,8 @@ void run_warp_spans_backward(const MultiPathScanBwdParams& p, int64_t span_lengt
   const int64_t n_spans = num_warp_spans(p, span_length);
   const auto blocks = [&](int64_t pass_spans) { return warp_span_blocks(p, pass_spans, kBackwardSpanWarps); };
   const dim3 block(kWarp, kBackwardSpanWarps);
+  const auto kernel = p.delta_rank > 0 ? scan_warp_spans_backward_kernel<scalar_t, true>
+                                       : scan_warp_spans_backward_kernel<scalar_t, false>;
   // The adjoint entering each span from its right, (batch, P, spans, N, D), which the carry pass fills
   // (the last span's with zeros); none for one span, whose inflow is zero.
   at::Tensor adjoint;
@@ -329,11 +331,11 @@ void run_warp_spans_backward(const MultiPathScanBwdParams& p, int64_t span_lengt
     adjoint = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim}, weights);
     const at::Tensor span_maps = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim, 2}, weights);
     auto* maps = reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>());
-    simt::launch(scan_warp_spans_backward_kernel<scalar_t>, blocks(n_spans - 1), block, 0, p, span_length, n_spans,
+    simt::launch(kernel, blocks(n_spans - 1), block, 0, p, span_length, n_spans,
                  /*first_span=*/int64_t{1}, n_spans - 1, nullptr, maps, nullptr);
     carry_across_spans<weight_t>(p, n_spans, maps, adjoint.mutable_data_ptr<weight_t>(), /*forward=*/false);
   }
-  simt::launch(scan_warp_spans_backward_kernel<scalar_t>, blocks(n_spans), block, 0, p, span_length, n_spans,
+  simt::launch(kernel, blocks(n_spans), block, 0, p, span_length, n_spans,
                /*first_span=*/int64_t{0}, n_spans, n_spans > 1 ? adjoint.mutable_data_ptr<weight_t>() : nullptr,
                nullptr, dv_paths);
 }

@@ -45,7 +45,7 @@ struct WarpSpanTile {
 // With span_maps, pass 1 over spans [0, pass_spans): each span's map from a zero state out, (batch, P,
 // spans, N, D); else pass 3 over all spans: from span_start (zero for the first span, or everywhere
 // where span_start is null), y_paths (path order) and chunk_states out.
-template <typename input_t>
+template <typename input_t, bool kLowRank>
 __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiprocessor)
     scan_warp_spans_kernel(MultiPathScanParams p, int64_t span_length, int64_t n_spans, int64_t pass_spans,
                            const at::opmath_type<input_t>* span_start, StateMap<at::opmath_type<input_t>>* span_maps,
@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   if (!task.valid) return;  // a whole warp; the kernel has no block-wide barrier
   const int lane = static_cast<int>(threadIdx.x), warp = static_cast<int>(threadIdx.y);
   const int begin = task.begin, end = task.end;
-  const PathChannel<input_t> c(p, task.b, task.path, task.d, task.first_channel);
+  const PathChannel<input_t> c(p, task.b, task.path, task.d, task.first_channel, kLowRank);
   const int64_t N = p.d_state, L = p.seqlen;
   const int64_t span_entry = span_entries(p, n_spans, task.b, task.path, task.span) + task.d;  // this lane's
   // This lane's saved states; null where the forward keeps none.
@@ -147,16 +147,18 @@ void run_warp_spans_forward(const MultiPathScanParams& p, int64_t span_length, c
   const int64_t n_spans = num_warp_spans(p, span_length);
   const auto blocks = [&](int64_t pass_spans) { return warp_span_blocks(p, pass_spans, kSegmentWarps); };
   const dim3 block(kWarp, kSegmentWarps);
+  const auto kernel =
+      p.delta_rank > 0 ? scan_warp_spans_kernel<scalar_t, true> : scan_warp_spans_kernel<scalar_t, false>;
   at::Tensor span_maps, span_start;
   if (n_spans > 1) {
     span_maps = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim, 2}, weights);
     span_start = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim}, weights);
     auto* maps = reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>());
-    simt::launch(scan_warp_spans_kernel<scalar_t>, blocks(n_spans - 1), block, 0, p, span_length, n_spans,
+    simt::launch(kernel, blocks(n_spans - 1), block, 0, p, span_length, n_spans,
                  n_spans - 1, nullptr, maps, nullptr);
     carry_across_spans<weight_t>(p, n_spans, maps, span_start.mutable_data_ptr<weight_t>(), /*forward=*/true);
   }
-  simt::launch(scan_warp_spans_kernel<scalar_t>, blocks(n_spans), block, 0, p, span_length, n_spans, n_spans,
+  simt::launch(kernel, blocks(n_spans), block, 0, p, span_length, n_spans, n_spans,
                n_spans > 1 ? span_start.const_data_ptr<weight_t>() : nullptr, nullptr, y_paths);
 }
 
