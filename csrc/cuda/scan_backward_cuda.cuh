@@ -319,9 +319,8 @@ void sum_path_order_partials(const MultiPathScanParams& p, const T* partial, int
                n_channel_blocks, inverse.const_data_ptr<int32_t>(), out);
 }
 
-// The chunked split's launches for input dtype scalar_t, over p's split_paths: their rows of ddelta,
-// dv_paths and every partial filled. weights: the options of the float workspaces.
-template <typename scalar_t>
+// run_chunked_backward (scan_cuda.h): the chunked split's launches.
+template <typename scalar_t, bool kLowRank>
 void run_chunked_backward(const MultiPathScanBwdParams& p, const at::TensorOptions& weights,
                           at::opmath_type<scalar_t>* dv_paths) {
   using weight_t = at::opmath_type<scalar_t>;
@@ -332,8 +331,7 @@ void run_chunked_backward(const MultiPathScanBwdParams& p, const at::TensorOptio
   const at::Tensor adjoint = n_spans > 1 ? at::empty(adjoint_shape, weights) : at::zeros(adjoint_shape, weights);
   auto* adjoint_data = adjoint.mutable_data_ptr<weight_t>();
   const dim3 block(kWarp, kSegmentWarps);
-  const auto kernel =
-      p.delta_rank > 0 ? scan_span_backward_kernel<scalar_t, true> : scan_span_backward_kernel<scalar_t, false>;
+  const auto kernel = scan_span_backward_kernel<scalar_t, kLowRank>;
   if (n_spans > 1) {
     const at::Tensor span_maps = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim, 2}, weights);
     auto* maps = reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>());
@@ -371,12 +369,16 @@ void run_scan_backward_as(ScanBackward& g) {
     const auto weights = g.inputs.A.options();
     const at::Tensor dv_paths = at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, weights);
     const MixSources mix = g.inputs.mix.defined() ? invert_mix(g.inputs.mix, p.seqlen) : MixSources{};
+    const bool low_rank = p.delta_rank > 0;
     for (const PathSplit& split : splits) {
+      const MultiPathScanBwdParams split_params = split.params_of(p);
+      weight_t* const dv = dv_paths.mutable_data_ptr<weight_t>();
       if (split.span_length) {
-        run_warp_spans_backward<scalar_t>(split.params_of(p), split.span_length, weights,
-                                          dv_paths.mutable_data_ptr<weight_t>());
+        (low_rank ? run_warp_spans_backward<scalar_t, true> : run_warp_spans_backward<scalar_t, false>)(
+            split_params, split.span_length, weights, dv);
       } else {
-        run_chunked_backward<scalar_t>(split.params_of(p), weights, dv_paths.mutable_data_ptr<weight_t>());
+        (low_rank ? run_chunked_backward<scalar_t, true> : run_chunked_backward<scalar_t, false>)(split_params,
+                                                                                                  weights, dv);
       }
     }
     simt::launch(merge_input_grads_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen),

@@ -1,12 +1,11 @@
 // Registers the CUDA implementations of posemamba::multi_path_scan_fwd and multi_path_scan_bwd
-// (scan_cuda.h) behind a device guard. Plain C++: the kernels are compiled in scan_forward_cuda.cu and
-// scan_backward_cuda.cu.
+// (scan_cuda_ops.h) behind a device guard. Plain C++: the kernels are compiled in the .cu files.
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <tuple>
 
-#include "scan_cuda.h"
+#include "scan_cuda_ops.h"
 
 namespace posemamba {
 namespace cuda {

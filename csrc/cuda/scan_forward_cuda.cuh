@@ -204,9 +204,10 @@ __global__ void merge_paths_kernel(MultiPathScanParams p, const at::opmath_type<
   static_cast<input_t*>(p.out)[i] = static_cast<input_t>(y);
 }
 
-// The chunked split's launches for input dtype scalar_t, over p's split_paths: their rows of y_paths
-// and of the forward's chunk_states filled. weights: the options of the float workspaces.
-template <typename scalar_t>
+// The chunked split's launches for input dtype scalar_t (and full or low-rank step sizes), over p's
+// split_paths: their rows of y_paths and of the forward's chunk_states filled. weights: the options of
+// the float workspaces.
+template <typename scalar_t, bool kLowRank>
 void run_chunked_forward(const MultiPathScanParams& p, const at::TensorOptions& weights,
                          at::opmath_type<scalar_t>* y_paths) {
   using weight_t = at::opmath_type<scalar_t>;
@@ -220,7 +221,7 @@ void run_chunked_forward(const MultiPathScanParams& p, const at::TensorOptions& 
   auto* maps = n_spans > 1 ? reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>()) : nullptr;
   auto* starts = n_spans > 1 ? span_start.mutable_data_ptr<weight_t>() : nullptr;
   const dim3 block(kWarp, kSegmentWarps);
-  const auto kernel = p.delta_rank > 0 ? scan_span_kernel<scalar_t, true> : scan_span_kernel<scalar_t, false>;
+  const auto kernel = scan_span_kernel<scalar_t, kLowRank>;
   if (n_spans > 1) {
     simt::launch(kernel, path_channel_grid(p, n_spans - 1), block, 0, p, span_chunks, nullptr, maps,
                  nullptr);
@@ -228,6 +229,17 @@ void run_chunked_forward(const MultiPathScanParams& p, const at::TensorOptions& 
   }
   simt::launch(kernel, path_channel_grid(p, n_spans), block, 0, p, span_chunks,
                static_cast<const weight_t*>(starts), nullptr, y_paths);
+}
+
+// run_split_forward (scan_cuda.h): one work split's launches.
+template <typename scalar_t, bool kLowRank>
+void run_split_forward(const MultiPathScanParams& p, int64_t span_length, const at::TensorOptions& weights,
+                       at::opmath_type<scalar_t>* y_paths) {
+  if (span_length) {
+    run_warp_spans_forward<scalar_t, kLowRank>(p, span_length, weights, y_paths);
+  } else {
+    run_chunked_forward<scalar_t, kLowRank>(p, weights, y_paths);
+  }
 }
 
 // run_scan_forward_as (scan_cuda.h): the forward's launches for input dtype scalar_t, each work split's
@@ -239,13 +251,9 @@ void run_scan_forward_as(ScanForward& f) {
   if (p.batch == 0 || p.dim == 0 || p.seqlen == 0) return;
   const auto weights = f.inputs.A.options();
   const at::Tensor y_paths = at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, weights);
+  const auto run_split = p.delta_rank > 0 ? run_split_forward<scalar_t, true> : run_split_forward<scalar_t, false>;
   for (const PathSplit& split : path_splits(p, /*backward=*/false)) {
-    if (split.span_length) {
-      run_warp_spans_forward<scalar_t>(split.params_of(p), split.span_length, weights,
-                                       y_paths.mutable_data_ptr<weight_t>());
-    } else {
-      run_chunked_forward<scalar_t>(split.params_of(p), weights, y_paths.mutable_data_ptr<weight_t>());
-    }
+    run_split(split.params_of(p), split.span_length, weights, y_paths.mutable_data_ptr<weight_t>());
   }
   const at::Tensor inverse = invert_paths(p, f.inputs.paths);
   simt::launch(merge_paths_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen), kElementwiseThreads, 0,

@@ -315,15 +315,14 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
 
 // The warp split's launches for input dtype scalar_t, over p's split_paths: their rows of ddelta,
 // dv_paths and every partial filled. weights: the options of the float workspaces.
-template <typename scalar_t>
+template <typename scalar_t, bool kLowRank>
 void run_warp_spans_backward(const MultiPathScanBwdParams& p, int64_t span_length, const at::TensorOptions& weights,
                              at::opmath_type<scalar_t>* dv_paths) {
   using weight_t = at::opmath_type<scalar_t>;
   const int64_t n_spans = num_warp_spans(p, span_length);
   const auto blocks = [&](int64_t pass_spans) { return warp_span_blocks(p, pass_spans, kBackwardSpanWarps); };
   const dim3 block(kWarp, kBackwardSpanWarps);
-  const auto kernel = p.delta_rank > 0 ? scan_warp_spans_backward_kernel<scalar_t, true>
-                                       : scan_warp_spans_backward_kernel<scalar_t, false>;
+  const auto kernel = scan_warp_spans_backward_kernel<scalar_t, kLowRank>;
   // The adjoint entering each span from its right, (batch, P, spans, N, D), which the carry pass fills
   // (the last span's with zeros); none for one span, whose inflow is zero.
   at::Tensor adjoint;

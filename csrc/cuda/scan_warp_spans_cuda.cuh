@@ -138,17 +138,17 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   }
 }
 
-// The warp split's launches for input dtype scalar_t, over p's split_paths: their rows of y_paths and of
-// the forward's chunk_states filled. weights: the options of the float workspaces.
-template <typename scalar_t>
+// The warp split's launches for input dtype scalar_t (and full or low-rank step sizes), over p's
+// split_paths: their rows of y_paths and of the forward's chunk_states filled. weights: the options of
+// the float workspaces.
+template <typename scalar_t, bool kLowRank>
 void run_warp_spans_forward(const MultiPathScanParams& p, int64_t span_length, const at::TensorOptions& weights,
                             at::opmath_type<scalar_t>* y_paths) {
   using weight_t = at::opmath_type<scalar_t>;
   const int64_t n_spans = num_warp_spans(p, span_length);
   const auto blocks = [&](int64_t pass_spans) { return warp_span_blocks(p, pass_spans, kSegmentWarps); };
   const dim3 block(kWarp, kSegmentWarps);
-  const auto kernel =
-      p.delta_rank > 0 ? scan_warp_spans_kernel<scalar_t, true> : scan_warp_spans_kernel<scalar_t, false>;
+  const auto kernel = scan_warp_spans_kernel<scalar_t, kLowRank>;
   at::Tensor span_maps, span_start;
   if (n_spans > 1) {
     span_maps = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim, 2}, weights);

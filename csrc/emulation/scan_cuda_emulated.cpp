@@ -1,11 +1,12 @@
 // The CUDA kernels compiled for the host and run by simt_emulation.h, as a small Python module for
 // tests/test_cuda_emulation.py (built there with torch.utils.cpp_extension.load, never installed).
-// Its functions are the CUDA implementations of the posemamba:: ops (scan_cuda.h) taking CPU tensors
+// Its functions are the CUDA implementations of the posemamba:: ops (scan_cuda_ops.h) taking CPU tensors
 // (index checks left to device asserts, as on a GPU); simt_selftest runs the emulation's own
 // test kernels (simt_selftest.h).
 #include <torch/extension.h>
 
 #include "../cuda/scan_backward_cuda.cuh"
+#include "../cuda/scan_cuda_ops.h"
 #include "../cuda/scan_forward_cuda.cuh"
 #include "../cuda/scan_warp_spans_backward_cuda.cuh"
 #include "simt_selftest.h"
