@@ -52,7 +52,9 @@ def demangle(name):
 
 
 def kernel_usage(log):
-    """Per kernel: its name, template arguments, registers, stack, spill stores and shared bytes."""
+    """Per kernel: its name, template arguments, registers, stack, spill stores and shared bytes. (A
+    device function that is not inlined gets "Function properties" of its own after its caller's
+    registers line: those are not the kernel's.)"""
     rows, current = [], None
     for line in log.splitlines():
         entry = ENTRY.search(line)
@@ -67,6 +69,7 @@ def kernel_usage(log):
                 current.update(stack=int(usage.group(1)), spills=int(usage.group(2)))
             else:
                 current.update(registers=int(usage.group(4)), smem=int(usage.group(5) or 0))
+                current = None
     return rows
 
 

@@ -147,3 +147,19 @@ def test_a_failing_cuobjdump_stops_with_a_message_naming_nvdisasm(tmp_path, monk
     with pytest.raises(SystemExit) as stopped:
         cuda_resources.disassemble(cuobjdump, dict(os.environ), "kernel.o")
     assert "nvdisasm" in str(stopped.value) and "could not find nvdisasm" in str(stopped.value)
+
+
+@requires_cxxfilt
+def test_kernel_usage_keeps_each_kernel_its_own_stack_and_spills():
+    # ptxas's report of a kernel, then of a device function it calls that was not inlined.
+    log = "\n".join([
+        f"ptxas info    : Compiling entry function '{CHUNKED}' for 'sm_90'",
+        f"ptxas info    : Function properties for {CHUNKED}",
+        "    56 bytes stack frame, 88 bytes spill stores, 136 bytes spill loads",
+        "ptxas info    : Used 128 registers, used 1 barriers, 56 bytes cumulative stack size, 27392 bytes smem",
+        "ptxas info    : Function properties for _ZN9posemamba4cuda6helperEv",
+        "    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads",
+    ])
+    [row] = cuda_resources.kernel_usage(log)
+    assert row == {"kernel": "scan_span_kernel", "args": "float", "stack": 56, "spills": 88, "registers": 128,
+                   "smem": 27392}
