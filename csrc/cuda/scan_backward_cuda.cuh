@@ -25,8 +25,9 @@
 // per-(span, warp) partials. Fixed-order passes then add the partials: no float atomics, bitwise
 // reproducible.
 //
-// Included by the .cu of the same name (nvcc: the instantiations for every input dtype) and by the
-// host emulation build that tests these kernels without a GPU (../emulation/).
+// Included by the .cu of the same name and its _low_rank one (nvcc: the instantiations for every input
+// dtype, the kernels for full and for low-rank step sizes apart) and by the host emulation build that
+// tests these kernels without a GPU (../emulation/).
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -29,8 +29,9 @@
 // order (through the paths' inverse), sums the paths in index order and applies the gate: no
 // atomics, results bitwise reproducible. Per-step math: ../multi_path_scan.h.
 //
-// Included by the .cu of the same name (nvcc: the instantiations for every input dtype) and by the
-// host emulation build that tests these kernels without a GPU (../emulation/).
+// Included by the .cu of the same name and its _low_rank one (nvcc: the instantiations for every input
+// dtype, the kernels for full and for low-rank step sizes apart) and by the host emulation build that
+// tests these kernels without a GPU (../emulation/).
 #pragma once
 
 #include <ATen/core/Tensor.h>

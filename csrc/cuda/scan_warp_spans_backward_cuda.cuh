@@ -24,8 +24,9 @@
 // channels) partials in path order, dA, dD and ddelta_bias into one partial per span; all added in
 // fixed orders.
 //
-// Included by the .cu of the same name (nvcc: the instantiations for every input dtype) and by the
-// host emulation build (../emulation/).
+// Included by the .cu of the same name and its _low_rank one (nvcc: the instantiations for every input
+// dtype, the kernels for full and for low-rank step sizes apart) and by the host emulation build
+// (../emulation/).
 #pragma once
 
 #include <ATen/OpMathType.h>
