@@ -7,7 +7,7 @@
 namespace posemamba {
 namespace cuda {
 
-#define POSEMAMBA_INSTANTIATE_BACKWARD(T)                                                                    \
+#define POSEMAMBA_INSTANTIATE_BACKWARD(T)                                                                     \
   extern template void run_chunked_backward<T, true>(const MultiPathScanBwdParams&, const at::TensorOptions&, \
                                                      at::opmath_type<T>*);                                    \
   template void run_scan_backward_as<T>(ScanBackward&);

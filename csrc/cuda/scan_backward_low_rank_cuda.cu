@@ -5,7 +5,7 @@
 namespace posemamba {
 namespace cuda {
 
-#define POSEMAMBA_INSTANTIATE_LOW_RANK_BACKWARD(T)                                                    \
+#define POSEMAMBA_INSTANTIATE_LOW_RANK_BACKWARD(T)                                                     \
   template void run_chunked_backward<T, true>(const MultiPathScanBwdParams&, const at::TensorOptions&, \
                                               at::opmath_type<T>*);
 POSEMAMBA_CUDA_INPUT_DTYPES(POSEMAMBA_INSTANTIATE_LOW_RANK_BACKWARD)

@@ -6,9 +6,9 @@
 namespace posemamba {
 namespace cuda {
 
-#define POSEMAMBA_INSTANTIATE_FORWARD(T)                                                            \
+#define POSEMAMBA_INSTANTIATE_FORWARD(T)                                                                         \
   extern template void run_split_forward<T, true>(const MultiPathScanParams&, int64_t, const at::TensorOptions&, \
-                                                  at::opmath_type<T>*);                            \
+                                                  at::opmath_type<T>*);                                          \
   template void run_scan_forward_as<T>(ScanForward&);
 POSEMAMBA_CUDA_INPUT_DTYPES(POSEMAMBA_INSTANTIATE_FORWARD)
 

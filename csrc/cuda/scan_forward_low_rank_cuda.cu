@@ -5,7 +5,7 @@
 namespace posemamba {
 namespace cuda {
 
-#define POSEMAMBA_INSTANTIATE_LOW_RANK_FORWARD(T)                                                    \
+#define POSEMAMBA_INSTANTIATE_LOW_RANK_FORWARD(T)                                                         \
   template void run_split_forward<T, true>(const MultiPathScanParams&, int64_t, const at::TensorOptions&, \
                                            at::opmath_type<T>*);
 POSEMAMBA_CUDA_INPUT_DTYPES(POSEMAMBA_INSTANTIATE_LOW_RANK_FORWARD)

@@ -7,9 +7,9 @@
 namespace posemamba {
 namespace cuda {
 
-#define POSEMAMBA_INSTANTIATE_WARP_BACKWARD(T)                                                            \
-  template void run_warp_spans_backward<T, false>(const MultiPathScanBwdParams&, int64_t, const at::TensorOptions&, \
-                                                  at::opmath_type<T>*);
+#define POSEMAMBA_INSTANTIATE_WARP_BACKWARD(T)                                                    \
+  template void run_warp_spans_backward<T, false>(const MultiPathScanBwdParams&, int64_t,         \
+                                                  const at::TensorOptions&, at::opmath_type<T>*);
 POSEMAMBA_CUDA_INPUT_DTYPES(POSEMAMBA_INSTANTIATE_WARP_BACKWARD)
 
 }  // namespace cuda
