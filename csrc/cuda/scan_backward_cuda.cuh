@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   Map* span_map_row = pass_1 ? span_maps + span_entries(p, n_spans, b, path, span) + d : nullptr;
   __shared__ Map state_maps[2][kSegmentWarps][kWarp], adjoint_maps[2][kSegmentWarps][kWarp];  // used in turn
   // Each warp's tile: its steps' loads and stores (StepTile), and its dB and dC sums over channels.
-  __shared__ weight_t tiles[kSegmentWarps][kStepsPerThread][kWarp + 1];
+  alignas(kStepTileAlignment) __shared__ weight_t tiles[kSegmentWarps][kStepsPerThread][kWarp + 1];
   using Projections = ChunkProjections<weight_t>;
   __shared__ Projections projections;
   const WarpStepSums<weight_t> channel_sums{tiles[warp]};

@@ -80,7 +80,8 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   // Each warp's tile for its steps' loads and stores (StepTile), and in pass 1 each thread's sum of its
   // steps' dt: the span's decay for entry n is the product of its steps' exp(dt a_n) = exp(a_n sum dt),
   // one number per lane instead of one per entry.
-  __shared__ weight_t step_tiles[kSegmentWarps][kStepsPerThread][kWarp + 1], warp_dt_sums[kSegmentWarps][kWarp];
+  alignas(kStepTileAlignment) __shared__ weight_t step_tiles[kSegmentWarps][kStepsPerThread][kWarp + 1];
+  __shared__ weight_t warp_dt_sums[kSegmentWarps][kWarp];
   weight_t span_dt = 0;  // the last warp's, in pass 1
   const bool last_warp = warp == kSegmentWarps - 1;
   if (last_warp) {

@@ -29,6 +29,9 @@ static_assert(kStepsPerThread == 8 && kWarp == 32, "the step tiles' lane split a
 // 33 step + 8 (i / 8) + r, a lane's 33 k + lane.
 template <typename T>
 using StepTile = T (*)[kWarp + 1];
+// A step tile's storage is aligned so (alignas(kStepTileAlignment) where it is declared): its rows may
+// also hold whole vectors (PathChannel::project_step_sizes).
+constexpr int kStepTileAlignment = 16;
 
 // A step's mixed-in position when mix names none.
 constexpr uint32_t kNoMixedPosition = 0xffffffffu;  // never a position: L <= 2^26 (check_length, scan_cuda.h)
@@ -190,14 +193,22 @@ struct PathChannel {
   }
 
   // low_rank_step_size for this lane's channel at the warp's steps, from the (R, L) low-rank rows at l
-  // (as gather_raw_step_sizes). The tile stages up to 32 ranks at a time, tile[step][rank], each lane
-  // loading ranks of its own step on the tile's global side; each lane then reads them as broadcasts
-  // against its channel's weights: the low-rank values are loaded once for the warp's 32 channels, the
-  // weights once a tile.
+  // (as gather_raw_step_sizes). The warp's tile stages up to 32 ranks at a time, a rank's values at the
+  // 8 steps in a row of their own (its storage as StagedRank rows), each lane loading ranks at its own
+  // step on the tile's global side; each lane then reads a rank's row as broadcast vectors against its
+  // channel's weight: the low-rank values are loaded once for the warp's 32 channels, the weights once a
+  // tile.
   __device__ void project_step_sizes(StepTile<weight_t> tile, weight_t (&raw)[kStepsPerThread], uint32_t l) const {
-    // A round stages 4 ranks (a quarter of the lanes each) at the 8 steps, so that R <= 16 takes one
-    // set of 4 rounds, their loads in flight together.
+    // A round stages 4 ranks (a quarter of the lanes each) at the 8 steps, so that R <= 16 takes one set
+    // of 4 rounds, their loads in flight together; lane (step s, quarter q) writes element 8 (4 round +
+    // q) + s, a bank of its own.
     constexpr int kRounds = 4, kRanksPerRound = kWarp / kStepsPerThread;
+    struct alignas(kStepTileAlignment) StagedRank {
+      weight_t step[kStepsPerThread];
+    };
+    static_assert(kWarp * sizeof(StagedRank) <= kStepsPerThread * (kWarp + 1) * sizeof(weight_t),
+                  "a tile holds 32 ranks' rows");
+    StagedRank* const staged = reinterpret_cast<StagedRank*>(tile[0]);
     const int lane = static_cast<int>(threadIdx.x), step = tile_step(lane), quarter = lane / kStepsPerThread;
 #pragma unroll
     for (int k = 0; k < kStepsPerThread; ++k) raw[k] = 0;  // 0 + the first term is that term
@@ -214,14 +225,15 @@ struct PathChannel {
           low[r] = rank < ranks ? low_at(static_cast<uint32_t>(rank) * row_length) : weight_t(0);
         }
 #pragma unroll
-        for (int r = 0; r < kRounds; ++r) tile[step][(first_round + r) * kRanksPerRound + quarter] = low[r];
+        for (int r = 0; r < kRounds; ++r) staged[(first_round + r) * kRanksPerRound + quarter].step[step] = low[r];
       }
       __syncwarp();
 #pragma unroll 4
       for (int rank = 0; rank < ranks; ++rank) {
         const weight_t weight = static_cast<weight_t>(delta_proj_row[first_rank + rank]);
+        const StagedRank values = staged[rank];
 #pragma unroll
-        for (int k = 0; k < kStepsPerThread; ++k) raw[k] = add_low_rank_term(raw[k], tile[k][rank], weight);
+        for (int k = 0; k < kStepsPerThread; ++k) raw[k] = add_low_rank_term(raw[k], values.step[k], weight);
       }
       __syncwarp();  // the tile is free again
     }

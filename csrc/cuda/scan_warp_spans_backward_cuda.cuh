@@ -66,7 +66,7 @@ struct WarpBackwardTile {
   weight_t dA[kStates][kWarp];
   WarpProjections<weight_t, kStates, /*kEntryMajor=*/true> projections;
   // The first kStepsPerThread rows the StepTile, all of them the WarpStepPairSums tile (in turn).
-  weight_t exchange[2 * kStepsPerThread][kWarp + 1];
+  alignas(kStepTileAlignment) weight_t exchange[2 * kStepsPerThread][kWarp + 1];
 };
 
 // With span_maps, pass 1 over spans [first_span, first_span + pass_spans): each span's adjoint map from a

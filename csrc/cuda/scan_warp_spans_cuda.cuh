@@ -39,7 +39,7 @@ constexpr int kWarpStates = 16;
 template <typename weight_t>
 struct WarpSpanTile {
   WarpProjections<weight_t, kWarpStates, /*kEntryMajor=*/false> projections;
-  weight_t steps[kStepsPerThread][kWarp + 1];  // StepTile
+  alignas(kStepTileAlignment) weight_t steps[kStepsPerThread][kWarp + 1];  // StepTile
 };
 
 // With span_maps, pass 1 over spans [0, pass_spans): each span's map from a zero state out, (batch, P,
