@@ -332,16 +332,27 @@ void run_chunked_backward(const MultiPathScanBwdParams& p, const at::TensorOptio
   const at::Tensor adjoint = n_spans > 1 ? at::empty(adjoint_shape, weights) : at::zeros(adjoint_shape, weights);
   auto* adjoint_data = adjoint.mutable_data_ptr<weight_t>();
   const dim3 block(kWarp, kSegmentWarps);
-  const auto kernel = scan_span_backward_kernel<scalar_t, kLowRank>;
   if (n_spans > 1) {
     const at::Tensor span_maps = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim, 2}, weights);
     auto* maps = reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>());
-    simt::launch(kernel, path_channel_grid(p, n_spans - 1), block, 0, p, span_chunks,
-                 /*first_span=*/int64_t{1}, adjoint_data, maps, nullptr);
+    simt::launch(scan_span_backward_kernel<scalar_t, kLowRank>, path_channel_grid(p, n_spans - 1), block, 0, p,
+                 span_chunks, /*first_span=*/int64_t{1}, adjoint_data, maps, nullptr);
     carry_across_spans<weight_t>(p, n_spans, maps, adjoint_data, /*forward=*/false);
   }
-  simt::launch(kernel, path_channel_grid(p, n_spans), block, 0, p, span_chunks,
+  simt::launch(scan_span_backward_kernel<scalar_t, kLowRank>, path_channel_grid(p, n_spans), block, 0, p, span_chunks,
                /*first_span=*/int64_t{0}, adjoint_data, nullptr, dv_paths);
+}
+
+// One work split's launches, as run_split_forward's: the warp split's (span_length > 0) or the chunked
+// one's, each instantiated in .cu files of its own (scan_cuda.h).
+template <typename scalar_t, bool kLowRank>
+void run_split_backward(const MultiPathScanBwdParams& p, int64_t span_length, const at::TensorOptions& weights,
+                        at::opmath_type<scalar_t>* dv_paths) {
+  if (span_length) {
+    run_warp_spans_backward<scalar_t, kLowRank>(p, span_length, weights, dv_paths);
+  } else {
+    run_chunked_backward<scalar_t, kLowRank>(p, weights, dv_paths);
+  }
 }
 
 // run_scan_backward_as (scan_cuda.h): the backward's launches for input dtype scalar_t, each work
@@ -370,17 +381,10 @@ void run_scan_backward_as(ScanBackward& g) {
     const auto weights = g.inputs.A.options();
     const at::Tensor dv_paths = at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, weights);
     const MixSources mix = g.inputs.mix.defined() ? invert_mix(g.inputs.mix, p.seqlen) : MixSources{};
-    const bool low_rank = p.delta_rank > 0;
+    const auto run_split =
+        p.delta_rank > 0 ? run_split_backward<scalar_t, true> : run_split_backward<scalar_t, false>;
     for (const PathSplit& split : splits) {
-      const MultiPathScanBwdParams split_params = split.params_of(p);
-      weight_t* const dv = dv_paths.mutable_data_ptr<weight_t>();
-      if (split.span_length) {
-        (low_rank ? run_warp_spans_backward<scalar_t, true> : run_warp_spans_backward<scalar_t, false>)(
-            split_params, split.span_length, weights, dv);
-      } else {
-        (low_rank ? run_chunked_backward<scalar_t, true> : run_chunked_backward<scalar_t, false>)(split_params,
-                                                                                                  weights, dv);
-      }
+      run_split(split.params_of(p), split.span_length, weights, dv_paths.mutable_data_ptr<weight_t>());
     }
     simt::launch(merge_input_grads_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen),
                  kElementwiseThreads, 0, p, dv_paths.const_data_ptr<weight_t>(), inverse.const_data_ptr<int32_t>(),

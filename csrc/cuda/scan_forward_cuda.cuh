@@ -223,13 +223,12 @@ void run_chunked_forward(const MultiPathScanParams& p, const at::TensorOptions& 
   auto* maps = n_spans > 1 ? reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>()) : nullptr;
   auto* starts = n_spans > 1 ? span_start.mutable_data_ptr<weight_t>() : nullptr;
   const dim3 block(kWarp, kSegmentWarps);
-  const auto kernel = scan_span_kernel<scalar_t, kLowRank>;
   if (n_spans > 1) {
-    simt::launch(kernel, path_channel_grid(p, n_spans - 1), block, 0, p, span_chunks, nullptr, maps,
-                 nullptr);
+    simt::launch(scan_span_kernel<scalar_t, kLowRank>, path_channel_grid(p, n_spans - 1), block, 0, p, span_chunks,
+                 nullptr, maps, nullptr);
     carry_across_spans<weight_t>(p, n_spans, maps, starts, /*forward=*/true);
   }
-  simt::launch(kernel, path_channel_grid(p, n_spans), block, 0, p, span_chunks,
+  simt::launch(scan_span_kernel<scalar_t, kLowRank>, path_channel_grid(p, n_spans), block, 0, p, span_chunks,
                static_cast<const weight_t*>(starts), nullptr, y_paths);
 }
 

@@ -323,7 +323,6 @@ void run_warp_spans_backward(const MultiPathScanBwdParams& p, int64_t span_lengt
   const int64_t n_spans = num_warp_spans(p, span_length);
   const auto blocks = [&](int64_t pass_spans) { return warp_span_blocks(p, pass_spans, kBackwardSpanWarps); };
   const dim3 block(kWarp, kBackwardSpanWarps);
-  const auto kernel = scan_warp_spans_backward_kernel<scalar_t, kLowRank>;
   // The adjoint entering each span from its right, (batch, P, spans, N, D), which the carry pass fills
   // (the last span's with zeros); none for one span, whose inflow is zero.
   at::Tensor adjoint;
@@ -331,11 +330,11 @@ void run_warp_spans_backward(const MultiPathScanBwdParams& p, int64_t span_lengt
     adjoint = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim}, weights);
     const at::Tensor span_maps = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim, 2}, weights);
     auto* maps = reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>());
-    simt::launch(kernel, blocks(n_spans - 1), block, 0, p, span_length, n_spans,
-                 /*first_span=*/int64_t{1}, n_spans - 1, nullptr, maps, nullptr);
+    simt::launch(scan_warp_spans_backward_kernel<scalar_t, kLowRank>, blocks(n_spans - 1), block, 0, p, span_length,
+                 n_spans, /*first_span=*/int64_t{1}, n_spans - 1, nullptr, maps, nullptr);
     carry_across_spans<weight_t>(p, n_spans, maps, adjoint.mutable_data_ptr<weight_t>(), /*forward=*/false);
   }
-  simt::launch(kernel, blocks(n_spans), block, 0, p, span_length, n_spans,
+  simt::launch(scan_warp_spans_backward_kernel<scalar_t, kLowRank>, blocks(n_spans), block, 0, p, span_length, n_spans,
                /*first_span=*/int64_t{0}, n_spans, n_spans > 1 ? adjoint.mutable_data_ptr<weight_t>() : nullptr,
                nullptr, dv_paths);
 }

@@ -148,17 +148,16 @@ void run_warp_spans_forward(const MultiPathScanParams& p, int64_t span_length, c
   const int64_t n_spans = num_warp_spans(p, span_length);
   const auto blocks = [&](int64_t pass_spans) { return warp_span_blocks(p, pass_spans, kSegmentWarps); };
   const dim3 block(kWarp, kSegmentWarps);
-  const auto kernel = scan_warp_spans_kernel<scalar_t, kLowRank>;
   at::Tensor span_maps, span_start;
   if (n_spans > 1) {
     span_maps = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim, 2}, weights);
     span_start = at::empty({p.batch, p.n_paths, n_spans, p.d_state, p.dim}, weights);
     auto* maps = reinterpret_cast<StateMap<weight_t>*>(span_maps.mutable_data_ptr<weight_t>());
-    simt::launch(kernel, blocks(n_spans - 1), block, 0, p, span_length, n_spans,
+    simt::launch(scan_warp_spans_kernel<scalar_t, kLowRank>, blocks(n_spans - 1), block, 0, p, span_length, n_spans,
                  n_spans - 1, nullptr, maps, nullptr);
     carry_across_spans<weight_t>(p, n_spans, maps, span_start.mutable_data_ptr<weight_t>(), /*forward=*/true);
   }
-  simt::launch(kernel, blocks(n_spans), block, 0, p, span_length, n_spans, n_spans,
+  simt::launch(scan_warp_spans_kernel<scalar_t, kLowRank>, blocks(n_spans), block, 0, p, span_length, n_spans, n_spans,
                n_spans > 1 ? span_start.const_data_ptr<weight_t>() : nullptr, nullptr, y_paths);
 }
 
