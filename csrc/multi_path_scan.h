@@ -37,8 +37,9 @@ inline int64_t num_scan_chunks(int64_t seqlen) {
 }
 
 // Everything a kernel needs, for CPU and CUDA alike. All tensors are contiguous in the layouts
-// below; element pointers are typed by the kernel (input_t for u/delta/B/C/z/out, weight_t =
-// float, or double for float64 inputs, for A/D/delta_bias and the saved states).
+// below, B and C in the strides given; element pointers are typed by the kernel (input_t for
+// u/delta/B/C/z/out, weight_t = float, or double for float64 inputs, for A/D/delta_bias and the saved
+// states).
 struct MultiPathScanParams {
   int64_t batch = 0;
   int64_t dim = 0;      // D: channels
@@ -72,13 +73,19 @@ struct MultiPathScanParams {
   const void* delta = nullptr;       // (batch, P, D, L), or (batch, P, R, L) where delta_rank > 0
   const void* delta_proj_weight = nullptr;  // (P, D, R) input_t where delta_rank > 0, else null
   const void* A = nullptr;           // (P, D, N)
-  const void* B = nullptr;           // (batch, P, N, L)
-  const void* C = nullptr;           // (batch, P, N, L)
+  const void* B = nullptr;           // (batch, P, N, L), in the strides below
+  const void* C = nullptr;           // (batch, P, N, L), in the strides below
   const void* D = nullptr;           // (P, D) or null
   const void* z = nullptr;           // (batch, D, L) or null
   const void* delta_bias = nullptr;  // (P, D) or null
   const int64_t* paths = nullptr;    // (P, L), each row a permutation of range(L)
   const int64_t* mix = nullptr;      // (P, L), -1 or a position; or null
+  // Where B and C are in memory (elements): B[b, p, n, l] at B + b B_batch_stride + p B_path_stride +
+  // n projection_entry_stride + l projection_position_stride, C's likewise with its own batch and path
+  // strides, so that a caller's layout (the model's projection rows, positions-major) is read as it is.
+  // Within a (batch, path), (N - 1) entry stride + (L - 1) position stride < 2^32: 32-bit offsets.
+  int64_t B_batch_stride = 0, B_path_stride = 0, C_batch_stride = 0, C_path_stride = 0;
+  int64_t projection_entry_stride = 0, projection_position_stride = 0;
 
   // Written by the forward, read by the backward.
   void* out = nullptr;           // (batch, D, L)

@@ -40,9 +40,32 @@ at::Tensor in_layout(const at::Tensor& t, bool channels_last) {
   return channels_last ? t.transpose(1, 2).contiguous().transpose(1, 2) : t.contiguous();
 }
 
+// Whether kernels that read B and C in their strides (MultiPathScanParams' projection strides) can read
+// these as they are: entries and positions equally strided in both, and a (batch, path)'s offsets in 32
+// bits, as contiguous ones' are (N <= 64, L <= 2^26). Else both are made contiguous.
+bool projections_readable_as_given(const at::Tensor& B, const at::Tensor& C) {
+  constexpr int64_t kMaxOffset = (int64_t{1} << 32) - 1;
+  const int64_t entries = B.size(2), positions = B.size(3);
+  const int64_t entry_stride = B.stride(2), position_stride = B.stride(3);
+  return C.stride(2) == entry_stride && C.stride(3) == position_stride &&
+         position_stride <= kMaxOffset / std::max<int64_t>(positions, 1) &&
+         (entries - 1) * entry_stride + (positions - 1) * position_stride <= kMaxOffset;
+}
+
+void set_projection_strides(const at::Tensor& B, const at::Tensor& C, MultiPathScanParams& p) {
+  p.B = B.const_data_ptr();
+  p.C = C.const_data_ptr();
+  p.B_batch_stride = B.stride(0);
+  p.B_path_stride = B.stride(1);
+  p.C_batch_stride = C.stride(0);
+  p.C_path_stride = C.stride(1);
+  p.projection_entry_stride = B.stride(2);
+  p.projection_position_stride = B.stride(3);
+}
+
 // Checks every input against u and A (which fix batch, D, L, P and N), makes them contiguous (u and z
-// left channels-last where the kernels read them so, B and C as given where they lay them out), and
-// fills params' sizes, layouts and input pointers.
+// left channels-last where the kernels read them so, B and C as given where the kernels can take them
+// so), and fills params' sizes, layouts and input pointers.
 ScanInputs prepare_scan_inputs(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
     const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
@@ -105,8 +128,9 @@ ScanInputs prepare_scan_inputs(
     p.delta_proj_weight = t.delta_proj_weight.const_data_ptr();
   }
   t.A = A.contiguous();
-  t.B = kernels.lays_out_B_C ? B : B.contiguous();
-  t.C = kernels.lays_out_B_C ? C : C.contiguous();
+  const bool B_C_as_given = kernels.lays_out_B_C || projections_readable_as_given(B, C);
+  t.B = B_C_as_given ? B : B.contiguous();
+  t.C = B_C_as_given ? C : C.contiguous();
   t.paths = paths.contiguous();
   t.D = optional_contiguous(D);
   p.z_channels_last = z.has_value() && kernels.channels_last_activations && is_channels_last(*z);
@@ -126,8 +150,7 @@ ScanInputs prepare_scan_inputs(
   p.u = t.u.const_data_ptr();
   p.delta = t.delta.const_data_ptr();
   p.A = t.A.const_data_ptr();
-  p.B = kernels.lays_out_B_C ? nullptr : t.B.const_data_ptr();
-  p.C = kernels.lays_out_B_C ? nullptr : t.C.const_data_ptr();
+  if (!kernels.lays_out_B_C) set_projection_strides(t.B, t.C, p);
   p.D = optional_data(t.D);
   p.z = optional_data(t.z);
   p.delta_bias = optional_data(t.delta_bias);

@@ -13,7 +13,8 @@
 
 namespace posemamba {
 
-// Contiguous inputs, kept alive while a kernel reads them through params' pointers.
+// The inputs, contiguous (B and C, u and z where the kernels take them in other layouts: as given),
+// kept alive while a kernel reads them through params' pointers.
 struct ScanInputs {
   at::Tensor u, delta, A, B, C, D, z, delta_bias, paths, mix;
   at::Tensor delta_proj_weight;  // with low-rank step sizes (delta then the low-rank delta)
@@ -30,7 +31,9 @@ struct KernelTraits {
   // where asked (MultiPathScanParams::u_channels_last, ...); else those are made (batch, D, L).
   bool channels_last_activations;
   // Whether they lay B and C out positions-major themselves, one copy from whatever strides they come in
-  // (ScanInputs::B and C then as given, params' B and C null); else the host makes them contiguous.
+  // (ScanInputs::B and C then as given, params' B and C null); else they read them through params'
+  // projection strides, as given where those can describe them (projections_readable_as_given), else
+  // made contiguous by the host.
   bool lays_out_B_C;
 };
 

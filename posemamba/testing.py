@@ -3,7 +3,7 @@ and the official PoseMamba SSM's data flow to compare the model with."""
 import torch
 import torch.nn.functional as F
 
-__all__ = ["random_scan_inputs", "official_cross_scan_ssm"]
+__all__ = ["random_scan_inputs", "as_projection_rows", "official_cross_scan_ssm"]
 
 
 def random_scan_inputs(batch, dim, seqlen, n_paths, d_state, dtype=torch.float32, *, with_D=True,
@@ -35,6 +35,15 @@ def random_scan_inputs(batch, dim, seqlen, n_paths, d_state, dtype=torch.float32
         delta_bias=(randn if delta_softplus else rand)(n_paths, dim, dt=weight_dtype) * 0.5 if with_bias else None,
         mix=mix,
     )
+
+
+def as_projection_rows(tensors):
+    """(batch, P, k, L) tensors (delta, B and C, say) as views of one new (batch, L, P, sum of k) tensor,
+    as a model's position-wise projection gives them: the same values, each position's values of every
+    path one row of memory. The op reads B and C laid out so as they are."""
+    # (cat keeps its inputs' permuted memory layout: made contiguous, a position's values are one row.)
+    rows = torch.cat([t.detach().permute(0, 3, 1, 2) for t in tensors], dim=-1).contiguous()
+    return torch.split(rows.permute(0, 2, 3, 1), [t.shape[2] for t in tensors], dim=2)
 
 
 def official_cross_scan_ssm(op, x):

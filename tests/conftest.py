@@ -8,7 +8,7 @@ import torch
 
 import posemamba
 from posemamba.paths import pose_mix, pose_paths
-from posemamba.testing import random_scan_inputs  # noqa: F401  (the tests import it from here)
+from posemamba.testing import as_projection_rows, random_scan_inputs  # noqa: F401  (the tests import them from here)
 
 # The C++ and CUDA sources, for the tests that compile them themselves (the emulation, the portable build).
 CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
@@ -73,5 +73,23 @@ def random_scan_configuration(seed):
                  with_mix=draw.random() < 0.5, delta_softplus=softplus)
     span_lengths = [draw.choice([0, 1, 8, 9, 16, 31, 64, seqlen // 3, seqlen, seqlen + 5]) for _ in range(n_paths)]
     inputs = random_scan_inputs(batch, dim, seqlen, n_paths, d_state, dtype, **flags)
+    inputs = with_projections_laid_out(inputs, draw.choice(PROJECTION_LAYOUTS))
     grad_out = torch.randn(batch, dim, seqlen, dtype=torch.float64).to(dtype)
     return inputs, grad_out, softplus, span_lengths
+
+
+# How B and C (batch, P, N, L) may lie in memory (with_projections_laid_out).
+PROJECTION_LAYOUTS = ("contiguous", "positions_major", "projection_rows")
+
+
+def with_projections_laid_out(inputs, layout):
+    """inputs with B and C the same values in `layout`: as they are ("contiguous"), views of (batch, P, L, N)
+    tensors ("positions_major"), or with delta views of one (batch, L, P, R + 2N) tensor
+    ("projection_rows", as PoseMamba's model passes them)."""
+    assert layout in PROJECTION_LAYOUTS, layout
+    if layout == "positions_major":
+        return {**inputs, **{name: inputs[name].transpose(-1, -2).contiguous().transpose(-1, -2) for name in "BC"}}
+    if layout == "projection_rows":
+        names = ("delta", "B", "C")
+        return {**inputs, **dict(zip(names, as_projection_rows([inputs[name] for name in names])))}
+    return inputs

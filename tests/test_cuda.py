@@ -8,7 +8,8 @@ import posemamba
 from posemamba.ops import multi_path_selective_scan
 from posemamba.reference import multi_path_selective_scan_ref
 
-from conftest import FORWARD_ARGS, dtype_id, random_pose_scan_inputs, random_scan_configuration, random_scan_inputs
+from conftest import (FORWARD_ARGS, dtype_id, random_pose_scan_inputs, random_scan_configuration, random_scan_inputs,
+                      with_projections_laid_out)
 from conftest import scan_ops_forward_and_backward as forward_and_backward
 
 pytestmark = pytest.mark.skipif(
@@ -24,7 +25,10 @@ SHAPES = [(1, 3, 1, 1, 1), (2, 33, 67, 4, 16), (3, 5, 130, 2, 20), (1, 40, 129, 
 
 
 def to_cuda(inputs):
-    return {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+    """The inputs on the GPU in their own strides (Tensor.cuda() makes a view that is not dense contiguous,
+    as the projection rows' B and C)."""
+    return {k: (torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device="cuda").copy_(v)
+                if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
 
 
 def outputs_and_grads(fn, inputs, grad_out):
@@ -141,6 +145,21 @@ def test_cuda_forward_without_saving_gives_the_same_output(span_lengths):
     out, _, _ = torch.ops.posemamba.multi_path_scan_fwd(*args, True, span_lengths)
     lean_out, lean_ungated, lean_states = torch.ops.posemamba.multi_path_scan_fwd(*args, True, span_lengths, False)
     assert torch.equal(lean_out, out) and lean_ungated.numel() == 0 and lean_states.numel() == 0
+
+
+@pytest.mark.parametrize("layout", ["positions_major", "projection_rows"])
+@pytest.mark.parametrize("span_lengths", [[], [16, 0]], ids=["chunked", "warp_and_chunked"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
+def test_cuda_reads_B_and_C_in_their_strides(layout, span_lengths, dtype):
+    # B and C read where they lie (the model's projection rows, positions-major): bitwise the results of
+    # contiguous ones (tests/test_cuda_emulation.py checks more layouts on the host).
+    inputs = random_scan_inputs(2, 33, 150, 2, 20, dtype, with_mix=True)
+    grad_out = torch.randn(2, 33, 150).to(dtype).cuda()
+    laid_out = forward_and_backward(torch.ops.posemamba, to_cuda(with_projections_laid_out(inputs, layout)), grad_out,
+                                    span_lengths=span_lengths)
+    contiguous = forward_and_backward(torch.ops.posemamba, to_cuda(inputs), grad_out, span_lengths=span_lengths)
+    for a, e in zip(laid_out, contiguous, strict=True):
+        assert torch.equal(a, e)
 
 
 def model_outputs_and_grads(model, clip, device):

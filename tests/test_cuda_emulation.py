@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import (CSRC, FORWARD_ARGS, GRADIENTS, dtype_id, random_pose_scan_inputs, random_scan_configuration,
-                      random_scan_inputs, requires_extension, requires_sources, sources_digest)
+                      random_scan_inputs, requires_extension, requires_sources, sources_digest,
+                      with_projections_laid_out)
 from conftest import scan_ops_forward_and_backward as forward_and_backward
 from posemamba.paths import bidirectional_paths, span_lengths_hint
 from posemamba.reference import multi_path_selective_scan_ref
@@ -328,6 +329,32 @@ def test_emulated_low_rank_step_sizes_match_cpu_kernels(emulated, span_lengths, 
     assert_close_scaled(results[0], results[1], dtype)
 
 
+@pytest.mark.parametrize("layout", ["positions_major", "projection_rows", "shared_across_batch", "B_and_C_apart"])
+@pytest.mark.parametrize("span_lengths", [[], [16, 0]], ids=["chunked", "warp_and_chunked"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=dtype_id)
+def test_emulated_kernels_read_B_and_C_in_their_strides(emulated, layout, span_lengths, dtype):
+    # The CUDA kernels read B and C where they lie (the model's projection rows, a positions-major copy,
+    # a batch stride of 0), staging a chunk's entries first where a position's entries are one run of
+    # memory: the same values in the same shared slots, so the results of contiguous B and C, bitwise.
+    # B and C in different strides are both made contiguous first. N = 20: a second group of entries,
+    # partly past N, in float (16 a group) and in float64 (4).
+    inputs = random_scan_inputs(2, 33, 150, 2, 20, dtype, with_mix=True)
+    if layout == "shared_across_batch":
+        inputs = {**inputs, **{name: inputs[name][:1].expand_as(inputs[name]) for name in "BC"}}
+    laid_out = {
+        "positions_major": with_projections_laid_out(inputs, "positions_major"),
+        "projection_rows": with_projections_laid_out(inputs, "projection_rows"),
+        "shared_across_batch": inputs,
+        "B_and_C_apart": {**with_projections_laid_out(inputs, "positions_major"), "C": inputs["C"]},
+    }[layout]
+    grad_out = torch.randn(2, 33, 150, generator=torch.Generator().manual_seed(5)).to(dtype)
+    actual = forward_and_backward(emulated, laid_out, grad_out, span_lengths=span_lengths)
+    contiguous = {**inputs, **{name: inputs[name].contiguous() for name in "BC"}}
+    expected = forward_and_backward(emulated, contiguous, grad_out, span_lengths=span_lengths)
+    for a, e in zip(actual, expected, strict=True):
+        assert torch.equal(a, e)
+
+
 def test_emulated_channels_last_out(emulated):
     # The CUDA kernels write out (batch, D, L); asked for channels-last, the op copies it so: the same
     # values, laid out as the CPU kernels write them.
@@ -545,6 +572,8 @@ SANITIZED_TESTS = [
     "test_emulated_kernels_at_the_largest_state_size[warp_spans-float64]",
     "test_emulated_kernels_split_paths_by_their_hints[float32]",
     "test_emulated_low_rank_step_sizes_match_cpu_kernels[float32-warp_and_chunked-two_tiles_of_ranks]",
+    "test_emulated_kernels_read_B_and_C_in_their_strides[float32-warp_and_chunked-projection_rows]",
+    "test_emulated_kernels_read_B_and_C_in_their_strides[float64-chunked-shared_across_batch]",
     *(f"test_emulated_kernels_on_random_configurations[{seed}]" for seed in range(4)),
     "test_emulated_cuda_kernels_on_empty_inputs[empty_length]",
     "test_emulated_cuda_kernels_on_empty_inputs[empty_batch]",

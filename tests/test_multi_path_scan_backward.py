@@ -7,7 +7,7 @@ import torch
 from posemamba.ops import multi_path_selective_scan, pose_mix, pose_paths
 from posemamba.reference import multi_path_selective_scan_ref
 
-from conftest import random_scan_inputs, requires_extension
+from conftest import as_projection_rows, random_scan_inputs, requires_extension
 
 pytestmark = requires_extension
 
@@ -318,13 +318,6 @@ def test_channels_last_activations_give_the_same_results(with_z, rank, dtype):
         if name in names:
             assert laid_out_grads[names.index(name)].transpose(1, 2).is_contiguous(), name
             assert grads[names.index(name)].is_contiguous(), name
-
-
-def as_projection_rows(tensors):
-    """(batch, P, k, L) tensors as views of one (batch, L, P, sum of k) tensor, as a model's position-wise
-    projection gives them: the same values, each position's values of every path one row."""
-    rows = torch.cat([t.detach().permute(0, 3, 1, 2) for t in tensors], dim=-1)
-    return torch.split(rows.permute(0, 2, 3, 1), [t.shape[2] for t in tensors], dim=2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])

@@ -60,42 +60,66 @@ C10_HOST_DEVICE inline int64_t num_spans(const MultiPathScanParams& p, int64_t c
 // entries, staged in shared memory by the whole block: the steps' loads of B and C then read one
 // broadcast row of shared memory each, instead of a gathered global load with its own address
 // arithmetic per (step, entry), and each position is read from the path (and checked) once per
-// block. B and C take 8 KB in float; 4 KB in double (the tests' and gradcheck's type), whose forward
-// kernel has little more left of the 48 KB of static shared memory.
+// block. B and C take 8.5 KB in float; 4 KB in double (the tests' and gradcheck's type), whose
+// forward kernel has no more left of the 48 KB of static shared memory.
 template <typename weight_t>
 struct ChunkProjections {
   static constexpr int kStates = sizeof(weight_t) == sizeof(float) ? 16 : 4;  // state entries per group
-  alignas(16) weight_t B[kStates][kScanChunk];
-  alignas(16) weight_t C[kStates][kScanChunk];
+  // float rows: 16-byte aligned, each a 4-bank shift from the last (stage); double's unpadded, its forward
+  // having no room left in the 48 KB (its staging's bank conflicts cost a test type only).
+  static constexpr int kRowLength = sizeof(weight_t) == sizeof(float) ? kScanChunk + 4 : kScanChunk;
+  alignas(16) weight_t B[kStates][kRowLength];
+  alignas(16) weight_t C[kStates][kRowLength];
   alignas(16) uint32_t position[kScanChunk];  // L <= 2^26 (check_length, scan_cuda.h); 0 past the path's end
   uint32_t mixed_position[kScanChunk];         // mix at the step's position, or kNoMixedPosition
   weight_t A[kStates][kWarp];                  // A of the lanes' channels, for the group's entries
 
-  // Every thread of the block calls it (then a barrier before any reads): the block's threads take
-  // the chunk's steps in order, so a path visiting consecutive positions loads them coalesced. Steps
-  // past the path's end and entries past N are zeros. With the first group, the steps' mixed-in
-  // positions too (checked here, once per block): the warps' loads of u then wait on no global load
-  // of their own before them. B and C only where kWithB and kWithC: the passes over spans need one each.
+  // Every thread of the block calls it (then a barrier before any reads). With the first group, the
+  // positions and the steps' mixed-in positions (checked here, once per block: the warps' loads of u
+  // then wait on no global load of their own before them) go first, the block's threads taking the
+  // chunk's steps in order; B and C then come from there, staged in the order of their memory: steps
+  // first where positions are consecutive in it (a path along consecutive positions loads them
+  // coalesced), else entries first (B and C positions-major, as a model's projection rows give them: a
+  // step's entries are one run of memory). Steps past the path's end and entries past N are zeros. B
+  // and C only where kWithB and kWithC: the passes over spans need one each.
   template <bool kWithB, bool kWithC, typename input_t>
   __device__ void stage(const PathChannel<input_t>& c, int64_t chunk, int64_t first_state) {
     constexpr int kThreads = kWarp * kSegmentWarps;
     static_assert(kThreads % kScanChunk == 0, "a block's threads cover whole chunks");
     const int thread = static_cast<int>(threadIdx.y) * kWarp + static_cast<int>(threadIdx.x);
-    const int step = thread % kScanChunk;
-    const int64_t s = chunk_begin(chunk) + step;
-    const bool valid = s < c.L;
-    const int64_t l = valid ? c.position(s) : 0;
-    if (thread < kScanChunk) position[step] = static_cast<uint32_t>(l);
     for (int n = static_cast<int>(threadIdx.y); n < kStates; n += kSegmentWarps) {
       A[n][threadIdx.x] = first_state + n < c.N ? c.A_row[first_state + n] : weight_t(0);
     }
-    for (int n = thread / kScanChunk; n < kStates; n += kThreads / kScanChunk) {
-      const bool loaded = valid && first_state + n < c.N;
-      const uint32_t offset = static_cast<uint32_t>(first_state + n) * c.row_length + static_cast<uint32_t>(l);
+    if (first_state == 0) {
+      if (thread < kScanChunk) {
+        const int64_t s = chunk_begin(chunk) + thread;
+        const uint32_t l = s < c.L ? c.checked_position(c.loaded_position(s)) : 0;
+        position[thread] = l;
+        mixed_position[thread] = c.mixed_position(l);
+      }
+      __syncthreads();  // the positions, for B's and C's loads
+    }
+    // Item i of the group is entry n at step s: entries first in runs of 2^run_bits (B and C
+    // positions-major: a warp's access is 8 entries, a 32-byte run, at each of 4 steps, and float rows
+    // kRowLength apart put entry n's step s in bank 4 n + s, 32 distinct banks), else steps first
+    // (run_bits 0: n = i / kScanChunk, s = i % kScanChunk). One loop either way, few registers: the
+    // backward stages later groups with a thread's steps' values live.
+    constexpr int kChunkBits = 6, kRunBits = kStates < 8 ? 2 : 3;
+    static_assert(kScanChunk == 1 << kChunkBits && kStates % (1 << kRunBits) == 0, "runs of entries tile a group");
+    static_assert(kStates * kScanChunk % kThreads == 0, "the block's threads take a group's items in rounds");
+    const int run_bits = c.entry_stride == 1 ? kRunBits : 0;
+    const int steps_in_chunk = static_cast<int>(chunk_end(chunk, c.L) - chunk_begin(chunk));
+    const int group_states = static_cast<int>(c.N - first_state);
+#pragma unroll
+    for (int round = 0; round < kStates * kScanChunk / kThreads; ++round) {
+      const int i = round * kThreads + thread;
+      const int n = (i >> (kChunkBits + run_bits) << run_bits) | (i & ((1 << run_bits) - 1));
+      const int step = (i >> run_bits) & (kScanChunk - 1);
+      const bool loaded = step < steps_in_chunk && n < group_states;
+      const uint32_t offset = c.projection_offset(static_cast<int>(first_state) + n, position[step]);
       if constexpr (kWithB) B[n][step] = loaded ? static_cast<weight_t>(c.B_path[offset]) : weight_t(0);
       if constexpr (kWithC) C[n][step] = loaded ? static_cast<weight_t>(c.C_path[offset]) : weight_t(0);
     }
-    if (first_state == 0 && thread < kScanChunk) mixed_position[step] = c.mixed_position(l);
   }
 
   // The start of the group of state entries from first_state, which every thread of the block calls:

@@ -58,9 +58,9 @@ __device__ __forceinline__ void rounds_to_lanes(StepTile<T> tile, const T (&roun
   __syncwarp();
 }
 
-// A row block's values at position l, by row offset (a channel's in a (..., D, L) block, a state
-// entry's in B or C): the base taken once a tile, each load one wide multiply-add from it
-// (simt::opaque_pointer).
+// A row block's values at position l (at its offset there, l times B's and C's position stride for
+// theirs), by row offset (a channel's in a (..., D, L) block, a state entry's in B or C): the base
+// taken once a tile, each load one wide multiply-add from it (simt::opaque_pointer).
 template <typename input_t>
 struct RowsAt {
   const input_t* at;
@@ -95,8 +95,10 @@ struct PathChannel {
     } else {
       delta_block = static_cast<const input_t*>(p.delta) + (batch_path * p.dim + first_channel) * L;
     }
-    B_path = static_cast<const input_t*>(p.B) + batch_path * N * L;
-    C_path = static_cast<const input_t*>(p.C) + batch_path * N * L;
+    B_path = static_cast<const input_t*>(p.B) + b * p.B_batch_stride + path * p.B_path_stride;
+    C_path = static_cast<const input_t*>(p.C) + b * p.C_batch_stride + path * p.C_path_stride;
+    entry_stride = static_cast<uint32_t>(p.projection_entry_stride);
+    position_stride = static_cast<uint32_t>(p.projection_position_stride);
     order = p.paths + path * L;
     mix_row = p.mix ? p.mix + path * L : nullptr;
     bias = p.delta_bias ? static_cast<const weight_t*>(p.delta_bias)[path_channel] : weight_t(0);
@@ -125,6 +127,11 @@ struct PathChannel {
   __device__ uint32_t checked_mixed(int64_t mixed) const {
     POSEMAMBA_DEVICE_ASSERT(mixed < L);
     return mixed >= 0 && mixed < L ? static_cast<uint32_t>(mixed) : kNoMixedPosition;
+  }
+
+  // Where B's and C's entry n is at position l in the path's rows (below 2^32: MultiPathScanParams).
+  __device__ uint32_t projection_offset(int n, uint32_t l) const {
+    return static_cast<uint32_t>(n) * entry_stride + l * position_stride;
   }
 
   // Where the block's channel `channel` starts in a (..., D, L) row block (below 32 L: 32 bits).
@@ -329,6 +336,7 @@ struct PathChannel {
   int delta_rank;
   const input_t* delta_proj_row = nullptr;
   const input_t *u_block, *delta_block, *B_path, *C_path;
+  uint32_t entry_stride, position_stride;  // B's and C's (MultiPathScanParams' projection strides)
   const int64_t *order, *mix_row;
   const weight_t* A_row;
   weight_t bias, skip;

@@ -45,12 +45,12 @@ struct WarpProjections {
   __device__ void stage(const PathChannel<input_t>& c, uint32_t l, bool step_staged, int group) {
     const int lane = static_cast<int>(threadIdx.x), step = tile_step(lane);
     constexpr int kEntriesPerRound = kWarp / kStepsPerThread;
-    const RowsAt<input_t> B_at(c.B_path, l), C_at(c.C_path, l);
+    const RowsAt<input_t> B_at(c.B_path, l * c.position_stride), C_at(c.C_path, l * c.position_stride);
 #pragma unroll
     for (int r = 0; r < kStates / kEntriesPerRound; ++r) {
       const int n = lane / kStepsPerThread + r * kEntriesPerRound;
       const bool loaded = step_staged && group + n < c.N;
-      const uint32_t row = static_cast<uint32_t>(group + n) * c.row_length;
+      const uint32_t row = static_cast<uint32_t>(group + n) * c.entry_stride;
       if constexpr (kWithB) B[index(step, n)] = loaded ? B_at(row) : weight_t(0);
       if constexpr (kWithC) C[index(step, n)] = loaded ? C_at(row) : weight_t(0);
     }
