@@ -31,6 +31,8 @@ constexpr int64_t kMaxStateDim = 64;
 // Steps between saved states: the backward recomputes each chunk from its saved start state, so
 // memory is (batch, P, L / kScanChunk, N, D) instead of every step's (batch, P, L, N, D).
 constexpr int64_t kScanChunk = 64;
+// The low-rank step sizes' ranks a CUDA warp reads at once (a tile's 32 lanes' worth).
+constexpr int64_t kLowRankTile = 32;
 
 inline int64_t num_scan_chunks(int64_t seqlen) {
   return (seqlen + kScanChunk - 1) / kScanChunk;
@@ -80,11 +82,15 @@ struct MultiPathScanParams {
   const void* delta_bias = nullptr;  // (P, D) or null
   const int64_t* paths = nullptr;    // (P, L), each row a permutation of range(L)
   const int64_t* mix = nullptr;      // (P, L), -1 or a position; or null
-  // Where B and C are in memory (elements): B[b, p, n, l] at B + b B_batch_stride + p B_path_stride +
+  // Where B and C are in memory (elements), for kernels that read them in strides (the CUDA kernels;
+  // the CPU ones lay them out themselves): B[b, p, n, l] at B + b B_batch_stride + p B_path_stride +
   // n projection_entry_stride + l projection_position_stride, C's likewise with its own batch and path
-  // strides, so that a caller's layout (the model's projection rows, positions-major) is read as it is.
-  // Within a (batch, path), (N - 1) entry stride + (L - 1) position stride < 2^32: 32-bit offsets.
+  // strides, and the low-rank delta's (delta_rank > 0) with its own, its ranks strided as the entries:
+  // a caller's layout (a model's projection rows, positions-major) is read as it is. Within a (batch,
+  // path), (N - 1) entry stride + (L - 1) position stride < 2^32, and so for kLowRankTile ranks:
+  // 32-bit offsets.
   int64_t B_batch_stride = 0, B_path_stride = 0, C_batch_stride = 0, C_path_stride = 0;
+  int64_t delta_batch_stride = 0, delta_path_stride = 0;
   int64_t projection_entry_stride = 0, projection_position_stride = 0;
 
   // Written by the forward, read by the backward.

@@ -41,31 +41,53 @@ at::Tensor in_layout(const at::Tensor& t, bool channels_last) {
 }
 
 // Whether kernels that read B and C in their strides (MultiPathScanParams' projection strides) can read
-// these as they are: entries and positions equally strided in both, and a (batch, path)'s offsets in 32
-// bits, as contiguous ones' are (N <= 64, L <= 2^26). Else both are made contiguous.
-bool projections_readable_as_given(const at::Tensor& B, const at::Tensor& C) {
+// these as they are, with the low-rank delta where there is one (null: none): entries (and ranks) and
+// positions equally strided in all, as views of one projection's rows are, and a (batch, path)'s
+// offsets in 32 bits, as contiguous ones' are (N <= 64, L <= 2^26). Else all are made contiguous.
+bool projections_readable_as_given(const at::Tensor& B, const at::Tensor& C, const at::Tensor* delta_low) {
   constexpr int64_t kMaxOffset = (int64_t{1} << 32) - 1;
-  const int64_t entries = B.size(2), positions = B.size(3);
-  const int64_t entry_stride = B.stride(2), position_stride = B.stride(3);
-  return C.stride(2) == entry_stride && C.stride(3) == position_stride &&
+  const int64_t positions = B.size(3), entry_stride = B.stride(2), position_stride = B.stride(3);
+  const auto strided_so = [&](const at::Tensor& t) {
+    return t.stride(2) == entry_stride && t.stride(3) == position_stride;
+  };
+  int64_t rows = B.size(2);
+  if (delta_low != nullptr) rows = std::max(rows, std::min(delta_low->size(2), kLowRankTile));
+  return strided_so(C) && (delta_low == nullptr || strided_so(*delta_low)) &&
          position_stride <= kMaxOffset / std::max<int64_t>(positions, 1) &&
-         (entries - 1) * entry_stride + (positions - 1) * position_stride <= kMaxOffset;
+         (rows - 1) * entry_stride + (positions - 1) * position_stride <= kMaxOffset;
 }
 
-void set_projection_strides(const at::Tensor& B, const at::Tensor& C, MultiPathScanParams& p) {
-  p.B = B.const_data_ptr();
-  p.C = C.const_data_ptr();
-  p.B_batch_stride = B.stride(0);
-  p.B_path_stride = B.stride(1);
-  p.C_batch_stride = C.stride(0);
-  p.C_path_stride = C.stride(1);
-  p.projection_entry_stride = B.stride(2);
-  p.projection_position_stride = B.stride(3);
+// delta, B and C for the kernels: B and C as given where the kernels lay them out themselves (and
+// delta contiguous); else, where the kernels read them in strides, B, C and the low-rank delta as
+// given where those can describe them (projections_readable_as_given), else all contiguous, and their
+// strides in params.
+void prepare_projections(const at::Tensor& delta, const at::Tensor& B, const at::Tensor& C, bool low_rank,
+                         const KernelTraits& kernels, ScanInputs& t, MultiPathScanParams& p) {
+  if (kernels.lays_out_B_C) {
+    t.delta = delta.contiguous();
+    t.B = B;
+    t.C = C;
+    return;
+  }
+  const bool as_given = projections_readable_as_given(B, C, low_rank ? &delta : nullptr);
+  t.delta = as_given && low_rank ? delta : delta.contiguous();
+  t.B = as_given ? B : B.contiguous();
+  t.C = as_given ? C : C.contiguous();
+  p.B = t.B.const_data_ptr();
+  p.C = t.C.const_data_ptr();
+  p.B_batch_stride = t.B.stride(0);
+  p.B_path_stride = t.B.stride(1);
+  p.C_batch_stride = t.C.stride(0);
+  p.C_path_stride = t.C.stride(1);
+  p.delta_batch_stride = low_rank ? t.delta.stride(0) : 0;
+  p.delta_path_stride = low_rank ? t.delta.stride(1) : 0;
+  p.projection_entry_stride = t.B.stride(2);
+  p.projection_position_stride = t.B.stride(3);
 }
 
 // Checks every input against u and A (which fix batch, D, L, P and N), makes them contiguous (u and z
-// left channels-last where the kernels read them so, B and C as given where the kernels can take them
-// so), and fills params' sizes, layouts and input pointers.
+// left channels-last where the kernels read them so; delta, B and C as prepare_projections leaves
+// them), and fills params' sizes, layouts and input pointers.
 ScanInputs prepare_scan_inputs(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
     const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
@@ -121,16 +143,13 @@ ScanInputs prepare_scan_inputs(
   ScanInputs t;
   p.u_channels_last = kernels.channels_last_activations && is_channels_last(u);
   t.u = in_layout(u, p.u_channels_last);
-  t.delta = delta.contiguous();
+  prepare_projections(delta, B, C, delta_proj_weight.has_value(), kernels, t, p);
   if (delta_proj_weight.has_value()) {
     t.delta_proj_weight = delta_proj_weight->contiguous();
     p.delta_rank = delta_rank;
     p.delta_proj_weight = t.delta_proj_weight.const_data_ptr();
   }
   t.A = A.contiguous();
-  const bool B_C_as_given = kernels.lays_out_B_C || projections_readable_as_given(B, C);
-  t.B = B_C_as_given ? B : B.contiguous();
-  t.C = B_C_as_given ? C : C.contiguous();
   t.paths = paths.contiguous();
   t.D = optional_contiguous(D);
   p.z_channels_last = z.has_value() && kernels.channels_last_activations && is_channels_last(*z);
@@ -150,7 +169,6 @@ ScanInputs prepare_scan_inputs(
   p.u = t.u.const_data_ptr();
   p.delta = t.delta.const_data_ptr();
   p.A = t.A.const_data_ptr();
-  if (!kernels.lays_out_B_C) set_projection_strides(t.B, t.C, p);
   p.D = optional_data(t.D);
   p.z = optional_data(t.z);
   p.delta_bias = optional_data(t.delta_bias);

@@ -13,7 +13,7 @@
 
 namespace posemamba {
 
-// The inputs, contiguous (B and C, u and z where the kernels take them in other layouts: as given),
+// The inputs, contiguous (u, z, B, C and the low-rank delta where the kernels take other layouts: as given),
 // kept alive while a kernel reads them through params' pointers.
 struct ScanInputs {
   at::Tensor u, delta, A, B, C, D, z, delta_bias, paths, mix;
@@ -31,9 +31,9 @@ struct KernelTraits {
   // where asked (MultiPathScanParams::u_channels_last, ...); else those are made (batch, D, L).
   bool channels_last_activations;
   // Whether they lay B and C out positions-major themselves, one copy from whatever strides they come in
-  // (ScanInputs::B and C then as given, params' B and C null); else they read them through params'
-  // projection strides, as given where those can describe them (projections_readable_as_given), else
-  // made contiguous by the host.
+  // (ScanInputs::B and C then as given, params' B and C null); else they read them, and the low-rank
+  // delta, through params' projection strides: as given where those can describe them (views of one
+  // projection's rows, say), else made contiguous by the host.
   bool lays_out_B_C;
 };
 

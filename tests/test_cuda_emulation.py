@@ -355,6 +355,34 @@ def test_emulated_kernels_read_B_and_C_in_their_strides(emulated, layout, span_l
         assert torch.equal(a, e)
 
 
+@pytest.mark.parametrize("rank", [3, 40], ids=["one_tile_of_ranks", "two_tiles_of_ranks"])
+@pytest.mark.parametrize("delta_in_rows", [True, False], ids=["delta_in_rows", "delta_apart"])
+@pytest.mark.parametrize("span_lengths", [[], [16, 0]], ids=["chunked", "warp_and_chunked"])
+def test_emulated_low_rank_delta_read_in_the_projection_rows(emulated, span_lengths, delta_in_rows, rank):
+    # The low-rank delta, B and C as views of one projection's rows (the model's): the kernels read all
+    # three where they lie, the ranks strided as B's and C's entries (R = 40: the second tile of ranks
+    # from a base 32 entries on); with delta contiguous beside row views of B and C, all three are
+    # copied. Bitwise the kernels' results of contiguous inputs; the weight's gradient is a matmul
+    # with delta, which may sum in another order for another layout.
+    inputs = random_scan_inputs(2, 33, 150, 2, 4, torch.float32)
+    generator = torch.Generator().manual_seed(rank)
+    inputs["delta"] = torch.randn(2, 2, rank, 150, generator=generator)
+    weight = torch.randn(2, 33, rank, generator=generator) / rank ** 0.5
+    rows = with_projections_laid_out(inputs, "projection_rows")
+    if not delta_in_rows:
+        rows["delta"] = inputs["delta"]
+    grad_out = torch.randn(2, 33, 150, generator=generator)
+    results = []
+    for given in (rows, inputs):
+        args = [given[name] for name in FORWARD_ARGS]
+        out, out_ungated, chunk_states = emulated.multi_path_scan_fwd(*args, True, span_lengths, True, weight)
+        grads = emulated.multi_path_scan_bwd(grad_out, *args, out_ungated, chunk_states, True, span_lengths, weight)
+        results.append([out, out_ungated, chunk_states, *grads])
+    for a, e in zip(results[0][:-1], results[1][:-1], strict=True):
+        assert torch.equal(a, e)
+    assert_close_scaled(results[0][-1:], results[1][-1:], torch.float32)
+
+
 def test_emulated_channels_last_out(emulated):
     # The CUDA kernels write out (batch, D, L); asked for channels-last, the op copies it so: the same
     # values, laid out as the CPU kernels write them.
@@ -574,6 +602,7 @@ SANITIZED_TESTS = [
     "test_emulated_low_rank_step_sizes_match_cpu_kernels[float32-warp_and_chunked-two_tiles_of_ranks]",
     "test_emulated_kernels_read_B_and_C_in_their_strides[float32-warp_and_chunked-projection_rows]",
     "test_emulated_kernels_read_B_and_C_in_their_strides[float64-chunked-shared_across_batch]",
+    "test_emulated_low_rank_delta_read_in_the_projection_rows[warp_and_chunked-delta_in_rows-two_tiles_of_ranks]",
     *(f"test_emulated_kernels_on_random_configurations[{seed}]" for seed in range(4)),
     "test_emulated_cuda_kernels_on_empty_inputs[empty_length]",
     "test_emulated_cuda_kernels_on_empty_inputs[empty_batch]",

@@ -90,7 +90,7 @@ struct PathChannel {
     u_block = static_cast<const input_t*>(p.u) + (b * p.dim + first_channel) * L;
     delta_rank = low_rank ? static_cast<int>(p.delta_rank) : 0;
     if (low_rank) {
-      delta_block = static_cast<const input_t*>(p.delta) + batch_path * p.delta_rank * L;
+      delta_block = static_cast<const input_t*>(p.delta) + b * p.delta_batch_stride + path * p.delta_path_stride;
       delta_proj_row = static_cast<const input_t*>(p.delta_proj_weight) + path_channel * p.delta_rank;
     } else {
       delta_block = static_cast<const input_t*>(p.delta) + (batch_path * p.dim + first_channel) * L;
@@ -210,6 +210,7 @@ struct PathChannel {
     // of 4 rounds, their loads in flight together; lane (step s, quarter q) writes element 8 (4 round +
     // q) + s, a bank of its own.
     constexpr int kRounds = 4, kRanksPerRound = kWarp / kStepsPerThread;
+    static_assert(kLowRankTile == kWarp, "the host's check of 32-bit offsets counts a tile's ranks");
     struct alignas(kStepTileAlignment) StagedRank {
       weight_t step[kStepsPerThread];
     };
@@ -221,15 +222,15 @@ struct PathChannel {
     for (int k = 0; k < kStepsPerThread; ++k) raw[k] = 0;  // 0 + the first term is that term
     for (int first_rank = 0; first_rank < delta_rank; first_rank += kWarp) {
       const int ranks = delta_rank - first_rank < kWarp ? delta_rank - first_rank : kWarp;
-      // (Offsets below 32 L: 32 bits, as channel rows.)
-      const RowsAt<input_t> low_at(delta_block + static_cast<int64_t>(first_rank) * L, l);
+      // (Offsets from the first rank in 32 bits: kLowRankTile ranks, MultiPathScanParams.)
+      const RowsAt<input_t> low_at(delta_block + static_cast<int64_t>(first_rank) * entry_stride, l * position_stride);
 #pragma unroll 1
       for (int first_round = 0; first_round * kRanksPerRound < ranks; first_round += kRounds) {
         weight_t low[kRounds];
 #pragma unroll
         for (int r = 0; r < kRounds; ++r) {
           const int rank = (first_round + r) * kRanksPerRound + quarter;
-          low[r] = rank < ranks ? low_at(static_cast<uint32_t>(rank) * row_length) : weight_t(0);
+          low[r] = rank < ranks ? low_at(static_cast<uint32_t>(rank) * entry_stride) : weight_t(0);
         }
 #pragma unroll
         for (int r = 0; r < kRounds; ++r) staged[(first_round + r) * kRanksPerRound + quarter].step[step] = low[r];
@@ -331,8 +332,9 @@ struct PathChannel {
   bool delta_softplus;
   int last_block_channel;  // D - 1 - first_channel: the last channel of the block below D
   // R, where delta comes in mamba's low-rank form (MultiPathScanParams::delta_rank), else 0; then
-  // delta_block is the (batch, path)'s (R, L) low-rank rows and delta_proj_row this lane's channel's R
-  // weights, else delta_block is the block's (D, L) rows from first_channel.
+  // delta_block is the (batch, path)'s R low-rank rows (ranks and positions in B's and C's strides) and
+  // delta_proj_row this lane's channel's R weights, else delta_block is the block's (D, L) rows from
+  // first_channel.
   int delta_rank;
   const input_t* delta_proj_row = nullptr;
   const input_t *u_block, *delta_block, *B_path, *C_path;
