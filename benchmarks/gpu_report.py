@@ -12,7 +12,7 @@ extension for the visible GPU's architecture with FORCE_CUDA=1, (2) runs tests/t
 the fused kernels, the unfused pipeline (copies + one single-path scan per direction + merge, on our own
 kernels) and the reference at PoseMamba-S/-L block shapes, batch 1, 4 and 16, forward and
 forward+backward, with CUDA events (median of 20), then low-rank step sizes projected by the kernels
-against a matmul's full ones and B and C in three layouts the kernels read as they are, and prints that table (written to DIR/timings.txt too), (4) times the fused op at the small batches and batch 16 under each work split (the chunked splits
+against a matmul's full ones and the inputs in the layouts the kernels read as they are, and prints that table (written to DIR/timings.txt too), (4) times the fused op at the small batches and batch 16 under each work split (the chunked splits
 for several POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM settings, the forward's warp split alone, the warp
 splits of both for the joint-major paths, and at batch 16 for every path), and at batch 16 with every
 path frame-major too (DIR/span_sweep.txt), (5) prints each kernel's time in one fused
@@ -256,7 +256,7 @@ def write_timing_table(table_path, with_reference=True):
              "H200 HBM3e copies at about 4300 (measured there), H100 HBM3 at about 3000. Batch 1 fits the "
              "50-60 MB L2: timed in cache.")
         write_low_rank_rows(emit)
-        write_projection_layout_rows(emit)
+        write_layout_rows(emit)
 
 
 # PoseMamba's ranks of the step sizes' projection (mamba's dt_rank, d_model / 16), by block shape.
@@ -290,31 +290,34 @@ def write_low_rank_rows(emit):
                      f"{matmul / fused:5.2f}")
 
 
-def write_projection_layout_rows(emit):
-    """B and C in the layouts callers give them, which the kernels read as they are: (batch, P, N, L)
-    contiguous ("entries": a state entry's positions one run of memory), (batch, P, L, N) in memory
+def write_layout_rows(emit):
+    """Inputs in the layouts callers give them, which the kernels read as they are: B and C (batch, P, N,
+    L) contiguous ("entries": a state entry's positions one run of memory), (batch, P, L, N) in memory
     ("positions": a position's entries one run, the joint-major paths' steps whole sectors apart), and
     with delta as views of one (batch, L, P, D + 2N) tensor, as PoseMamba's projection rows give them
-    ("rows", the model's layout, which the CUDA op copied to "entries" before), at batch 1 and 16."""
+    ("rows", which the CUDA op copied to "entries" before); then also u channels-last ("rows, u last",
+    the model's layouts: u as its convolution leaves it, read a step's 32 channels at a time where
+    (batch, D, L) goes through the step tiles, and was copied so before), at batch 1 and 16."""
     from posemamba.ops import multi_path_selective_scan
     from posemamba.testing import as_projection_rows
 
-    emit(f"{'B, C':8} {'pass':8} {'entries ms':>10} {'positions ms':>12} {'rows ms':>8}")
+    emit(f"{'layout':8} {'pass':8} {'entries ms':>10} {'positions ms':>12} {'rows ms':>8} {'rows, u last ms':>15}")
     for name, batch in ((name, batch) for name in SHAPES for batch in (1, 16)):
         inputs, _, grad_out = pose_block_inputs(batch, SHAPES[name])
         positions_major = {key: inputs[key].detach().transpose(-1, -2).contiguous().transpose(-1, -2)
                            for key in ("B", "C")}
         rows = dict(zip(("delta", "B", "C"), as_projection_rows([inputs[key] for key in ("delta", "B", "C")])))
+        u_last = {"u": inputs["u"].detach().transpose(1, 2).contiguous().transpose(1, 2)}
         for backward in (False, True):
             times = []
-            for laid_out in ({}, positions_major, rows):
-                laid_out = {key: value.requires_grad_(True) for key, value in laid_out.items()}
+            for laid_out in ({}, positions_major, rows, {**rows, **u_last}):
+                laid_out = {key: value.detach().requires_grad_(True) for key, value in laid_out.items()}
                 layout_inputs = {**inputs, **laid_out}
                 layout_leaves = [layout_inputs[leaf] for leaf in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
                 step = scan_steps(multi_path_selective_scan, layout_inputs, layout_leaves, grad_out)
                 times.append(median_ms(step[1 if backward else 0]))
             emit(f"{f'{name} b{batch}':8} {'fwd+bwd' if backward else 'fwd':8} {times[0]:10.3f} {times[1]:12.3f} "
-                 f"{times[2]:8.3f}")
+                 f"{times[2]:8.3f} {times[3]:15.3f}")
 
 
 # The work splits, each in a process of its own (the kernels read their settings once): the chunked

@@ -53,7 +53,8 @@ struct MultiPathScanParams {
   // Layouts of the (batch, D, L) tensors below: each of u, z, out and the backward's grad_out is
   // (batch, D, L) in memory, or channels-last, (batch, L, D) in memory (the transpose of a contiguous
   // (batch, L, D) tensor): the CPU kernels read u, z and grad_out as they come and write out so where
-  // the caller asks; other kernels take them all (batch, D, L). out_ungated, du and dz: (batch, D, L).
+  // the caller asks; the CUDA kernels read u as it comes (a batch element's offsets in 32 bits) and
+  // take the others (batch, D, L). out_ungated, du and dz: (batch, D, L).
   bool u_channels_last = false;
   bool z_channels_last = false;
   bool out_channels_last = false;

@@ -29,6 +29,9 @@ const void* optional_data(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr() : nullptr;
 }
 
+// The largest offset within a batch element's u that the kernels reading it channels-last take (32 bits).
+constexpr int64_t kMaxBatchElementOffset = (int64_t{1} << 32) - 1;
+
 // A (batch, D, L) tensor that is a contiguous (batch, L, D) one's transpose (and not also contiguous,
 // as where D or L is 1).
 bool is_channels_last(const at::Tensor& t) {
@@ -141,7 +144,7 @@ ScanInputs prepare_scan_inputs(
   }
 
   ScanInputs t;
-  p.u_channels_last = kernels.channels_last_activations && is_channels_last(u);
+  p.u_channels_last = kernels.channels_last_u && is_channels_last(u) && dim * seqlen <= kMaxBatchElementOffset;
   t.u = in_layout(u, p.u_channels_last);
   prepare_projections(delta, B, C, delta_proj_weight.has_value(), kernels, t, p);
   if (delta_proj_weight.has_value()) {

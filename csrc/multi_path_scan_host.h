@@ -27,8 +27,11 @@ struct KernelTraits {
   // positions, in partials); else it writes the full (batch, P, D, L) ddelta, from which the host takes
   // them by two matmuls.
   bool sums_delta_projection_gradients;
-  // Whether they read u, z and grad_out channels-last where they come so, and write out channels-last
-  // where asked (MultiPathScanParams::u_channels_last, ...); else those are made (batch, D, L).
+  // Whether they read u channels-last where it comes so (MultiPathScanParams::u_channels_last, a batch
+  // element's u in 32-bit offsets); else it is made (batch, D, L).
+  bool channels_last_u;
+  // Whether they read z and grad_out channels-last where they come so, and write out channels-last
+  // where asked (MultiPathScanParams::z_channels_last, ...); else those are made (batch, D, L).
   bool channels_last_activations;
   // Whether they lay B and C out positions-major themselves, one copy from whatever strides they come in
   // (ScanInputs::B and C then as given, params' B and C null); else they read them, and the low-rank

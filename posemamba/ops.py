@@ -55,7 +55,8 @@ def multi_path_selective_scan(
     Args (batch, D channels, L positions, P paths, N state size):
         u: (batch, D, L) float16, bfloat16, float32 or float64; the input. Contiguous, or channels-last:
             the transpose of a contiguous (batch, L, D) tensor, as mamba layers hold activations (read
-            as it is by the CPU kernels, copied elsewhere). z and the incoming gradient likewise.
+            as it is by the CPU and CUDA kernels). z and the incoming gradient likewise (read as they
+            are by the CPU kernels, copied by the CUDA op).
         delta: (batch, P, D, L), u's dtype; the raw step sizes.
         A: (P, D, N) float32 (float64 with float64 inputs); the state matrix (diagonal), usually < 0.
         B, C: (batch, P, N, L), u's dtype; the input-dependent input and output matrices.
@@ -75,9 +76,12 @@ def multi_path_selective_scan(
         delta_proj_weight: optional (P, D, R), u's dtype; mamba's low-rank step sizes: delta is then
             (batch, P, R, L) and the raw step sizes are delta_proj_weight[p] @ delta[b, p]. The CPU
             kernels project them as they read them, forward and backward: the full (batch, P, D, L)
-            step sizes and their gradient never exist. On CUDA they are made for the forward and
-            again for the backward, never kept. Either way a training step keeps R / D of their
-            memory (mamba's delta_proj recomputation).
+            step sizes and their gradient never exist. The CUDA kernels project them as they read
+            them too, and their backward writes the full step sizes' gradient, from which the op takes
+            the projection's gradients by two matmuls. Either way a training step keeps R / D of their
+            memory (mamba's delta_proj recomputation). delta, B and C may be views of one
+            projection's rows (the CPU kernels lay them out in one copy each, the CUDA kernels read
+            them there).
         channels_last_out: return out as the transpose of a contiguous (batch, L, D) tensor, so that
             out.transpose(1, 2), the (batch, L, D) a mamba layer goes on with, is free: the CPU
             kernels write it so, other devices copy it so.

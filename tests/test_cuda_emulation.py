@@ -383,6 +383,32 @@ def test_emulated_low_rank_delta_read_in_the_projection_rows(emulated, span_leng
     assert_close_scaled(results[0][-1:], results[1][-1:], torch.float32)
 
 
+@pytest.mark.parametrize("variant", ["mixed", "unmixed", "low_rank"])
+@pytest.mark.parametrize("span_lengths", [[], [16, 0]], ids=["chunked", "warp_and_chunked"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=dtype_id)
+def test_emulated_kernels_read_u_channels_last(emulated, dtype, span_lengths, variant):
+    # u as the transpose of a contiguous (batch, L, D) tensor (as mamba layers and PoseMamba's
+    # convolution leave it): the CUDA kernels read it by position, a lane per channel, where a (batch,
+    # D, L) u goes through the step tiles: the same values in the same lanes, so bitwise the results of
+    # a contiguous u, with and without mixed-in steps and with low-rank step sizes (z and grad_out,
+    # which the op copies, contiguous). D = 33: a block's lanes past D.
+    inputs = random_scan_inputs(2, 33, 150, 2, 4, dtype, with_mix=variant != "unmixed")
+    generator = torch.Generator().manual_seed(7)
+    weight = None
+    if variant == "low_rank":
+        inputs["delta"] = torch.randn(2, 2, 5, 150, generator=generator).to(dtype)
+        weight = (torch.randn(2, 33, 5, generator=generator) / 5 ** 0.5).to(dtype)
+    grad_out = torch.randn(2, 33, 150, generator=generator).to(dtype)
+    results = []
+    for u in (inputs["u"].transpose(1, 2).contiguous().transpose(1, 2), inputs["u"]):
+        args = [u if name == "u" else inputs[name] for name in FORWARD_ARGS]
+        out, out_ungated, chunk_states = emulated.multi_path_scan_fwd(*args, True, span_lengths, True, weight)
+        grads = emulated.multi_path_scan_bwd(grad_out, *args, out_ungated, chunk_states, True, span_lengths, weight)
+        results.append([out, out_ungated, chunk_states, *grads])
+    for a, e in zip(*results, strict=True):
+        assert torch.equal(a, e)
+
+
 def test_emulated_channels_last_out(emulated):
     # The CUDA kernels write out (batch, D, L); asked for channels-last, the op copies it so: the same
     # values, laid out as the CPU kernels write them.
@@ -603,6 +629,7 @@ SANITIZED_TESTS = [
     "test_emulated_kernels_read_B_and_C_in_their_strides[float32-warp_and_chunked-projection_rows]",
     "test_emulated_kernels_read_B_and_C_in_their_strides[float64-chunked-shared_across_batch]",
     "test_emulated_low_rank_delta_read_in_the_projection_rows[warp_and_chunked-delta_in_rows-two_tiles_of_ranks]",
+    "test_emulated_kernels_read_u_channels_last[float32-warp_and_chunked-mixed]",
     *(f"test_emulated_kernels_on_random_configurations[{seed}]" for seed in range(4)),
     "test_emulated_cuda_kernels_on_empty_inputs[empty_length]",
     "test_emulated_cuda_kernels_on_empty_inputs[empty_batch]",

@@ -87,7 +87,9 @@ struct PathChannel {
     const int64_t batch_path = b * p.n_paths + path;
     const int64_t path_channel = path * p.dim + d;
     last_block_channel = static_cast<int>(p.dim - 1 - first_channel);
-    u_block = static_cast<const input_t*>(p.u) + (b * p.dim + first_channel) * L;
+    u_block = static_cast<const input_t*>(p.u) + (p.u_channels_last ? b * p.dim * L + first_channel
+                                                                    : (b * p.dim + first_channel) * L);
+    u_position_stride = p.u_channels_last ? static_cast<uint32_t>(p.dim) : 0;
     delta_rank = low_rank ? static_cast<int>(p.delta_rank) : 0;
     if (low_rank) {
       delta_block = static_cast<const input_t*>(p.delta) + b * p.delta_batch_stride + path * p.delta_path_stride;
@@ -141,7 +143,8 @@ struct PathChannel {
 
   // The scan inputs v (u, plus u at the mixed-in position where mix names one) and the step sizes dt
   // at the warp's kStepsPerThread steps (at `position`, mixing in `mixed_position`), for this lane's
-  // channel, loaded through the warp's tile. The loads are all in flight together (delta's after u's
+  // channel, loaded through the warp's tile (u by position where it comes channels-last:
+  // load_inputs_by_position). The loads are all in flight together (delta's after u's
   // where it comes in the low-rank form: gather_raw_step_sizes): where a step of the tile mixes, every
   // step reads a mixed-in u (at its own position again where it has none); where none does (the whole
   // tile, as on a path without a mix), none reads one.
@@ -155,6 +158,19 @@ struct PathChannel {
   // side (step tile_step(lane)).
   __device__ void load_steps_at(uint32_t l, uint32_t mixed, StepTile<weight_t> tile, weight_t (&v)[kStepsPerThread],
                                 weight_t (&dt)[kStepsPerThread]) const {
+    if (u_position_stride != 0) {
+      load_inputs_by_position(l, mixed, v);
+      gather_raw_step_sizes(tile, dt, l);
+    } else {
+      load_inputs_and_deltas_by_row(l, mixed, tile, v, dt);
+    }
+    step_sizes(dt, bias, delta_softplus);
+  }
+
+  // load_steps_at's v and raw dt where u's rows are (batch, D, L): each through the tile, u's and full
+  // delta's loads in flight together.
+  __device__ void load_inputs_and_deltas_by_row(uint32_t l, uint32_t mixed, StepTile<weight_t> tile,
+                                                weight_t (&v)[kStepsPerThread], weight_t (&dt)[kStepsPerThread]) const {
     const int lane = static_cast<int>(threadIdx.x);
     const bool has_mixed = mixed != kNoMixedPosition, full_delta = delta_rank == 0;
     weight_t u_own[kStepsPerThread], delta[kStepsPerThread];
@@ -185,7 +201,33 @@ struct PathChannel {
     } else {
       project_step_sizes(tile, dt, l);
     }
-    step_sizes(dt, bias, delta_softplus);
+  }
+
+  // load_steps_at's v where u comes channels-last: lane = channel, so that a step's load is one 128-byte
+  // run for the warp whatever the path's order, with no tile; lane k holds step k's positions (l,
+  // mixed), which every lane takes by shuffles. As through the tile, where a step of the tile mixes,
+  // every step reads a mixed-in u (at its own position again where it has none).
+  __device__ void load_inputs_by_position(uint32_t l, uint32_t mixed, weight_t (&v)[kStepsPerThread]) const {
+    const int lane = static_cast<int>(threadIdx.x);
+    const input_t* const u_lane = u_block + (lane < last_block_channel ? lane : last_block_channel);
+    if (__any_sync(0xffffffffu, mixed != kNoMixedPosition)) {
+      weight_t u_mixed[kStepsPerThread];
+      bool mixes[kStepsPerThread];
+#pragma unroll
+      for (int k = 0; k < kStepsPerThread; ++k) {
+        const uint32_t step_l = __shfl_sync(0xffffffffu, l, k), step_mixed = __shfl_sync(0xffffffffu, mixed, k);
+        mixes[k] = step_mixed != kNoMixedPosition;
+        v[k] = static_cast<weight_t>(u_lane[step_l * u_position_stride]);
+        u_mixed[k] = static_cast<weight_t>(u_lane[(mixes[k] ? step_mixed : step_l) * u_position_stride]);
+      }
+#pragma unroll
+      for (int k = 0; k < kStepsPerThread; ++k) v[k] = mixes[k] ? v[k] + u_mixed[k] : v[k];
+    } else {
+#pragma unroll
+      for (int k = 0; k < kStepsPerThread; ++k) {
+        v[k] = static_cast<weight_t>(u_lane[__shfl_sync(0xffffffffu, l, k) * u_position_stride]);
+      }
+    }
   }
 
   // The raw step sizes (delta before the bias and softplus) for this lane's channel at the warp's steps,
@@ -337,6 +379,10 @@ struct PathChannel {
   // first_channel.
   int delta_rank;
   const input_t* delta_proj_row = nullptr;
+  // u_block: the block's first channel's row of u, or where u comes channels-last its first channel at
+  // position 0 of the batch element's (L, D) block, whose positions are u_position_stride = D apart
+  // (else 0).
+  uint32_t u_position_stride;
   const input_t *u_block, *delta_block, *B_path, *C_path;
   uint32_t entry_stride, position_stride;  // B's and C's (MultiPathScanParams' projection strides)
   const int64_t *order, *mix_row;
