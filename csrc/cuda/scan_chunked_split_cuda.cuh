@@ -93,7 +93,7 @@ struct ChunkProjections {
     if (first_state == 0) {
       if (thread < kScanChunk) {
         const int64_t s = chunk_begin(chunk) + thread;
-        const uint32_t l = s < c.L ? c.checked_position(c.loaded_position(s)) : 0;
+        const uint32_t l = s < c.L ? c.position(s) : 0;
         position[thread] = l;
         mixed_position[thread] = c.mixed_position(l);
       }

@@ -45,7 +45,8 @@ struct WarpProjections {
   __device__ void stage(const PathChannel<input_t>& c, uint32_t l, bool step_staged, int group) {
     const int lane = static_cast<int>(threadIdx.x), step = tile_step(lane);
     constexpr int kEntriesPerRound = kWarp / kStepsPerThread;
-    const RowsAt<input_t> B_at(c.B_path, l * c.position_stride), C_at(c.C_path, l * c.position_stride);
+    const uint32_t at = l * c.position_stride;
+    const RowsAt<input_t> B_at(c.B_path, at), C_at(c.C_path, at);
 #pragma unroll
     for (int r = 0; r < kStates / kEntriesPerRound; ++r) {
       const int n = lane / kStepsPerThread + r * kEntriesPerRound;
