@@ -150,7 +150,8 @@ def pose_block_inputs(batch, dim, joint_major=True):
 
 
 def scan_steps(fn, inputs, leaves, grad_out):
-    """A scan implementation's forward (without autograd) and forward+backward on one set of inputs."""
+    """A scan implementation's forward (without autograd) and forward+backward on one set of inputs
+    (fn's keyword arguments)."""
     import torch
 
     def forward():
@@ -295,29 +296,41 @@ def write_layout_rows(emit):
     L) contiguous ("entries": a state entry's positions one run of memory), (batch, P, L, N) in memory
     ("positions": a position's entries one run, the joint-major paths' steps whole sectors apart), and
     with delta as views of one (batch, L, P, D + 2N) tensor, as PoseMamba's projection rows give them
-    ("rows", which the CUDA op copied to "entries" before); then also u channels-last ("rows, u last",
-    the model's layouts: u as its convolution leaves it, read a step's 32 channels at a time where
-    (batch, D, L) goes through the step tiles, and was copied so before), at batch 1 and 16."""
+    ("rows", which the CUDA op copied to "entries" before); then also u channels-last ("rows, u last":
+    u as its convolution leaves it, read a step's 32 channels at a time where (batch, D, L) goes through
+    the step tiles, and was copied so before); last, z and the gradient channels-last too, and out asked
+    so ("rows, all last", which the CUDA op copied before; the model's layouts, though its blocks gate
+    after their norm, not in the op), at batch 1 and 16."""
     from posemamba.ops import multi_path_selective_scan
     from posemamba.testing import as_projection_rows
 
-    emit(f"{'layout':8} {'pass':8} {'entries ms':>10} {'positions ms':>12} {'rows ms':>8} {'rows, u last ms':>15}")
+    emit(f"{'layout':8} {'pass':8} {'entries ms':>10} {'positions ms':>12} {'rows ms':>8} {'rows, u last ms':>15} "
+         f"{'rows, all last ms':>17}")
     for name, batch in ((name, batch) for name in SHAPES for batch in (1, 16)):
         inputs, _, grad_out = pose_block_inputs(batch, SHAPES[name])
         positions_major = {key: inputs[key].detach().transpose(-1, -2).contiguous().transpose(-1, -2)
                            for key in ("B", "C")}
         rows = dict(zip(("delta", "B", "C"), as_projection_rows([inputs[key] for key in ("delta", "B", "C")])))
-        u_last = {"u": inputs["u"].detach().transpose(1, 2).contiguous().transpose(1, 2)}
+        u_last = {"u": channels_last(inputs["u"])}
+        all_last = {**rows, **u_last, "z": channels_last(inputs["z"])}
         for backward in (False, True):
             times = []
-            for laid_out in ({}, positions_major, rows, {**rows, **u_last}):
+            for laid_out in ({}, positions_major, rows, {**rows, **u_last}, all_last):
+                outputs_last = laid_out is all_last
                 laid_out = {key: value.detach().requires_grad_(True) for key, value in laid_out.items()}
-                layout_inputs = {**inputs, **laid_out}
+                layout_inputs = {**inputs, **laid_out, **({"channels_last_out": True} if outputs_last else {})}
                 layout_leaves = [layout_inputs[leaf] for leaf in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-                step = scan_steps(multi_path_selective_scan, layout_inputs, layout_leaves, grad_out)
+                step = scan_steps(multi_path_selective_scan, layout_inputs, layout_leaves,
+                                  channels_last(grad_out) if outputs_last else grad_out)
                 times.append(median_ms(step[1 if backward else 0]))
             emit(f"{f'{name} b{batch}':8} {'fwd+bwd' if backward else 'fwd':8} {times[0]:10.3f} {times[1]:12.3f} "
-                 f"{times[2]:8.3f} {times[3]:15.3f}")
+                 f"{times[2]:8.3f} {times[3]:15.3f} {times[4]:17.3f}")
+
+
+def channels_last(t):
+    """t, (batch, D, L), as the transpose of a contiguous (batch, L, D) tensor (as mamba layers hold
+    activations): the same values."""
+    return t.detach().transpose(1, 2).contiguous().transpose(1, 2)
 
 
 # The work splits, each in a process of its own (the kernels read their settings once): the chunked

@@ -52,9 +52,9 @@ struct MultiPathScanParams {
   bool delta_softplus = true;
   // Layouts of the (batch, D, L) tensors below: each of u, z, out and the backward's grad_out is
   // (batch, D, L) in memory, or channels-last, (batch, L, D) in memory (the transpose of a contiguous
-  // (batch, L, D) tensor): the CPU kernels read u, z and grad_out as they come and write out so where
-  // the caller asks; the CUDA kernels read u as it comes (a batch element's offsets in 32 bits) and
-  // take the others (batch, D, L). out_ungated, du and dz: (batch, D, L).
+  // (batch, L, D) tensor): every device's kernels read u, z and grad_out as they come (where a batch
+  // element's offsets fit 32 bits; else the host makes them (batch, D, L)) and write out channels-last
+  // where the caller asks. out_ungated, du and dz: (batch, D, L).
   bool u_channels_last = false;
   bool z_channels_last = false;
   bool out_channels_last = false;
@@ -114,7 +114,9 @@ struct MultiPathScanBwdParams : MultiPathScanParams {
   // partials (one per stretch of the path a task covers) and the fixed-order pass adds them all.
   int64_t n_length_blocks = 0;
 
-  const void* grad_out = nullptr;  // (batch, D, L)
+  // (batch, D, L), in either layout (grad_out_channels_last); z then in the same one (copied where it
+  // came in the other): the gate's gradient reads them side by side.
+  const void* grad_out = nullptr;
   void* du = nullptr;
   void* ddelta = nullptr;
   void* dz = nullptr;

@@ -29,13 +29,16 @@ const void* optional_data(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr() : nullptr;
 }
 
-// The largest offset within a batch element's u that the kernels reading it channels-last take (32 bits).
+// The largest offset within a batch element's (D, L) values that the kernels reading them channels-last
+// take (32 bits).
 constexpr int64_t kMaxBatchElementOffset = (int64_t{1} << 32) - 1;
 
-// A (batch, D, L) tensor that is a contiguous (batch, L, D) one's transpose (and not also contiguous,
-// as where D or L is 1).
-bool is_channels_last(const at::Tensor& t) {
-  return t.dim() == 3 && !t.is_contiguous() && t.transpose(1, 2).is_contiguous();
+// Whether the kernels read t, a (batch, D, L) tensor, channels-last: where it is a contiguous (batch, L,
+// D) one's transpose (and not also contiguous, as where D or L is 1), with a batch element's offsets in
+// 32 bits.
+bool reads_channels_last(const at::Tensor& t) {
+  return t.dim() == 3 && !t.is_contiguous() && t.transpose(1, 2).is_contiguous() &&
+         t.size(1) * t.size(2) <= kMaxBatchElementOffset;
 }
 
 // t, a (batch, D, L) tensor, channels-last or contiguous (copied where it is not so already).
@@ -144,7 +147,7 @@ ScanInputs prepare_scan_inputs(
   }
 
   ScanInputs t;
-  p.u_channels_last = kernels.channels_last_u && is_channels_last(u) && dim * seqlen <= kMaxBatchElementOffset;
+  p.u_channels_last = reads_channels_last(u);
   t.u = in_layout(u, p.u_channels_last);
   prepare_projections(delta, B, C, delta_proj_weight.has_value(), kernels, t, p);
   if (delta_proj_weight.has_value()) {
@@ -155,7 +158,7 @@ ScanInputs prepare_scan_inputs(
   t.A = A.contiguous();
   t.paths = paths.contiguous();
   t.D = optional_contiguous(D);
-  p.z_channels_last = z.has_value() && kernels.channels_last_activations && is_channels_last(*z);
+  p.z_channels_last = z.has_value() && reads_channels_last(*z);
   t.z = z.has_value() ? in_layout(*z, p.z_channels_last) : at::Tensor();
   t.delta_bias = optional_contiguous(delta_bias);
   t.mix = optional_contiguous(mix);
@@ -203,7 +206,7 @@ ScanForward prepare_scan_forward(
   f.inputs = prepare_scan_inputs(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, delta_proj_weight,
                                  kernels, p);
   set_span_lengths(span_lengths, p);
-  p.out_channels_last = channels_last_out && kernels.channels_last_activations;
+  p.out_channels_last = channels_last_out;
   f.out = p.out_channels_last ? at::empty({p.batch, p.seqlen, p.dim}, u.options()).transpose(1, 2)
                               : at::empty({p.batch, p.dim, p.seqlen}, u.options());
   const bool keeps_ungated = z.has_value() && save_for_backward;
@@ -238,8 +241,13 @@ ScanBackward prepare_scan_backward(
     check_shape(out_ungated, "out_ungated", {p.batch, p.dim, p.seqlen});
     check_like(out_ungated, "out_ungated", u, u.scalar_type());
   }
-  p.grad_out_channels_last = kernels.channels_last_activations && is_channels_last(grad_out);
+  p.grad_out_channels_last = reads_channels_last(grad_out);
   g.grad_out = in_layout(grad_out, p.grad_out_channels_last);
+  if (z.has_value() && p.z_channels_last != p.grad_out_channels_last) {  // (MultiPathScanBwdParams)
+    p.z_channels_last = p.grad_out_channels_last;
+    g.inputs.z = in_layout(*z, p.z_channels_last);
+    p.z = g.inputs.z.const_data_ptr();
+  }
   g.chunk_states = chunk_states.contiguous();
   g.out_ungated = z.has_value() ? out_ungated.contiguous() : at::Tensor();
 
@@ -277,10 +285,6 @@ ScanBackward prepare_scan_backward(
   p.dB_partial = g.dB_partial.mutable_data_ptr();
   p.dC_partial = g.dC_partial.mutable_data_ptr();
   return g;
-}
-
-at::Tensor to_channels_last(const at::Tensor& t) {
-  return in_layout(t, true);
 }
 
 void allocate_length_partials(ScanBackward& g, int64_t n_length_blocks, bool zeroed) {

@@ -27,12 +27,6 @@ struct KernelTraits {
   // positions, in partials); else it writes the full (batch, P, D, L) ddelta, from which the host takes
   // them by two matmuls.
   bool sums_delta_projection_gradients;
-  // Whether they read u channels-last where it comes so (MultiPathScanParams::u_channels_last, a batch
-  // element's u in 32-bit offsets); else it is made (batch, D, L).
-  bool channels_last_u;
-  // Whether they read z and grad_out channels-last where they come so, and write out channels-last
-  // where asked (MultiPathScanParams::z_channels_last, ...); else those are made (batch, D, L).
-  bool channels_last_activations;
   // Whether they lay B and C out positions-major themselves, one copy from whatever strides they come in
   // (ScanInputs::B and C then as given, params' B and C null); else they read them, and the low-rank
   // delta, through params' projection strides: as given where those can describe them (views of one
@@ -103,10 +97,6 @@ ScanForward prepare_scan_forward(
     const std::optional<at::Tensor>& mix, bool delta_softplus, at::IntArrayRef span_lengths,
     bool save_for_backward, const std::optional<at::Tensor>& delta_proj_weight, bool channels_last_out,
     const KernelTraits& kernels);
-
-// A (batch, D, L) tensor laid out channels-last (copied where it is not so already): the op's out where
-// the caller asks for it and the device's kernels write (batch, D, L).
-at::Tensor to_channels_last(const at::Tensor& t);
 
 // channel_block: the channels summed into one dB/dC partial; the partials are laid out (batch,
 // channel blocks, P, N, L) where positions_minor (a GPU's, whose threads write a path's consecutive

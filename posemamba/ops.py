@@ -55,8 +55,8 @@ def multi_path_selective_scan(
     Args (batch, D channels, L positions, P paths, N state size):
         u: (batch, D, L) float16, bfloat16, float32 or float64; the input. Contiguous, or channels-last:
             the transpose of a contiguous (batch, L, D) tensor, as mamba layers hold activations (read
-            as it is by the CPU and CUDA kernels). z and the incoming gradient likewise (read as they
-            are by the CPU kernels, copied by the CUDA op).
+            as it is by the CPU and CUDA kernels). z and the incoming gradient likewise (in the backward
+            z is taken in the gradient's layout, copied where the two differ).
         delta: (batch, P, D, L), u's dtype; the raw step sizes.
         A: (P, D, N) float32 (float64 with float64 inputs); the state matrix (diagonal), usually < 0.
         B, C: (batch, P, N, L), u's dtype; the input-dependent input and output matrices.
@@ -83,8 +83,8 @@ def multi_path_selective_scan(
             projection's rows (the CPU kernels lay them out in one copy each, the CUDA kernels read
             them there).
         channels_last_out: return out as the transpose of a contiguous (batch, L, D) tensor, so that
-            out.transpose(1, 2), the (batch, L, D) a mamba layer goes on with, is free: the CPU
-            kernels write it so, other devices copy it so.
+            out.transpose(1, 2), the (batch, L, D) a mamba layer goes on with, is free: the CPU and
+            CUDA kernels write it so.
 
     For each batch b, channel d and path p, with h = 0 and l = paths[p, s] for s = 0..L-1:
         dt = softplus(delta[b,p,d,l] + delta_bias[p,d]);  v = u[b,d,l] (+ u[b,d,mix[p,l]])

@@ -75,7 +75,16 @@ def random_scan_configuration(seed):
     inputs = random_scan_inputs(batch, dim, seqlen, n_paths, d_state, dtype, **flags)
     inputs = with_projections_laid_out(inputs, draw.choice(PROJECTION_LAYOUTS))
     grad_out = torch.randn(batch, dim, seqlen, dtype=torch.float64).to(dtype)
+    # u, z and grad_out each (batch, D, L) or channels-last.
+    inputs.update({name: channels_last(inputs[name]) for name in ("u", "z")
+                   if draw.random() < 0.5 and inputs[name] is not None})
+    grad_out = channels_last(grad_out) if draw.random() < 0.5 else grad_out
     return inputs, grad_out, softplus, span_lengths
+
+
+def channels_last(t):
+    """t, (batch, D, L), as the transpose of a contiguous (batch, L, D) tensor: the same values."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
 
 
 # How B and C (batch, P, N, L) may lie in memory (with_projections_laid_out).

@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from conftest import (CSRC, FORWARD_ARGS, GRADIENTS, dtype_id, random_pose_scan_inputs, random_scan_configuration,
-                      random_scan_inputs, requires_extension, requires_sources, sources_digest,
-                      with_projections_laid_out)
+from conftest import (CSRC, FORWARD_ARGS, GRADIENTS, channels_last, dtype_id, random_pose_scan_inputs,
+                      random_scan_configuration, random_scan_inputs, requires_extension, requires_sources,
+                      sources_digest, with_projections_laid_out)
 from conftest import scan_ops_forward_and_backward as forward_and_backward
 from posemamba.paths import bidirectional_paths, span_lengths_hint
 from posemamba.reference import multi_path_selective_scan_ref
@@ -390,8 +390,9 @@ def test_emulated_kernels_read_u_channels_last(emulated, dtype, span_lengths, va
     # u as the transpose of a contiguous (batch, L, D) tensor (as mamba layers and PoseMamba's
     # convolution leave it): the CUDA kernels read it by position, a lane per channel, where a (batch,
     # D, L) u goes through the step tiles: the same values in the same lanes, so bitwise the results of
-    # a contiguous u, with and without mixed-in steps and with low-rank step sizes (z and grad_out,
-    # which the op copies, contiguous). D = 33: a block's lanes past D.
+    # a contiguous u, with and without mixed-in steps and with low-rank step sizes (z and grad_out
+    # contiguous: test_emulated_kernels_read_and_write_activations_channels_last). D = 33: a block's
+    # lanes past D.
     inputs = random_scan_inputs(2, 33, 150, 2, 4, dtype, with_mix=variant != "unmixed")
     generator = torch.Generator().manual_seed(7)
     weight = None
@@ -400,7 +401,7 @@ def test_emulated_kernels_read_u_channels_last(emulated, dtype, span_lengths, va
         weight = (torch.randn(2, 33, 5, generator=generator) / 5 ** 0.5).to(dtype)
     grad_out = torch.randn(2, 33, 150, generator=generator).to(dtype)
     results = []
-    for u in (inputs["u"].transpose(1, 2).contiguous().transpose(1, 2), inputs["u"]):
+    for u in (channels_last(inputs["u"]), inputs["u"]):
         args = [u if name == "u" else inputs[name] for name in FORWARD_ARGS]
         out, out_ungated, chunk_states = emulated.multi_path_scan_fwd(*args, True, span_lengths, True, weight)
         grads = emulated.multi_path_scan_bwd(grad_out, *args, out_ungated, chunk_states, True, span_lengths, weight)
@@ -409,16 +410,41 @@ def test_emulated_kernels_read_u_channels_last(emulated, dtype, span_lengths, va
         assert torch.equal(a, e)
 
 
-def test_emulated_channels_last_out(emulated):
-    # The CUDA kernels write out (batch, D, L); asked for channels-last, the op copies it so: the same
-    # values, laid out as the CPU kernels write them.
+@pytest.mark.parametrize("layouts", ["z", "grad_out", "out", "z_grad_out_out", "no_gate"])
+@pytest.mark.parametrize("span_lengths", [[], [16, 0]], ids=["chunked", "warp_and_chunked"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
+def test_emulated_kernels_read_and_write_activations_channels_last(emulated, dtype, span_lengths, layouts):
+    # z and grad_out given channels-last (as PoseMamba's layers give them) are read where they lie: the
+    # backward scans read dout and z by position, a lane per channel, where (batch, D, L) ones go
+    # through the step tiles; the merges turn their tiles between channel rows and position rows. out
+    # asked channels-last is written so. Bitwise the results of contiguous ones, in each layout asked
+    # and with all at once; without a gate, grad_out alone. Batch 2 at L = 150: the merges' tiles of 32
+    # positions cross a batch element's end; D = 33: tiles and blocks with one channel.
+    inputs = random_scan_inputs(2, 33, 150, 2, 4, dtype, with_mix=True, with_z=layouts != "no_gate")
+    inputs["u"] = channels_last(inputs["u"])
+    grad_out = torch.randn(2, 33, 150, generator=torch.Generator().manual_seed(3)).to(dtype)
+    last = {name for name in ("z", "grad_out", "out") if name in layouts} | ({"grad_out"} if layouts == "no_gate" else set())
+    results = []
+    for laid_out in (last, set()):
+        args = [channels_last(inputs[name]) if name in laid_out else inputs[name] for name in FORWARD_ARGS]
+        out, out_ungated, chunk_states = emulated.multi_path_scan_fwd(*args, True, span_lengths,
+                                                                      channels_last_out="out" in laid_out)
+        dout = channels_last(grad_out) if "grad_out" in laid_out else grad_out
+        grads = emulated.multi_path_scan_bwd(dout, *args, out_ungated, chunk_states, True, span_lengths)
+        results.append([out, out_ungated, chunk_states, *grads])
+    out = results[0][0]
+    assert out.transpose(1, 2).is_contiguous() if "out" in last else out.is_contiguous()
+    for a, e in zip(*results, strict=True):
+        assert torch.equal(a, e)
+
+
+def test_emulated_channels_last_out_as_the_cpu_kernels_write_it(emulated):
     inputs = random_scan_inputs(2, 33, 70, 2, 4, torch.float32)
     args = [inputs[name] for name in FORWARD_ARGS]
-    out = emulated.multi_path_scan_fwd(*args, True, [])[0]
     out_last = emulated.multi_path_scan_fwd(*args, True, [], channels_last_out=True)[0]
     cpu_last = torch.ops.posemamba.multi_path_scan_fwd(*args, True, [], True, None, True)[0]
-    assert out_last.stride() == cpu_last.stride() and out_last.transpose(1, 2).is_contiguous()
-    assert torch.equal(out_last, out)
+    assert out_last.stride() == cpu_last.stride()
+    assert_close_scaled([out_last], [cpu_last], torch.float32)
 
 
 def test_emulated_low_rank_projection_ignores_autocast(emulated):
@@ -630,6 +656,8 @@ SANITIZED_TESTS = [
     "test_emulated_kernels_read_B_and_C_in_their_strides[float64-chunked-shared_across_batch]",
     "test_emulated_low_rank_delta_read_in_the_projection_rows[warp_and_chunked-delta_in_rows-two_tiles_of_ranks]",
     "test_emulated_kernels_read_u_channels_last[float32-warp_and_chunked-mixed]",
+    "test_emulated_kernels_read_and_write_activations_channels_last[float32-warp_and_chunked-z_grad_out_out]",
+    "test_emulated_kernels_read_and_write_activations_channels_last[bfloat16-chunked-grad_out]",
     *(f"test_emulated_kernels_on_random_configurations[{seed}]" for seed in range(4)),
     "test_emulated_cuda_kernels_on_empty_inputs[empty_length]",
     "test_emulated_cuda_kernels_on_empty_inputs[empty_batch]",

@@ -81,7 +81,7 @@ def test_timing_table_rows(monkeypatch, tmp_path):
     # Then the inputs in each layout the kernels read as it is.
     assert rows[12].split()[:2] == ["layout", "pass"]
     assert [row.split() for row in rows[13:17]] == [
-        ["S", f"b{batch}", step, "2.000", "2.000", "2.000", "2.000"] for batch in (1, 16) for step in ("fwd", "fwd+bwd")]
+        ["S", f"b{batch}", step, *["2.000"] * 5] for batch in (1, 16) for step in ("fwd", "fwd+bwd")]
     gpu_report.write_timing_table(tmp_path / "quick.txt", with_reference=False)
     assert (tmp_path / "quick.txt").read_text().splitlines()[2].split()[3:8] == ["2.000", "2.000", "1.00", "-", "-"]
 

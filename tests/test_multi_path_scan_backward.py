@@ -7,7 +7,7 @@ import torch
 from posemamba.ops import multi_path_selective_scan, pose_mix, pose_paths
 from posemamba.reference import multi_path_selective_scan_ref
 
-from conftest import as_projection_rows, random_scan_inputs, requires_extension
+from conftest import as_projection_rows, channels_last, random_scan_inputs, requires_extension
 
 pytestmark = requires_extension
 
@@ -277,11 +277,6 @@ def test_low_rank_step_sizes_are_not_kept_for_the_backward():
     assert saved and (2, 3, 6, 70) not in saved
     out.sum().backward()
     assert weight.grad is not None and inputs["delta"].grad.shape == (2, 3, 2, 70)
-
-
-def channels_last(t):
-    """t, (batch, D, L), as the transpose of a contiguous (batch, L, D) tensor: the same values."""
-    return t.transpose(1, 2).contiguous().transpose(1, 2)
 
 
 def contiguous_results(inputs, rank):

@@ -24,8 +24,7 @@ constexpr int64_t kCpuChannelBlock = 16;
 // The CPU kernels take the gradients through the low-rank step sizes' projection themselves, and read
 // u, z and grad_out (and write out) either way, a block's channels from rows or at each position
 // (gather_activation_block).
-constexpr KernelTraits kCpuKernels{/*sums_delta_projection_gradients=*/true, /*channels_last_u=*/true,
-                                  /*channels_last_activations=*/true, /*lays_out_B_C=*/true};
+constexpr KernelTraits kCpuKernels{/*sums_delta_projection_gradients=*/true, /*lays_out_B_C=*/true};
 
 inline int64_t num_channel_blocks(int64_t dim) {
   return (dim + kCpuChannelBlock - 1) / kCpuChannelBlock;

@@ -45,6 +45,7 @@
 #include "scan_cuda.h"
 #include "scan_chunked_split_cuda.cuh"
 #include "scan_cuda_common.cuh"
+#include "scan_merge_tiles_cuda.cuh"
 #include "scan_warp_split_cuda.cuh"
 
 namespace posemamba {
@@ -73,7 +74,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
   const PathChannel<input_t> c(p, b, path, d, task.first_channel, kLowRank);
   const int64_t row = (b * p.n_paths + path) * p.dim + d;
   const int64_t first_row = row - d + task.first_channel;  // the block's first channel's
-  const int64_t first_output = b * p.dim * L + task.first_channel * L;  // its row of dout and z
+  const OutputGrads<input_t> output_grads(p, b, task.first_channel);
   input_t* const ddelta_block = static_cast<input_t*>(p.ddelta) + first_row * L;  // its row of ddelta
   // Per state entry: the adjoint entering the chunk from its right, which warp 0 (whose steps begin the
   // chunk) updates in pass 3; in pass 1 the span's map so far (its drive is that adjoint).
@@ -132,7 +133,7 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
       weight_t v[kStepsPerThread], dt[kStepsPerThread], dy[kStepsPerThread];
       weight_t d_dt[kStepsPerThread], d_dt_v[kStepsPerThread], dt_v[kStepsPerThread];
       c.load_steps(position, projections.mixed_position + warp * kStepsPerThread, tiles[warp], v, dt);
-      c.gather_steps(tiles[warp], dy, OutputGradsAt<input_t>(p, first_output, lane_step_position(position)));
+      output_grads.load(p, c, tiles[warp], lane_step_position(position), dy);
 #pragma unroll
       for (int k = 0; k < kStepsPerThread; ++k) {
         const bool valid = first + k < end;
@@ -248,34 +249,52 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
 }
 
 // du[b, d, l] = the paths' dv at l, then the dv of every step that mixed position l into its input
-// (in mix_sources order); dz = dout * y * silu'(z). dv_paths rows are in path order: position l of
-// path p is at step inverse[p, l].
+// (in mix_sources order); dz = dout * silu'(z) * y. dv_paths rows are in path order: position l of
+// path p is at step inverse[p, l]. A block per tile of 32 channels by 32 positions (MergeTile): du by
+// channel rows, along dv_paths' rows; dout and z held the way they lie, y and dz by channel rows.
 template <typename input_t>
-__global__ void merge_input_grads_kernel(MultiPathScanBwdParams p, const at::opmath_type<input_t>* dv_paths,
-                                         const int32_t* inverse,
-                                         const int64_t* mix_sources, const int64_t* mix_offsets) {
+__global__ void __launch_bounds__(kMergeTile * kMergeWarps)
+    merge_input_grads_kernel(MultiPathScanBwdParams p, const at::opmath_type<input_t>* dv_paths,
+                             const int32_t* inverse, const int64_t* mix_sources, const int64_t* mix_offsets) {
   using weight_t = at::opmath_type<input_t>;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t L = p.seqlen, per_batch = p.dim * L;
-  if (i >= p.batch * per_batch) return;
-  const int64_t b = i / per_batch, rest = i % per_batch, d = rest / L, l = rest % L;
-  weight_t du = 0;
-  for (int64_t path = 0; path < p.n_paths; ++path) {
-    const int64_t row = (b * p.n_paths + path) * per_batch + d * L;  // of (batch, P, D, L)
-    du += dv_paths[row + path_step(inverse, path, L, l)];
-  }
-  if (mix_sources) {
-    for (int64_t k = mix_offsets[l]; k < mix_offsets[l + 1]; ++k) {
-      const int64_t path = mix_sources[k] / L, mixing = mix_sources[k] % L;  // a position mixing l in
-      du += dv_paths[((b * p.n_paths + path) * p.dim + d) * L + path_step(inverse, path, L, mixing)];
+  __shared__ MergeExchange<weight_t> exchange;
+  const MergeTile tile(p);
+  const int64_t L = p.seqlen, l = tile.row_l;
+#pragma unroll
+  for (int j = 0; j < kMergeValues; ++j) {
+    if (!tile.in_row(j)) continue;
+    const int64_t d = tile.row_channel(j);
+    weight_t du = 0;
+    for (int64_t path = 0; path < p.n_paths; ++path) {
+      const int64_t row = ((tile.row_b * p.n_paths + path) * p.dim + d) * L;  // of (batch, P, D, L)
+      du += dv_paths[row + path_step(inverse, path, L, l)];
     }
+    if (mix_sources) {
+      for (int64_t k = mix_offsets[l]; k < mix_offsets[l + 1]; ++k) {
+        const int64_t path = mix_sources[k] / L, mixing = mix_sources[k] % L;  // a position mixing l in
+        du += dv_paths[((tile.row_b * p.n_paths + path) * p.dim + d) * L + path_step(inverse, path, L, mixing)];
+      }
+    }
+    static_cast<input_t*>(p.du)[tile.row_offset(j)] = static_cast<input_t>(du);
   }
-  static_cast<input_t*>(p.du)[i] = static_cast<input_t>(du);
-  if (p.z) {
-    const weight_t g = static_cast<weight_t>(static_cast<const input_t*>(p.grad_out)[i]);
+  if (!p.z) return;  // the whole block
+  // dz's factors from dout and z where they lie (both in one layout), then y's by channel rows.
+  const bool by_positions = p.grad_out_channels_last;
+  weight_t dz[kMergeValues];
+#pragma unroll
+  for (int j = 0; j < kMergeValues; ++j) {
+    const int64_t i = tile.offset(by_positions, j);
+    dz[j] = tile.in_tensors(by_positions, j) ? static_cast<weight_t>(static_cast<const input_t*>(p.grad_out)[i]) *
+                                                   silu_grad(static_cast<weight_t>(static_cast<const input_t*>(p.z)[i]))
+                                             : weight_t(0);
+  }
+  if (by_positions) tile.turn(exchange, by_positions, dz);
+#pragma unroll
+  for (int j = 0; j < kMergeValues; ++j) {
+    if (!tile.in_row(j)) continue;
+    const int64_t i = tile.row_offset(j);
     const weight_t y = static_cast<weight_t>(static_cast<const input_t*>(p.out_ungated)[i]);
-    const weight_t z = static_cast<weight_t>(static_cast<const input_t*>(p.z)[i]);
-    static_cast<input_t*>(p.dz)[i] = static_cast<input_t>(g * y * silu_grad(z));
+    static_cast<input_t*>(p.dz)[i] = static_cast<input_t>(dz[j] * y);
   }
 }
 
@@ -386,8 +405,8 @@ void run_scan_backward_as(ScanBackward& g) {
     for (const PathSplit& split : splits) {
       run_split(split.params_of(p), split.span_length, weights, dv_paths.mutable_data_ptr<weight_t>());
     }
-    simt::launch(merge_input_grads_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen),
-                 kElementwiseThreads, 0, p, dv_paths.const_data_ptr<weight_t>(), inverse.const_data_ptr<int32_t>(),
+    simt::launch(merge_input_grads_kernel<scalar_t>, merge_grid(p), merge_block(), 0, p,
+                 dv_paths.const_data_ptr<weight_t>(), inverse.const_data_ptr<int32_t>(),
                  mix.sources.defined() ? mix.sources.const_data_ptr<int64_t>() : nullptr,
                  mix.offsets.defined() ? mix.offsets.const_data_ptr<int64_t>() : nullptr);
   }

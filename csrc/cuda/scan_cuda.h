@@ -23,10 +23,8 @@ constexpr int kWarp = 32;
 constexpr int64_t kMaxLength = int64_t{1} << 26;
 
 // The gradients through the low-rank step sizes' projection taken on the host, from the full ddelta;
-// u read channels-last where it comes so (a step's 32 channels one 128-byte run, whatever the path's
-// order), the other (batch, D, L) tensors contiguous (a channels-last out copied from the kernels').
-constexpr KernelTraits kCudaKernels{/*sums_delta_projection_gradients=*/false, /*channels_last_u=*/true,
-                                   /*channels_last_activations=*/false, /*lays_out_B_C=*/false};
+// B, C and the low-rank delta read in their strides.
+constexpr KernelTraits kCudaKernels{/*sums_delta_projection_gradients=*/false, /*lays_out_B_C=*/false};
 
 inline void check_length(int64_t seqlen) {
   TORCH_CHECK(seqlen <= kMaxLength, "u: the CUDA kernels take L of at most 2^26 = ", kMaxLength, ", got ", seqlen);

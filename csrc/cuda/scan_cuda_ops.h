@@ -29,7 +29,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_forward(
   check_length(f.params.seqlen);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "multi_path_scan_fwd_cuda",
                                   [&] { run_scan_forward_as<scalar_t>(f); });
-  return {channels_last_out ? to_channels_last(f.out) : f.out, f.out_ungated, f.chunk_states};
+  return {f.out, f.out_ungated, f.chunk_states};
 }
 
 inline ScanGradients scan_backward(

@@ -42,6 +42,7 @@
 #include "scan_cuda.h"
 #include "scan_chunked_split_cuda.cuh"
 #include "scan_cuda_common.cuh"
+#include "scan_merge_tiles_cuda.cuh"
 #include "scan_warp_spans_cuda.cuh"
 
 namespace posemamba {
@@ -185,25 +186,43 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
 }
 
 // out[b, d, l] = (sum over paths of y_paths[b, p, d, inverse[p, l]]) * silu(z[b, d, l]), paths in index
-// order (y_paths in path order).
+// order (y_paths in path order). A block per tile of 32 channels by 32 positions (MergeTile): the sums
+// by channel rows, along y_paths' rows, and out_ungated with them; the gate and out held the way z and
+// out lie, so that a channels-last z or out is read or written where it lies.
 template <typename input_t>
-__global__ void merge_paths_kernel(MultiPathScanParams p, const at::opmath_type<input_t>* y_paths,
-                                   const int32_t* inverse) {
+__global__ void __launch_bounds__(kMergeTile * kMergeWarps)
+    merge_paths_kernel(MultiPathScanParams p, const at::opmath_type<input_t>* y_paths, const int32_t* inverse) {
   using weight_t = at::opmath_type<input_t>;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  __shared__ MergeExchange<weight_t> exchange;
+  const MergeTile tile(p);
   const int64_t per_batch = p.dim * p.seqlen;
-  if (i >= p.batch * per_batch) return;
-  const int64_t b = i / per_batch, rest = i % per_batch;
-  weight_t y = 0;
-  const int64_t row_start = rest - rest % p.seqlen, l = rest % p.seqlen;
-  for (int64_t path = 0; path < p.n_paths; ++path) {
-    y += y_paths[(b * p.n_paths + path) * per_batch + row_start + path_step(inverse, path, p.seqlen, l)];
+  weight_t y[kMergeValues];
+#pragma unroll
+  for (int j = 0; j < kMergeValues; ++j) {
+    y[j] = 0;
+    if (!tile.in_row(j)) continue;
+    const int64_t row = tile.row_channel(j) * p.seqlen;
+    for (int64_t path = 0; path < p.n_paths; ++path) {
+      y[j] += y_paths[(tile.row_b * p.n_paths + path) * per_batch + row + path_step(inverse, path, p.seqlen, tile.row_l)];
+    }
+    if (p.out_ungated) static_cast<input_t*>(p.out_ungated)[tile.row_offset(j)] = static_cast<input_t>(y[j]);
   }
+  bool by_positions = false;
   if (p.z) {
-    if (p.out_ungated) static_cast<input_t*>(p.out_ungated)[i] = static_cast<input_t>(y);
-    y = gate_output<weight_t>(y, static_cast<weight_t>(static_cast<const input_t*>(p.z)[i]));
+    if (p.z_channels_last) by_positions = tile.turn(exchange, by_positions, y);
+    const auto* z = static_cast<const input_t*>(p.z);
+#pragma unroll
+    for (int j = 0; j < kMergeValues; ++j) {
+      if (tile.in_tensors(by_positions, j)) {
+        y[j] = gate_output<weight_t>(y[j], static_cast<weight_t>(z[tile.offset(by_positions, j)]));
+      }
+    }
   }
-  static_cast<input_t*>(p.out)[i] = static_cast<input_t>(y);
+  if (p.out_channels_last != by_positions) by_positions = tile.turn(exchange, by_positions, y);
+#pragma unroll
+  for (int j = 0; j < kMergeValues; ++j) {
+    if (tile.in_tensors(by_positions, j)) static_cast<input_t*>(p.out)[tile.offset(by_positions, j)] = static_cast<input_t>(y[j]);
+  }
 }
 
 // The chunked split's launches for input dtype scalar_t (and full or low-rank step sizes), over p's
@@ -257,8 +276,8 @@ void run_scan_forward_as(ScanForward& f) {
     run_split(split.params_of(p), split.span_length, weights, y_paths.mutable_data_ptr<weight_t>());
   }
   const at::Tensor inverse = invert_paths(p, f.inputs.paths);
-  simt::launch(merge_paths_kernel<scalar_t>, elementwise_blocks(p.batch * p.dim * p.seqlen), kElementwiseThreads, 0,
-               p, y_paths.const_data_ptr<weight_t>(), inverse.const_data_ptr<int32_t>());
+  simt::launch(merge_paths_kernel<scalar_t>, merge_grid(p), merge_block(), 0, p, y_paths.const_data_ptr<weight_t>(),
+               inverse.const_data_ptr<int32_t>());
 }
 
 }  // namespace cuda

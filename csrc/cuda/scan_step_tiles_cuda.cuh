@@ -291,7 +291,7 @@ struct PathChannel {
 
   // value[k] = row_value(channel row) for this lane's channel and the warp's steps, read by the tile's
   // global side: row_value reads a (..., D, L) row block (from first_channel) at the position of the
-  // lane's own step there (step tile_step(lane); RowsAt, OutputGradsAt). All rounds' loads in flight
+  // lane's own step there (step tile_step(lane); RowsAt, OutputGrads). All rounds' loads in flight
   // together.
   template <typename RowValue>
   __device__ void gather_steps(StepTile<weight_t> tile, weight_t (&value)[kStepsPerThread], RowValue row_value) const {
@@ -396,25 +396,53 @@ __device__ __forceinline__ uint32_t lane_step_position(const uint32_t* position)
   return position[tile_step(static_cast<int>(threadIdx.x))];
 }
 
-// dy = dout * silu(z), the gradient of the ungated sum of the paths, at position l of the (batch, D, L)
-// row block from flat index `block`, by channel row (PathChannel::gather_steps).
+// dy = dout * silu(z), the gradient of the ungated sum of the paths, for this lane's channel at the
+// warp's steps (l: the position of the lane's own step on the tile's global side). Where dout and z are
+// (batch, D, L), by channel row through the warp's tile (PathChannel::gather_steps); where they come
+// channels-last (z in dout's layout: MultiPathScanBwdParams), by position, a lane per channel, as
+// PathChannel::load_inputs_by_position reads u: a step's loads are 128-byte runs.
 template <typename input_t>
-struct OutputGradsAt {
+struct OutputGrads {
   using weight_t = at::opmath_type<input_t>;
-  const input_t* grad_out;
-  // z's rows, or (without a gate) grad_out's, never read: a pointer that is global on every path, so
-  // that its loads stay global (LDG) where a select with null would make them generic (LD).
-  const input_t* z;
-  bool gated;
 
-  __device__ OutputGradsAt(const MultiPathScanBwdParams& p, int64_t block, uint32_t l)
-      : grad_out(simt::opaque_pointer(static_cast<const input_t*>(p.grad_out) + block + l)),
-        z(simt::opaque_pointer(static_cast<const input_t*>(p.z ? p.z : p.grad_out) + block + l)),
-        gated(p.z != nullptr) {}
-  __device__ weight_t operator()(uint32_t row) const {
-    const weight_t g = static_cast<weight_t>(grad_out[row]);
-    return gated ? g * silu(static_cast<weight_t>(z[row])) : g;
+  __device__ OutputGrads(const MultiPathScanBwdParams& p, int64_t b, int64_t first_channel)
+      : rows((b * p.dim + first_channel) * p.seqlen), first_channel(static_cast<uint32_t>(first_channel)) {}
+
+  __device__ void load(const MultiPathScanBwdParams& p, const PathChannel<input_t>& c, StepTile<weight_t> tile,
+                       uint32_t l, weight_t (&dy)[kStepsPerThread]) const {
+    // Without a gate z is dout, never read: a pointer that is global on every path, so that its loads
+    // stay global (LDG) where a select with null would make them generic (LD).
+    const auto* grad_out = static_cast<const input_t*>(p.grad_out);
+    const auto* z = static_cast<const input_t*>(p.z ? p.z : p.grad_out);
+    const bool gated = p.z != nullptr;
+    const auto gradient = [gated](input_t grad_out_value, input_t z_value) {
+      const weight_t g = static_cast<weight_t>(grad_out_value);
+      return gated ? g * silu(static_cast<weight_t>(z_value)) : g;
+    };
+    if (p.grad_out_channels_last) {
+      const int lane = static_cast<int>(threadIdx.x);
+      const uint32_t D = static_cast<uint32_t>(p.dim);
+      // This lane's channel at position 0 of the batch element (offsets in it in 32 bits: the host's check).
+      const int64_t channel = rows - int64_t{first_channel} * p.seqlen + first_channel +
+                              (lane < c.last_block_channel ? lane : c.last_block_channel);
+      const input_t* const grad_out_lane = grad_out + channel;
+      const input_t* const z_lane = z + channel;
+#pragma unroll
+      for (int k = 0; k < kStepsPerThread; ++k) {
+        const uint32_t offset = __shfl_sync(0xffffffffu, l, k) * D;
+        dy[k] = gradient(grad_out_lane[offset], z_lane[offset]);
+      }
+    } else {
+      const input_t* const grad_out_at = simt::opaque_pointer(grad_out + rows + l);
+      const input_t* const z_at = simt::opaque_pointer(z + rows + l);
+      c.gather_steps(tile, dy, [&](uint32_t row) { return gradient(grad_out_at[row], z_at[row]); });
+    }
   }
+
+  // Where the block's first channel's row starts in a (batch, D, L) tensor, and that channel: all a
+  // kernel holds of dout and z (strides and pointers held through the chunked backward spilled).
+  int64_t rows;
+  uint32_t first_channel;
 };
 
 // Sums over a warp's lanes (its 32 channels) of one value per step for each of the warp's

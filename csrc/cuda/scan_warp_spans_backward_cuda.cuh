@@ -90,7 +90,6 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
   const int N = static_cast<int>(p.d_state);  // at most kMaxStateDim (checked on the host)
   const int64_t L = p.seqlen;
   const int64_t span_entry = span_entries(p, n_spans, task.b, task.path, task.span) + d;  // this lane's
-  const int64_t first_output = (task.b * p.dim + task.first_channel) * L;  // the block's row of dout and z
   __shared__ Tile tiles[kBackwardSpanWarps];
   Tile& tile = tiles[warp];
   const StepTile<weight_t> steps = tile.exchange;
@@ -102,9 +101,8 @@ __global__ void __launch_bounds__(kWarp * kBackwardSpanWarps, kBackwardSpanBlock
   const auto lane_position = [&](int first, bool staged) -> uint32_t {
     return staged ? static_cast<uint32_t>(c.position(first + tile_step(lane))) : 0u;
   };
-  const auto output_grads = [&](uint32_t l, weight_t(&dy)[kStepsPerThread]) {
-    c.gather_steps(steps, dy, OutputGradsAt<input_t>(p, first_output, l));
-  };
+  const OutputGrads<input_t> dout_and_z(p, task.b, task.first_channel);
+  const auto output_grads = [&](uint32_t l, weight_t(&dy)[kStepsPerThread]) { dout_and_z.load(p, c, steps, l, dy); };
   const int last_tile = (end - 1) - (end - 1) % kStepsPerThread;
 
   if (span_maps) {  // pass 1
