@@ -203,7 +203,8 @@ __global__ void __launch_bounds__(kMergeTile * kMergeWarps)
     if (!tile.in_row(j)) continue;
     const int64_t row = tile.row_channel(j) * p.seqlen;
     for (int64_t path = 0; path < p.n_paths; ++path) {
-      y[j] += y_paths[(tile.row_b * p.n_paths + path) * per_batch + row + path_step(inverse, path, p.seqlen, tile.row_l)];
+      const int64_t step = path_step(inverse, path, p.seqlen, tile.row_l);
+      y[j] += y_paths[(tile.row_b * p.n_paths + path) * per_batch + row + step];
     }
     if (p.out_ungated) static_cast<input_t*>(p.out_ungated)[tile.row_offset(j)] = static_cast<input_t>(y[j]);
   }
@@ -219,9 +220,10 @@ __global__ void __launch_bounds__(kMergeTile * kMergeWarps)
     }
   }
   if (p.out_channels_last != by_positions) by_positions = tile.turn(exchange, by_positions, y);
+  auto* const out = static_cast<input_t*>(p.out);
 #pragma unroll
   for (int j = 0; j < kMergeValues; ++j) {
-    if (tile.in_tensors(by_positions, j)) static_cast<input_t*>(p.out)[tile.offset(by_positions, j)] = static_cast<input_t>(y[j]);
+    if (tile.in_tensors(by_positions, j)) out[tile.offset(by_positions, j)] = static_cast<input_t>(y[j]);
   }
 }
 
