@@ -117,9 +117,13 @@ struct MultiPathScanBwdParams : MultiPathScanParams {
   // (batch, D, L), in either layout (grad_out_channels_last); z then in the same one (copied where it
   // came in the other): the gate's gradient reads them side by side.
   const void* grad_out = nullptr;
+  // (batch, D, L), channels-last where du_channels_last, dz_channels_last (else contiguous): where the
+  // caller asks for them so and the kernels write them so (KernelTraits::writes_input_grads_channels_last).
   void* du = nullptr;
   void* ddelta = nullptr;
   void* dz = nullptr;
+  bool du_channels_last = false;
+  bool dz_channels_last = false;
   // (batch, n_channel_blocks, P, L, N) weight_t on CPUs; (batch, n_channel_blocks, P, N, L) on GPUs,
   // each path's steps in path order
   void* dB_partial = nullptr;

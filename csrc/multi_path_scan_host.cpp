@@ -46,6 +46,12 @@ at::Tensor in_layout(const at::Tensor& t, bool channels_last) {
   return channels_last ? t.transpose(1, 2).contiguous().transpose(1, 2) : t.contiguous();
 }
 
+// A new (batch, D, L) tensor, channels-last (the transpose of a contiguous (batch, L, D) one) or contiguous.
+at::Tensor new_activation(const MultiPathScanParams& p, bool channels_last, const at::TensorOptions& options) {
+  return channels_last ? at::empty({p.batch, p.seqlen, p.dim}, options).transpose(1, 2)
+                       : at::empty({p.batch, p.dim, p.seqlen}, options);
+}
+
 // Whether kernels that read B and C in their strides (MultiPathScanParams' projection strides) can read
 // these as they are, with the low-rank delta where there is one (null: none): entries (and ranks) and
 // positions equally strided in all, as views of one projection's rows are, and a (batch, path)'s
@@ -207,8 +213,7 @@ ScanForward prepare_scan_forward(
                                  kernels, p);
   set_span_lengths(span_lengths, p);
   p.out_channels_last = channels_last_out;
-  f.out = p.out_channels_last ? at::empty({p.batch, p.seqlen, p.dim}, u.options()).transpose(1, 2)
-                              : at::empty({p.batch, p.dim, p.seqlen}, u.options());
+  f.out = new_activation(p, p.out_channels_last, u.options());
   const bool keeps_ungated = z.has_value() && save_for_backward;
   f.out_ungated = at::empty(keeps_ungated ? at::IntArrayRef{p.batch, p.dim, p.seqlen} : at::IntArrayRef{0},
                             u.options());
@@ -227,7 +232,8 @@ ScanBackward prepare_scan_backward(
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
     bool delta_softplus, at::IntArrayRef span_lengths, const std::optional<at::Tensor>& delta_proj_weight,
-    const KernelTraits& kernels, int64_t channel_block, bool positions_minor) {
+    bool channels_last_du, bool channels_last_dz, const KernelTraits& kernels, int64_t channel_block,
+    bool positions_minor) {
   ScanBackward g;
   MultiPathScanBwdParams& p = g.params;
   g.inputs = prepare_scan_inputs(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, delta_proj_weight,
@@ -254,12 +260,16 @@ ScanBackward prepare_scan_backward(
   p.channel_block = channel_block;
   p.n_channel_blocks = (p.dim + channel_block - 1) / channel_block;
   const auto weights = A.options();
-  g.du = at::empty({p.batch, p.dim, p.seqlen}, u.options());
+  g.channels_last_du = channels_last_du;
+  g.channels_last_dz = channels_last_dz && z.has_value();
+  p.du_channels_last = g.channels_last_du && kernels.writes_input_grads_channels_last;
+  p.dz_channels_last = g.channels_last_dz && kernels.writes_input_grads_channels_last;
+  g.du = new_activation(p, p.du_channels_last, u.options());
   // Where the kernels take the projection's gradients no full ddelta exists: its sums over channels and
   // over the batch and L are taken as the kernels go.
   const bool sums_projection_gradients = p.delta_rank > 0 && kernels.sums_delta_projection_gradients;
   g.ddelta = sums_projection_gradients ? at::Tensor() : at::empty({p.batch, p.n_paths, p.dim, p.seqlen}, u.options());
-  g.dz = at::empty(z.has_value() ? at::IntArrayRef{p.batch, p.dim, p.seqlen} : at::IntArrayRef{0}, u.options());
+  g.dz = z.has_value() ? new_activation(p, p.dz_channels_last, u.options()) : at::empty({0}, u.options());
   g.positions_minor = positions_minor;
   const int64_t minor = positions_minor ? p.seqlen : p.d_state, major = positions_minor ? p.d_state : p.seqlen;
   g.dB_partial = at::empty({p.batch, p.n_channel_blocks, p.n_paths, major, minor}, weights);
@@ -331,13 +341,14 @@ ScanGradients finish_scan_backward(const ScanBackward& g) {
   at::Tensor d_delta = g.ddelta, d_delta_proj_weight = at::empty({0}, g.inputs.u.options());
   if (g.inputs.delta_proj_weight.defined()) std::tie(d_delta, d_delta_proj_weight) = delta_projection_gradients(g);
   // Absent inputs get distinct empty gradients: outputs of an op must not alias each other.
-  return {g.du,
+  // du and dz in the layouts asked (copies where the kernels wrote them (batch, D, L)).
+  return {in_layout(g.du, g.channels_last_du),
           d_delta,
           g.dA_by_state.transpose(-1, -2).reshape(g.inputs.A.sizes()).contiguous(),
           (g.positions_minor ? g.dB_sum : g.dB_sum.transpose(-1, -2)).to(input_dtype).contiguous(),
           (g.positions_minor ? g.dC_sum : g.dC_sum.transpose(-1, -2)).to(input_dtype).contiguous(),
           g.inputs.D.defined() ? g.dD : at::empty({0}, weights),
-          g.dz,
+          g.inputs.z.defined() ? in_layout(g.dz, g.channels_last_dz) : g.dz,
           g.inputs.delta_bias.defined() ? g.ddelta_bias : at::empty({0}, weights),
           d_delta_proj_weight};
 }

@@ -32,6 +32,9 @@ struct KernelTraits {
   // delta, through params' projection strides: as given where those can describe them (views of one
   // projection's rows, say), else made contiguous by the host.
   bool lays_out_B_C;
+  // Whether they write du and dz channels-last where the caller asks for them so; else they write
+  // (batch, D, L) and the host copies.
+  bool writes_input_grads_channels_last;
 };
 
 struct ScanForward {
@@ -51,6 +54,7 @@ struct ScanBackward {
   // (batch, P, R, L), d_delta_proj_weight (P, D, R)).
   at::Tensor d_delta_low_partial, d_delta_proj_weight_partial, d_delta_low_sum, d_delta_proj_weight;
   bool positions_minor = false;  // dB_sum and dC_sum are (batch, P, N, L), else (batch, P, L, N)
+  bool channels_last_du = false, channels_last_dz = false;  // as the caller asks for them
   MultiPathScanBwdParams params;
 };
 
@@ -109,7 +113,8 @@ ScanBackward prepare_scan_backward(
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
     bool delta_softplus, at::IntArrayRef span_lengths, const std::optional<at::Tensor>& delta_proj_weight,
-    const KernelTraits& kernels, int64_t channel_block, bool positions_minor);
+    bool channels_last_du, bool channels_last_dz, const KernelTraits& kernels, int64_t channel_block,
+    bool positions_minor);
 
 // The dA, dD, ddelta_bias (and delta_proj_weight's) partials: n_length_blocks per batch element (MultiPathScanBwdParams),
 // zero-filled where the kernels leave some unwritten (zeroed).

@@ -31,11 +31,13 @@ POSEMAMBA_TORCH_LIBRARY(posemamba, m) {
       "-> (Tensor out, Tensor out_ungated, Tensor chunk_states)");
   // Gradients of every input; dD, dz, ddelta_bias and ddelta_proj_weight are empty where D, z,
   // delta_bias or delta_proj_weight is None. span_lengths: the forward's hints, for the GPU
-  // backward's work split.
+  // backward's work split. channels_last_du, channels_last_dz: du, dz come as the transpose of a
+  // contiguous (batch, L, D) tensor (else contiguous).
   m.def(
       "multi_path_scan_bwd(Tensor grad_out, Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, "
       "Tensor paths, Tensor? D, Tensor? z, Tensor? delta_bias, Tensor? mix, Tensor out_ungated, "
-      "Tensor chunk_states, bool delta_softplus, int[] span_lengths=[], Tensor? delta_proj_weight=None) "
+      "Tensor chunk_states, bool delta_softplus, int[] span_lengths=[], Tensor? delta_proj_weight=None, "
+      "bool channels_last_du=False, bool channels_last_dz=False) "
       "-> (Tensor du, Tensor ddelta, Tensor dA, Tensor dB, Tensor dC, Tensor dD, Tensor dz, Tensor ddelta_bias, "
       "Tensor ddelta_proj_weight)");
   // The scan's own exp, log1p or softplus, elementwise, for testing their accuracy.

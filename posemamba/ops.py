@@ -307,6 +307,12 @@ def _kernel_available(device: torch.device) -> bool:
 
 
 if HAS_EXTENSION:
+    def _activation(shape, like, channels_last):
+        """A new (batch, D, L) tensor like `like`: the transpose of a contiguous (batch, L, D) tensor
+        where channels_last, else contiguous."""
+        batch, dim, seqlen = shape
+        return like.new_empty((batch, seqlen, dim)).transpose(1, 2) if channels_last else like.new_empty(shape)
+
     @torch.library.register_fake("posemamba::multi_path_scan_fwd")
     def _multi_path_scan_fwd_fake(u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths=(),
                                   save_for_backward=True, delta_proj_weight=None, channels_last_out=False):
@@ -323,7 +329,7 @@ if HAS_EXTENSION:
         torch._check(B.shape == (batch, n_paths, d_state, seqlen), lambda: "B must be (batch, P, N, L)")
         torch._check(C.shape == (batch, n_paths, d_state, seqlen), lambda: "C must be (batch, P, N, L)")
         n_chunks = (seqlen + SCAN_CHUNK - 1) // SCAN_CHUNK
-        out = u.new_empty((batch, seqlen, dim)).transpose(1, 2) if channels_last_out else u.new_empty(u.shape)
+        out = _activation(u.shape, u, channels_last_out)
         out_ungated = u.new_empty(u.shape if z is not None and save_for_backward else (0,))
         chunk_states = u.new_empty((batch, n_paths, n_chunks, d_state, dim) if save_for_backward else (0,),
                                    dtype=A.dtype)
@@ -331,24 +337,22 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("posemamba::multi_path_scan_bwd")
     def _multi_path_scan_bwd_fake(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated,
-                                  chunk_states, delta_softplus, span_lengths=(), delta_proj_weight=None):
+                                  chunk_states, delta_softplus, span_lengths=(), delta_proj_weight=None,
+                                  channels_last_du=False, channels_last_dz=False):
         def like_or_absent(t, reference):
             return reference.new_empty(t.shape) if t is not None else reference.new_empty((0,))
 
-        return (u.new_empty(u.shape), delta.new_empty(delta.shape), A.new_empty(A.shape),
-                B.new_empty(B.shape), C.new_empty(C.shape), like_or_absent(D, A), like_or_absent(z, u),
+        dz = _activation(z.shape, u, channels_last_dz) if z is not None else u.new_empty((0,))
+        return (_activation(u.shape, u, channels_last_du), delta.new_empty(delta.shape), A.new_empty(A.shape),
+                B.new_empty(B.shape), C.new_empty(C.shape), like_or_absent(D, A), dz,
                 like_or_absent(delta_bias, A), like_or_absent(delta_proj_weight, u))
 
-    def _in_layout_of(t, grad):
-        """grad, (batch, D, L), channels-last where t is so (the transpose of a contiguous (batch, L, D)
-        tensor), else as the kernels made it (contiguous). Autograd hands du to u's producer, whose
-        backward runs several times slower on mixed layouts than this one copy takes: PoseMamba's SiLU
-        after its channels-last convolution took 6.5 ms against 0.85 ms at -L, batch 1, and the
-        convolution's backward copied its inputs. (The CPU kernels writing du so themselves, a scatter of
-        16 channels at positions 1 KB apart, was slower than this copy.)"""
-        if t.dim() == 3 and not t.is_contiguous() and t.transpose(1, 2).is_contiguous():
-            return grad.transpose(1, 2).contiguous().transpose(1, 2)
-        return grad
+    def _is_channels_last(t):
+        """Whether t, (batch, D, L), is the transpose of a contiguous (batch, L, D) tensor. Its gradient
+        is then asked laid out so: autograd hands du to u's producer, whose backward runs several times
+        slower on mixed layouts than a copy takes (PoseMamba's SiLU after its channels-last convolution
+        took 6.5 ms against 0.85 ms at -L, batch 1, and the convolution's backward copied its inputs)."""
+        return t is not None and t.dim() == 3 and not t.is_contiguous() and t.transpose(1, 2).is_contiguous()
 
     def _multi_path_scan_setup_context(ctx, inputs, output):
         (u, delta, A, B, C, paths, D, z, delta_bias, mix, delta_softplus, span_lengths, save_for_backward,
@@ -369,10 +373,10 @@ if HAS_EXTENSION:
             ctx.saved_tensors)
         du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, ddelta_proj_weight = torch.ops.posemamba.multi_path_scan_bwd(
             grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states,
-            ctx.delta_softplus, ctx.span_lengths, delta_proj_weight)
-        return (_in_layout_of(u, du), ddelta, dA, dB, dC, None,
+            ctx.delta_softplus, ctx.span_lengths, delta_proj_weight, _is_channels_last(u), _is_channels_last(z))
+        return (du, ddelta, dA, dB, dC, None,
                 dD if D is not None else None,
-                _in_layout_of(z, dz) if z is not None else None,
+                dz if z is not None else None,
                 ddelta_bias if delta_bias is not None else None,
                 None, None, None, None,
                 ddelta_proj_weight if delta_proj_weight is not None else None, None)

@@ -166,21 +166,24 @@ def test_cuda_reads_B_and_C_in_their_strides(layout, span_lengths, dtype):
 @pytest.mark.parametrize("span_lengths", [[], [16, 0]], ids=["chunked", "warp_and_chunked"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
 def test_cuda_reads_and_writes_activations_channels_last(layouts, span_lengths, dtype):
-    # u, z and grad_out read where they lie, out written channels-last where asked: bitwise the results
-    # of (batch, D, L) ones (tests/test_cuda_emulation.py checks each layout on the host).
+    # u, z and grad_out read where they lie, out, du and dz written channels-last where asked: bitwise the
+    # results of (batch, D, L) ones (tests/test_cuda_emulation.py checks each layout on the host).
     inputs = to_cuda(random_scan_inputs(2, 33, 150, 2, 4, dtype, with_mix=True, with_z=layouts != "no_gate"))
     grad_out = torch.randn(2, 33, 150).to(dtype).cuda()
-    last = {"z": {"u", "z"}, "grad_out_and_out": {"grad_out", "out"}, "all": {"u", "z", "grad_out", "out"},
-            "no_gate": {"u", "grad_out", "out"}}[layouts]
+    last = {"z": {"u", "z"}, "grad_out_and_out": {"grad_out", "out"}, "all": {"u", "z", "grad_out", "out", "du", "dz"},
+            "no_gate": {"u", "grad_out", "out", "du"}}[layouts]
     results = []
     for laid_out in (last, set()):
         args = [channels_last(inputs[name]) if name in laid_out else inputs[name] for name in FORWARD_ARGS]
         out, out_ungated, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(
             *args, True, span_lengths, True, None, "out" in laid_out)
         dout = channels_last(grad_out) if "grad_out" in laid_out else grad_out
-        grads = torch.ops.posemamba.multi_path_scan_bwd(dout, *args, out_ungated, chunk_states, True, span_lengths)
+        grads = torch.ops.posemamba.multi_path_scan_bwd(dout, *args, out_ungated, chunk_states, True, span_lengths,
+                                                        None, "du" in laid_out, "dz" in laid_out)
         results.append([out, out_ungated, chunk_states, *grads])
-    assert results[0][0].transpose(1, 2).is_contiguous() if "out" in last else results[0][0].is_contiguous()
+    names = ["out", "du"] + (["dz"] if inputs["z"] is not None else [])
+    for name, tensor in zip(names, (results[0][0], results[0][3], results[0][9])):
+        assert tensor.transpose(1, 2).is_contiguous() if name in last else tensor.is_contiguous(), name
     for a, e in zip(*results, strict=True):
         assert torch.equal(a, e)
 

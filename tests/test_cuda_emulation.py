@@ -410,30 +410,33 @@ def test_emulated_kernels_read_u_channels_last(emulated, dtype, span_lengths, va
         assert torch.equal(a, e)
 
 
-@pytest.mark.parametrize("layouts", ["z", "grad_out", "out", "z_grad_out_out", "no_gate"])
+@pytest.mark.parametrize("layouts", ["z", "grad_out", "out", "du_dz", "all", "no_gate"])
 @pytest.mark.parametrize("span_lengths", [[], [16, 0]], ids=["chunked", "warp_and_chunked"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
 def test_emulated_kernels_read_and_write_activations_channels_last(emulated, dtype, span_lengths, layouts):
     # z and grad_out given channels-last (as PoseMamba's layers give them) are read where they lie: the
     # backward scans read dout and z by position, a lane per channel, where (batch, D, L) ones go
-    # through the step tiles; the merges turn their tiles between channel rows and position rows. out
-    # asked channels-last is written so. Bitwise the results of contiguous ones, in each layout asked
-    # and with all at once; without a gate, grad_out alone. Batch 2 at L = 150: the merges' tiles of 32
-    # positions cross a batch element's end; D = 33: tiles and blocks with one channel.
+    # through the step tiles; the merges turn their tiles between channel rows and position rows. out,
+    # du and dz asked channels-last are written so. Bitwise the results of contiguous ones, in each
+    # layout and with all at once; without a gate, grad_out and du. Batch 2 at L = 150: the merges'
+    # tiles of 32 positions cross a batch element's end; D = 33: tiles and blocks with one channel.
     inputs = random_scan_inputs(2, 33, 150, 2, 4, dtype, with_mix=True, with_z=layouts != "no_gate")
     inputs["u"] = channels_last(inputs["u"])
     grad_out = torch.randn(2, 33, 150, generator=torch.Generator().manual_seed(3)).to(dtype)
-    last = {name for name in ("z", "grad_out", "out") if name in layouts} | ({"grad_out"} if layouts == "no_gate" else set())
+    last = {"du_dz": {"du", "dz"}, "all": {"z", "grad_out", "out", "du", "dz"},
+            "no_gate": {"grad_out", "out", "du"}}.get(layouts, {layouts})
     results = []
     for laid_out in (last, set()):
         args = [channels_last(inputs[name]) if name in laid_out else inputs[name] for name in FORWARD_ARGS]
         out, out_ungated, chunk_states = emulated.multi_path_scan_fwd(*args, True, span_lengths,
                                                                       channels_last_out="out" in laid_out)
         dout = channels_last(grad_out) if "grad_out" in laid_out else grad_out
-        grads = emulated.multi_path_scan_bwd(dout, *args, out_ungated, chunk_states, True, span_lengths)
+        grads = emulated.multi_path_scan_bwd(dout, *args, out_ungated, chunk_states, True, span_lengths,
+                                             channels_last_du="du" in laid_out, channels_last_dz="dz" in laid_out)
         results.append([out, out_ungated, chunk_states, *grads])
-    out = results[0][0]
-    assert out.transpose(1, 2).is_contiguous() if "out" in last else out.is_contiguous()
+    names = ["out", "du"] + (["dz"] if inputs["z"] is not None else [])
+    for name, tensor in zip(names, (results[0][0], results[0][3], results[0][9])):
+        assert tensor.transpose(1, 2).is_contiguous() if name in last else tensor.is_contiguous(), name
     for a, e in zip(*results, strict=True):
         assert torch.equal(a, e)
 
@@ -656,7 +659,7 @@ SANITIZED_TESTS = [
     "test_emulated_kernels_read_B_and_C_in_their_strides[float64-chunked-shared_across_batch]",
     "test_emulated_low_rank_delta_read_in_the_projection_rows[warp_and_chunked-delta_in_rows-two_tiles_of_ranks]",
     "test_emulated_kernels_read_u_channels_last[float32-warp_and_chunked-mixed]",
-    "test_emulated_kernels_read_and_write_activations_channels_last[float32-warp_and_chunked-z_grad_out_out]",
+    "test_emulated_kernels_read_and_write_activations_channels_last[float32-warp_and_chunked-all]",
     "test_emulated_kernels_read_and_write_activations_channels_last[bfloat16-chunked-grad_out]",
     *(f"test_emulated_kernels_on_random_configurations[{seed}]" for seed in range(4)),
     "test_emulated_cuda_kernels_on_empty_inputs[empty_length]",

@@ -134,12 +134,17 @@ def test_opcheck_forward_and_backward(with_optionals):
                           (torch.randn_like(out), *detached, out_ungated, chunk_states, True, [16, 0]))
 
 
-@pytest.mark.parametrize("span_lengths, rank", [(None, 0), ([0, 10], 0), ([0, 10], 3)],
-                         ids=["no_hints", "hints", "hints_low_rank"])
-def test_torch_compile_fullgraph(span_lengths, rank):
+@pytest.mark.parametrize("span_lengths, rank, layout", [(None, 0, "contiguous"), ([0, 10], 0, "contiguous"),
+                                                        ([0, 10], 3, "contiguous"), ([0, 10], 3, "channels_last")],
+                         ids=["no_hints", "hints", "hints_low_rank", "hints_low_rank_channels_last"])
+def test_torch_compile_fullgraph(span_lengths, rank, layout):
     # Also with the GPU's work-split hints given, as under torch.compile they must be (the op cannot
-    # read paths there); and with low-rank step sizes, whose autograd.Function compiles too.
+    # read paths there); with low-rank step sizes, whose autograd.Function compiles too; and with u and
+    # z channels-last, whose gradients the backward op is asked for in their layouts (the fake kernel's
+    # strides, as the compiled graph takes them, those of the kernels' outputs).
     inputs = random_scan_inputs(2, 4, 30, 2, 8, torch.float32)
+    if layout == "channels_last":
+        inputs.update(u=channels_last(inputs["u"]), z=channels_last(inputs["z"]))
     if rank:
         inputs, weight = low_rank_step_sizes(inputs, rank)
         inputs["delta_proj_weight"] = weight
@@ -155,6 +160,7 @@ def test_torch_compile_fullgraph(span_lengths, rank):
     eager_grads = torch.autograd.grad(expected, [inputs[name] for name in names], grad_out)
     for a, b in zip(compiled_grads, eager_grads):
         torch.testing.assert_close(a, b)
+        assert a.stride() == b.stride()
 
 
 def test_compiled_graph_gives_the_op_its_span_lengths():
@@ -365,6 +371,10 @@ def test_channels_last_opcheck(with_z):
     out, out_ungated, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(*detached, True)
     torch.library.opcheck(torch.ops.posemamba.multi_path_scan_bwd.default,
                           (channels_last(torch.randn_like(out)), *detached, out_ungated, chunk_states, True))
+    # du and dz asked channels-last, as the op's autograd asks for them here (the fake kernel agrees).
+    torch.library.opcheck(torch.ops.posemamba.multi_path_scan_bwd.default,
+                          (channels_last(torch.randn_like(out)), *detached, out_ungated, chunk_states, True, [], None,
+                           True, with_z))
 
 
 @pytest.mark.parametrize("with_z", [False, True])

@@ -521,12 +521,14 @@ ScanGradients multi_path_scan_bwd_cpu(
     const at::Tensor& chunk_states,
     bool delta_softplus,
     at::IntArrayRef span_lengths,  // hints for GPUs' work split only
-    const std::optional<at::Tensor>& delta_proj_weight) {
+    const std::optional<at::Tensor>& delta_proj_weight,
+    bool channels_last_du,
+    bool channels_last_dz) {
   // (A u of the wrong rank gets prepare_scan_backward's error.)
   const int64_t blocks_per_task = u.dim() == 3 ? channel_blocks_per_task(u.size(0), num_channel_blocks(u.size(1))) : 1;
   ScanBackward g = prepare_scan_backward(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix,
                                          out_ungated, chunk_states, delta_softplus, span_lengths, delta_proj_weight,
-                                         kCpuKernels, blocks_per_task * kCpuChannelBlock,
+                                         channels_last_du, channels_last_dz, kCpuKernels, blocks_per_task * kCpuChannelBlock,
                                          /*positions_minor=*/false);
   allocate_length_partials(g, /*n_length_blocks=*/1, /*zeroed=*/false);
   check_scan_indices_on_host(g.inputs, g.params.seqlen);

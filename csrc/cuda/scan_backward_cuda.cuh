@@ -251,7 +251,8 @@ __global__ void __launch_bounds__(kWarp * kSegmentWarps, kSpanBlocksPerMultiproc
 // du[b, d, l] = the paths' dv at l, then the dv of every step that mixed position l into its input
 // (in mix_sources order); dz = dout * silu'(z) * y. dv_paths rows are in path order: position l of
 // path p is at step inverse[p, l]. A block per tile of 32 channels by 32 positions (MergeTile): du by
-// channel rows, along dv_paths' rows; dout and z held the way they lie, y and dz by channel rows.
+// channel rows, along dv_paths' rows; dout and z held the way they lie, y by channel rows; du and dz
+// written the way they are asked for.
 template <typename input_t>
 __global__ void __launch_bounds__(kMergeTile * kMergeWarps)
     merge_input_grads_kernel(MultiPathScanBwdParams p, const at::opmath_type<input_t>* dv_paths,
@@ -260,23 +261,34 @@ __global__ void __launch_bounds__(kMergeTile * kMergeWarps)
   __shared__ MergeExchange<weight_t> exchange;
   const MergeTile tile(p);
   const int64_t L = p.seqlen, l = tile.row_l;
+  // Stores values held by channel rows into a (batch, D, L) tensor, or channels-last (turned first).
+  const auto store = [&](weight_t(&values)[kMergeValues], void* out, bool channels_last) {
+    const bool by_positions = channels_last && tile.turn(exchange, /*by_positions=*/false, values);
+#pragma unroll
+    for (int j = 0; j < kMergeValues; ++j) {
+      if (tile.in_tensors(by_positions, j)) {
+        static_cast<input_t*>(out)[tile.offset(by_positions, j)] = static_cast<input_t>(values[j]);
+      }
+    }
+  };
+  weight_t du[kMergeValues];
 #pragma unroll
   for (int j = 0; j < kMergeValues; ++j) {
+    du[j] = 0;
     if (!tile.in_row(j)) continue;
     const int64_t d = tile.row_channel(j);
-    weight_t du = 0;
     for (int64_t path = 0; path < p.n_paths; ++path) {
       const int64_t row = ((tile.row_b * p.n_paths + path) * p.dim + d) * L;  // of (batch, P, D, L)
-      du += dv_paths[row + path_step(inverse, path, L, l)];
+      du[j] += dv_paths[row + path_step(inverse, path, L, l)];
     }
     if (mix_sources) {
       for (int64_t k = mix_offsets[l]; k < mix_offsets[l + 1]; ++k) {
         const int64_t path = mix_sources[k] / L, mixing = mix_sources[k] % L;  // a position mixing l in
-        du += dv_paths[((tile.row_b * p.n_paths + path) * p.dim + d) * L + path_step(inverse, path, L, mixing)];
+        du[j] += dv_paths[((tile.row_b * p.n_paths + path) * p.dim + d) * L + path_step(inverse, path, L, mixing)];
       }
     }
-    static_cast<input_t*>(p.du)[tile.row_offset(j)] = static_cast<input_t>(du);
   }
+  store(du, p.du, p.du_channels_last);
   if (!p.z) return;  // the whole block
   // dz's factors from dout and z where they lie (both in one layout), then y's by channel rows.
   const bool by_positions = p.grad_out_channels_last;
@@ -291,11 +303,9 @@ __global__ void __launch_bounds__(kMergeTile * kMergeWarps)
   if (by_positions) tile.turn(exchange, by_positions, dz);
 #pragma unroll
   for (int j = 0; j < kMergeValues; ++j) {
-    if (!tile.in_row(j)) continue;
-    const int64_t i = tile.row_offset(j);
-    const weight_t y = static_cast<weight_t>(static_cast<const input_t*>(p.out_ungated)[i]);
-    static_cast<input_t*>(p.dz)[i] = static_cast<input_t>(dz[j] * y);
+    if (tile.in_row(j)) dz[j] *= static_cast<weight_t>(static_cast<const input_t*>(p.out_ungated)[tile.row_offset(j)]);
   }
+  store(dz, p.dz, p.dz_channels_last);
 }
 
 // The inverse of mix for a deterministic gather: sources holds the flat indices path * L + l of the

@@ -23,8 +23,10 @@ constexpr int kWarp = 32;
 constexpr int64_t kMaxLength = int64_t{1} << 26;
 
 // The gradients through the low-rank step sizes' projection taken on the host, from the full ddelta;
-// B, C and the low-rank delta read in their strides.
-constexpr KernelTraits kCudaKernels{/*sums_delta_projection_gradients=*/false, /*lays_out_B_C=*/false};
+// B, C and the low-rank delta read in their strides; du and dz written channels-last where asked (the
+// merge's tiles).
+constexpr KernelTraits kCudaKernels{/*sums_delta_projection_gradients=*/false, /*lays_out_B_C=*/false,
+                                   /*writes_input_grads_channels_last=*/true};
 
 inline void check_length(int64_t seqlen) {
   TORCH_CHECK(seqlen <= kMaxLength, "u: the CUDA kernels take L of at most 2^26 = ", kMaxLength, ", got ", seqlen);

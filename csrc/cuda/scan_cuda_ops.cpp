@@ -48,10 +48,12 @@ ScanGradients multi_path_scan_bwd_cuda(
     const at::Tensor& chunk_states,
     bool delta_softplus,
     at::IntArrayRef span_lengths,
-    const std::optional<at::Tensor>& delta_proj_weight) {
+    const std::optional<at::Tensor>& delta_proj_weight,
+    bool channels_last_du,
+    bool channels_last_dz) {
   const c10::cuda::CUDAGuard device_guard(u.device());
   return scan_backward(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated, chunk_states,
-                       delta_softplus, span_lengths, delta_proj_weight);
+                       delta_softplus, span_lengths, delta_proj_weight, channels_last_du, channels_last_dz);
 }
 
 }  // namespace

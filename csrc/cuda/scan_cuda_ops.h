@@ -37,10 +37,11 @@ inline ScanGradients scan_backward(
     const at::Tensor& B, const at::Tensor& C, const at::Tensor& paths, const std::optional<at::Tensor>& D,
     const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
     const std::optional<at::Tensor>& mix, const at::Tensor& out_ungated, const at::Tensor& chunk_states,
-    bool delta_softplus, at::IntArrayRef span_lengths, const std::optional<at::Tensor>& delta_proj_weight) {
+    bool delta_softplus, at::IntArrayRef span_lengths, const std::optional<at::Tensor>& delta_proj_weight,
+    bool channels_last_du, bool channels_last_dz) {
   ScanBackward g = prepare_scan_backward(grad_out, u, delta, A, B, C, paths, D, z, delta_bias, mix, out_ungated,
                                          chunk_states, delta_softplus, span_lengths, delta_proj_weight,
-                                         kCudaKernels, kWarp, /*positions_minor=*/true);
+                                         channels_last_du, channels_last_dz, kCudaKernels, kWarp, /*positions_minor=*/true);
   check_length(g.params.seqlen);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, u.scalar_type(), "multi_path_scan_bwd_cuda",
                                   [&] { run_scan_backward_as<scalar_t>(g); });

@@ -24,7 +24,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("paths"), pybind11::arg("D"), pybind11::arg("z"), pybind11::arg("delta_bias"),
         pybind11::arg("mix"), pybind11::arg("out_ungated"), pybind11::arg("chunk_states"),
         pybind11::arg("delta_softplus"), pybind11::arg("span_lengths"),
-        pybind11::arg("delta_proj_weight") = pybind11::none());
+        pybind11::arg("delta_proj_weight") = pybind11::none(), pybind11::arg("channels_last_du") = false,
+        pybind11::arg("channels_last_dz") = false);
   m.def("simt_selftest", &posemamba::simt_selftest::run, "runs one of the emulation's own test kernels");
   m.def("set_schedule_reversed", [](bool reversed) { posemamba::simt::schedule_reversed = reversed; },
         "the order in which a launch's blocks run and a block's threads take turns between barriers: "
