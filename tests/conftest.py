@@ -87,6 +87,26 @@ def channels_last(t):
     return t.transpose(1, 2).contiguous().transpose(1, 2)
 
 
+def assert_activation_layouts_agree(ops, inputs, grad_out, last, span_lengths):
+    """Through the raw ops of `ops`, with the activations named in `last` channels-last (of u, z and
+    grad_out; of out, du and dz, asked for so): the outputs so laid out, and bitwise the results of the
+    same values all (batch, D, L)."""
+    results = []
+    for laid_out in (last, set()):
+        args = [channels_last(inputs[name]) if name in laid_out else inputs[name] for name in FORWARD_ARGS]
+        out, out_ungated, chunk_states = ops.multi_path_scan_fwd(*args, True, span_lengths, True, None,
+                                                                 "out" in laid_out)
+        dout = channels_last(grad_out) if "grad_out" in laid_out else grad_out
+        grads = ops.multi_path_scan_bwd(dout, *args, out_ungated, chunk_states, True, span_lengths, None,
+                                        "du" in laid_out, "dz" in laid_out)
+        results.append([out, out_ungated, chunk_states, *grads])
+    names = ["out", "du"] + (["dz"] if inputs["z"] is not None else [])
+    for name, tensor in zip(names, (results[0][0], results[0][3], results[0][9])):
+        assert tensor.transpose(1, 2).is_contiguous() if name in last else tensor.is_contiguous(), name
+    for a, e in zip(*results, strict=True):
+        assert torch.equal(a, e)
+
+
 # How B and C (batch, P, N, L) may lie in memory (with_projections_laid_out).
 PROJECTION_LAYOUTS = ("contiguous", "positions_major", "projection_rows")
 

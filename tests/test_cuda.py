@@ -8,8 +8,8 @@ import posemamba
 from posemamba.ops import multi_path_selective_scan
 from posemamba.reference import multi_path_selective_scan_ref
 
-from conftest import (FORWARD_ARGS, channels_last, dtype_id, random_pose_scan_inputs, random_scan_configuration,
-                      random_scan_inputs, with_projections_laid_out)
+from conftest import (FORWARD_ARGS, assert_activation_layouts_agree, dtype_id, random_pose_scan_inputs,
+                      random_scan_configuration, random_scan_inputs, with_projections_laid_out)
 from conftest import scan_ops_forward_and_backward as forward_and_backward
 
 pytestmark = pytest.mark.skipif(
@@ -172,20 +172,7 @@ def test_cuda_reads_and_writes_activations_channels_last(layouts, span_lengths, 
     grad_out = torch.randn(2, 33, 150).to(dtype).cuda()
     last = {"z": {"u", "z"}, "grad_out_and_out": {"grad_out", "out"}, "all": {"u", "z", "grad_out", "out", "du", "dz"},
             "no_gate": {"u", "grad_out", "out", "du"}}[layouts]
-    results = []
-    for laid_out in (last, set()):
-        args = [channels_last(inputs[name]) if name in laid_out else inputs[name] for name in FORWARD_ARGS]
-        out, out_ungated, chunk_states = torch.ops.posemamba.multi_path_scan_fwd(
-            *args, True, span_lengths, True, None, "out" in laid_out)
-        dout = channels_last(grad_out) if "grad_out" in laid_out else grad_out
-        grads = torch.ops.posemamba.multi_path_scan_bwd(dout, *args, out_ungated, chunk_states, True, span_lengths,
-                                                        None, "du" in laid_out, "dz" in laid_out)
-        results.append([out, out_ungated, chunk_states, *grads])
-    names = ["out", "du"] + (["dz"] if inputs["z"] is not None else [])
-    for name, tensor in zip(names, (results[0][0], results[0][3], results[0][9])):
-        assert tensor.transpose(1, 2).is_contiguous() if name in last else tensor.is_contiguous(), name
-    for a, e in zip(*results, strict=True):
-        assert torch.equal(a, e)
+    assert_activation_layouts_agree(torch.ops.posemamba, inputs, grad_out, last, span_lengths)
 
 
 def model_outputs_and_grads(model, clip, device):

@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from conftest import (CSRC, FORWARD_ARGS, GRADIENTS, channels_last, dtype_id, random_pose_scan_inputs,
-                      random_scan_configuration, random_scan_inputs, requires_extension, requires_sources,
-                      sources_digest, with_projections_laid_out)
+from conftest import (CSRC, FORWARD_ARGS, GRADIENTS, assert_activation_layouts_agree, channels_last, dtype_id,
+                      random_pose_scan_inputs, random_scan_configuration, random_scan_inputs, requires_extension,
+                      requires_sources, sources_digest, with_projections_laid_out)
 from conftest import scan_ops_forward_and_backward as forward_and_backward
 from posemamba.paths import bidirectional_paths, span_lengths_hint
 from posemamba.reference import multi_path_selective_scan_ref
@@ -425,20 +425,7 @@ def test_emulated_kernels_read_and_write_activations_channels_last(emulated, dty
     grad_out = torch.randn(2, 33, 150, generator=torch.Generator().manual_seed(3)).to(dtype)
     last = {"du_dz": {"du", "dz"}, "all": {"z", "grad_out", "out", "du", "dz"},
             "no_gate": {"grad_out", "out", "du"}}.get(layouts, {layouts})
-    results = []
-    for laid_out in (last, set()):
-        args = [channels_last(inputs[name]) if name in laid_out else inputs[name] for name in FORWARD_ARGS]
-        out, out_ungated, chunk_states = emulated.multi_path_scan_fwd(*args, True, span_lengths,
-                                                                      channels_last_out="out" in laid_out)
-        dout = channels_last(grad_out) if "grad_out" in laid_out else grad_out
-        grads = emulated.multi_path_scan_bwd(dout, *args, out_ungated, chunk_states, True, span_lengths,
-                                             channels_last_du="du" in laid_out, channels_last_dz="dz" in laid_out)
-        results.append([out, out_ungated, chunk_states, *grads])
-    names = ["out", "du"] + (["dz"] if inputs["z"] is not None else [])
-    for name, tensor in zip(names, (results[0][0], results[0][3], results[0][9])):
-        assert tensor.transpose(1, 2).is_contiguous() if name in last else tensor.is_contiguous(), name
-    for a, e in zip(*results, strict=True):
-        assert torch.equal(a, e)
+    assert_activation_layouts_agree(emulated, inputs, grad_out, last, span_lengths)
 
 
 def test_emulated_channels_last_out_as_the_cpu_kernels_write_it(emulated):
