@@ -425,8 +425,8 @@ struct OutputGrads {
       // This lane's channel at position 0 of the batch element (offsets in it in 32 bits: the host's check).
       const int64_t channel = rows - int64_t{first_channel} * p.seqlen + first_channel +
                               (lane < c.last_block_channel ? lane : c.last_block_channel);
-      const input_t* const grad_out_lane = simt::opaque_pointer(grad_out + channel);
-      const input_t* const z_lane = simt::opaque_pointer(z + channel);
+      const input_t* const grad_out_lane = grad_out + channel;
+      const input_t* const z_lane = z + channel;
 #pragma unroll
       for (int k = 0; k < kStepsPerThread; ++k) {
         const uint32_t offset = __shfl_sync(0xffffffffu, l, k) * D;
