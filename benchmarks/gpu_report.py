@@ -302,7 +302,7 @@ def write_layout_rows(emit):
     so ("rows, all last", which the CUDA op copied before; the model's layouts, though its blocks gate
     after their norm, not in the op), at batch 1 and 16."""
     from posemamba.ops import multi_path_selective_scan
-    from posemamba.testing import as_projection_rows
+    from posemamba.testing import as_projection_rows, channels_last
 
     emit(f"{'layout':8} {'pass':8} {'entries ms':>10} {'positions ms':>12} {'rows ms':>8} {'rows, u last ms':>15} "
          f"{'rows, all last ms':>17}")
@@ -325,13 +325,6 @@ def write_layout_rows(emit):
                 times.append(median_ms(step[1 if backward else 0]))
             emit(f"{f'{name} b{batch}':8} {'fwd+bwd' if backward else 'fwd':8} {times[0]:10.3f} {times[1]:12.3f} "
                  f"{times[2]:8.3f} {times[3]:15.3f} {times[4]:17.3f}")
-
-
-def channels_last(t):
-    """t, (batch, D, L), as the transpose of a contiguous (batch, L, D) tensor (as mamba layers hold
-    activations): the same values."""
-    return t.detach().transpose(1, 2).contiguous().transpose(1, 2)
-
 
 # The work splits, each in a process of its own (the kernels read their settings once): the chunked
 # splits with POSEMAMBA_CUDA_SPAN_BLOCKS_PER_SM at 2 (the default; 0, 1 and 4 measured no better on the

@@ -37,6 +37,12 @@ def random_scan_inputs(batch, dim, seqlen, n_paths, d_state, dtype=torch.float32
     )
 
 
+def channels_last(t):
+    """t, (batch, D, L), as the transpose of a contiguous (batch, L, D) tensor (as mamba layers hold
+    activations): the same values."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 def as_projection_rows(tensors):
     """(batch, P, k, L) tensors (delta, B and C, say) as views of one new (batch, L, P, sum of k) tensor,
     as a model's position-wise projection gives them: the same values, each position's values of every

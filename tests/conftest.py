@@ -8,7 +8,7 @@ import torch
 
 import posemamba
 from posemamba.paths import pose_mix, pose_paths
-from posemamba.testing import as_projection_rows, random_scan_inputs  # noqa: F401  (the tests import them from here)
+from posemamba.testing import as_projection_rows, channels_last, random_scan_inputs  # noqa: F401  (the tests import them from here)
 
 # The C++ and CUDA sources, for the tests that compile them themselves (the emulation, the portable build).
 CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
@@ -80,11 +80,6 @@ def random_scan_configuration(seed):
                    if draw.random() < 0.5 and inputs[name] is not None})
     grad_out = channels_last(grad_out) if draw.random() < 0.5 else grad_out
     return inputs, grad_out, softplus, span_lengths
-
-
-def channels_last(t):
-    """t, (batch, D, L), as the transpose of a contiguous (batch, L, D) tensor: the same values."""
-    return t.transpose(1, 2).contiguous().transpose(1, 2)
 
 
 def assert_activation_layouts_agree(ops, inputs, grad_out, last, span_lengths):
